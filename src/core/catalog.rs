@@ -1,0 +1,526 @@
+//! The job catalog: one SQLite file in the job folder that records the setup a job was started
+//! with, every unit and its cursor, phase times and events, so a crash or Ctrl-C resumes where it
+//! stopped and a resume against a different setup is refused. Never holds a secret.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::error::CoreError;
+use super::store::{Cursor, StoreKind, Unit};
+
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+
+/// What a job was started with. `guard` is compared on resume; `endpoints` lets `verify` and
+/// `status` reconnect from the job folder alone (URLs without passwords, and where each password
+/// comes from).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Setup {
+    pub tool_version: String,
+    pub guard: serde_json::Value,
+    pub endpoints: serde_json::Value,
+}
+
+/// Where a unit stands in the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitState {
+    Pending,
+    Copying,
+    Copied,
+    Skipped,
+    Failed,
+}
+
+impl UnitState {
+    fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Copying => "copying",
+            UnitState::Copied => "copied",
+            UnitState::Skipped => "skipped",
+            UnitState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> UnitState {
+        match s {
+            "copying" => UnitState::Copying,
+            "copied" => UnitState::Copied,
+            "skipped" => UnitState::Skipped,
+            "failed" => UnitState::Failed,
+            _ => UnitState::Pending,
+        }
+    }
+}
+
+/// A unit as the catalog knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitRecord {
+    pub unit: Unit,
+    pub state: UnitState,
+    pub cursor: Option<Cursor>,
+    pub rows_done: u64,
+    pub bytes_done: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub verify_state: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// A phase of one store (or of the job, with store `job`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseRecord {
+    pub store: String,
+    pub phase: String,
+    pub started_at: Option<String>,
+    pub done_at: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The SQLite job catalog.
+pub struct Catalog {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS setup (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS phase (
+    store TEXT NOT NULL, name TEXT NOT NULL, started_at TEXT, done_at TEXT, detail TEXT,
+    PRIMARY KEY (store, name));
+CREATE TABLE IF NOT EXISTS unit (
+    store TEXT NOT NULL, name TEXT NOT NULL, seq INTEGER NOT NULL, spec TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', cursor TEXT, rows_done INTEGER NOT NULL DEFAULT 0,
+    bytes_done INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    verify_state TEXT, verify_detail TEXT, updated_at TEXT,
+    PRIMARY KEY (store, name));
+CREATE TABLE IF NOT EXISTS event (
+    id INTEGER PRIMARY KEY, at TEXT NOT NULL, level TEXT NOT NULL, store TEXT, unit TEXT,
+    message TEXT NOT NULL);
+";
+
+impl Catalog {
+    /// The catalog file of a job folder.
+    pub fn file_in(job: &Path) -> PathBuf {
+        job.join(CATALOG_FILE)
+    }
+
+    /// Whether a job folder holds a catalog.
+    pub fn exists(job: &Path) -> bool {
+        Self::file_in(job).is_file()
+    }
+
+    fn connect(path: &Path) -> Result<Connection, CoreError> {
+        let err = |e: rusqlite::Error| CoreError::Catalog {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(conn)
+    }
+
+    /// Start a new job in `job` (created when missing). Fails when a job is already there.
+    pub fn create(job: &Path, setup: &Setup) -> Result<Catalog, CoreError> {
+        if Self::exists(job) {
+            return Err(CoreError::JobExists {
+                job: job.display().to_string(),
+            });
+        }
+        std::fs::create_dir_all(job).map_err(|e| CoreError::Catalog {
+            path: job.display().to_string(),
+            detail: format!("cannot create the job folder: {e}"),
+        })?;
+        let path = Self::file_in(job);
+        let conn = Self::connect(&path)?;
+        let catalog = Catalog {
+            path,
+            conn: Mutex::new(conn),
+        };
+        catalog.put_setup(
+            "setup",
+            &serde_json::to_string(setup).expect("setup serializes"),
+        )?;
+        catalog.put_setup("created_at", &now())?;
+        Ok(catalog)
+    }
+
+    /// Open the job in `job`.
+    pub fn open(job: &Path) -> Result<Catalog, CoreError> {
+        if !Self::exists(job) {
+            return Err(CoreError::NoJob {
+                job: job.display().to_string(),
+            });
+        }
+        let path = Self::file_in(job);
+        let conn = Self::connect(&path)?;
+        Ok(Catalog {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Remove a job folder's catalog (for `--restart`).
+    pub fn discard(job: &Path) -> Result<(), CoreError> {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{}", Self::file_in(job).display(), suffix));
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| CoreError::Catalog {
+                    path: p.display().to_string(),
+                    detail: format!("cannot remove: {e}"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> CoreError {
+        CoreError::Catalog {
+            path: self.path.display().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, CoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|e| self.err(e))
+    }
+
+    fn put_setup(&self, key: &str, value: &str) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO setup(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The setup the job was created with.
+    pub fn setup(&self) -> Result<Setup, CoreError> {
+        let text: Option<String> = self.with(|c| {
+            c.query_row("SELECT value FROM setup WHERE key = 'setup'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+        })?;
+        let text = text.ok_or_else(|| CoreError::Catalog {
+            path: self.path.display().to_string(),
+            detail: "no setup recorded".into(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| CoreError::Catalog {
+            path: self.path.display().to_string(),
+            detail: format!("unreadable setup: {e}"),
+        })
+    }
+
+    /// Refuse to continue a job whose recorded guard differs from `setup.guard`.
+    pub fn check_setup(&self, job: &Path, setup: &Setup) -> Result<(), CoreError> {
+        let recorded = self.setup()?;
+        if let Some((what, was, now)) = first_difference("", &recorded.guard, &setup.guard) {
+            return Err(CoreError::SetupMismatch {
+                job: job.display().to_string(),
+                what,
+                was,
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    /// Record units (in plan order); units already known keep their state.
+    pub fn add_units(&self, units: &[Unit]) -> Result<(), CoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT OR IGNORE INTO unit(store, name, seq, spec, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let at = now();
+                for (seq, u) in units.iter().enumerate() {
+                    let spec = serde_json::to_string(u).expect("unit serializes");
+                    stmt.execute(params![u.store.as_str(), u.name, seq as i64, spec, at])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every unit of a store (or of all stores with `None`), in plan order.
+    pub fn units(&self, store: Option<StoreKind>) -> Result<Vec<UnitRecord>, CoreError> {
+        let rows = self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT spec, state, cursor, rows_done, bytes_done, attempts, last_error,
+                        verify_state, updated_at
+                 FROM unit WHERE (?1 IS NULL OR store = ?1) ORDER BY store, seq",
+            )?;
+            let rows = stmt
+                .query_map(params![store.map(|s| s.as_str())], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let bad = |e: serde_json::Error| CoreError::Catalog {
+            path: self.path.display().to_string(),
+            detail: format!("unreadable unit record: {e}"),
+        };
+        rows.into_iter()
+            .map(
+                |(spec, state, cursor, rows, bytes, attempts, err, verify, at)| {
+                    Ok(UnitRecord {
+                        unit: serde_json::from_str(&spec).map_err(bad)?,
+                        state: UnitState::parse(&state),
+                        cursor: match cursor {
+                            Some(c) => Some(Cursor(serde_json::from_str(&c).map_err(bad)?)),
+                            None => None,
+                        },
+                        rows_done: rows as u64,
+                        bytes_done: bytes as u64,
+                        attempts: attempts as u32,
+                        last_error: err,
+                        verify_state: verify,
+                        updated_at: at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Move a unit to `state`, recording `error` (cleared when `None`).
+    pub fn set_state(
+        &self,
+        unit: &Unit,
+        state: UnitState,
+        error: Option<&str>,
+    ) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE unit SET state = ?3, last_error = ?4, updated_at = ?5,
+                        attempts = attempts + (CASE WHEN ?4 IS NULL THEN 0 ELSE 1 END)
+                 WHERE store = ?1 AND name = ?2",
+                params![unit.store.as_str(), unit.name, state.as_str(), error, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Start a unit over: no cursor, nothing done.
+    pub fn reset_unit(&self, unit: &Unit) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE unit SET state = 'pending', cursor = NULL, rows_done = 0, bytes_done = 0,
+                        verify_state = NULL, verify_detail = NULL, updated_at = ?3
+                 WHERE store = ?1 AND name = ?2",
+                params![unit.store.as_str(), unit.name, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Record that a batch was written: the new cursor and the counts it added, in one transaction.
+    pub fn record_batch(
+        &self,
+        unit: &Unit,
+        cursor: Option<&Cursor>,
+        rows: u64,
+        bytes: u64,
+    ) -> Result<(), CoreError> {
+        let cursor = cursor.map(|c| serde_json::to_string(&c.0).expect("cursor serializes"));
+        self.with(|c| {
+            c.execute(
+                "UPDATE unit SET cursor = ?3, rows_done = rows_done + ?4,
+                        bytes_done = bytes_done + ?5, updated_at = ?6
+                 WHERE store = ?1 AND name = ?2",
+                params![
+                    unit.store.as_str(),
+                    unit.name,
+                    cursor,
+                    rows as i64,
+                    bytes as i64,
+                    now()
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Record a unit's verification outcome (`matched` or `differs`).
+    pub fn set_verified(&self, unit: &Unit, state: &str, detail: &str) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE unit SET verify_state = ?3, verify_detail = ?4, updated_at = ?5
+                 WHERE store = ?1 AND name = ?2",
+                params![unit.store.as_str(), unit.name, state, detail, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn phase_start(&self, store: &str, phase: &str) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO phase(store, name, started_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(store, name) DO UPDATE SET started_at = excluded.started_at,
+                        done_at = NULL, detail = NULL",
+                params![store, phase, now()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn phase_done(&self, store: &str, phase: &str, detail: &str) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO phase(store, name, started_at, done_at, detail) VALUES (?1, ?2, ?3, ?3, ?4)
+                 ON CONFLICT(store, name) DO UPDATE SET done_at = excluded.done_at,
+                        detail = excluded.detail",
+                params![store, phase, now(), detail],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Whether a phase of a store finished (in this or an earlier run).
+    pub fn is_phase_done(&self, store: &str, phase: &str) -> Result<bool, CoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT done_at IS NOT NULL FROM phase WHERE store = ?1 AND name = ?2",
+                params![store, phase],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+        })
+    }
+
+    pub fn phases(&self) -> Result<Vec<PhaseRecord>, CoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT store, name, started_at, done_at, detail FROM phase ORDER BY started_at",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(PhaseRecord {
+                        store: r.get(0)?,
+                        phase: r.get(1)?,
+                        started_at: r.get(2)?,
+                        done_at: r.get(3)?,
+                        detail: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Append an event to the job's history.
+    pub fn event(
+        &self,
+        level: &str,
+        store: Option<StoreKind>,
+        unit: Option<&str>,
+        message: &str,
+    ) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO event(at, level, store, unit, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now(), level, store.map(|s| s.as_str()), unit, message],
+            )
+            .map(|_| ())
+        })
+    }
+}
+
+/// The first place two JSON values differ, as (path, was, now).
+fn first_difference(
+    path: &str,
+    was: &serde_json::Value,
+    now: &serde_json::Value,
+) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    match (was, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let (x, y) = (
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
+                if let Some(d) = first_difference(&sub, x, y) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        _ if was == now => None,
+        _ => Some((
+            if path.is_empty() {
+                "setup".into()
+            } else {
+                path.into()
+            },
+            render(was),
+            render(now),
+        )),
+    }
+}
+
+fn render(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "(none)".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_names_the_path() {
+        let a = serde_json::json!({"mysql": {"target": "a:1", "filters": ["x"]}});
+        let b = serde_json::json!({"mysql": {"target": "b:1", "filters": ["x"]}});
+        let d = first_difference("", &a, &b).unwrap();
+        assert_eq!(d, ("mysql.target".into(), "a:1".into(), "b:1".into()));
+        assert!(first_difference("", &a, &a).is_none());
+    }
+}

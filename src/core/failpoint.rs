@@ -1,0 +1,48 @@
+//! Crash points for the resume tests: when `OFFLOAD_FAILPOINT` names a point, the process kills
+//! itself with SIGKILL there, exactly as `kill -9` would, so tests can crash a copy at a known
+//! place without timing games. Unset (always, outside tests) it costs one atomic load.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+fn configured() -> Option<&'static str> {
+    static POINT: OnceLock<Option<String>> = OnceLock::new();
+    POINT
+        .get_or_init(|| std::env::var("OFFLOAD_FAILPOINT").ok())
+        .as_deref()
+}
+
+fn die(point: &str) {
+    tracing::warn!(
+        point,
+        "OFFLOAD_FAILPOINT reached: killing this process with SIGKILL"
+    );
+    // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// A named point (`after-prepare`, `before-finish`).
+pub fn reached(point: &str) {
+    if configured() == Some(point) {
+        die(point);
+    }
+}
+
+/// Counts recorded batches; `after-batch:N` dies once the N-th batch of this process is recorded.
+pub fn batch_recorded() {
+    static BATCHES: AtomicU64 = AtomicU64::new(0);
+    let Some(spec) = configured() else {
+        return;
+    };
+    let n = BATCHES.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(limit) = spec
+        .strip_prefix("after-batch:")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if n >= limit {
+            die(spec);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The copy loop: runs every unit of every store through prepare, batches and finish, with a
+//! global concurrency budget, retries with backoff on retryable errors, a checkpoint after every
+//! batch, and cancellation that stops at a batch boundary with the cursor saved.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog::{Catalog, UnitState};
+use super::error::{CoreError, ErrorKind, StoreError};
+use super::progress::{Phase, Reporter, UnitOutcome};
+use super::store::{IfExists, Store, StoreKind, Unit};
+
+/// How the runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Units worked on at once, across all stores.
+    pub parallel: usize,
+    /// Attempts after the first for a retryable error.
+    pub retries: u32,
+    pub if_exists: IfExists,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            parallel: 4,
+            retries: 5,
+            if_exists: IfExists::Refuse,
+        }
+    }
+}
+
+/// What a copy run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CopySummary {
+    pub units_total: usize,
+    pub units_copied_now: usize,
+    pub units_already_done: usize,
+    pub units_skipped: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub notes: Vec<String>,
+}
+
+/// Runs jobs against a catalog.
+pub struct Runner {
+    pub catalog: Arc<Catalog>,
+    pub reporter: Arc<dyn Reporter>,
+    pub cancel: CancellationToken,
+    pub options: RunOptions,
+}
+
+/// Run `op` again on retryable errors with exponential backoff, until `retries` is spent or the
+/// job is cancelled.
+pub async fn with_retries<T, F, Fut>(
+    retries: u32,
+    cancel: &CancellationToken,
+    mut on_retry: impl FnMut(u32, &StoreError),
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() && attempt < retries && !cancel.is_cancelled() => {
+                attempt += 1;
+                on_retry(attempt, &e);
+                tracing::warn!(store = %e.store, host = %e.host, attempt, error = %e, "retrying after a retryable error");
+                let wait = Duration::from_millis(250u64 << attempt.min(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum UnitEnd {
+    Copied { rows: u64, bytes: u64 },
+    Interrupted,
+    Failed(String),
+}
+
+impl Runner {
+    /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped.
+    pub async fn copy(&self, stores: &[Arc<dyn Store>]) -> Result<CopySummary, CoreError> {
+        let mut summary = CopySummary::default();
+        let mut by_kind: BTreeMap<StoreKind, Arc<dyn Store>> = BTreeMap::new();
+        for s in stores {
+            by_kind.insert(s.kind(), s.clone());
+        }
+
+        // Check every store's target before writing to any of them: nothing half-written.
+        let mut occupied_by_store = BTreeMap::new();
+        for (kind, store) in &by_kind {
+            if self.catalog.is_phase_done(kind.as_str(), "prepare")? {
+                continue;
+            }
+            let units: Vec<Unit> = self
+                .catalog
+                .units(Some(*kind))?
+                .into_iter()
+                .map(|r| r.unit)
+                .collect();
+            let occupied = store.occupied(&units).await?;
+            if !occupied.is_empty() && self.options.if_exists == IfExists::Refuse {
+                let identity = store.identity();
+                let host = identity["target"]["address"].as_str().unwrap_or("?");
+                let shown: Vec<&str> = occupied.iter().take(5).map(|s| s.as_str()).collect();
+                return Err(StoreError::new(
+                    *kind,
+                    host,
+                    ErrorKind::TargetNotEmpty,
+                    format!(
+                        "the target already holds data for {} unit(s): {}{}",
+                        occupied.len(),
+                        shown.join(", "),
+                        if occupied.len() > 5 { ", ..." } else { "" }
+                    ),
+                    "nothing was written. Empty the target, or choose --if-exists skip (keep what is there) or --if-exists replace (drop and copy again)",
+                )
+                .into());
+            }
+            occupied_by_store.insert(*kind, (units, occupied));
+        }
+        for (kind, (units, occupied)) in occupied_by_store {
+            let store = &by_kind[&kind];
+            self.reporter
+                .on_phase_start(Phase::Prepare, units.len() as u64, 0, 0);
+            self.catalog.phase_start(kind.as_str(), "prepare")?;
+            if self.options.if_exists == IfExists::Skip {
+                for u in units.iter().filter(|u| occupied.contains(&u.name)) {
+                    self.catalog.set_state(u, UnitState::Skipped, None)?;
+                    tracing::info!(store = %kind, unit = %u.name, "target holds data; skipped as --if-exists skip asks");
+                }
+            }
+            store
+                .prepare_target(&units, self.options.if_exists, &occupied)
+                .await?;
+            self.catalog.phase_done(
+                kind.as_str(),
+                "prepare",
+                &format!("{} occupied", occupied.len()),
+            )?;
+            self.reporter.on_phase_done(Phase::Prepare);
+        }
+
+        super::failpoint::reached("after-prepare");
+
+        // The work: every unit not yet copied, biggest first so the tail is short.
+        let mut work = Vec::new();
+        let (mut total_rows, mut total_bytes, mut done_rows, mut done_bytes) = (0, 0, 0, 0);
+        for kind in by_kind.keys() {
+            for rec in self.catalog.units(Some(*kind))? {
+                summary.units_total += 1;
+                total_rows += rec.unit.est_rows.max(rec.rows_done);
+                total_bytes += rec.unit.est_bytes.max(rec.bytes_done);
+                match rec.state {
+                    UnitState::Copied => {
+                        summary.units_already_done += 1;
+                        done_rows += rec.unit.est_rows.max(rec.rows_done);
+                        done_bytes += rec.unit.est_bytes.max(rec.bytes_done);
+                    }
+                    UnitState::Skipped => summary.units_skipped += 1,
+                    _ => {
+                        done_rows += rec.rows_done;
+                        done_bytes += rec.bytes_done;
+                        work.push(rec);
+                    }
+                }
+            }
+        }
+        work.sort_by_key(|r| std::cmp::Reverse(r.unit.est_bytes));
+        self.reporter.on_phase_start(
+            Phase::Copy,
+            summary.units_total as u64,
+            total_rows,
+            total_bytes,
+        );
+        if done_rows > 0 || done_bytes > 0 {
+            self.reporter.on_resumed(done_rows, done_bytes);
+        }
+
+        let kinds_with_work: Vec<StoreKind> = {
+            let mut k: Vec<_> = work.iter().map(|r| r.unit.store).collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        for kind in &kinds_with_work {
+            self.catalog.phase_start(kind.as_str(), "copy")?;
+            let note = by_kind[kind].begin_copy(self.options.parallel).await?;
+            if !note.is_empty() {
+                self.reporter.on_note(&note);
+                summary.notes.push(note);
+            }
+        }
+
+        let permits = Arc::new(Semaphore::new(self.options.parallel.max(1)));
+        let mut tasks = JoinSet::new();
+        for rec in work {
+            let store = by_kind[&rec.unit.store].clone();
+            let catalog = self.catalog.clone();
+            let reporter = self.reporter.clone();
+            let cancel = self.cancel.clone();
+            let permits = permits.clone();
+            let retries = self.options.retries;
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore open");
+                let unit = rec.unit.clone();
+                if cancel.is_cancelled() {
+                    return (unit, Ok(UnitEnd::Interrupted));
+                }
+                let end = copy_unit(&*store, &catalog, &*reporter, &cancel, retries, rec).await;
+                (unit, end)
+            });
+        }
+
+        let mut failures: Vec<String> = Vec::new();
+        let mut interrupted = false;
+        let mut first_core_error: Option<CoreError> = None;
+        while let Some(joined) = tasks.join_next().await {
+            let (unit, end) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    failures.push(format!("a worker crashed: {e}"));
+                    continue;
+                }
+            };
+            match end {
+                Ok(UnitEnd::Copied { rows, bytes }) => {
+                    summary.units_copied_now += 1;
+                    summary.rows += rows;
+                    summary.bytes += bytes;
+                    self.reporter
+                        .on_unit_done(Phase::Copy, &unit, &UnitOutcome::Done);
+                }
+                Ok(UnitEnd::Interrupted) => interrupted = true,
+                Ok(UnitEnd::Failed(msg)) => {
+                    self.reporter.on_unit_done(
+                        Phase::Copy,
+                        &unit,
+                        &UnitOutcome::Failed(msg.clone()),
+                    );
+                    failures.push(msg);
+                }
+                Err(e) => {
+                    // The catalog itself failed: stop everything, the checkpoint cannot be trusted.
+                    self.cancel.cancel();
+                    first_core_error.get_or_insert(e);
+                }
+            }
+        }
+        for kind in &kinds_with_work {
+            by_kind[kind].end_copy().await;
+        }
+        if let Some(e) = first_core_error {
+            return Err(e);
+        }
+        if interrupted || self.cancel.is_cancelled() {
+            return Err(CoreError::Interrupted);
+        }
+        if !failures.is_empty() {
+            return Err(CoreError::UnitsFailed {
+                count: failures.len(),
+                first: failures[0].clone(),
+            });
+        }
+        self.reporter.on_phase_done(Phase::Copy);
+
+        super::failpoint::reached("before-finish");
+
+        // Objects best created after the data, once per store and only when all of it is there.
+        for (kind, store) in &by_kind {
+            if self.catalog.is_phase_done(kind.as_str(), "finish")? {
+                continue;
+            }
+            self.catalog.phase_done(kind.as_str(), "copy", "")?;
+            self.reporter.on_phase_start(Phase::Finish, 1, 0, 0);
+            self.catalog.phase_start(kind.as_str(), "finish")?;
+            let cancel = self.cancel.clone();
+            let notes = with_retries(
+                self.options.retries,
+                &cancel,
+                |_, _| {},
+                || store.finish_target(),
+            )
+            .await?;
+            for n in &notes {
+                self.catalog.event("info", Some(*kind), None, n)?;
+            }
+            summary.notes.extend(notes);
+            self.catalog.phase_done(kind.as_str(), "finish", "")?;
+            self.reporter.on_phase_done(Phase::Finish);
+        }
+        Ok(summary)
+    }
+}
+
+async fn copy_unit(
+    store: &dyn Store,
+    catalog: &Catalog,
+    reporter: &dyn Reporter,
+    cancel: &CancellationToken,
+    retries: u32,
+    rec: super::catalog::UnitRecord,
+) -> Result<UnitEnd, CoreError> {
+    let unit = &rec.unit;
+    reporter.on_unit_start(Phase::Copy, unit);
+    let on_retry = |attempt: u32, e: &StoreError| reporter.on_retry(unit, attempt, &e.to_string());
+    let fail = |e: StoreError| -> Result<UnitEnd, CoreError> {
+        let msg = e.to_string();
+        tracing::error!(store = %unit.store, unit = %unit.name, error = %msg, "unit failed; its target part is incomplete");
+        catalog.set_state(unit, UnitState::Failed, Some(&msg))?;
+        catalog.event("error", Some(unit.store), Some(&unit.name), &msg)?;
+        Ok(UnitEnd::Failed(msg))
+    };
+
+    if let Err(e) = with_retries(retries, cancel, on_retry, || store.prepare(unit)).await {
+        return fail(e);
+    }
+    catalog.set_state(unit, UnitState::Copying, None)?;
+    let mut cursor = rec.cursor.clone();
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(UnitEnd::Interrupted);
+        }
+        let batch = match with_retries(retries, cancel, on_retry, || {
+            store.copy_batch(unit, cursor.as_ref())
+        })
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        catalog.record_batch(unit, batch.next.as_ref(), batch.rows, batch.bytes)?;
+        super::failpoint::batch_recorded();
+        reporter.on_batch(Phase::Copy, unit, batch.rows, batch.bytes);
+        rows += batch.rows;
+        bytes += batch.bytes;
+        match batch.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    catalog.set_state(unit, UnitState::Copied, None)?;
+    tracing::debug!(store = %unit.store, unit = %unit.name, rows, bytes, "unit copied");
+    Ok(UnitEnd::Copied { rows, bytes })
+}

@@ -1,0 +1,258 @@
+//! The contract between the engine and a store: what a unit of work is, and the handful of
+//! operations a store performs (list units, prepare the target, copy one batch after a cursor,
+//! digest a key range). Everything else (order, concurrency, retries, checkpoints) is the runner's.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::error::StoreError;
+
+/// The kinds of store offload knows, in Tutor's offloading order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Mysql,
+    Mongodb,
+    Redis,
+    Objects,
+    Meilisearch,
+}
+
+impl StoreKind {
+    pub const ALL: [StoreKind; 5] = [
+        StoreKind::Mysql,
+        StoreKind::Mongodb,
+        StoreKind::Redis,
+        StoreKind::Objects,
+        StoreKind::Meilisearch,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Mysql => "mysql",
+            StoreKind::Mongodb => "mongodb",
+            StoreKind::Redis => "redis",
+            StoreKind::Objects => "objects",
+            StoreKind::Meilisearch => "meilisearch",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StoreKind> {
+        StoreKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name.trim().to_ascii_lowercase())
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A position inside a unit, opaque to the engine: the store writes it, the catalog keeps it,
+/// and the store reads it back to continue after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor(pub serde_json::Value);
+
+/// The part of a unit's key space it covers: keys strictly after `after`, up to and including `upto`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyRange {
+    pub after: Option<Cursor>,
+    pub upto: Option<Cursor>,
+}
+
+/// One unit of work: a table (or a key range of it), a collection, a Redis database, a bucket prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    pub store: StoreKind,
+    /// Unique within the store, stable across runs, e.g. `openedx.auth_user` or `openedx.big#2`.
+    pub name: String,
+    /// The database, bucket or keyspace that holds it.
+    pub container: String,
+    /// The table, collection or prefix inside the container.
+    pub object: String,
+    pub range: KeyRange,
+    pub est_rows: u64,
+    pub est_bytes: u64,
+    /// Store-specific details the store needs again later (key columns, flags).
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
+/// What copying one batch did.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Where to continue; `None` when the unit is complete.
+    pub next: Option<Cursor>,
+}
+
+/// Which side of the migration an operation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// Count and content digest of the rows of one key range, computed the same way on both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkDigest {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Hex digest; equal digests mean equal content.
+    pub digest: String,
+    /// The last key read, when the store orders by a key; `None` for an empty range or a keyless unit.
+    pub last: Option<Cursor>,
+}
+
+/// The digest of one row (or document, key, object), named by its key for reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowDigest {
+    /// Human-readable key (`id=42`), used to name differences.
+    pub key: String,
+    pub digest: [u8; 16],
+}
+
+/// What to do when the target already holds data for a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IfExists {
+    /// Stop before writing anything.
+    #[default]
+    Refuse,
+    /// Leave existing data alone and do not copy that unit.
+    Skip,
+    /// Drop what is there and copy afresh.
+    Replace,
+}
+
+/// One line of a plan: a prerequisite checked, with its outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    pub fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> Self {
+        Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a store knows about its two ends before any work: server identities and prerequisites.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Survey {
+    pub source_version: String,
+    pub target_version: String,
+    pub checks: Vec<Check>,
+    /// Free-form notes for the operator (consistency, what each database is for).
+    pub notes: Vec<String>,
+}
+
+/// A difference found outside the row data: schema, indexes, options, routines.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeDifference {
+    pub container: String,
+    pub object: String,
+    pub detail: String,
+}
+
+/// A store: a source and a target of one kind, and the mechanics of moving data between them.
+///
+/// Writes must be idempotent: the runner records a cursor after a batch is written, so a crash
+/// replays at most the last batch.
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn kind(&self) -> StoreKind;
+
+    /// Identities of both ends for the job's resume guard (`host:port`, user, server id; no secrets).
+    fn identity(&self) -> serde_json::Value;
+
+    /// Connect to both ends, read versions and check prerequisites.
+    async fn survey(&self) -> Result<Survey, StoreError>;
+
+    /// The units of work on the source, with size estimates.
+    async fn inventory(&self) -> Result<Vec<Unit>, StoreError>;
+
+    /// Names of the units whose target already holds data.
+    async fn occupied(&self, units: &[Unit]) -> Result<Vec<String>, StoreError>;
+
+    /// Once per job before any data: containers (databases, buckets), and with `Replace`, clearing
+    /// the named occupied units.
+    async fn prepare_target(
+        &self,
+        units: &[Unit],
+        policy: IfExists,
+        occupied: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Once per run before copying: open what the run shares (a consistent snapshot of the source
+    /// for `workers` concurrent batches). Returns a note on the consistency achieved.
+    async fn begin_copy(&self, workers: usize) -> Result<String, StoreError>;
+
+    /// Create what must exist on the target for this unit. Idempotent.
+    async fn prepare(&self, unit: &Unit) -> Result<(), StoreError>;
+
+    /// Copy the next batch of the unit after `after` (from the start when `None`).
+    async fn copy_batch(
+        &self,
+        unit: &Unit,
+        after: Option<&Cursor>,
+    ) -> Result<BatchOutcome, StoreError>;
+
+    /// After all units are copied: what is best created after data (triggers, views, routines,
+    /// counters) and what was asked for on the side (users).
+    async fn finish_target(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Release what `begin_copy` opened.
+    async fn end_copy(&self);
+
+    /// Digest the unit's rows after `after`, up to and including `upto`, at most `limit` rows
+    /// in key order when `limit` is set.
+    async fn digest_range(
+        &self,
+        side: Side,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        upto: Option<&Cursor>,
+        limit: Option<u64>,
+    ) -> Result<ChunkDigest, StoreError>;
+
+    /// Per-row digests of a key range, at most `cap` of them, to name differences.
+    async fn row_digests(
+        &self,
+        side: Side,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        upto: Option<&Cursor>,
+        cap: usize,
+    ) -> Result<Vec<RowDigest>, StoreError>;
+
+    /// Differences of shape between the two sides (schema, indexes, options) for these units.
+    async fn compare_shape(&self, units: &[Unit]) -> Result<Vec<ShapeDifference>, StoreError>;
+
+    /// A key range of a unit in words, for reports (`id > 10 AND id <= 20`).
+    fn render_range(&self, _unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
+        let show = |c: Option<&Cursor>| c.map(|c| c.0.to_string()).unwrap_or_else(|| "end".into());
+        format!("after {} up to {}", show(after), show(upto))
+    }
+}

@@ -1,0 +1,75 @@
+//! The `offload` binary: parse arguments, set up logging, run the command, turn the outcome into
+//! an exit code (0 ok, 1 differences found, 2 error, 130 interrupted). The only place that exits.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use offload::cli::Cli;
+use offload::commands::{run, Outcome};
+use offload::core::CoreError;
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OFFLOAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("offload={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    runtime.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupt: finishing the batches in flight and saving the checkpoint (Ctrl-C again to stop at once)");
+            on_signal.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let result = runtime.block_on(run(cli, cancel));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Differs) => ExitCode::from(1),
+        Err(e) => {
+            let interrupted = matches!(e.downcast_ref::<CoreError>(), Some(CoreError::Interrupted));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": format!("{e:#}"), "interrupted": interrupted })
+                );
+            }
+            eprintln!("error: {e:#}");
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}

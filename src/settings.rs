@@ -1,0 +1,476 @@
+//! Turns command-line flags, Tutor's config.yml, the environment and a job folder into validated
+//! settings: which stores, which source and target servers, and where every password comes from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::core::catalog::Setup;
+use crate::core::{Store, StoreKind};
+use crate::secret::{read_secret_file, Secret, SecretSource};
+use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
+use crate::tutor::TutorConfig;
+
+/// Everything a command needs to know, resolved.
+pub struct Settings {
+    pub tutor_root: PathBuf,
+    pub tutor: Option<TutorConfig>,
+    pub job_dir: PathBuf,
+    pub mysql: Option<MysqlSettings>,
+    pub parallel: usize,
+}
+
+/// One end of a store: the URL without its password, and where the password comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointRecord {
+    pub url: String,
+    pub secret: SecretSource,
+}
+
+/// The MySQL part of the settings.
+#[derive(Debug, Clone)]
+pub struct MysqlSettings {
+    pub source: MysqlEndpoint,
+    pub source_secret: SecretSource,
+    pub target: MysqlEndpoint,
+    pub target_secret: SecretSource,
+    pub options: MysqlOptions,
+}
+
+/// The flags that shape the settings (a subset of the CLI's, so the library does not depend on clap).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub tutor_root: Option<PathBuf>,
+    pub job: Option<PathBuf>,
+    pub stores: Vec<String>,
+    pub from_mysql: Option<String>,
+    pub from_mysql_password_file: Option<PathBuf>,
+    pub to_mysql: Option<String>,
+    pub to_mysql_password_file: Option<PathBuf>,
+    pub targets: Option<PathBuf>,
+    pub databases: Vec<String>,
+    pub exclude: Vec<String>,
+    pub parallel: usize,
+    pub create_users: bool,
+    pub batch_rows: Option<u64>,
+    pub split_bytes: u64,
+}
+
+/// Why settings could not be resolved; every message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{0}")]
+    Tutor(#[from] crate::tutor::TutorError),
+    #[error("{what}: {detail}")]
+    Invalid { what: String, detail: String },
+    #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
+    NoTarget { store: String },
+    #[error("no store has a target: pass --to-mysql URL (or a --targets file)")]
+    NothingToDo,
+    #[error(
+        "the {store} store is not available in this version of offload; leave it out of --stores"
+    )]
+    NotAvailable { store: String },
+    #[error("{what}: cannot read {path}: {detail}. Check the path and its permissions")]
+    File {
+        what: String,
+        path: String,
+        detail: String,
+    },
+    #[error("the {side} {store} password was given inside a URL and is not kept in the job. Pass the URL again, or put the password in {env}")]
+    SecretNotRecoverable {
+        side: String,
+        store: String,
+        env: String,
+    },
+}
+
+fn invalid(what: impl Into<String>, detail: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        what: what.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The targets file: `mysql: URL`, `mysql_password_file: FILE`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    mysql: Option<String>,
+    mysql_password_file: Option<PathBuf>,
+}
+
+/// A config.yml value as text (numbers and booleans as YAML writes them).
+pub fn config_text(cfg: &TutorConfig, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        serde_yaml::Value::String(s) => Some(s),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The default job folder: `<tutor root>.offload`, beside the root.
+pub fn default_job_dir(tutor_root: &Path) -> PathBuf {
+    let mut name = tutor_root
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "tutor".into());
+    name.push(".offload");
+    tutor_root.with_file_name(name)
+}
+
+/// Where the Tutor root is: the flag, else `TUTOR_ROOT`, else Tutor's default.
+pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(crate::tutor::default_root)
+}
+
+const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
+const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
+
+impl Settings {
+    /// Resolve settings from flags; `recorded` is the endpoint record of an existing job, used when
+    /// the flags do not name a target themselves.
+    pub fn resolve(
+        inputs: &Inputs,
+        recorded: Option<&serde_json::Value>,
+    ) -> Result<Settings, SettingsError> {
+        let tutor_root = tutor_root(inputs.tutor_root.as_deref());
+        let job_dir = inputs
+            .job
+            .clone()
+            .unwrap_or_else(|| default_job_dir(&tutor_root));
+        let tutor = if tutor_root.join("config.yml").is_file() {
+            Some(TutorConfig::load(&tutor_root)?)
+        } else {
+            None
+        };
+
+        let targets: TargetsFile = match &inputs.targets {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+                    what: "--targets".into(),
+                    path: path.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+                serde_yaml::from_str(&text).map_err(|e| {
+                    invalid(
+                        format!("--targets {}", path.display()),
+                        format!("{e}; expected keys like `mysql: mysql://user@host:3306`"),
+                    )
+                })?
+            }
+            None => TargetsFile::default(),
+        };
+
+        let mut wanted: Vec<StoreKind> = Vec::new();
+        for name in &inputs.stores {
+            let kind = StoreKind::parse(name).ok_or_else(|| {
+                invalid("--stores", format!("unknown store `{name}`; choose from mysql, mongodb, redis, objects, meilisearch"))
+            })?;
+            if kind != StoreKind::Mysql {
+                return Err(SettingsError::NotAvailable {
+                    store: kind.to_string(),
+                });
+            }
+            wanted.push(kind);
+        }
+
+        let recorded_mysql = recorded.and_then(|r| r.get("mysql"));
+        let has_mysql_target =
+            inputs.to_mysql.is_some() || targets.mysql.is_some() || recorded_mysql.is_some();
+        let mysql_selected = if wanted.is_empty() {
+            has_mysql_target
+        } else {
+            wanted.contains(&StoreKind::Mysql)
+        };
+        let mysql = if mysql_selected {
+            Some(Self::resolve_mysql(
+                inputs,
+                &targets,
+                tutor.as_ref(),
+                recorded_mysql,
+            )?)
+        } else {
+            None
+        };
+        if mysql.is_none() {
+            return Err(SettingsError::NothingToDo);
+        }
+        Ok(Settings {
+            tutor_root,
+            tutor,
+            job_dir,
+            mysql,
+            parallel: inputs.parallel.max(1),
+        })
+    }
+
+    fn resolve_mysql(
+        inputs: &Inputs,
+        targets: &TargetsFile,
+        tutor: Option<&TutorConfig>,
+        recorded: Option<&serde_json::Value>,
+    ) -> Result<MysqlSettings, SettingsError> {
+        let recorded_end = |side: &str| -> Option<EndpointRecord> {
+            recorded
+                .and_then(|r| r.get(side))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        // Source: the flag, else the job's record, else config.yml.
+        let (source, source_secret) = if let Some(url) = &inputs.from_mysql {
+            let mut e = MysqlEndpoint::parse(url).map_err(|d| invalid("--from-mysql", d))?;
+            let secret = fill_password(
+                &mut e,
+                FROM_ENV,
+                inputs.from_mysql_password_file.as_deref(),
+                tutor,
+                "MYSQL_ROOT_PASSWORD",
+                "--from-mysql-password-file",
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("source") {
+            reopen(&rec, tutor, "source")?
+        } else {
+            let cfg = tutor.ok_or_else(|| {
+                invalid("source MySQL", "no config.yml found in the Tutor root and no --from-mysql given; pass --tutor-root DIR or --from-mysql URL")
+            })?;
+            let host = config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into());
+            let port = config_text(cfg, "MYSQL_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(3306);
+            let user = config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into());
+            let mut e = MysqlEndpoint {
+                host,
+                port,
+                user,
+                password: None,
+                tls: crate::stores::mysql::TlsMode::Disabled,
+            };
+            let secret = fill_password(
+                &mut e,
+                FROM_ENV,
+                inputs.from_mysql_password_file.as_deref(),
+                Some(cfg),
+                "MYSQL_ROOT_PASSWORD",
+                "--from-mysql-password-file",
+            )?;
+            (e, secret)
+        };
+
+        let target_url = inputs.to_mysql.clone().or_else(|| targets.mysql.clone());
+        let (target, target_secret) = if let Some(url) = target_url {
+            let mut e = MysqlEndpoint::parse(&url).map_err(|d| invalid("--to-mysql", d))?;
+            let file = inputs
+                .to_mysql_password_file
+                .clone()
+                .or_else(|| targets.mysql_password_file.clone());
+            let secret = fill_password(
+                &mut e,
+                TO_ENV,
+                file.as_deref(),
+                None,
+                "",
+                "--to-mysql-password-file",
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("target") {
+            reopen(&rec, tutor, "target")?
+        } else {
+            return Err(SettingsError::NoTarget {
+                store: "mysql".into(),
+            });
+        };
+
+        let recorded_list = |key: &str| -> Vec<String> {
+            recorded
+                .and_then(|r| r.get(key))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let databases = if inputs.databases.is_empty() {
+            recorded_list("databases")
+        } else {
+            inputs.databases.clone()
+        };
+        let exclude = if inputs.exclude.is_empty() {
+            recorded_list("exclude")
+        } else {
+            inputs.exclude.clone()
+        };
+
+        let mut create_users = Vec::new();
+        if inputs.create_users {
+            let cfg = tutor.ok_or_else(|| invalid("--create-users", "needs Tutor's config.yml for OPENEDX_MYSQL_USERNAME and its password; pass --tutor-root"))?;
+            let name =
+                config_text(cfg, "OPENEDX_MYSQL_USERNAME").unwrap_or_else(|| "openedx".into());
+            let password = config_text(cfg, "OPENEDX_MYSQL_PASSWORD").ok_or_else(|| {
+                invalid(
+                    "--create-users",
+                    "config.yml has no OPENEDX_MYSQL_PASSWORD; run `tutor config save` first",
+                )
+            })?;
+            let database =
+                config_text(cfg, "OPENEDX_MYSQL_DATABASE").unwrap_or_else(|| "openedx".into());
+            create_users.push(AppUser {
+                name,
+                password: Secret::new(password),
+                database,
+            });
+        }
+        Ok(MysqlSettings {
+            source,
+            source_secret,
+            target,
+            target_secret,
+            options: MysqlOptions {
+                databases,
+                exclude,
+                create_users,
+                batch_rows: inputs.batch_rows,
+                split_bytes: inputs.split_bytes.max(1),
+                ..MysqlOptions::default()
+            },
+        })
+    }
+
+    /// The stores these settings describe, ready to work.
+    pub fn stores(&self) -> Vec<Arc<dyn Store>> {
+        let mut out: Vec<Arc<dyn Store>> = Vec::new();
+        if let Some(m) = &self.mysql {
+            out.push(Arc::new(MysqlStore::new(
+                m.source.clone(),
+                m.target.clone(),
+                m.options.clone(),
+                self.parallel,
+            )));
+        }
+        out
+    }
+
+    /// What the job records: the guard compared on resume, and the endpoints (without secrets).
+    pub fn setup(&self, stores: &[Arc<dyn Store>]) -> Setup {
+        let mut guard = serde_json::Map::new();
+        for s in stores {
+            guard.insert(s.kind().to_string(), s.identity());
+        }
+        let mut endpoints = serde_json::Map::new();
+        if let Some(m) = &self.mysql {
+            endpoints.insert(
+                "mysql".into(),
+                json!({
+                    "source": EndpointRecord { url: m.source.public_url(), secret: m.source_secret.clone() },
+                    "target": EndpointRecord { url: m.target.public_url(), secret: m.target_secret.clone() },
+                    "databases": m.options.databases,
+                    "exclude": m.options.exclude,
+                }),
+            );
+        }
+        endpoints.insert(
+            "tutor_root".into(),
+            json!(self.tutor_root.display().to_string()),
+        );
+        Setup {
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            guard: serde_json::Value::Object(guard),
+            endpoints: serde_json::Value::Object(endpoints),
+        }
+    }
+}
+
+/// Complete an endpoint's password: from the URL, else the environment, else a file, else Tutor.
+fn fill_password(
+    e: &mut MysqlEndpoint,
+    env: &str,
+    file: Option<&Path>,
+    tutor: Option<&TutorConfig>,
+    tutor_key: &str,
+    file_flag: &str,
+) -> Result<SecretSource, SettingsError> {
+    if e.password.is_some() {
+        return Ok(SecretSource::Url);
+    }
+    if let Ok(v) = std::env::var(env) {
+        e.password = Some(Secret::new(v));
+        return Ok(SecretSource::Env(env.to_string()));
+    }
+    if let Some(path) = file {
+        let secret = read_secret_file(path).map_err(|err| SettingsError::File {
+            what: file_flag.to_string(),
+            path: path.display().to_string(),
+            detail: err.to_string(),
+        })?;
+        e.password = Some(secret);
+        let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        return Ok(SecretSource::File(absolute));
+    }
+    if let Some(cfg) = tutor {
+        if let Some(p) = config_text(cfg, tutor_key).filter(|p| !p.is_empty()) {
+            e.password = Some(Secret::new(p));
+            return Ok(SecretSource::Tutor(tutor_key.to_string()));
+        }
+    }
+    Ok(SecretSource::None)
+}
+
+/// Rebuild an endpoint recorded in a job, finding its password where it came from.
+fn reopen(
+    rec: &EndpointRecord,
+    tutor: Option<&TutorConfig>,
+    side: &str,
+) -> Result<(MysqlEndpoint, SecretSource), SettingsError> {
+    let mut e =
+        MysqlEndpoint::parse(&rec.url).map_err(|d| invalid(format!("the job's {side} URL"), d))?;
+    let env = if side == "source" { FROM_ENV } else { TO_ENV };
+    match &rec.secret {
+        SecretSource::None => {}
+        SecretSource::Url => {
+            if let Ok(v) = std::env::var(env) {
+                e.password = Some(Secret::new(v));
+            } else {
+                return Err(SettingsError::SecretNotRecoverable {
+                    side: side.into(),
+                    store: "mysql".into(),
+                    env: env.into(),
+                });
+            }
+        }
+        SecretSource::Env(name) => {
+            let v = std::env::var(name).map_err(|_| {
+                invalid(
+                    format!("{side} MySQL password"),
+                    format!("the job reads it from ${name}, which is not set now; export it again"),
+                )
+            })?;
+            e.password = Some(Secret::new(v));
+        }
+        SecretSource::File(path) => {
+            e.password = Some(read_secret_file(path).map_err(|err| SettingsError::File {
+                what: format!("{side} MySQL password file"),
+                path: path.display().to_string(),
+                detail: err.to_string(),
+            })?);
+        }
+        SecretSource::Tutor(key) => {
+            let cfg = tutor.ok_or_else(|| invalid(format!("{side} MySQL password"), format!("the job reads it from config.yml ({key}), but no config.yml was found; pass --tutor-root")))?;
+            e.password = config_text(cfg, key).map(Secret::new);
+        }
+    }
+    Ok((e, rec.secret.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_folder_sits_beside_the_root() {
+        assert_eq!(
+            default_job_dir(Path::new("/home/u/.local/share/tutor")),
+            PathBuf::from("/home/u/.local/share/tutor.offload")
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! What the MySQL store knows about a table (columns, key, how to select and write it), and
+//! the DDL statements it reads from the source and replays on the target.
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+
+use super::values::ColumnClass;
+
+/// Quote an identifier with backticks.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Quote a string as a SQL literal (for DDL and account statements that take no parameters).
+pub fn quote(text: &str) -> String {
+    let mut out = String::new();
+    super::values::push_literal(
+        &mut out,
+        &mysql_async::Value::Bytes(text.as_bytes().to_vec()),
+        ColumnClass::Text,
+    );
+    out
+}
+
+/// Databases that belong to the server itself and are never copied.
+pub const SYSTEM_DATABASES: [&str; 4] =
+    ["mysql", "sys", "performance_schema", "information_schema"];
+
+/// A column as copied: its name and how its values are written.
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub class: ColumnClass,
+    /// Generated columns are read (for digests and keys) but never written.
+    pub generated: bool,
+}
+
+/// A table's copy plan: the columns read, the key used to walk it, and the statement prefixes.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub columns: Vec<Column>,
+    /// Positions in `columns` of the key that orders the walk (primary key, or a unique key on
+    /// NOT NULL columns); empty for a keyless table.
+    pub key: Vec<usize>,
+    /// `db`.`table`
+    pub qualified: String,
+    /// `a`, `b`, ... in `columns` order.
+    pub select_list: String,
+    /// `REPLACE INTO db.t (writable columns) VALUES ` (or INSERT for keyless tables).
+    pub insert_prefix: String,
+}
+
+impl TableInfo {
+    /// Read a table's columns and best key from `information_schema`.
+    pub async fn load(conn: &mut Conn, db: &str, table: &str) -> mysql_async::Result<TableInfo> {
+        let cols: Vec<(String, String, String)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA FROM information_schema.COLUMNS
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (db, table),
+            )
+            .await?;
+        let columns: Vec<Column> = cols
+            .into_iter()
+            .map(|(name, data_type, extra)| {
+                let extra = extra.to_ascii_uppercase();
+                Column {
+                    name,
+                    class: ColumnClass::from_data_type(&data_type),
+                    generated: extra.contains("GENERATED")
+                        || extra.contains("VIRTUAL")
+                        || extra.contains("PERSISTENT")
+                        || extra.contains("STORED"),
+                }
+            })
+            .collect();
+        // Candidate keys: the primary key first, then unique keys whose columns are all NOT NULL.
+        let keys: Vec<(String, String, i64, String)> = conn
+            .exec(
+                "SELECT s.INDEX_NAME, s.COLUMN_NAME, s.SEQ_IN_INDEX, c.IS_NULLABLE
+                 FROM information_schema.STATISTICS s
+                 JOIN information_schema.COLUMNS c
+                   ON c.TABLE_SCHEMA = s.TABLE_SCHEMA AND c.TABLE_NAME = s.TABLE_NAME
+                  AND c.COLUMN_NAME = s.COLUMN_NAME
+                 WHERE s.TABLE_SCHEMA = ? AND s.TABLE_NAME = ? AND s.NON_UNIQUE = 0
+                   AND s.SUB_PART IS NULL
+                 ORDER BY (s.INDEX_NAME = 'PRIMARY') DESC, s.INDEX_NAME, s.SEQ_IN_INDEX",
+                (db, table),
+            )
+            .await?;
+        let mut key: Vec<usize> = Vec::new();
+        let mut current: Option<String> = None;
+        let mut candidate: Vec<usize> = Vec::new();
+        let mut usable = true;
+        let finish = |candidate: &mut Vec<usize>, usable: bool, key: &mut Vec<usize>| {
+            if key.is_empty() && usable && !candidate.is_empty() {
+                *key = std::mem::take(candidate);
+            }
+            candidate.clear();
+        };
+        for (index, column, _, nullable) in keys {
+            if current.as_deref() != Some(index.as_str()) {
+                finish(&mut candidate, usable, &mut key);
+                current = Some(index);
+                usable = true;
+            }
+            match columns.iter().position(|c| c.name == column) {
+                Some(pos) if nullable == "NO" => candidate.push(pos),
+                _ => usable = false,
+            }
+        }
+        finish(&mut candidate, usable, &mut key);
+
+        let qualified = format!("{}.{}", ident(db), ident(table));
+        let select_list = columns
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let writable = columns
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let verb = if key.is_empty() { "INSERT" } else { "REPLACE" };
+        let insert_prefix = format!("{verb} INTO {qualified} ({writable}) VALUES ");
+        Ok(TableInfo {
+            columns,
+            key,
+            qualified,
+            select_list,
+            insert_prefix,
+        })
+    }
+
+    pub fn keyless(&self) -> bool {
+        self.key.is_empty()
+    }
+
+    fn key_name(&self, i: usize) -> String {
+        ident(&self.columns[self.key[i]].name)
+    }
+
+    /// `WHERE` conditions and their parameters for keys after `after` and up to `upto`.
+    pub fn range_condition(
+        &self,
+        after: Option<&[mysql_async::Value]>,
+        upto: Option<&[mysql_async::Value]>,
+    ) -> (String, Vec<mysql_async::Value>) {
+        let mut parts = Vec::new();
+        let mut params = Vec::new();
+        if let Some(after) = after {
+            let (sql, p) = self.compare(after, ">", false);
+            parts.push(sql);
+            params.extend(p);
+        }
+        if let Some(upto) = upto {
+            let (sql, p) = self.compare(upto, "<", true);
+            parts.push(sql);
+            params.extend(p);
+        }
+        if parts.is_empty() {
+            (String::new(), params)
+        } else {
+            (format!(" WHERE {}", parts.join(" AND ")), params)
+        }
+    }
+
+    /// Lexicographic comparison of the key with `values`: `op` is `>` or `<`, `or_equal` adds the
+    /// all-equal case. The leading column gets a plain range condition the optimizer can use.
+    fn compare(
+        &self,
+        values: &[mysql_async::Value],
+        op: &str,
+        or_equal: bool,
+    ) -> (String, Vec<mysql_async::Value>) {
+        let n = self.key.len().min(values.len());
+        if n == 1 {
+            let op = if or_equal { "<=" } else { op };
+            return (
+                format!("{} {op} ?", self.key_name(0)),
+                vec![values[0].clone()],
+            );
+        }
+        let mut params = Vec::new();
+        let lead_op = if op == ">" { ">=" } else { "<=" };
+        let mut sql = format!("{} {lead_op} ? AND (", self.key_name(0));
+        params.push(values[0].clone());
+        let mut alternatives = Vec::new();
+        for i in 0..n {
+            let mut terms = Vec::new();
+            for (j, value) in values.iter().enumerate().take(i) {
+                terms.push(format!("{} = ?", self.key_name(j)));
+                params.push(value.clone());
+            }
+            terms.push(format!("{} {op} ?", self.key_name(i)));
+            params.push(values[i].clone());
+            alternatives.push(format!("({})", terms.join(" AND ")));
+        }
+        if or_equal {
+            let terms: Vec<String> = (0..n)
+                .map(|j| format!("{} = ?", self.key_name(j)))
+                .collect();
+            params.extend(values.iter().take(n).cloned());
+            alternatives.push(format!("({})", terms.join(" AND ")));
+        }
+        sql.push_str(&alternatives.join(" OR "));
+        sql.push(')');
+        (sql, params)
+    }
+
+    /// `ORDER BY` the key (empty for keyless tables).
+    pub fn order_by(&self) -> String {
+        if self.key.is_empty() {
+            String::new()
+        } else {
+            let cols: Vec<String> = (0..self.key.len()).map(|i| self.key_name(i)).collect();
+            format!(" ORDER BY {}", cols.join(", "))
+        }
+    }
+
+    /// A readable rendering of key values, `id=42` or `course_id='x', user_id=7`.
+    pub fn display_key(&self, values: &[mysql_async::Value]) -> String {
+        self.key
+            .iter()
+            .zip(values)
+            .map(|(&i, v)| {
+                format!(
+                    "{}={}",
+                    self.columns[i].name,
+                    super::values::display_value(v)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `SHOW CREATE TABLE` output without the AUTO_INCREMENT counter (which is data, not shape).
+pub fn normalize_table_ddl(ddl: &str) -> String {
+    let mut out = String::with_capacity(ddl.len());
+    let mut rest = ddl;
+    while let Some(pos) = rest.find(" AUTO_INCREMENT=") {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos + " AUTO_INCREMENT=".len()..];
+        let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Remove a `DEFINER=user@host` clause, for targets where that account does not exist.
+pub fn strip_definer(ddl: &str) -> String {
+    let Some(start) = ddl.find("DEFINER=") else {
+        return ddl.to_string();
+    };
+    let tail = &ddl[start + "DEFINER=".len()..];
+    // user@host, each part quoted with backticks or quotes, or bare up to a space.
+    let mut end = 0;
+    let bytes = tail.as_bytes();
+    let mut parts = 0;
+    while parts < 2 && end < bytes.len() {
+        let q = bytes[end];
+        if q == b'`' || q == b'\'' || q == b'"' {
+            end += 1;
+            while end < bytes.len() {
+                if bytes[end] == q {
+                    if bytes.get(end + 1) == Some(&q) {
+                        end += 2;
+                        continue;
+                    }
+                    break;
+                }
+                end += 1;
+            }
+            end += 1;
+        } else {
+            while end < bytes.len() && bytes[end] != b'@' && bytes[end] != b' ' {
+                end += 1;
+            }
+        }
+        parts += 1;
+        if parts == 1 && end < bytes.len() && bytes[end] == b'@' {
+            end += 1;
+        } else {
+            break;
+        }
+    }
+    let rest = tail[end.min(tail.len())..].trim_start();
+    format!("{}{}", &ddl[..start], rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_increment_is_not_shape() {
+        let a = "CREATE TABLE `t` (\n `id` int\n) ENGINE=InnoDB AUTO_INCREMENT=42 DEFAULT CHARSET=utf8mb4";
+        let b = "CREATE TABLE `t` (\n `id` int\n) ENGINE=InnoDB AUTO_INCREMENT=7 DEFAULT CHARSET=utf8mb4";
+        assert_eq!(normalize_table_ddl(a), normalize_table_ddl(b));
+        assert!(!normalize_table_ddl(a).contains("AUTO_INCREMENT"));
+    }
+
+    #[test]
+    fn definer_is_stripped() {
+        assert_eq!(
+            strip_definer("CREATE DEFINER=`root`@`localhost` TRIGGER `t` BEFORE INSERT"),
+            "CREATE TRIGGER `t` BEFORE INSERT"
+        );
+        assert_eq!(
+            strip_definer(
+                "CREATE ALGORITHM=UNDEFINED DEFINER=`a``b`@`%` SQL SECURITY DEFINER VIEW `v`"
+            ),
+            "CREATE ALGORITHM=UNDEFINED SQL SECURITY DEFINER VIEW `v`"
+        );
+        assert_eq!(strip_definer("CREATE VIEW v"), "CREATE VIEW v");
+    }
+}

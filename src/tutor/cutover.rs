@@ -1,0 +1,979 @@
+//! Cutover and rollback: point Tutor's `config.yml` at the external servers, safely.
+//!
+//! [`plan_cutover`] turns the targets into config edits (per store, the keys Tutor's templates
+//! read), a masked diff and a runbook of the Tutor commands to run next, without touching the
+//! file. [`apply_cutover`] writes the plan only if `config.yml` is still the file that was
+//! planned from: it backs the file up beside itself, then replaces it atomically. [`rollback`]
+//! puts the newest backup back.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::Ipv6Addr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use serde_yaml::Value;
+use sha2::Sha256;
+
+use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
+use super::{pyyaml, text_digest, TutorConfig, TutorError, CONFIG_FILENAME};
+
+/// The external MySQL server that replaces Tutor's `mysql` container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlTarget {
+    pub host: String,
+    pub port: u16,
+    pub root_username: String,
+    /// `None` keeps `MYSQL_ROOT_PASSWORD` as it is.
+    pub root_password: Option<String>,
+    /// Open edX's own user (`OPENEDX_MYSQL_USERNAME`, `OPENEDX_MYSQL_PASSWORD`), written only
+    /// where it differs from the current setting.
+    pub app: Option<(String, String)>,
+    /// Plugin users (`<PREFIX>_MYSQL_USERNAME`, `<PREFIX>_MYSQL_PASSWORD`), written only where
+    /// they differ from the current settings.
+    pub plugin_users: Vec<MysqlPluginUser>,
+}
+
+/// A plugin's MySQL user, e.g. prefix `DISCOVERY` for `DISCOVERY_MYSQL_USERNAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlPluginUser {
+    pub prefix: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// The external MongoDB server. Authentication goes in these fields, never inside `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongodbTarget {
+    pub host: String,
+    pub port: u16,
+    /// Empty for no authentication.
+    pub username: String,
+    pub password: String,
+    pub use_ssl: bool,
+    pub auth_source: String,
+    /// Empty lets the driver choose (e.g. `SCRAM-SHA-256`).
+    pub auth_mechanism: String,
+    /// Empty for a standalone server.
+    pub replica_set: String,
+}
+
+/// The external Redis server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub host: String,
+    pub port: u16,
+    /// Empty for none (the `default` user).
+    pub username: String,
+    /// Empty for none.
+    pub password: String,
+}
+
+/// The external Meilisearch server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeilisearchTarget {
+    /// Reached by the Open edX backend, e.g. `https://search.internal:7700`.
+    pub url: String,
+    /// Reached by browsers.
+    pub public_url: String,
+    pub master_key: String,
+}
+
+/// The external S3-compatible object storage that replaces the `minio` plugin, configured
+/// through the tutor-contrib-s3 plugin (`s3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Target {
+    /// Empty for AWS S3.
+    pub host: String,
+    /// `None` for AWS S3.
+    pub port: Option<u16>,
+    pub use_ssl: bool,
+    pub region: String,
+    pub storage_bucket: String,
+    pub file_upload_bucket: String,
+    pub grade_bucket: String,
+    /// Empty keeps profile images on the filesystem (tutor-contrib-s3's default).
+    pub profile_image_bucket: String,
+    /// `auto`, `path` or `virtual`.
+    pub addressing_style: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// One store to move off Tutor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CutoverTarget {
+    Mysql(MysqlTarget),
+    Mongodb(MongodbTarget),
+    Redis(RedisTarget),
+    Meilisearch(MeilisearchTarget),
+    S3(S3Target),
+}
+
+impl CutoverTarget {
+    fn store(&self) -> &'static str {
+        match self {
+            CutoverTarget::Mysql(_) => "MySQL",
+            CutoverTarget::Mongodb(_) => "MongoDB",
+            CutoverTarget::Redis(_) => "Redis",
+            CutoverTarget::Meilisearch(_) => "Meilisearch",
+            CutoverTarget::S3(_) => "S3",
+        }
+    }
+}
+
+/// What a cutover will change, computed without touching the file.
+#[derive(Debug, Clone)]
+pub struct CutoverPlan {
+    /// The settings to set or remove.
+    pub edits: ConfigEdits,
+    /// Things the user must know or do by hand (e.g. buckets the S3 plugin has no setting for).
+    pub warnings: Vec<String>,
+    root: PathBuf,
+    stores: Vec<&'static str>,
+    original: String,
+    updated: String,
+}
+
+/// The result of [`apply_cutover`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedCutover {
+    /// The copy of the previous `config.yml`.
+    pub backup_path: PathBuf,
+    /// The rewritten `config.yml`.
+    pub config_path: PathBuf,
+}
+
+/// The result of [`rollback`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The backup that `config.yml` now equals.
+    pub restored_from: PathBuf,
+}
+
+const BACKUP_PREFIX: &str = "config.yml.offload-backup-";
+const MASK: &str = "********";
+
+/// Whether a setting holds a secret, which diffs and logs must never show.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_uppercase().replace("KEY_UID", "");
+    ["PASSWORD", "SECRET", "KEY", "TOKEN"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
+    TutorError::Target {
+        store,
+        reason: reason.into(),
+    }
+}
+
+/// A host name or IP address, without scheme, credentials, port or path.
+fn check_host(store: &'static str, field: &str, host: &str) -> Result<(), TutorError> {
+    let bad = host.is_empty()
+        || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
+        || (host.contains(':') && host.parse::<Ipv6Addr>().is_err());
+    if bad {
+        return Err(target_error(
+            store,
+            format!(
+                "{field} must be a bare host name or IP address (no scheme, user, password, \
+                 port or path: those have their own settings)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_port(store: &'static str, port: u16) -> Result<(), TutorError> {
+    if port == 0 {
+        return Err(target_error(store, "port 0 is not a usable port"));
+    }
+    Ok(())
+}
+
+fn check_url(store: &'static str, field: &str, url: &str) -> Result<(), TutorError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !url.contains(char::is_whitespace) => Ok(()),
+        _ => Err(target_error(
+            store,
+            format!("{field} must be an http:// or https:// URL"),
+        )),
+    }
+}
+
+/// S3 bucket naming rules: 3 to 63 lowercase letters, digits, dots and hyphens.
+fn check_bucket(field: &str, bucket: &str) -> Result<(), TutorError> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        return Err(target_error(
+            "S3",
+            format!("{field} must be a valid bucket name (3-63 lowercase letters, digits, dots, hyphens)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Tutor's `uid_master_hash`: lowercase hex HMAC-SHA256 of the key uid, keyed by the master key.
+pub fn meilisearch_api_key(master_key: &str, api_key_uid: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master_key.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(api_key_uid.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// Sets `key` to `value` only when it differs from what Tutor currently uses.
+fn set_if_changed(edits: &mut ConfigEdits, cfg: &TutorConfig, key: &str, value: &str) {
+    if cfg.get_str(key).as_deref() != Some(value) {
+        edits.set(key, value);
+    }
+}
+
+/// Characters Tutor 22's templates copy unescaped into shell, SQL, Python and YAML strings.
+const TEMPLATE_UNSAFE: &[char] = &['"', '\'', '\\', '`', '$'];
+/// Characters that also break the `redis://user:password@host` URLs Tutor builds.
+const URL_UNSAFE: &[char] = &['@', ':', '/', '%', '#', '?', ' '];
+
+/// Warns (without showing the value) when Tutor's templates would mangle a credential.
+fn warn_unescaped(warnings: &mut Vec<String>, key: &str, value: &str, in_url: bool) {
+    if value.contains(TEMPLATE_UNSAFE) {
+        warnings.push(format!(
+            "{key} contains a quote, backslash, backtick or dollar sign, which Tutor 22 copies \
+             unescaped into generated shell, SQL, Python and YAML files: connections may fail; \
+             prefer letters, digits and - _ . ~"
+        ));
+    } else if in_url && value.contains(URL_UNSAFE) {
+        warnings.push(format!(
+            "{key} contains one of @ : / % # ? or a space, which Tutor 22 copies unescaped into \
+             redis:// URLs: connections may fail; prefer letters, digits and - _ . ~"
+        ));
+    }
+}
+
+fn plan_mysql(
+    cfg: &TutorConfig,
+    t: &MysqlTarget,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    check_host("MySQL", "host", &t.host)?;
+    check_port("MySQL", t.port)?;
+    if t.root_username.is_empty() {
+        return Err(target_error("MySQL", "root_username must not be empty"));
+    }
+    edits
+        .set("RUN_MYSQL", false)
+        .set("MYSQL_HOST", t.host.as_str())
+        .set("MYSQL_PORT", t.port)
+        .set("MYSQL_ROOT_USERNAME", t.root_username.as_str());
+    if let Some(password) = &t.root_password {
+        edits.set("MYSQL_ROOT_PASSWORD", password.as_str());
+        warn_unescaped(warnings, "MYSQL_ROOT_PASSWORD", password, false);
+    }
+    if let Some((username, password)) = &t.app {
+        set_if_changed(edits, cfg, "OPENEDX_MYSQL_USERNAME", username);
+        set_if_changed(edits, cfg, "OPENEDX_MYSQL_PASSWORD", password);
+        warn_unescaped(warnings, "OPENEDX_MYSQL_PASSWORD", password, false);
+    }
+    for user in &t.plugin_users {
+        let username_key = format!("{}_MYSQL_USERNAME", user.prefix);
+        if !pyyaml::is_plain_key(&username_key) || user.prefix.is_empty() {
+            return Err(target_error(
+                "MySQL",
+                "a plugin prefix must be a setting-name prefix such as DISCOVERY",
+            ));
+        }
+        set_if_changed(edits, cfg, &username_key, &user.username);
+        let password_key = format!("{}_MYSQL_PASSWORD", user.prefix);
+        set_if_changed(edits, cfg, &password_key, &user.password);
+        warn_unescaped(warnings, &password_key, &user.password, false);
+    }
+    Ok(())
+}
+
+fn plan_mongodb(
+    t: &MongodbTarget,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    check_host("MongoDB", "host", &t.host)?;
+    check_port("MongoDB", t.port)?;
+    if t.username.is_empty() != t.password.is_empty() {
+        return Err(target_error(
+            "MongoDB",
+            "give both a username and a password, or neither",
+        ));
+    }
+    if t.auth_source.is_empty() {
+        return Err(target_error(
+            "MongoDB",
+            "auth_source must not be empty (Tutor's default is admin)",
+        ));
+    }
+    edits
+        .set("RUN_MONGODB", false)
+        .set("MONGODB_HOST", t.host.as_str())
+        .set("MONGODB_PORT", t.port)
+        .set("MONGODB_USERNAME", t.username.as_str())
+        .set("MONGODB_PASSWORD", t.password.as_str())
+        .set("MONGODB_USE_SSL", t.use_ssl)
+        .set("MONGODB_AUTH_SOURCE", t.auth_source.as_str())
+        .set("MONGODB_AUTH_MECHANISM", t.auth_mechanism.as_str())
+        .set("MONGODB_REPLICA_SET", t.replica_set.as_str());
+    warn_unescaped(warnings, "MONGODB_USERNAME", &t.username, false);
+    warn_unescaped(warnings, "MONGODB_PASSWORD", &t.password, false);
+    Ok(())
+}
+
+fn plan_redis(
+    t: &RedisTarget,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    check_host("Redis", "host", &t.host)?;
+    check_port("Redis", t.port)?;
+    if t.username.is_empty() && !t.password.is_empty() {
+        return Err(target_error(
+            "Redis",
+            "Tutor 22 sends REDIS_PASSWORD only together with REDIS_USERNAME: for a server \
+             with only a password (requirepass), use the username `default`",
+        ));
+    }
+    edits
+        .set("RUN_REDIS", false)
+        .set("REDIS_HOST", t.host.as_str())
+        .set("REDIS_PORT", t.port)
+        .set("REDIS_USERNAME", t.username.as_str())
+        .set("REDIS_PASSWORD", t.password.as_str());
+    warn_unescaped(warnings, "REDIS_USERNAME", &t.username, true);
+    warn_unescaped(warnings, "REDIS_PASSWORD", &t.password, true);
+    Ok(())
+}
+
+fn plan_meilisearch(
+    cfg: &TutorConfig,
+    t: &MeilisearchTarget,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    check_url("Meilisearch", "url", &t.url)?;
+    check_url("Meilisearch", "public_url", &t.public_url)?;
+    if t.master_key.len() < 16 {
+        return Err(target_error(
+            "Meilisearch",
+            "the master key must be at least 16 bytes long (Meilisearch refuses shorter ones)",
+        ));
+    }
+    let uid = cfg
+        .get_str("MEILISEARCH_API_KEY_UID")
+        .filter(|uid| !uid.is_empty())
+        .ok_or_else(|| TutorError::MissingSetting {
+            key: "MEILISEARCH_API_KEY_UID".to_owned(),
+            path: cfg.path(),
+            hint: "run `tutor config save` once so Tutor generates it, then plan again",
+        })?;
+    edits
+        .set("RUN_MEILISEARCH", false)
+        .set("MEILISEARCH_URL", t.url.as_str())
+        .set("MEILISEARCH_PUBLIC_URL", t.public_url.as_str())
+        .set("MEILISEARCH_MASTER_KEY", t.master_key.as_str())
+        .set(
+            "MEILISEARCH_API_KEY",
+            meilisearch_api_key(&t.master_key, &uid),
+        );
+    warn_unescaped(warnings, "MEILISEARCH_MASTER_KEY", &t.master_key, false);
+    Ok(())
+}
+
+fn plan_s3(
+    cfg: &TutorConfig,
+    t: &S3Target,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    if !t.host.is_empty() {
+        check_host("S3", "host", &t.host)?;
+    }
+    if let Some(port) = t.port {
+        check_port("S3", port)?;
+    }
+    check_bucket("storage_bucket", &t.storage_bucket)?;
+    check_bucket("file_upload_bucket", &t.file_upload_bucket)?;
+    check_bucket("grade_bucket", &t.grade_bucket)?;
+    if !t.profile_image_bucket.is_empty() {
+        check_bucket("profile_image_bucket", &t.profile_image_bucket)?;
+    }
+    if !matches!(t.addressing_style.as_str(), "auto" | "path" | "virtual") {
+        return Err(target_error(
+            "S3",
+            "addressing_style must be auto, path or virtual",
+        ));
+    }
+    if t.access_key.is_empty() || t.secret_key.is_empty() {
+        return Err(target_error(
+            "S3",
+            "both an access key and a secret key are needed",
+        ));
+    }
+
+    let plugins = cfg.plugins();
+    let mut new_plugins: BTreeSet<String> =
+        plugins.iter().filter(|p| *p != "minio").cloned().collect();
+    new_plugins.insert("s3".to_owned());
+    let new_plugins: Vec<Value> = new_plugins.into_iter().map(Value::String).collect();
+    edits
+        .set("PLUGINS", Value::Sequence(new_plugins))
+        .set("S3_HOST", t.host.as_str())
+        .set(
+            "S3_PORT",
+            t.port.map_or(Value::String(String::new()), Value::from),
+        )
+        .set("S3_USE_SSL", t.use_ssl)
+        .set("S3_REGION", t.region.as_str())
+        .set("S3_STORAGE_BUCKET", t.storage_bucket.as_str())
+        .set("S3_FILE_UPLOAD_BUCKET", t.file_upload_bucket.as_str())
+        .set("S3_GRADE_BUCKET", t.grade_bucket.as_str())
+        .set("S3_PROFILE_IMAGE_BUCKET", t.profile_image_bucket.as_str())
+        .set("S3_ADDRESSING_STYLE", t.addressing_style.as_str())
+        .set("OPENEDX_AWS_ACCESS_KEY", t.access_key.as_str())
+        .set("OPENEDX_AWS_SECRET_ACCESS_KEY", t.secret_key.as_str());
+    warn_unescaped(warnings, "OPENEDX_AWS_ACCESS_KEY", &t.access_key, false);
+    warn_unescaped(
+        warnings,
+        "OPENEDX_AWS_SECRET_ACCESS_KEY",
+        &t.secret_key,
+        false,
+    );
+
+    if plugins.iter().any(|p| p == "minio") {
+        let mut unmapped = vec![
+            ("MINIO_VIDEO_UPLOAD_BUCKET_NAME", "video uploads"),
+            (
+                "MINIO_OPENEDX_LEARNING_BUCKET_NAME",
+                "openedx-learning media",
+            ),
+        ];
+        if plugins.iter().any(|p| p == "discovery") {
+            unmapped.push(("MINIO_DISCOVERY_BUCKET_NAME", "course discovery uploads"));
+        }
+        for (key, what) in unmapped {
+            let bucket = cfg
+                .get_str(key)
+                .filter(|b| !b.contains('{'))
+                .unwrap_or_else(|| "discoveryuploads".to_owned());
+            warnings.push(format!(
+                "MinIO bucket {bucket:?} ({what}, {key}) has no tutor-contrib-s3 setting: \
+                 offload writes nothing for it; copy it if you need it and configure Open edX \
+                 for it yourself"
+            ));
+        }
+        if t.profile_image_bucket.is_empty() {
+            let bucket = cfg.get_str("MINIO_BUCKET_NAME").unwrap_or_default();
+            warnings.push(format!(
+                "S3_PROFILE_IMAGE_BUCKET is empty: tutor-contrib-s3 then keeps profile images on \
+                 the filesystem, while MinIO kept them in bucket {bucket:?}"
+            ));
+        }
+        warnings.push(
+            "the MINIO_* settings stay in config.yml (as after `tutor plugins disable minio`); \
+             they are unused once the minio plugin is disabled"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// Works out the `config.yml` edits for moving `targets` off Tutor.
+pub fn plan_cutover(
+    cfg: &TutorConfig,
+    targets: &[CutoverTarget],
+) -> Result<CutoverPlan, TutorError> {
+    let mut edits = ConfigEdits::new();
+    let mut warnings = Vec::new();
+    let mut stores = Vec::new();
+    for target in targets {
+        let store = target.store();
+        if stores.contains(&store) {
+            return Err(target_error(store, "given more than once"));
+        }
+        stores.push(store);
+        match target {
+            CutoverTarget::Mysql(t) => plan_mysql(cfg, t, &mut edits, &mut warnings)?,
+            CutoverTarget::Mongodb(t) => plan_mongodb(t, &mut edits, &mut warnings)?,
+            CutoverTarget::Redis(t) => plan_redis(t, &mut edits, &mut warnings)?,
+            CutoverTarget::Meilisearch(t) => plan_meilisearch(cfg, t, &mut edits, &mut warnings)?,
+            CutoverTarget::S3(t) => plan_s3(cfg, t, &mut edits, &mut warnings)?,
+        }
+    }
+    let updated = apply_edits_at(cfg.raw(), &edits, &cfg.path())?;
+    tracing::debug!(
+        stores = ?stores,
+        settings = edits.len(),
+        warnings = warnings.len(),
+        "planned Tutor cutover"
+    );
+    Ok(CutoverPlan {
+        edits,
+        warnings,
+        root: cfg.root().to_owned(),
+        stores,
+        original: cfg.raw().to_owned(),
+        updated,
+    })
+}
+
+/// Lines of one setting's block as it reads in the file, with secret values masked.
+fn masked_block(key: &str, block: &str) -> Vec<String> {
+    if is_secret_key(key) {
+        return vec![format!("{key}: {MASK}")];
+    }
+    block.lines().map(str::to_owned).collect()
+}
+
+impl CutoverPlan {
+    /// The digest of the `config.yml` text this plan was computed from.
+    pub fn base_digest(&self) -> String {
+        text_digest(&self.original)
+    }
+
+    /// The full new text of `config.yml`. It holds secrets: never print or log it.
+    pub fn updated_text(&self) -> &str {
+        &self.updated
+    }
+
+    /// Whether applying the plan would change `config.yml` at all.
+    pub fn changes_anything(&self) -> bool {
+        self.updated != self.original
+    }
+
+    /// A diff of `config.yml` by setting (`-` old, `+` new), secret values shown as `********`.
+    pub fn masked_diff(&self) -> String {
+        let path = self.root.join(CONFIG_FILENAME);
+        let mut out = format!("--- {0}\n+++ {0} (after cutover)\n", path.display());
+        let old = setting_blocks(&self.original);
+        let new = setting_blocks(&self.updated);
+        for (key, _) in self.edits.iter() {
+            let before = old.iter().find(|(k, _)| k == key).map(|(_, b)| *b);
+            let after = new.iter().find(|(k, _)| k == key).map(|(_, b)| *b);
+            if before == after {
+                continue;
+            }
+            let _ = writeln!(out, "@@ {key} @@");
+            for line in before.map(|b| masked_block(key, b)).unwrap_or_default() {
+                let _ = writeln!(out, "-{line}");
+            }
+            for line in after.map(|b| masked_block(key, b)).unwrap_or_default() {
+                let _ = writeln!(out, "+{line}");
+            }
+        }
+        out
+    }
+
+    /// The Tutor commands to run after the new `config.yml` is written, and how to roll back.
+    pub fn runbook(&self) -> String {
+        let root = shell_quote(&self.root.display().to_string());
+        let has = |store: &str| self.stores.contains(&store);
+        let mut services: Vec<&str> = Vec::new();
+        for (store, service) in [
+            ("MySQL", "mysql"),
+            ("MongoDB", "mongodb"),
+            ("Redis", "redis"),
+            ("Meilisearch", "meilisearch"),
+            ("S3", "minio"),
+        ] {
+            if has(store) {
+                services.push(service);
+            }
+        }
+        let mut inits = Vec::new();
+        if has("MySQL") {
+            inits.push((
+                "mysql",
+                "creates the databases and the openedx user on the new MySQL",
+            ));
+        }
+        if has("Meilisearch") {
+            inits.push((
+                "meilisearch",
+                "creates the API key (uid MEILISEARCH_API_KEY_UID) on the new Meilisearch",
+            ));
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "Next steps, for the Tutor project root {root}");
+        let _ = writeln!(
+            out,
+            "(export TUTOR_ROOT={root}, and run them as the user that runs Tutor)\n"
+        );
+        let mut step = 0;
+        let mut next = || {
+            step += 1;
+            step
+        };
+        let _ = writeln!(
+            out,
+            "{}. Stop the platform while the old containers are still listed:\n     tutor local stop\n     \
+             (Kubernetes: tutor k8s stop)",
+            next()
+        );
+        if has("S3") {
+            let _ = writeln!(
+                out,
+                "{}. Install tutor-contrib-s3 (not on PyPI) into Tutor's Python environment:\n     \
+                 pip install \"git+https://github.com/hastexo/tutor-contrib-s3\"\n     \
+                 `tutor plugins list` must then show s3 as enabled",
+                next()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}. Render the environment from the new config.yml:\n     tutor config save",
+            next()
+        );
+        if !inits.is_empty() {
+            let _ = writeln!(out, "{}. Create users and keys on the new servers:", next());
+            for (limit, what) in &inits {
+                let _ = writeln!(out, "     tutor local do init --limit={limit}    # {what}");
+            }
+            let limits: Vec<String> = inits
+                .iter()
+                .map(|(l, _)| format!("tutor k8s do init --limit={l}"))
+                .collect();
+            let _ = writeln!(out, "     (Kubernetes: {})", limits.join("; "));
+        }
+        let _ = writeln!(
+            out,
+            "{}. Start the platform on the new servers:\n     tutor local start -d\n     \
+             (it recreates the containers from the new env/ and removes the old {} \
+             containers, which `tutor local restart` does not)\n     \
+             (Kubernetes: tutor k8s start; step 1 already deleted the old deployments, their \
+             volumes are kept)",
+            next(),
+            services.join("/"),
+        );
+        let _ = writeln!(
+            out,
+            "{}. Check: tutor config printvalue {}",
+            next(),
+            self.check_keys().join(" ; tutor config printvalue ")
+        );
+        let _ = writeln!(
+            out,
+            "\nTo roll back: offload rollback --tutor-root {root}\n  (restores config.yml from the \
+             newest {BACKUP_PREFIX}* file), then tutor config save and tutor local start -d \
+             (Kubernetes: tutor k8s start). Data written to the new servers after cutover is not \
+             copied back."
+        );
+        out
+    }
+
+    fn check_keys(&self) -> Vec<&str> {
+        [
+            "MYSQL_HOST",
+            "MONGODB_HOST",
+            "REDIS_HOST",
+            "MEILISEARCH_URL",
+            "S3_HOST",
+        ]
+        .into_iter()
+        .filter(|k| self.edits.get(k).is_some())
+        .collect()
+    }
+}
+
+/// `text` as one shell word: unchanged when safe, else single-quoted.
+fn shell_quote(text: &str) -> String {
+    let safe = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b));
+    if safe {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> TutorError {
+    TutorError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Permission bits and owner to give a file written in place of another.
+#[derive(Debug, Clone, Copy)]
+struct FileIdentity {
+    mode: u32,
+    owner: Option<(u32, u32)>,
+}
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            mode: meta.permissions().mode() & 0o7777,
+            owner: Some((meta.uid(), meta.gid())),
+        }
+    }
+}
+
+/// Creates `path` (which must not exist) holding `bytes`, flushed to disk, with `identity`.
+///
+/// The owner is kept when the process may set it (root, or the same user); otherwise the
+/// write fails rather than leave a file its owner cannot read.
+fn create_file(path: &Path, bytes: &[u8], identity: FileIdentity) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    if let Some((uid, gid)) = identity.owner {
+        let meta = file.metadata()?;
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+    }
+    file.write_all(bytes)?;
+    file.set_permissions(std::fs::Permissions::from_mode(identity.mode))?;
+    file.sync_all()
+}
+
+/// Writes `bytes` over `path` through a temporary file in the same folder (fsync, rename, fsync
+/// of the folder). A symbolic link is followed, as Tutor does. On error `path` is left as it was.
+fn write_atomically(path: &Path, bytes: &[u8], identity: FileIdentity) -> Result<(), TutorError> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let target = if is_link {
+        std::fs::canonicalize(path).map_err(|e| write_error(path, e))?
+    } else {
+        path.to_owned()
+    };
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(CONFIG_FILENAME);
+    let tmp = dir.join(format!(".{name}.offload-tmp-{}", std::process::id()));
+    let result = create_file(&tmp, bytes, identity)
+        .and_then(|()| std::fs::rename(&tmp, &target))
+        .and_then(|()| std::fs::File::open(dir)?.sync_all());
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| write_error(path, e))
+}
+
+/// Whether a config text sets any secret-named setting to a non-empty value.
+fn holds_secrets(text: &str) -> bool {
+    let Ok(mapping) = read_mapping(text, Path::new(CONFIG_FILENAME)) else {
+        return true;
+    };
+    mapping.iter().any(|(key, value)| {
+        key.as_str().is_some_and(is_secret_key)
+            && !matches!(value, Value::Null)
+            && value.as_str() != Some("")
+    })
+}
+
+/// Writes `plan` to `<root>/config.yml`, if the file still has the digest `expected_digest`.
+///
+/// The previous file is first copied to `config.yml.offload-backup-<now>` (mode 0600) beside it;
+/// `now` should be a sortable UTC timestamp such as `20261123T151200Z`, since [`rollback`] takes
+/// the backup whose name sorts last. The new file keeps the old one's permission bits, narrowed
+/// to 0600 when it holds secrets.
+pub fn apply_cutover(
+    root: &Path,
+    plan: &CutoverPlan,
+    expected_digest: &str,
+    now: &str,
+) -> Result<AppliedCutover, TutorError> {
+    let path = config_path(root);
+    if now.is_empty()
+        || !now
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:+-".contains(&b))
+    {
+        return Err(TutorError::Value {
+            key: "backup timestamp".to_owned(),
+            reason: "use letters, digits and . _ : + - only, e.g. 20261123T151200Z".to_owned(),
+        });
+    }
+    let current = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TutorError::NotFound {
+                root: root.to_owned(),
+            })
+        }
+        Err(source) => return Err(TutorError::Read { path, source }),
+    };
+    let digest = text_digest(&current);
+    if digest != expected_digest || digest != plan.base_digest() {
+        return Err(TutorError::Changed { path });
+    }
+    let identity = std::fs::metadata(&path)
+        .map(|meta| FileIdentity::of(&meta))
+        .map_err(|source| TutorError::Read {
+            path: path.clone(),
+            source,
+        })?;
+
+    let backup_path = root.join(format!("{BACKUP_PREFIX}{now}"));
+    let private = FileIdentity {
+        mode: 0o600,
+        ..identity
+    };
+    if let Err(source) = create_file(&backup_path, current.as_bytes(), private) {
+        if source.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&backup_path);
+        }
+        return Err(write_error(&backup_path, source));
+    }
+
+    let identity = if holds_secrets(&plan.updated) {
+        private
+    } else {
+        identity
+    };
+    write_atomically(&path, plan.updated.as_bytes(), identity)?;
+    tracing::info!(
+        config = %path.display(),
+        backup = %backup_path.display(),
+        settings = plan.edits.len(),
+        "rewrote Tutor config.yml for cutover"
+    );
+    Ok(AppliedCutover {
+        backup_path,
+        config_path: path,
+    })
+}
+
+/// Restores `<root>/config.yml` from the newest offload backup, byte for byte.
+///
+/// The restored file keeps the current `config.yml`'s permission bits (0600 if there is none).
+/// Backups are kept.
+pub fn rollback(root: &Path) -> Result<RolledBack, TutorError> {
+    let entries = std::fs::read_dir(root).map_err(|source| TutorError::Read {
+        path: root.to_owned(),
+        source,
+    })?;
+    let newest = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
+                && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .max()
+        .ok_or_else(|| TutorError::NoBackup {
+            root: root.to_owned(),
+        })?;
+    let bytes = std::fs::read(&newest).map_err(|source| TutorError::Read {
+        path: newest.clone(),
+        source,
+    })?;
+    let path = config_path(root);
+    let identity = match std::fs::metadata(&path) {
+        Ok(meta) => FileIdentity::of(&meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileIdentity {
+            mode: 0o600,
+            owner: None,
+        },
+        Err(source) => return Err(TutorError::Read { path, source }),
+    };
+    write_atomically(&path, &bytes, identity)?;
+    tracing::info!(
+        config = %path.display(),
+        backup = %newest.display(),
+        "restored Tutor config.yml from backup"
+    );
+    Ok(RolledBack {
+        restored_from: newest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys() {
+        for key in [
+            "MYSQL_ROOT_PASSWORD",
+            "OPENEDX_AWS_SECRET_ACCESS_KEY",
+            "MEILISEARCH_API_KEY",
+            "OPENEDX_AWS_ACCESS_KEY",
+            "GITHUB_TOKEN",
+            "JWT_RSA_PRIVATE_KEY",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in [
+            "MEILISEARCH_API_KEY_UID",
+            "MYSQL_HOST",
+            "S3_STORAGE_BUCKET",
+            "PLUGINS",
+        ] {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn meilisearch_key_matches_tutor() {
+        // From a config.yml written by tutor 22.0.3 (fixtures/tutor/config.yml).
+        assert_eq!(
+            meilisearch_api_key(
+                "4jJLBHkIjkYOJULYvz5MeenB",
+                "1b060280-7358-4220-83a1-b904da72a3d4"
+            ),
+            "d3fc181a1ace66f1225c0193f1cc3db1e63f8318331f0e422909098cf67d4a29"
+        );
+    }
+
+    #[test]
+    fn runbook_paths_are_shell_words() {
+        assert_eq!(shell_quote("/srv/tutor"), "/srv/tutor");
+        assert_eq!(shell_quote("/srv/my tutor"), "'/srv/my tutor'");
+        assert_eq!(shell_quote("/srv/it's"), "'/srv/it'\\''s'");
+    }
+
+    #[test]
+    fn redis_password_needs_a_username() {
+        let target = RedisTarget {
+            host: "redis.internal".into(),
+            port: 6379,
+            username: String::new(),
+            password: "secret".into(),
+        };
+        let err = plan_redis(&target, &mut ConfigEdits::new(), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("`default`"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn hosts_carry_no_credentials() {
+        for bad in ["", "mongodb://h", "u:p@h", "h:27017", "h/db", "a b"] {
+            assert!(check_host("MongoDB", "host", bad).is_err(), "{bad:?}");
+        }
+        for good in ["mongo.internal", "10.0.0.5", "::1", "fd00::5"] {
+            assert!(check_host("MongoDB", "host", good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Human-readable text for plans, copy summaries, verification reports and job status.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::core::catalog::{PhaseRecord, UnitRecord};
+use crate::core::plan::Plan;
+use crate::core::runner::CopySummary;
+use crate::core::verify::{DiffKind, VerifyReport};
+
+/// Bytes with a binary unit.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn plan(plan: &Plan) -> String {
+    let mut out = String::new();
+    for s in &plan.stores {
+        let _ = writeln!(out, "{}: {} -> {}", s.store, s.source, s.target);
+        let _ = writeln!(out, "  source server: {}", s.survey.source_version);
+        let _ = writeln!(out, "  target server: {}", s.survey.target_version);
+        let _ = writeln!(out, "  checks:");
+        for c in &s.survey.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            let _ = writeln!(out, "    [{mark}] {}: {}", c.name, c.detail);
+        }
+        for n in &s.survey.notes {
+            let _ = writeln!(out, "  {n}");
+        }
+        // Per container, then per object (ranges of one table folded together).
+        let mut containers: BTreeMap<&str, BTreeMap<&str, (u64, u64, usize)>> = BTreeMap::new();
+        for u in &s.units {
+            let e = containers
+                .entry(u.container.as_str())
+                .or_default()
+                .entry(u.object.as_str())
+                .or_default();
+            e.0 += u.est_rows;
+            e.1 += u.est_bytes;
+            e.2 += 1;
+        }
+        for (container, objects) in &containers {
+            let rows: u64 = objects.values().map(|o| o.0).sum();
+            let size: u64 = objects.values().map(|o| o.1).sum();
+            let _ = writeln!(
+                out,
+                "  {container}: {} tables, ~{rows} rows, ~{}",
+                objects.len(),
+                bytes(size)
+            );
+            for (object, (rows, size, parts)) in objects {
+                let split = if *parts > 1 {
+                    format!(", in {parts} key ranges")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "    {object:<48} ~{rows:>10} rows  ~{:>10}{split}",
+                    bytes(*size)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  total: {} units, ~{} rows, ~{}",
+            s.units.len(),
+            s.total_rows,
+            bytes(s.total_bytes)
+        );
+        if !s.occupied.is_empty() {
+            let _ = writeln!(
+                out,
+                "  the target already holds data for {} unit(s) ({}{}): copy will refuse unless --if-exists skip|replace",
+                s.occupied.len(),
+                s.occupied.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if s.occupied.len() > 5 { ", ..." } else { "" }
+            );
+        }
+    }
+    if plan.checks_pass() {
+        let _ = writeln!(out, "All checks passed. Next: offload copy (same flags).");
+    } else {
+        let _ = writeln!(out, "Some checks FAILED: fix them before copying.");
+    }
+    out
+}
+
+pub fn copy_summary(s: &CopySummary, job: &std::path::Path) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Copied {} unit(s) now ({} rows, {} of SQL), {} already done earlier, {} skipped, of {}.",
+        s.units_copied_now,
+        s.rows,
+        bytes(s.bytes),
+        s.units_already_done,
+        s.units_skipped,
+        s.units_total
+    );
+    for n in &s.notes {
+        let _ = writeln!(out, "  {n}");
+    }
+    let _ = writeln!(out, "Job folder: {}", job.display());
+    let _ = writeln!(out, "Next: offload verify --job {}", job.display());
+    out
+}
+
+pub fn verify_report(r: &VerifyReport) -> String {
+    let mut out = String::new();
+    for u in &r.units {
+        if u.matched() {
+            continue;
+        }
+        if let Some(e) = &u.error {
+            let _ = writeln!(out, "ERROR   {} {}: {e}", u.store, u.unit);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "DIFFERS {} {}: source {} rows, target {} rows, {} of {} chunk(s) differ",
+            u.store, u.unit, u.source_rows, u.target_rows, u.chunks_differ, u.chunks
+        );
+        for d in &u.differences {
+            let kind = match d.kind {
+                DiffKind::Missing => "missing on target",
+                DiffKind::Extra => "extra on target",
+                DiffKind::Differ => "differs",
+            };
+            match &d.key {
+                Some(k) => {
+                    let _ = writeln!(out, "          {kind}: {k}  (in {})", d.range);
+                }
+                None => {
+                    let _ = writeln!(out, "          {kind}: {}", d.range);
+                }
+            }
+        }
+        if u.unnamed > 0 {
+            let _ = writeln!(out, "          ... and {} more", u.unnamed);
+        }
+    }
+    for (store, d) in &r.shape {
+        let _ = writeln!(
+            out,
+            "SHAPE   {store} {}.{}: {}",
+            d.container, d.object, d.detail
+        );
+    }
+    let rows: u64 = r.units.iter().map(|u| u.source_rows).sum();
+    if r.clean() {
+        let _ = writeln!(
+            out,
+            "Verified: all {} unit(s) match ({rows} rows compared by content digest). Safe to switch.",
+            r.units.len()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "NOT safe to switch: {} of {} unit(s) differ, {} shape difference(s). Copy again (offload copy --resume, or --if-exists replace) and verify.",
+            r.units_differing(),
+            r.units.len(),
+            r.shape.len()
+        );
+    }
+    out
+}
+
+pub fn status(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Phases:");
+    for p in phases {
+        let state = match (&p.started_at, &p.done_at) {
+            (_, Some(done)) => format!("done {done}"),
+            (Some(start), None) => format!("running since {start}"),
+            _ => "pending".into(),
+        };
+        let _ = writeln!(out, "  {:<8} {:<8} {state}", p.store, p.phase);
+    }
+    let _ = writeln!(out, "Units:");
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<44} {:<8} {:>12} {:>12} {:>10} {:<8}",
+        "store", "unit", "state", "rows", "of ~rows", "size", "verify"
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for u in units {
+        *counts
+            .entry(format!("{:?}", u.state).to_lowercase())
+            .or_default() += 1;
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<44} {:<8} {:>12} {:>12} {:>10} {:<8}",
+            u.unit.store.as_str(),
+            u.unit.name,
+            format!("{:?}", u.state).to_lowercase(),
+            u.rows_done,
+            u.unit.est_rows,
+            bytes(u.bytes_done),
+            u.verify_state.as_deref().unwrap_or("-")
+        );
+        if let Some(e) = &u.last_error {
+            let _ = writeln!(
+                out,
+                "           last error ({} attempt(s)): {e}",
+                u.attempts
+            );
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let _ = writeln!(out, "{} unit(s): {}", units.len(), summary.join(", "));
+    out
+}

@@ -1,0 +1,8 @@
+//! offload's integration tests: one binary, real servers on loopback started by `scripts/stack up`.
+//!
+//! Endpoints come from `OFFLOAD_TEST_*` variables (printed by `scripts/stack env`), defaulting to
+//! the stack's ports. A test whose server is missing fails and says how to start it.
+
+mod cli;
+mod common;
+mod mysql;

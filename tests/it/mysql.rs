@@ -1,0 +1,624 @@
+//! MySQL store against real MariaDB servers: full copy and verify, type fidelity, named
+//! differences, crash and resume, and the inputs that must stop a job before it writes.
+
+use std::os::unix::process::ExitStatusExt;
+
+use mysql_async::Value;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn fixture_copies_and_verifies_clean() {
+    let db = TestDb::new("fixture").await;
+    db.load_fixture();
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+
+    let plan = offload(job.path(), &args("plan", &f, &["--json"]));
+    assert_exit(&plan, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let units = plan["stores"][0]["units"].as_array().unwrap();
+    assert!(
+        units.iter().any(|u| u["object"] == "auth_user"),
+        "plan lists the tables"
+    );
+
+    let copy = offload(job.path(), &args("copy", &f, &["--no-progress"]));
+    assert_exit(&copy, 0);
+    let verify = offload(job.path(), &args("verify", &[], &[]));
+    assert_exit(&verify, 0);
+    assert!(
+        text(&verify).contains("Safe to switch"),
+        "{}",
+        text(&verify)
+    );
+
+    // An independent witness: mariadb-dump of both sides (data, AUTO_INCREMENT counters, views,
+    // routines, triggers, events) is identical.
+    let (a, b) = (
+        dump(&mysql_source(), &db.name),
+        dump(&mysql_target(), &db.name),
+    );
+    assert!(
+        a.contains("offload_enrollment_audit"),
+        "the fixture has a trigger"
+    );
+    assert!(a == b, "source and target dumps differ");
+    db.drop_both().await;
+}
+
+/// Every awkward type, written by the test, read back from the target as the server renders it.
+#[tokio::test]
+async fn every_type_round_trips() {
+    let db = TestDb::new("types").await;
+    let src = mysql_source();
+    exec(
+        &src,
+        &format!(
+            "CREATE DATABASE `{}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+            db.name
+        ),
+    )
+    .await;
+    let table = format!("`{}`.`t`", db.name);
+    exec(
+        &src,
+        &format!(
+            "CREATE TABLE {table} (
+            id INT PRIMARY KEY,
+            ti TINYINT, tu TINYINT UNSIGNED, bi BIGINT, bu BIGINT UNSIGNED,
+            de DECIMAL(65,30), fl FLOAT, do DOUBLE,
+            b1 BIT(1), b64 BIT(64),
+            d DATE, dt DATETIME, dt6 DATETIME(6), ts TIMESTAMP(3) NULL, tm TIME(6), yr YEAR,
+            vc VARCHAR(100), tx TEXT, l1 VARCHAR(20) CHARACTER SET latin1,
+            bn BINARY(4), vb VARBINARY(300), bl LONGBLOB,
+            en ENUM('a','b','c d'), st SET('x','y','z'),
+            js JSON, g GEOMETRY NULL,
+            gen_v INT AS (ti + 1) VIRTUAL, gen_s VARCHAR(120) AS (CONCAT(vc, '!')) STORED,
+            hidden_col INT INVISIBLE DEFAULT 7
+        ) ENGINE=InnoDB ROW_FORMAT=DYNAMIC"
+        ),
+    )
+    .await;
+    let all_bytes: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    exec(&src, "SET SESSION sql_mode = ''").await;
+    let mut c = connect(&src).await;
+    use mysql_async::prelude::Queryable;
+    c.query_drop("SET SESSION sql_mode = ''").await.unwrap();
+    c.query_drop(format!(
+        "INSERT INTO {table} (id, ti, tu, bi, bu, de, fl, do, b1, b64, d, dt, dt6, ts, tm, yr, vc, tx, l1, bn, vb, bl, en, st, js, g, hidden_col) VALUES
+        (1, -128, 255, -9223372036854775808, 18446744073709551615,
+         '-12345678901234567890123456789012345.123456789012345678901234567891', 3.4028234e38, 2.2250738585072014e-308,
+         b'1', b'1111111111111111111111111111111111111111111111111111111111111111',
+         '0000-00-00', '0000-00-00 00:00:00', '2024-02-29 23:59:59.999999', '2038-01-19 03:14:07.999', '-838:59:59.000000', 2155,
+         'Zoë 🎓 李 \\'quoted\\' back\\\\slash', 'line1\\nline2\\r\\n\\0nul\\Z', 'caf\\xE9',
+         X'00010203', X'{all_bytes}', X'{all_bytes}{all_bytes}',
+         'c d', 'x,z', '{{\"a\": [1, 2.5, null, \"\\\\u00e9\"]}}', ST_GeomFromText('POLYGON((0 0,10 0,10 10,0 10,0 0))'), 42),
+        (2, 0, 0, 0, 0, 0.1, 0.1, 0.1, b'0', b'0', '1000-01-01', '1970-01-01 00:00:00', '1969-12-31 23:59:59.000001', NULL, '00:00:00.000001', 1901,
+         '', '', '', X'', X'', X'', 'a', '', '[]', ST_GeomFromText('POINT(1.5 -2.25)'), 0),
+        (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+        (4, 1, 1, 1, 1, 1e-30, 1.17549435e-38, 4.9e-324, b'1', b'1000000000000000000000000000000000000000000000000000000000000001',
+         '9999-12-31', '9999-12-31 23:59:59', '9999-12-31 23:59:59.999999', '1970-01-01 00:00:01.000', '838:59:59.999999', 0,
+         REPEAT('🎓', 100), REPEAT('x', 60000), 'ÿ', X'FFFFFFFF', X'00', REPEAT(X'00FF', 40000),
+         'b', 'x,y,z', '\"just a string\"', NULL, -1)"
+    )).await.unwrap();
+    drop(c);
+
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+
+    // Read both sides as the server renders them, with every float widened to DOUBLE (which
+    // the server prints exactly) and binary columns in hex.
+    let q = format!(
+        "SELECT id, ti, tu, bi, bu, de, CAST(fl AS DOUBLE), do, HEX(b1), HEX(b64), d, dt, dt6, ts, tm, yr,
+                HEX(vc), HEX(tx), HEX(l1), HEX(bn), HEX(vb), HEX(bl), en, st, js, ST_AsText(g), HEX(g),
+                gen_v, gen_s, hidden_col, vc IS NULL, vc = ''
+         FROM {table} ORDER BY id"
+    );
+    let (a, b) = (rows(&src, &q).await, rows(&mysql_target(), &q).await);
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "a value changed on the way");
+    // And the values are what the test wrote, not just equal on both sides.
+    let row1 = &a[0];
+    let s = |v: &Value| match v {
+        Value::Bytes(b) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    assert_eq!(s(&row1[4]), "18446744073709551615");
+    assert_eq!(
+        s(&row1[5]),
+        "-12345678901234567890123456789012345.123456789012345678901234567891"
+    );
+    assert_eq!(s(&row1[11]), "0000-00-00 00:00:00");
+    assert_eq!(s(&row1[14]), "-838:59:59.000000");
+    assert_eq!(s(&row1[20]), all_bytes);
+    assert_eq!(s(&row1[29]), "42", "invisible column carried");
+    let vc = hex::decode(s(&row1[16])).unwrap();
+    assert_eq!(
+        String::from_utf8(vc).unwrap(),
+        "Zoë 🎓 李 'quoted' back\\slash"
+    );
+    assert_eq!(
+        s(&row1[25]),
+        "POLYGON((0 0,10 0,10 10,0 10,0 0))",
+        "spatial value carried"
+    );
+    let row3 = &b[2];
+    assert!(
+        row3[1..26].iter().all(|v| *v == Value::NULL),
+        "NULLs stay NULL: {row3:?}"
+    );
+    assert_eq!(s(&b[1][31]), "1", "empty string stays empty, not NULL");
+
+    let (ddl_a, ddl_b) = (
+        rows(&src, &format!("SHOW CREATE TABLE {table}")).await,
+        rows(&mysql_target(), &format!("SHOW CREATE TABLE {table}")).await,
+    );
+    assert_eq!(
+        ddl_a, ddl_b,
+        "schema (charset, generated and invisible columns, row format) carried"
+    );
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn a_changed_byte_is_named() {
+    let db = TestDb::new("diff").await;
+    db.load_fixture();
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+
+    let tgt = mysql_target();
+    let t = |name: &str| format!("`{}`.`{name}`", db.name);
+    // One byte of one row; one row gone; one row added; one row of a keyless table changed.
+    exec(&tgt, &format!("UPDATE {} SET first_name = CONCAT(LEFT(first_name, CHAR_LENGTH(first_name) - 1), 'Q') WHERE id = 57", t("auth_user"))).await;
+    exec(
+        &tgt,
+        &format!("DELETE FROM {} WHERE id = 3", t("student_courseenrollment")),
+    )
+    .await;
+    exec(
+        &tgt,
+        &format!(
+            "INSERT INTO {} (app, name, applied) VALUES ('extra', 'x', NOW())",
+            t("django_migrations")
+        ),
+    )
+    .await;
+
+    let out = offload(job.path(), &args("verify", &[], &["--chunk-rows", "25"]));
+    assert_exit(&out, 1);
+    let report = text(&out);
+    assert!(report.contains("NOT safe to switch"), "{report}");
+    assert!(
+        report.contains(&format!("{}.auth_user", db.name)) && report.contains("differs: id=57"),
+        "{report}"
+    );
+    assert!(report.contains("missing on target: id=3"), "{report}");
+    assert!(
+        report.contains(&format!("{}.django_migrations", db.name))
+            && report.contains("extra on target"),
+        "{report}"
+    );
+    assert_eq!(
+        report.matches("DIFFERS").count(),
+        3,
+        "only the changed tables differ: {report}"
+    );
+
+    let json = offload(job.path(), &args("verify", &[], &["--json"]));
+    assert_exit(&json, 1);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let bad: Vec<&str> = v["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["differences"].as_array().is_some_and(|d| !d.is_empty()))
+        .map(|u| u["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bad,
+        ["auth_user", "django_migrations", "student_courseenrollment"]
+    );
+    let status = offload(job.path(), &["status"]);
+    assert_exit(&status, 0);
+    assert!(
+        text(&status).contains("differs"),
+        "status shows the verify outcome"
+    );
+    db.drop_both().await;
+}
+
+/// A table big enough for many batches, plus a keyless one, on top of the fixture.
+async fn seed_bulk(db: &TestDb, rows: u32) {
+    let src = mysql_source();
+    exec(&src, &format!(
+        "CREATE TABLE `{0}`.`bulk` (id BIGINT PRIMARY KEY, user_id INT NOT NULL, state TEXT, KEY (user_id)) ENGINE=InnoDB", db.name)).await;
+    exec(&src, &format!(
+        "INSERT INTO `{0}`.`bulk` SELECT seq, seq % 97, CONCAT('{{\"position\": ', seq, ', \"done\": true}}') FROM `{0}`.seq_1_to_{rows}", db.name)).await;
+    exec(
+        &src,
+        &format!(
+            "CREATE TABLE `{0}`.`keyless_log` (at DATETIME, msg VARCHAR(40)) ENGINE=InnoDB",
+            db.name
+        ),
+    )
+    .await;
+    exec(&src, &format!(
+        "INSERT INTO `{0}`.`keyless_log` SELECT '2024-01-01 00:00:00', CONCAT('m', seq % 10) FROM `{0}`.seq_1_to_500", db.name)).await;
+    // Fresh statistics, as the plan sizes tables from them.
+    exec(
+        &src,
+        &format!("ANALYZE TABLE `{0}`.`bulk`, `{0}`.`keyless_log`", db.name),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kill_nine_at_three_points_then_resume() {
+    let db = TestDb::new("resume").await;
+    db.load_fixture();
+    seed_bulk(&db, 30_000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    let copy = |resume: bool, point: Option<&str>| {
+        let mut a = args("copy", &f, &["--batch-rows", "1000", "--parallel", "2"]);
+        if resume {
+            a.push("--resume");
+        }
+        let env: Vec<(&str, &str)> = point
+            .map(|p| vec![("OFFLOAD_FAILPOINT", p)])
+            .unwrap_or_default();
+        offload_env(job.path(), &a, &env)
+    };
+    let killed = |out: &std::process::Output| {
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "expected SIGKILL; output:\n{}",
+            text(out)
+        );
+    };
+    killed(&copy(false, Some("after-prepare")));
+    killed(&copy(true, Some("after-batch:7")));
+    // Some of the bulk table is in, and the catalog knows how far.
+    let status = offload(job.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let bulk = status["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["unit"]["object"] == "bulk")
+        .unwrap();
+    assert!(
+        bulk["cursor"].is_array(),
+        "the bulk table has a saved cursor: {bulk}"
+    );
+    killed(&copy(true, Some("before-finish")));
+    let last = copy(true, None);
+    assert_exit(&last, 0);
+    assert!(
+        text(&last).contains("already done earlier"),
+        "{}",
+        text(&last)
+    );
+
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    let (src, tgt) = (mysql_source(), mysql_target());
+    for table in ["bulk", "keyless_log", "auth_user"] {
+        let name = format!("`{}`.`{table}`", db.name);
+        assert_eq!(
+            count(&src, &name).await,
+            count(&tgt, &name).await,
+            "no duplicate or lost rows in {table}"
+        );
+    }
+    assert_eq!(
+        dump(&src, &db.name),
+        dump(&tgt, &db.name),
+        "triggers, views and routines created after the last resume"
+    );
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn big_tables_split_into_key_ranges() {
+    let db = TestDb::new("split").await;
+    exec(&mysql_source(), &format!("CREATE DATABASE `{}`", db.name)).await;
+    seed_bulk(&db, 40_000).await;
+    let job = tempfile::tempdir().unwrap();
+    // A tiny split size forces the bulk table into ranges that copy and verify separately.
+    let f = flags(&db.name);
+    let plan = offload(
+        job.path(),
+        &args("plan", &f, &["--json", "--split-bytes", "262144"]),
+    );
+    assert_exit(&plan, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let ranges = plan["stores"][0]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["object"] == "bulk")
+        .count();
+    assert!(ranges > 1, "the bulk table is split: {ranges} unit(s)");
+    assert_exit(
+        &offload(
+            job.path(),
+            &args("copy", &f, &["--parallel", "3", "--split-bytes", "262144"]),
+        ),
+        0,
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    let name = format!("`{}`.`bulk`", db.name);
+    assert_eq!(count(&mysql_target(), &name).await, 40_000);
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn occupied_target_is_refused_untouched_then_skip_and_replace() {
+    let db = TestDb::new("occupied").await;
+    db.load_fixture();
+    let tgt = mysql_target();
+    exec(&tgt, &format!("CREATE DATABASE `{}`", db.name)).await;
+    exec(
+        &tgt,
+        &format!(
+            "CREATE TABLE `{}`.`auth_user` (id INT PRIMARY KEY, note TEXT)",
+            db.name
+        ),
+    )
+    .await;
+    exec(
+        &tgt,
+        &format!(
+            "INSERT INTO `{}`.`auth_user` VALUES (1, 'keep me')",
+            db.name
+        ),
+    )
+    .await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+
+    let out = offload(job.path(), &args("copy", &f, &[]));
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("already holds data") && text(&out).contains("--if-exists"),
+        "{}",
+        text(&out)
+    );
+    let tables = rows(
+        &tgt,
+        &format!(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}'",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(tables.len(), 1, "nothing else was created on the target");
+    assert_eq!(count(&tgt, &format!("`{}`.`auth_user`", db.name)).await, 1);
+
+    // skip: the occupied table is left alone, the rest is copied, and verify says auth_user differs.
+    assert_exit(
+        &offload(
+            job.path(),
+            &args("copy", &f, &["--resume", "--if-exists", "skip"]),
+        ),
+        0,
+    );
+    assert_eq!(count(&tgt, &format!("`{}`.`auth_user`", db.name)).await, 1);
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 1);
+
+    // replace: a fresh job drops and copies it again.
+    assert_exit(
+        &offload(
+            job.path(),
+            &args("copy", &f, &["--restart", "--if-exists", "replace"]),
+        ),
+        0,
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_stop_with_exit_2_and_nothing_written() {
+    let db = TestDb::new("badin").await;
+    db.load_fixture();
+    let tgt = mysql_target();
+    let job = tempfile::tempdir().unwrap();
+    let secret = format!("Wr0ng-{}-pw", std::process::id());
+    let user = format!("it_pw_{}", std::process::id());
+    exec(
+        &tgt,
+        &format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY 'right-one'"),
+    )
+    .await;
+    let target_host = url::Url::parse(&tgt).unwrap();
+    let port = target_host.port().unwrap();
+
+    // Wrong password, given through the environment: named as such, never printed.
+    let wrong = [
+        "copy".to_string(),
+        "--from-mysql".into(),
+        mysql_source(),
+        "--to-mysql".into(),
+        format!("mysql://{user}@127.0.0.1:{port}"),
+        "--databases".into(),
+        db.name.clone(),
+    ];
+    let wrong: Vec<&str> = wrong.iter().map(|s| s.as_str()).collect();
+    let out = offload_env(
+        job.path(),
+        &wrong,
+        &[("OFFLOAD_TO_MYSQL_PASSWORD", &secret)],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("1045") && text(&out).contains("password"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains(&secret),
+        "the password leaked into the output"
+    );
+
+    // Unreachable host.
+    let unreachable = vec![
+        "copy",
+        "--from-mysql",
+        "mysql://root@127.0.0.1:1",
+        "--to-mysql",
+        "mysql://root@127.0.0.1:2",
+    ];
+    let out = offload(job.path(), &unreachable);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("cannot talk to the source server"),
+        "{}",
+        text(&out)
+    );
+
+    // Neither run wrote a job or a table.
+    assert!(!job.path().join("catalog.sqlite").exists());
+    let dbs = rows(&tgt, &format!("SHOW DATABASES LIKE '{}'", db.name)).await;
+    assert!(dbs.is_empty(), "nothing was created on the target");
+
+    // A resume against another target is refused, and says how to go on.
+    let f = flags(&db.name);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    let other = [
+        "copy".to_string(),
+        "--resume".into(),
+        "--from-mysql".into(),
+        mysql_source(),
+        "--to-mysql".into(),
+        format!("mysql://root@localhost:{port}"),
+        "--databases".into(),
+        db.name.clone(),
+    ];
+    let other: Vec<&str> = other.iter().map(|s| s.as_str()).collect();
+    let out = offload(job.path(), &other);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("different setup") && text(&out).contains("--restart"),
+        "{}",
+        text(&out)
+    );
+
+    // Starting over on a job folder that holds a job needs --resume or --restart.
+    let out = offload(job.path(), &args("copy", &f, &[]));
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("--resume"), "{}", text(&out));
+    exec(&tgt, &format!("DROP USER IF EXISTS '{user}'@'%'")).await;
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn passwords_stay_out_of_output_and_catalog() {
+    let db = TestDb::new("secret").await;
+    db.load_fixture();
+    let tgt = mysql_target();
+    let user = format!("it_sec_{}", std::process::id());
+    let secret = format!("Pw-{}-x9", std::process::id());
+    exec(
+        &tgt,
+        &format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{secret}'"),
+    )
+    .await;
+    exec(
+        &tgt,
+        &format!("GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%'"),
+    )
+    .await;
+    let port = url::Url::parse(&tgt).unwrap().port().unwrap();
+    let job = tempfile::tempdir().unwrap();
+    let pw_file = job.path().join("target-password");
+    std::fs::write(&pw_file, format!("{secret}\n")).unwrap();
+    let copy = vec![
+        "copy".to_string(),
+        "--json".into(),
+        "-vv".into(),
+        "--from-mysql".into(),
+        mysql_source(),
+        "--to-mysql".into(),
+        format!("mysql://{user}@127.0.0.1:{port}"),
+        "--to-mysql-password-file".into(),
+        pw_file.display().to_string(),
+        "--databases".into(),
+        db.name.clone(),
+    ];
+    let copy: Vec<&str> = copy.iter().map(|s| s.as_str()).collect();
+    let out = offload(job.path(), &copy);
+    assert_exit(&out, 0);
+    assert!(!text(&out).contains(&secret));
+    // verify and status work from the job folder alone, finding the password file again.
+    let out = offload(job.path(), &["verify", "--json"]);
+    assert_exit(&out, 0);
+    assert!(!text(&out).contains(&secret));
+    let out = offload(job.path(), &["status", "--json"]);
+    assert!(!text(&out).contains(&secret));
+    for file in std::fs::read_dir(job.path()).unwrap() {
+        let path = file.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("catalog")
+        {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds the password",
+                path.display()
+            );
+        }
+    }
+    exec(&tgt, &format!("DROP USER IF EXISTS '{user}'@'%'")).await;
+    db.drop_both().await;
+}
+
+#[tokio::test]
+async fn create_users_from_tutor_config() {
+    let db = TestDb::new("users").await;
+    db.load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let user = format!("it_app_{}", std::process::id());
+    std::fs::write(
+        root.path().join("config.yml"),
+        format!("OPENEDX_MYSQL_DATABASE: {0}\nOPENEDX_MYSQL_PASSWORD: app-pw-123\nOPENEDX_MYSQL_USERNAME: {user}\n", db.name),
+    ).unwrap();
+    let job = root.path().join("job");
+    let f = flags(&db.name);
+    let mut a = args("copy", &f, &["--create-users", "--job"]);
+    let job_s = job.display().to_string();
+    a.push(&job_s);
+    let root_s = root.path().display().to_string();
+    a.extend(["--tutor-root", &root_s]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(&a)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let port = url::Url::parse(&mysql_target()).unwrap().port().unwrap();
+    let n = count(
+        &format!("mysql://{user}:app-pw-123@127.0.0.1:{port}"),
+        &format!("`{}`.`auth_user`", db.name),
+    )
+    .await;
+    assert!(
+        n > 0,
+        "the application user can read its database on the target"
+    );
+    exec(
+        &mysql_target(),
+        &format!("DROP USER IF EXISTS '{user}'@'%'"),
+    )
+    .await;
+    db.drop_both().await;
+}
