@@ -128,6 +128,9 @@ pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
         .unwrap_or_else(crate::tutor::default_root)
 }
 
+/// The stores this version can move.
+pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql];
+
 const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
 const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
 
@@ -171,7 +174,7 @@ impl Settings {
             let kind = StoreKind::parse(name).ok_or_else(|| {
                 invalid("--stores", format!("unknown store `{name}`; choose from mysql, mongodb, redis, objects, meilisearch"))
             })?;
-            if kind != StoreKind::Mysql {
+            if !AVAILABLE.contains(&kind) {
                 return Err(SettingsError::NotAvailable {
                     store: kind.to_string(),
                 });
@@ -197,16 +200,22 @@ impl Settings {
         } else {
             None
         };
-        if mysql.is_none() {
-            return Err(SettingsError::NothingToDo);
-        }
-        Ok(Settings {
+        let settings = Settings {
             tutor_root,
             tutor,
             job_dir,
             mysql,
             parallel: inputs.parallel.max(1),
-        })
+        };
+        if settings.is_empty() {
+            return Err(SettingsError::NothingToDo);
+        }
+        Ok(settings)
+    }
+
+    /// Whether no store is selected.
+    pub fn is_empty(&self) -> bool {
+        self.mysql.is_none()
     }
 
     fn resolve_mysql(
@@ -223,13 +232,14 @@ impl Settings {
         // Source: the flag, else the job's record, else config.yml.
         let (source, source_secret) = if let Some(url) = &inputs.from_mysql {
             let mut e = MysqlEndpoint::parse(url).map_err(|d| invalid("--from-mysql", d))?;
-            let secret = fill_password(
-                &mut e,
-                FROM_ENV,
-                inputs.from_mysql_password_file.as_deref(),
-                tutor,
-                "MYSQL_ROOT_PASSWORD",
-                "--from-mysql-password-file",
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: FROM_ENV,
+                    file: inputs.from_mysql_password_file.as_deref(),
+                    file_flag: "--from-mysql-password-file",
+                    tutor: tutor.map(|t| (t, "MYSQL_ROOT_PASSWORD")),
+                },
             )?;
             (e, secret)
         } else if let Some(rec) = recorded_end("source") {
@@ -250,13 +260,14 @@ impl Settings {
                 password: None,
                 tls: crate::stores::mysql::TlsMode::Disabled,
             };
-            let secret = fill_password(
-                &mut e,
-                FROM_ENV,
-                inputs.from_mysql_password_file.as_deref(),
-                Some(cfg),
-                "MYSQL_ROOT_PASSWORD",
-                "--from-mysql-password-file",
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: FROM_ENV,
+                    file: inputs.from_mysql_password_file.as_deref(),
+                    file_flag: "--from-mysql-password-file",
+                    tutor: Some((cfg, "MYSQL_ROOT_PASSWORD")),
+                },
             )?;
             (e, secret)
         };
@@ -268,13 +279,14 @@ impl Settings {
                 .to_mysql_password_file
                 .clone()
                 .or_else(|| targets.mysql_password_file.clone());
-            let secret = fill_password(
-                &mut e,
-                TO_ENV,
-                file.as_deref(),
-                None,
-                "",
-                "--to-mysql-password-file",
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: TO_ENV,
+                    file: file.as_deref(),
+                    file_flag: "--to-mysql-password-file",
+                    tutor: None,
+                },
             )?;
             (e, secret)
         } else if let Some(rec) = recorded_end("target") {
@@ -381,42 +393,92 @@ impl Settings {
     }
 }
 
-/// Complete an endpoint's password: from the URL, else the environment, else a file, else Tutor.
-fn fill_password(
-    e: &mut MysqlEndpoint,
-    env: &str,
-    file: Option<&Path>,
-    tutor: Option<&TutorConfig>,
-    tutor_key: &str,
-    file_flag: &str,
+/// Where to look for one endpoint's password when its URL has none, in this order: an environment
+/// variable, a file, a config.yml key.
+pub struct PasswordLookup<'a> {
+    pub env: &'a str,
+    pub file: Option<&'a Path>,
+    /// The flag that named the file, for messages.
+    pub file_flag: &'a str,
+    pub tutor: Option<(&'a TutorConfig, &'a str)>,
+}
+
+/// Complete a password: kept when the URL had one, else looked up; says where it came from.
+pub fn find_password(
+    password: &mut Option<Secret>,
+    lookup: &PasswordLookup,
 ) -> Result<SecretSource, SettingsError> {
-    if e.password.is_some() {
+    if password.is_some() {
         return Ok(SecretSource::Url);
     }
-    if let Ok(v) = std::env::var(env) {
-        e.password = Some(Secret::new(v));
-        return Ok(SecretSource::Env(env.to_string()));
+    if let Ok(v) = std::env::var(lookup.env) {
+        *password = Some(Secret::new(v));
+        return Ok(SecretSource::Env(lookup.env.to_string()));
     }
-    if let Some(path) = file {
+    if let Some(path) = lookup.file {
         let secret = read_secret_file(path).map_err(|err| SettingsError::File {
-            what: file_flag.to_string(),
+            what: lookup.file_flag.to_string(),
             path: path.display().to_string(),
             detail: err.to_string(),
         })?;
-        e.password = Some(secret);
+        *password = Some(secret);
         let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         return Ok(SecretSource::File(absolute));
     }
-    if let Some(cfg) = tutor {
-        if let Some(p) = config_text(cfg, tutor_key).filter(|p| !p.is_empty()) {
-            e.password = Some(Secret::new(p));
-            return Ok(SecretSource::Tutor(tutor_key.to_string()));
+    if let Some((cfg, key)) = lookup.tutor {
+        if let Some(p) = config_text(cfg, key).filter(|p| !p.is_empty()) {
+            *password = Some(Secret::new(p));
+            return Ok(SecretSource::Tutor(key.to_string()));
         }
     }
     Ok(SecretSource::None)
 }
 
-/// Rebuild an endpoint recorded in a job, finding its password where it came from.
+/// Find a recorded endpoint's password again where the job says it came from. `url_env` is the
+/// variable to try when it was inside a URL (which the job does not keep).
+pub fn recover_password(
+    source: &SecretSource,
+    store: &str,
+    side: &str,
+    url_env: &str,
+    tutor: Option<&TutorConfig>,
+) -> Result<Option<Secret>, SettingsError> {
+    let what = || format!("{side} {store} password");
+    Ok(match source {
+        SecretSource::None => None,
+        SecretSource::Url => Some(Secret::new(std::env::var(url_env).map_err(|_| {
+            SettingsError::SecretNotRecoverable {
+                side: side.into(),
+                store: store.into(),
+                env: url_env.into(),
+            }
+        })?)),
+        SecretSource::Env(name) => Some(Secret::new(std::env::var(name).map_err(|_| {
+            invalid(
+                what(),
+                format!("the job reads it from ${name}, which is not set now; export it again"),
+            )
+        })?)),
+        SecretSource::File(path) => {
+            Some(read_secret_file(path).map_err(|err| SettingsError::File {
+                what: format!("{} file", what()),
+                path: path.display().to_string(),
+                detail: err.to_string(),
+            })?)
+        }
+        SecretSource::Tutor(key) => {
+            let cfg = tutor.ok_or_else(|| {
+                invalid(
+                    what(),
+                    format!("the job reads it from config.yml ({key}), but no config.yml was found; pass --tutor-root"),
+                )
+            })?;
+            config_text(cfg, key).map(Secret::new)
+        }
+    })
+}
+
+/// Rebuild a MySQL endpoint recorded in a job, finding its password where it came from.
 fn reopen(
     rec: &EndpointRecord,
     tutor: Option<&TutorConfig>,
@@ -425,40 +487,7 @@ fn reopen(
     let mut e =
         MysqlEndpoint::parse(&rec.url).map_err(|d| invalid(format!("the job's {side} URL"), d))?;
     let env = if side == "source" { FROM_ENV } else { TO_ENV };
-    match &rec.secret {
-        SecretSource::None => {}
-        SecretSource::Url => {
-            if let Ok(v) = std::env::var(env) {
-                e.password = Some(Secret::new(v));
-            } else {
-                return Err(SettingsError::SecretNotRecoverable {
-                    side: side.into(),
-                    store: "mysql".into(),
-                    env: env.into(),
-                });
-            }
-        }
-        SecretSource::Env(name) => {
-            let v = std::env::var(name).map_err(|_| {
-                invalid(
-                    format!("{side} MySQL password"),
-                    format!("the job reads it from ${name}, which is not set now; export it again"),
-                )
-            })?;
-            e.password = Some(Secret::new(v));
-        }
-        SecretSource::File(path) => {
-            e.password = Some(read_secret_file(path).map_err(|err| SettingsError::File {
-                what: format!("{side} MySQL password file"),
-                path: path.display().to_string(),
-                detail: err.to_string(),
-            })?);
-        }
-        SecretSource::Tutor(key) => {
-            let cfg = tutor.ok_or_else(|| invalid(format!("{side} MySQL password"), format!("the job reads it from config.yml ({key}), but no config.yml was found; pass --tutor-root")))?;
-            e.password = config_text(cfg, key).map(Secret::new);
-        }
-    }
+    e.password = recover_password(&rec.secret, "MySQL", side, env, tutor)?;
     Ok((e, rec.secret.clone()))
 }
 

@@ -18,10 +18,12 @@ use serde_yaml::Value;
 use sha2::Sha256;
 
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
-use super::{pyyaml, text_digest, TutorConfig, TutorError, CONFIG_FILENAME};
+use super::{
+    is_secret_key, pyyaml, text_digest, Redacted, TutorConfig, TutorError, CONFIG_FILENAME,
+};
 
 /// The external MySQL server that replaces Tutor's `mysql` container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MysqlTarget {
     pub host: String,
     pub port: u16,
@@ -37,7 +39,7 @@ pub struct MysqlTarget {
 }
 
 /// A plugin's MySQL user, e.g. prefix `DISCOVERY` for `DISCOVERY_MYSQL_USERNAME`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MysqlPluginUser {
     pub prefix: String,
     pub username: String,
@@ -45,7 +47,7 @@ pub struct MysqlPluginUser {
 }
 
 /// The external MongoDB server. Authentication goes in these fields, never inside `host`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MongodbTarget {
     pub host: String,
     pub port: u16,
@@ -61,7 +63,7 @@ pub struct MongodbTarget {
 }
 
 /// The external Redis server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub host: String,
     pub port: u16,
@@ -72,7 +74,7 @@ pub struct RedisTarget {
 }
 
 /// The external Meilisearch server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MeilisearchTarget {
     /// Reached by the Open edX backend, e.g. `https://search.internal:7700`.
     pub url: String,
@@ -83,7 +85,7 @@ pub struct MeilisearchTarget {
 
 /// The external S3-compatible object storage that replaces the `minio` plugin, configured
 /// through the tutor-contrib-s3 plugin (`s3`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Target {
     /// Empty for AWS S3.
     pub host: String,
@@ -125,7 +127,9 @@ impl CutoverTarget {
 }
 
 /// What a cutover will change, computed without touching the file.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output masks secrets and leaves out the file texts.
+#[derive(Clone)]
 pub struct CutoverPlan {
     /// The settings to set or remove.
     pub edits: ConfigEdits,
@@ -135,6 +139,97 @@ pub struct CutoverPlan {
     stores: Vec<&'static str>,
     original: String,
     updated: String,
+}
+
+impl std::fmt::Debug for MysqlTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("root_username", &self.root_username)
+            .field(
+                "root_password",
+                &self.root_password.as_deref().map(Redacted),
+            )
+            .field("app", &self.app.as_ref().map(|(u, p)| (u, Redacted(p))))
+            .field("plugin_users", &self.plugin_users)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MysqlPluginUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlPluginUser")
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MongodbTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongodbTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .field("use_ssl", &self.use_ssl)
+            .field("auth_source", &self.auth_source)
+            .field("auth_mechanism", &self.auth_mechanism)
+            .field("replica_set", &self.replica_set)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &Redacted(&self.password))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MeilisearchTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeilisearchTarget")
+            .field("url", &self.url)
+            .field("public_url", &self.public_url)
+            .field("master_key", &Redacted(&self.master_key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for S3Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("use_ssl", &self.use_ssl)
+            .field("region", &self.region)
+            .field("storage_bucket", &self.storage_bucket)
+            .field("file_upload_bucket", &self.file_upload_bucket)
+            .field("grade_bucket", &self.grade_bucket)
+            .field("profile_image_bucket", &self.profile_image_bucket)
+            .field("addressing_style", &self.addressing_style)
+            .field("access_key", &Redacted(&self.access_key))
+            .field("secret_key", &Redacted(&self.secret_key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CutoverPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CutoverPlan")
+            .field("root", &self.root)
+            .field("stores", &self.stores)
+            .field("edits", &self.edits)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The result of [`apply_cutover`].
@@ -155,14 +250,6 @@ pub struct RolledBack {
 
 const BACKUP_PREFIX: &str = "config.yml.offload-backup-";
 const MASK: &str = "********";
-
-/// Whether a setting holds a secret, which diffs and logs must never show.
-pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_uppercase().replace("KEY_UID", "");
-    ["PASSWORD", "SECRET", "KEY", "TOKEN"]
-        .iter()
-        .any(|word| key.contains(word))
-}
 
 fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
     TutorError::Target {
@@ -912,6 +999,27 @@ pub fn rollback(root: &Path) -> Result<RolledBack, TutorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let target = CutoverTarget::Mysql(MysqlTarget {
+            host: "db".into(),
+            port: 3306,
+            root_username: "root".into(),
+            root_password: Some("hunter2".into()),
+            app: Some(("openedx".into(), "swordfish".into())),
+            plugin_users: vec![MysqlPluginUser {
+                prefix: "DISCOVERY".into(),
+                username: "d".into(),
+                password: "letmein".into(),
+            }],
+        });
+        let shown = format!("{target:?}");
+        for secret in ["hunter2", "swordfish", "letmein"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("\"db\""), "{shown}");
+    }
 
     #[test]
     fn secret_keys() {

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use cutover::{
-    apply_cutover, plan_cutover, rollback, AppliedCutover, CutoverPlan, CutoverTarget,
-    MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
-    S3Target,
+    apply_cutover, meilisearch_api_key, plan_cutover, rollback, AppliedCutover, CutoverPlan,
+    CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget,
+    RolledBack, S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
 
@@ -127,6 +127,28 @@ pub fn default_root() -> PathBuf {
     data.join("tutor")
 }
 
+/// Whether a setting holds a secret (its name contains `PASSWORD`, `SECRET`, `KEY` other than in
+/// `KEY_UID`, or `TOKEN`), which diffs, logs and `Debug` output must never show.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_uppercase().replace("KEY_UID", "");
+    ["PASSWORD", "SECRET", "KEY", "TOKEN"]
+        .iter()
+        .any(|word| key.contains(word))
+}
+
+/// Shows a secret in `Debug` output as `********` (or `""` when empty).
+pub(crate) struct Redacted<'a>(pub(crate) &'a str);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "********"
+        })
+    }
+}
+
 /// The defaults of Tutor 22.0.3 (`templates/config/defaults.yml`, and `PLUGINS` from
 /// `base.yml`) for the settings offload reads. Values are unrendered, as in Tutor.
 const CORE_DEFAULTS: &[(&str, Builtin)] = &[
@@ -223,7 +245,9 @@ impl Builtin {
 }
 
 /// A loaded `config.yml`, with Tutor's defaults and `TUTOR_*` overrides behind it.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows the root, digest and number of settings, never their values.
+#[derive(Clone)]
 pub struct TutorConfig {
     root: PathBuf,
     raw: String,
@@ -231,10 +255,22 @@ pub struct TutorConfig {
     env: BTreeMap<String, String>,
 }
 
+impl std::fmt::Debug for TutorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TutorConfig")
+            .field("root", &self.root)
+            .field("digest", &self.digest())
+            .field("settings", &self.file.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TutorConfig {
     /// Reads `<root>/config.yml`, taking `TUTOR_*` overrides from this process's environment.
     pub fn load(root: &Path) -> Result<TutorConfig, TutorError> {
-        Self::load_with_env(root, std::env::vars())
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::load_with_env(root, env)
     }
 
     /// Reads `<root>/config.yml` with the given environment (only `TUTOR_*` names matter).
@@ -276,7 +312,7 @@ impl TutorConfig {
         self.root.join(CONFIG_FILENAME)
     }
 
-    /// The file's text exactly as read.
+    /// The file's text exactly as read. It holds secrets: never print or log it.
     pub fn raw(&self) -> &str {
         &self.raw
     }

@@ -13,14 +13,28 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 use super::pyyaml::{self, EmitError};
-use super::{TutorError, CONFIG_FILENAME};
+use super::{is_secret_key, Redacted, TutorError, CONFIG_FILENAME};
 
 /// A set of changes to `config.yml`: settings to set and settings to remove.
 ///
-/// Later calls for the same key replace earlier ones.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Later calls for the same key replace earlier ones. `Debug` masks secret settings.
+#[derive(Clone, Default, PartialEq)]
 pub struct ConfigEdits {
     changes: BTreeMap<String, Option<Value>>,
+}
+
+impl std::fmt::Debug for ConfigEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (key, value) in &self.changes {
+            match value {
+                Some(_) if is_secret_key(key) => map.entry(key, &Redacted("*")),
+                Some(value) => map.entry(key, value),
+                None => map.entry(key, &"<unset>"),
+            };
+        }
+        map.finish()
+    }
 }
 
 impl ConfigEdits {
@@ -211,7 +225,6 @@ fn verify(
 }
 
 /// One top-level setting as laid out in the file.
-#[derive(Debug)]
 struct Entry {
     key: String,
     /// 1-based line number of the `KEY:` line.
@@ -517,6 +530,19 @@ mod tests {
         let text = "'0123': a\n\"B\": b\nC: c\n";
         let out = apply_edits(text, &edits(&[("C", Some("d".into()))])).unwrap();
         assert_eq!(out, "'0123': a\n\"B\": b\nC: d\n");
+    }
+
+    #[test]
+    fn debug_masks_secrets() {
+        let e = edits(&[
+            ("MYSQL_ROOT_PASSWORD", Some("hunter2".into())),
+            ("MYSQL_HOST", Some("db".into())),
+        ]);
+        let shown = format!("{e:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("db"),
+            "{shown}"
+        );
     }
 
     #[test]
