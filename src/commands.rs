@@ -69,6 +69,11 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
     }
 }
 
+/// Inputs for `cutover`: the job's own flags, no extra options.
+pub fn inputs_for_cutover(args: &JobArgs) -> Inputs {
+    inputs(args, false)
+}
+
 fn inputs(args: &JobArgs, create_users: bool) -> Inputs {
     inputs_with(args, create_users, None)
 }

@@ -1,12 +1,166 @@
-//! `offload cutover` and `offload rollback`: point Tutor's config.yml at the migrated servers.
+//! `offload cutover` and `offload rollback`: point Tutor's config.yml at the migrated servers once
+//! the job's verification passed for them, and restore it from the backup.
+
+use anyhow::{bail, Context};
+use serde_json::json;
 
 use crate::cli::{CutoverArgs, RollbackArgs};
-use crate::commands::Outcome;
+use crate::commands::{inputs_for_cutover, Outcome};
+use crate::core::catalog::Catalog;
+use crate::core::StoreKind;
+use crate::settings::{tutor_root, Settings};
+use crate::tutor::{self, CutoverTarget, MysqlTarget, TutorConfig};
 
-pub async fn cutover(_args: CutoverArgs, _json: bool) -> anyhow::Result<Outcome> {
-    anyhow::bail!("cutover is not wired yet")
+/// Which stores of the job passed verification, and why the others did not.
+fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(), String>)>> {
+    let job_verify_clean = catalog
+        .phases()?
+        .iter()
+        .any(|p| p.store == "job" && p.phase == "verify" && p.detail.as_deref() == Some("clean"));
+    let mut out = Vec::new();
+    for kind in StoreKind::ALL {
+        let units = catalog.units(Some(kind))?;
+        if units.is_empty() {
+            continue;
+        }
+        let unverified = units
+            .iter()
+            .filter(|u| u.verify_state.as_deref() != Some("matched"))
+            .count();
+        let verdict = if unverified > 0 {
+            Err(format!(
+                "{unverified} of {} unit(s) not verified as matching",
+                units.len()
+            ))
+        } else if !job_verify_clean {
+            Err("the last verify found differences (schema or data)".to_string())
+        } else {
+            Ok(())
+        };
+        out.push((kind, verdict));
+    }
+    Ok(out)
 }
 
-pub fn rollback(_args: RollbackArgs, _json: bool) -> anyhow::Result<Outcome> {
-    anyhow::bail!("rollback is not wired yet")
+pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
+    let inputs = inputs_for_cutover(&args.job);
+    let root = tutor_root(args.job.tutor_root.as_deref());
+    let job_dir = args
+        .job
+        .job
+        .clone()
+        .unwrap_or_else(|| crate::settings::default_job_dir(&root));
+    let catalog = Catalog::open(&job_dir)?;
+    let setup = catalog.setup()?;
+    let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;
+    let cfg = TutorConfig::load(&settings.tutor_root)?;
+
+    // The file must be the one the job planned against.
+    if let Some(planned) = setup.endpoints["tutor_config_digest"].as_str() {
+        if planned != cfg.digest() {
+            bail!(
+                "{} changed since this job planned the migration; check what changed, then plan and copy again (offload copy --restart) or restore the file",
+                cfg.path().display()
+            );
+        }
+    }
+
+    let mut targets = Vec::new();
+    for (kind, verdict) in verified_stores(&catalog)? {
+        if let Err(why) = &verdict {
+            if !args.force {
+                bail!("{kind} is not safe to switch: {why}. Run `offload verify --job {}` and fix what it reports; --force overrides this at the risk of losing data", job_dir.display());
+            }
+            tracing::error!(store = %kind, reason = %why, "cutting over an unverified store because --force was given; the platform may lose data");
+            eprintln!("WARNING: cutting over {kind} although it is not verified ({why}), because --force was given");
+        }
+        match kind {
+            StoreKind::Mysql => {
+                let m = settings
+                    .mysql
+                    .as_ref()
+                    .context("the job has no MySQL target")?;
+                targets.push(CutoverTarget::Mysql(MysqlTarget {
+                    host: m.target.host.clone(),
+                    port: m.target.port,
+                    root_username: m.target.user.clone(),
+                    // A target without a password gets an empty one, not the old server's.
+                    root_password: Some(
+                        m.target
+                            .password
+                            .as_ref()
+                            .map(|p| p.expose().to_string())
+                            .unwrap_or_default(),
+                    ),
+                    app: None,
+                    plugin_users: Vec::new(),
+                }));
+            }
+            other => bail!("cutover for {other} is not available in this version"),
+        }
+    }
+    if targets.is_empty() {
+        bail!("the job in {} has no store to cut over", job_dir.display());
+    }
+
+    let plan = tutor::plan_cutover(&cfg, &targets)?;
+    let diff = plan.masked_diff();
+    if args.dry_run {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({"dry_run": true, "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook()})
+                )?
+            );
+        } else {
+            println!("Dry run: config.yml would change like this (secrets masked):\n{diff}");
+            for w in &plan.warnings {
+                println!("warning: {w}");
+            }
+        }
+        return Ok(Outcome::Clean);
+    }
+    let now = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .context("formatting the backup timestamp")?;
+    let applied = tutor::apply_cutover(&settings.tutor_root, &plan, &cfg.digest(), &now)?;
+    catalog.phase_done("job", "cutover", &applied.backup_path.display().to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "config": applied.config_path, "backup": applied.backup_path,
+                "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook(),
+            }))?
+        );
+    } else {
+        println!(
+            "Rewrote {} (backup: {}).\n{diff}",
+            applied.config_path.display(),
+            applied.backup_path.display()
+        );
+        for w in &plan.warnings {
+            println!("warning: {w}");
+        }
+        println!("{}", plan.runbook());
+    }
+    Ok(Outcome::Clean)
+}
+
+pub fn rollback(args: RollbackArgs, json: bool) -> anyhow::Result<Outcome> {
+    let root = tutor_root(args.tutor_root.as_deref());
+    let restored = tutor::rollback(&root)?;
+    if json {
+        println!("{}", json!({"restored_from": restored.restored_from}));
+    } else {
+        println!(
+            "Restored {} from {}. Run `tutor config save` and restart the platform (tutor local start -d) to use the old servers again.",
+            root.join(tutor::CONFIG_FILENAME).display(),
+            restored.restored_from.display()
+        );
+    }
+    Ok(Outcome::Clean)
 }

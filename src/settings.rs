@@ -385,6 +385,10 @@ impl Settings {
             "tutor_root".into(),
             json!(self.tutor_root.display().to_string()),
         );
+        // What config.yml was when the job planned, so cutover can refuse a file changed since.
+        if let Some(cfg) = &self.tutor {
+            endpoints.insert("tutor_config_digest".into(), json!(cfg.digest()));
+        }
         Setup {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             guard: serde_json::Value::Object(guard),

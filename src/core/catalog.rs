@@ -327,7 +327,8 @@ impl Catalog {
         self.with(|c| {
             c.execute(
                 "UPDATE unit SET state = ?3, last_error = ?4, updated_at = ?5,
-                        attempts = attempts + (CASE WHEN ?4 IS NULL THEN 0 ELSE 1 END)
+                        attempts = attempts + (CASE WHEN ?4 IS NULL THEN 0 ELSE 1 END),
+                        verify_state = CASE WHEN ?3 = 'copying' THEN NULL ELSE verify_state END
                  WHERE store = ?1 AND name = ?2",
                 params![unit.store.as_str(), unit.name, state.as_str(), error, now()],
             )

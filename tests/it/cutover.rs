@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::tutor;
 use offload::tutor::{
     apply_cutover, apply_edits, plan_cutover, rollback, ConfigEdits, CutoverPlan, CutoverTarget,
     MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target, TutorConfig, TutorError,
@@ -21,41 +22,6 @@ fn repo() -> PathBuf {
 
 fn fixture_text() -> String {
     std::fs::read_to_string(repo().join("fixtures/tutor/config.yml")).expect("fixture config.yml")
-}
-
-fn tutor_bin() -> PathBuf {
-    let bin = std::env::var_os("OFFLOAD_TUTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".stack/venv/bin/tutor"));
-    assert!(
-        bin.is_file(),
-        "tutor not found at {}: run scripts/stack up (or set OFFLOAD_TUTOR_BIN)",
-        bin.display()
-    );
-    bin
-}
-
-/// Runs real Tutor on `root`, with no `TUTOR_*` override from this process leaking in.
-fn tutor(root: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(tutor_bin());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("TUTOR_") {
-            cmd.env_remove(name);
-        }
-    }
-    let out = cmd
-        .args(args)
-        .env("TUTOR_ROOT", root)
-        .env("TUTOR_PLUGINS_ROOT", root.join("no-plugins"))
-        .output()
-        .expect("run tutor");
-    assert!(
-        out.status.success(),
-        "tutor {} failed: {}",
-        args.first().copied().unwrap_or(""),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 from tutor")
 }
 
 /// A fresh Tutor root holding a copy of the fixture.

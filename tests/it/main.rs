@@ -5,4 +5,6 @@
 
 mod cli;
 mod common;
+mod cutover;
+mod job;
 mod mysql;

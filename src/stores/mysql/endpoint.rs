@@ -58,15 +58,16 @@ impl MysqlEndpoint {
         let mut tls = TlsMode::Disabled;
         for (k, v) in parsed.query_pairs() {
             if k.eq_ignore_ascii_case("ssl-mode") || k.eq_ignore_ascii_case("sslmode") {
-                tls =
-                    match v.to_ascii_lowercase().as_str() {
-                        "disabled" | "preferred" => TlsMode::Disabled,
-                        "required" | "verify_ca" => TlsMode::Required,
-                        "verify_identity" => TlsMode::VerifyIdentity,
-                        other => return Err(format!(
+                tls = match v.to_ascii_lowercase().as_str() {
+                    "disabled" | "preferred" => TlsMode::Disabled,
+                    "required" | "verify_ca" => TlsMode::Required,
+                    "verify_identity" => TlsMode::VerifyIdentity,
+                    other => {
+                        return Err(format!(
                             "unknown ssl-mode `{other}`; use disabled, required or verify_identity"
-                        )),
-                    };
+                        ))
+                    }
+                };
             }
         }
         Ok(MysqlEndpoint {

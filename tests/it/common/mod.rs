@@ -213,3 +213,39 @@ pub fn args<'a>(cmd: &'a str, flags: &'a [String], extra: &'a [&'a str]) -> Vec<
     v.extend_from_slice(extra);
     v
 }
+
+/// Real Tutor: `OFFLOAD_TUTOR_BIN`, else the stack's venv.
+pub fn tutor_bin() -> PathBuf {
+    let bin = std::env::var_os("OFFLOAD_TUTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".stack/venv/bin/tutor"));
+    assert!(
+        bin.is_file(),
+        "tutor not found at {}: run scripts/stack up (or set OFFLOAD_TUTOR_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs real Tutor on `root`, with no `TUTOR_*` override from this process leaking in.
+pub fn tutor(root: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(tutor_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TUTOR_") {
+            cmd.env_remove(name);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("TUTOR_ROOT", root)
+        .env("TUTOR_PLUGINS_ROOT", root.join("no-plugins"))
+        .output()
+        .expect("run tutor");
+    assert!(
+        out.status.success(),
+        "tutor {} failed: {}",
+        args.first().copied().unwrap_or(""),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 from tutor")
+}

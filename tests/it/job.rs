@@ -1,0 +1,141 @@
+//! A whole job on a Tutor root: the source comes from config.yml, then copy, verify, cutover
+//! (refused until verify passes), checked with real Tutor, and rollback.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(args)
+        .env_remove("OFFLOAD_FROM_MYSQL_PASSWORD")
+        .env_remove("OFFLOAD_TO_MYSQL_PASSWORD")
+        .env_remove("TUTOR_ROOT")
+        .output()
+        .expect("run offload")
+}
+
+#[tokio::test]
+async fn tutor_platform_copy_verify_cutover_rollback() {
+    let db = TestDb::new("job").await;
+    db.load_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let root_s = root.path().display().to_string();
+    std::fs::copy(
+        repo_root().join("fixtures/tutor/config.yml"),
+        root.path().join("config.yml"),
+    )
+    .unwrap();
+
+    // The platform's MySQL root account is a per-test user on the source server, with the
+    // password Tutor generated into the fixture.
+    let password = tutor(
+        root.path(),
+        &["config", "printvalue", "MYSQL_ROOT_PASSWORD"],
+    );
+    let password = password.trim();
+    let user = format!("it_root_{}", std::process::id());
+    let src = url::Url::parse(&mysql_source()).unwrap();
+    let tgt = url::Url::parse(&mysql_target()).unwrap();
+    exec(
+        &mysql_source(),
+        &format!("CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY '{password}'"),
+    )
+    .await;
+    exec(
+        &mysql_source(),
+        &format!("GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%' WITH GRANT OPTION"),
+    )
+    .await;
+    tutor(
+        root.path(),
+        &[
+            "config",
+            "save",
+            "--set",
+            &format!("MYSQL_HOST={}", src.host_str().unwrap()),
+            "--set",
+            &format!("MYSQL_PORT={}", src.port().unwrap()),
+            "--set",
+            &format!("MYSQL_ROOT_USERNAME={user}"),
+        ],
+    );
+    let before = std::fs::read(root.path().join("config.yml")).unwrap();
+    let to = mysql_target();
+    let common = ["--tutor-root", &root_s, "--databases", &db.name];
+
+    // plan derives the source from config.yml alone.
+    let mut plan = vec!["plan", "--json", "--to-mysql", &to];
+    plan.extend(common);
+    let out = run(&plan);
+    assert_exit(&out, 0);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["stores"][0]["source"],
+        format!("{}:{}", src.host_str().unwrap(), src.port().unwrap())
+    );
+    assert!(!text(&out).contains(password), "the Tutor password leaked");
+
+    let mut copy = vec!["copy", "--to-mysql", &to];
+    copy.extend(common);
+    assert_exit(&run(&copy), 0);
+
+    // Not verified yet: cutover refuses and leaves config.yml alone.
+    let cut = ["cutover", "--tutor-root", &root_s];
+    let out = run(&cut);
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("not safe to switch"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.path().join("config.yml")).unwrap(),
+        before
+    );
+
+    let verify = ["verify", "--tutor-root", &root_s];
+    assert_exit(&run(&verify), 0);
+
+    let out = run(&["cutover", "--dry-run", "--tutor-root", &root_s]);
+    assert_exit(&out, 0);
+    assert!(text(&out).contains("RUN_MYSQL"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.path().join("config.yml")).unwrap(),
+        before,
+        "dry run wrote nothing"
+    );
+
+    let out = run(&cut);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("tutor"),
+        "prints the runbook: {}",
+        text(&out)
+    );
+    let value = |k: &str| {
+        tutor(root.path(), &["config", "printvalue", k])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(value("RUN_MYSQL"), "false");
+    assert_eq!(value("MYSQL_HOST"), tgt.host_str().unwrap());
+    assert_eq!(value("MYSQL_PORT"), tgt.port().unwrap().to_string());
+    assert_eq!(value("MYSQL_ROOT_USERNAME"), "root");
+    assert_eq!(
+        value("MYSQL_ROOT_PASSWORD"),
+        "",
+        "the target's (empty) password, not the old server's"
+    );
+
+    let out = run(&["rollback", "--tutor-root", &root_s]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        std::fs::read(root.path().join("config.yml")).unwrap(),
+        before,
+        "rollback restores the file byte for byte"
+    );
+
+    exec(
+        &mysql_source(),
+        &format!("DROP USER IF EXISTS '{user}'@'%'"),
+    )
+    .await;
+    db.drop_both().await;
+}
