@@ -1,6 +1,7 @@
 //! Crash points for the resume tests: when `OFFLOAD_FAILPOINT` names a point, the process kills
-//! itself with SIGKILL there, exactly as `kill -9` would, so tests can crash a copy at a known
-//! place without timing games. Unset (always, outside tests) it costs one atomic load.
+//! itself with SIGKILL there, exactly as `kill -9` would (or sends itself SIGINT, as Ctrl-C would),
+//! so tests can stop a copy at a known place without timing games. Unset (always, outside tests)
+//! it costs one environment lookup per process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -37,12 +38,22 @@ pub fn batch_recorded() {
         return;
     };
     let n = BATCHES.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Some(limit) = spec
-        .strip_prefix("after-batch:")
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if n >= limit {
-            die(spec);
+    let limit = |prefix: &str| {
+        spec.strip_prefix(prefix)
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if limit("after-batch:").is_some_and(|l| n >= l) {
+        die(spec);
+    }
+    // `sigint-after-batch:N`: Ctrl-C, once, as a terminal would send it.
+    if limit("sigint-after-batch:") == Some(n) {
+        tracing::warn!(
+            point = spec,
+            "OFFLOAD_FAILPOINT reached: sending SIGINT to this process"
+        );
+        // SAFETY: raise(3) with a valid signal number has no memory effects.
+        unsafe {
+            libc::raise(libc::SIGINT);
         }
     }
 }

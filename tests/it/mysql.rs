@@ -622,3 +622,32 @@ async fn create_users_from_tutor_config() {
     .await;
     db.drop_both().await;
 }
+
+#[tokio::test]
+async fn ctrl_c_saves_the_checkpoint_and_exits_130() {
+    let db = TestDb::new("sigint").await;
+    exec(&mysql_source(), &format!("CREATE DATABASE `{}`", db.name)).await;
+    seed_bulk(&db, 20_000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    let batches = ["--batch-rows", "1000", "--parallel", "1"];
+    let out = offload_env(
+        job.path(),
+        &args("copy", &f, &batches),
+        &[("OFFLOAD_FAILPOINT", "sigint-after-batch:3")],
+    );
+    assert_exit(&out, 130);
+    assert!(text(&out).contains("--resume"), "{}", text(&out));
+    let name = format!("`{}`.`bulk`", db.name);
+    let partial = count(&mysql_target(), &name).await;
+    assert!(
+        partial > 0 && partial < 20_000,
+        "stopped part way: {partial} rows"
+    );
+    let mut resume = args("copy", &f, &batches);
+    resume.push("--resume");
+    assert_exit(&offload(job.path(), &resume), 0);
+    assert_eq!(count(&mysql_target(), &name).await, 20_000);
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    db.drop_both().await;
+}
