@@ -36,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Read config.yml, find the sources, check the targets and size every store. Writes nothing.
     Plan(JobArgs),
+    /// The whole job in one go: plan, copy, verify and cut over (stops before cutover when
+    /// anything differs). `--resume` continues it, skipping what is done.
+    Migrate(MigrateArgs),
     /// Copy every selected store into the job folder's plan; `--resume` continues a stopped job.
     Copy(CopyArgs),
     /// Compare source and target by content (row digests per key range). Writes nothing to either side.
@@ -140,6 +143,38 @@ pub struct CopyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub copy: CopyArgs,
+
+    /// Rows per compared chunk in verify (and in the delta pass).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub chunk_rows: u64,
+
+    /// Plan and check only, and print the maintenance-window runbook; writes nothing anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Stop after verify; leave config.yml alone.
+    #[arg(long)]
+    pub no_cutover: bool,
+
+    /// After the copy, copy again only the key ranges whose source changed since the job copied
+    /// them (the short final pass of a maintenance window).
+    #[arg(long)]
+    pub delta: bool,
+
+    /// Hold the source's writers off while this run copies and verifies (MySQL read_only), and
+    /// always release them at the end, also on errors and Ctrl-C.
+    #[arg(long)]
+    pub freeze_source: bool,
+
+    /// Also write the verification report as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub job: JobArgs,
@@ -147,6 +182,10 @@ pub struct VerifyArgs {
     /// Rows per compared chunk; a difference is narrowed to named rows within its chunk.
     #[arg(long, default_value_t = 20_000, value_name = "N")]
     pub chunk_rows: u64,
+
+    /// Also write the report as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -28,13 +28,13 @@ pub enum Outcome {
 
 /// Output choices shared by all commands.
 #[derive(Clone, Copy)]
-struct Output {
-    json: bool,
-    bars: bool,
+pub struct Output {
+    pub json: bool,
+    pub bars: bool,
 }
 
 impl Output {
-    fn reporter(&self) -> Arc<dyn Reporter> {
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
         if self.bars {
             Arc::new(progress::BarReporter::new())
         } else {
@@ -42,7 +42,7 @@ impl Output {
         }
     }
 
-    fn emit<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+    pub fn emit<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             println!(
                 "{}",
@@ -61,6 +61,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
     };
     match cli.command {
         Command::Plan(args) => plan(args, out).await,
+        Command::Migrate(args) => crate::migrate_cmd::migrate(args, out, cancel).await,
         Command::Copy(args) => copy(args, out, cancel).await,
         Command::Verify(args) => verify_cmd(args, out, cancel).await,
         Command::Status(args) => status(args, out),
@@ -119,59 +120,104 @@ async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
-async fn copy(args: CopyArgs, out: Output, cancel: CancellationToken) -> anyhow::Result<Outcome> {
-    let job_dir = job_dir_of(&args.job);
-    if args.restart && Catalog::exists(&job_dir) {
+/// How a command wants the job folder: a new job, or the one there.
+pub struct JobRequest<'a> {
+    pub args: &'a JobArgs,
+    pub create_users: bool,
+    pub batch_rows: Option<u64>,
+    pub resume: bool,
+    pub restart: bool,
+}
+
+/// A job ready to run: its catalog, stores and settings.
+pub struct OpenJob {
+    pub dir: std::path::PathBuf,
+    pub catalog: Arc<Catalog>,
+    pub stores: Vec<Arc<dyn Store>>,
+    pub settings: Settings,
+    /// Whether this run continues an existing job.
+    pub resumed: bool,
+}
+
+/// Create the job (after a plan whose checks pass) or reopen it (after the setup guard).
+pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob> {
+    let job_dir = job_dir_of(req.args);
+    if req.restart && Catalog::exists(&job_dir) {
         Catalog::discard(&job_dir)?;
         tracing::warn!(job = %job_dir.display(), "discarded the previous job, as --restart asks");
     }
     let exists = Catalog::exists(&job_dir);
-    if exists && !args.resume {
+    if exists && !req.resume {
         return Err(CoreError::JobExists {
             job: job_dir.display().to_string(),
         }
         .into());
     }
-    if !exists && args.resume {
+    if !exists && req.resume {
         return Err(CoreError::NoJob {
             job: job_dir.display().to_string(),
         }
         .into());
     }
-
-    let catalog;
-    let stores: Vec<Arc<dyn Store>>;
+    let job_inputs = inputs_with(req.args, req.create_users, req.batch_rows);
     if exists {
         let opened = Catalog::open(&job_dir)?;
         let recorded = opened.setup()?;
-        let endpoints = (!names_endpoints(&args.job)).then_some(&recorded.endpoints);
-        let settings = Settings::resolve(
-            &inputs_with(&args.job, args.create_users, args.batch_rows),
-            endpoints,
-        )?;
-        stores = settings.stores();
+        let endpoints = (!names_endpoints(req.args)).then_some(&recorded.endpoints);
+        let settings = Settings::resolve(&job_inputs, endpoints)?;
+        let stores = settings.stores();
         opened.check_setup(&job_dir, &settings.setup(&stores))?;
-        catalog = Arc::new(opened);
-    } else {
-        let settings = Settings::resolve(
-            &inputs_with(&args.job, args.create_users, args.batch_rows),
-            None,
-        )?;
-        stores = settings.stores();
-        let plan = make_plan(&stores).await?;
-        if !plan.checks_pass() {
-            if !out.json {
-                print!("{}", print::plan(&plan));
-            }
-            bail!("some prerequisite checks failed (see above); nothing was written. Fix them and run again");
-        }
-        let created = Catalog::create(&job_dir, &settings.setup(&stores))?;
-        for s in &plan.stores {
-            created.add_units(&s.units)?;
-        }
-        catalog = Arc::new(created);
+        return Ok(OpenJob {
+            dir: job_dir,
+            catalog: Arc::new(opened),
+            stores,
+            settings,
+            resumed: true,
+        });
     }
+    let settings = Settings::resolve(&job_inputs, None)?;
+    let stores = settings.stores();
+    let plan = make_plan(&stores).await?;
+    if !plan.checks_pass() {
+        if !json {
+            print!("{}", print::plan(&plan));
+        }
+        bail!("some prerequisite checks failed (see above); nothing was written. Fix them and run again");
+    }
+    let created = Catalog::create(&job_dir, &settings.setup(&stores))?;
+    for s in &plan.stores {
+        created.add_units(&s.units)?;
+    }
+    Ok(OpenJob {
+        dir: job_dir,
+        catalog: Arc::new(created),
+        stores,
+        settings,
+        resumed: false,
+    })
+}
 
+pub fn if_exists(arg: IfExistsArg) -> IfExists {
+    match arg {
+        IfExistsArg::Refuse => IfExists::Refuse,
+        IfExistsArg::Skip => IfExists::Skip,
+        IfExistsArg::Replace => IfExists::Replace,
+    }
+}
+
+async fn copy(args: CopyArgs, out: Output, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let job = open_job(
+        JobRequest {
+            args: &args.job,
+            create_users: args.create_users,
+            batch_rows: args.batch_rows,
+            resume: args.resume,
+            restart: args.restart,
+        },
+        out.json,
+    )
+    .await?;
+    let (job_dir, catalog, stores) = (job.dir, job.catalog, job.stores);
     let runner = Runner {
         catalog: catalog.clone(),
         reporter: out.reporter(),
@@ -179,11 +225,7 @@ async fn copy(args: CopyArgs, out: Output, cancel: CancellationToken) -> anyhow:
         options: RunOptions {
             parallel: args.job.parallel.max(1),
             retries: args.retries,
-            if_exists: match args.if_exists {
-                IfExistsArg::Refuse => IfExists::Refuse,
-                IfExistsArg::Skip => IfExists::Skip,
-                IfExistsArg::Replace => IfExists::Replace,
-            },
+            if_exists: if_exists(args.if_exists),
         },
     };
     let summary = runner.copy(&stores).await?;
@@ -238,6 +280,9 @@ async fn verify_cmd(
         c.phase_done("job", "verify", verdict)?;
     }
     out.emit(&report, || print::verify_report(&report));
+    if let Some(path) = &args.report {
+        crate::migrate_cmd::write_report(path, &report, &[], &job_dir)?;
+    }
     if report.had_errors()
         && report
             .units

@@ -53,6 +53,30 @@ pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
     let catalog = Catalog::open(&job_dir)?;
     let setup = catalog.setup()?;
     let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;
+    let done = run_cutover(&settings, &catalog, &job_dir, args.dry_run, args.force)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done.value)?);
+    } else {
+        println!("{}", done.text);
+    }
+    Ok(Outcome::Clean)
+}
+
+/// What a cutover did (or, dry, would do): for JSON and for people.
+pub struct CutoverOutcome {
+    pub value: serde_json::Value,
+    pub text: String,
+}
+
+/// Cut over the job's verified stores (all of them, or refuse), print the change and the runbook.
+pub fn run_cutover(
+    settings: &Settings,
+    catalog: &Catalog,
+    job_dir: &std::path::Path,
+    dry_run: bool,
+    force: bool,
+) -> anyhow::Result<CutoverOutcome> {
+    let setup = catalog.setup()?;
     let cfg = TutorConfig::load(&settings.tutor_root)?;
 
     // The file must be the one the job planned against.
@@ -66,9 +90,9 @@ pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
     }
 
     let mut targets = Vec::new();
-    for (kind, verdict) in verified_stores(&catalog)? {
+    for (kind, verdict) in verified_stores(catalog)? {
         if let Err(why) = &verdict {
-            if !args.force {
+            if !force {
                 bail!("{kind} is not safe to switch: {why}. Run `offload verify --job {}` and fix what it reports; --force overrides this at the risk of losing data", job_dir.display());
             }
             tracing::error!(store = %kind, reason = %why, "cutting over an unverified store because --force was given; the platform may lose data");
@@ -105,21 +129,16 @@ pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
 
     let plan = tutor::plan_cutover(&cfg, &targets)?;
     let diff = plan.masked_diff();
-    if args.dry_run {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &json!({"dry_run": true, "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook()})
-                )?
-            );
-        } else {
-            println!("Dry run: config.yml would change like this (secrets masked):\n{diff}");
-            for w in &plan.warnings {
-                println!("warning: {w}");
-            }
+    if dry_run {
+        let mut text =
+            format!("Dry run: config.yml would change like this (secrets masked):\n{diff}");
+        for w in &plan.warnings {
+            text.push_str(&format!("warning: {w}\n"));
         }
-        return Ok(Outcome::Clean);
+        return Ok(CutoverOutcome {
+            value: json!({"dry_run": true, "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook()}),
+            text,
+        });
     }
     let now = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
@@ -128,26 +147,22 @@ pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
         .context("formatting the backup timestamp")?;
     let applied = tutor::apply_cutover(&settings.tutor_root, &plan, &cfg.digest(), &now)?;
     catalog.phase_done("job", "cutover", &applied.backup_path.display().to_string())?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "config": applied.config_path, "backup": applied.backup_path,
-                "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook(),
-            }))?
-        );
-    } else {
-        println!(
-            "Rewrote {} (backup: {}).\n{diff}",
-            applied.config_path.display(),
-            applied.backup_path.display()
-        );
-        for w in &plan.warnings {
-            println!("warning: {w}");
-        }
-        println!("{}", plan.runbook());
+    let mut text = format!(
+        "Rewrote {} (backup: {}).\n{diff}",
+        applied.config_path.display(),
+        applied.backup_path.display()
+    );
+    for w in &plan.warnings {
+        text.push_str(&format!("warning: {w}\n"));
     }
-    Ok(Outcome::Clean)
+    text.push_str(&plan.runbook());
+    Ok(CutoverOutcome {
+        value: json!({
+            "config": applied.config_path, "backup": applied.backup_path,
+            "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook(),
+        }),
+        text,
+    })
 }
 
 pub fn rollback(args: RollbackArgs, json: bool) -> anyhow::Result<Outcome> {

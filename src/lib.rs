@@ -13,5 +13,6 @@ pub mod tutor;
 pub mod cli;
 pub mod commands;
 pub mod cutover_cmd;
+pub mod migrate_cmd;
 pub mod settings;
 pub mod ui;

@@ -141,7 +141,16 @@ impl Settings {
         inputs: &Inputs,
         recorded: Option<&serde_json::Value>,
     ) -> Result<Settings, SettingsError> {
-        let tutor_root = tutor_root(inputs.tutor_root.as_deref());
+        // The flag, else the root the job was planned with, else Tutor's default.
+        let recorded_root = recorded
+            .and_then(|r| r.get("tutor_root"))
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from);
+        let tutor_root = match (&inputs.tutor_root, recorded_root) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(recorded)) => recorded,
+            (None, None) => tutor_root(None),
+        };
         let job_dir = inputs
             .job
             .clone()
@@ -151,6 +160,19 @@ impl Settings {
         } else {
             None
         };
+
+        // Secrets a job found in config.yml come from config.yml as the job planned with it; after
+        // a cutover that is the backup cutover made, not the rewritten file.
+        let planned_digest = recorded
+            .and_then(|r| r.get("tutor_config_digest"))
+            .and_then(|v| v.as_str());
+        let planned = match (&tutor, planned_digest) {
+            (Some(cfg), Some(digest)) if cfg.digest() != digest => {
+                planned_config(&tutor_root, digest)
+            }
+            _ => None,
+        };
+        let source_cfg = planned.as_ref().or(tutor.as_ref());
 
         let targets: TargetsFile = match &inputs.targets {
             Some(path) => {
@@ -194,7 +216,7 @@ impl Settings {
             Some(Self::resolve_mysql(
                 inputs,
                 &targets,
-                tutor.as_ref(),
+                source_cfg,
                 recorded_mysql,
             )?)
         } else {
@@ -395,6 +417,23 @@ impl Settings {
             endpoints: serde_json::Value::Object(endpoints),
         }
     }
+}
+
+/// The backup of config.yml (made by cutover) whose content has this digest, if any.
+fn planned_config(root: &Path, digest: &str) -> Option<TutorConfig> {
+    let entries = std::fs::read_dir(root).ok()?;
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("TUTOR_"))
+        .collect();
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("config.yml.offload-backup-")
+        })
+        .filter_map(|e| TutorConfig::load_file(root, &e.path(), env.clone()).ok())
+        .find(|cfg| cfg.digest() == digest)
 }
 
 /// Where to look for one endpoint's password when its URL has none, in this order: an environment

@@ -67,6 +67,8 @@ pub struct UnitRecord {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub verify_state: Option<String>,
+    /// The unit's last verification, as JSON.
+    pub verify_detail: Option<String>,
     pub updated_at: Option<String>,
 }
 
@@ -271,7 +273,7 @@ impl Catalog {
         let rows = self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT spec, state, cursor, rows_done, bytes_done, attempts, last_error,
-                        verify_state, updated_at
+                        verify_state, updated_at, verify_detail
                  FROM unit WHERE (?1 IS NULL OR store = ?1) ORDER BY store, seq",
             )?;
             let rows = stmt
@@ -286,6 +288,7 @@ impl Catalog {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -297,7 +300,7 @@ impl Catalog {
         };
         rows.into_iter()
             .map(
-                |(spec, state, cursor, rows, bytes, attempts, err, verify, at)| {
+                |(spec, state, cursor, rows, bytes, attempts, err, verify, at, detail)| {
                     Ok(UnitRecord {
                         unit: serde_json::from_str(&spec).map_err(bad)?,
                         state: UnitState::parse(&state),
@@ -310,6 +313,7 @@ impl Catalog {
                         attempts: attempts as u32,
                         last_error: err,
                         verify_state: verify,
+                        verify_detail: detail,
                         updated_at: at,
                     })
                 },

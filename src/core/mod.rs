@@ -4,6 +4,7 @@
 //! owns policy (ordering, concurrency, retries, checkpoints, cancellation, comparison).
 
 pub mod catalog;
+pub mod delta;
 pub mod error;
 pub mod failpoint;
 pub mod plan;

@@ -250,6 +250,41 @@ pub trait Store: Send + Sync {
     /// Differences of shape between the two sides (schema, indexes, options) for these units.
     async fn compare_shape(&self, units: &[Unit]) -> Result<Vec<ShapeDifference>, StoreError>;
 
+    /// Remove the target's rows of a key range (all of a keyless unit), so the range can be copied
+    /// afresh by the delta pass. Stores that cannot do this say so.
+    async fn clear_range(
+        &self,
+        unit: &Unit,
+        _after: Option<&Cursor>,
+        _upto: Option<&Cursor>,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::new(
+            self.kind(),
+            "-",
+            super::error::ErrorKind::Unsupported,
+            format!("the {} store has no delta pass yet", self.kind()),
+            "copy the unit again with --if-exists replace instead",
+        )
+        .in_unit(&unit.name))
+    }
+
+    /// Before writing into a target that `finish_target` already completed (the delta pass):
+    /// remove what would react to the writes (triggers). `finish_target` puts it back.
+    async fn pause_target_side_effects(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Hold the source's writers off (for the final pass); returns what was done, or `None` when
+    /// the server offers no way. Must be undone by [`Store::thaw_source`].
+    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// Undo [`Store::freeze_source`]. Called on every path, also after errors and Ctrl-C.
+    async fn thaw_source(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A key range of a unit in words, for reports (`id > 10 AND id <= 20`).
     fn render_range(&self, _unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
         let show = |c: Option<&Cursor>| c.map(|c| c.0.to_string()).unwrap_or_else(|| "end".into());

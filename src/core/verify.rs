@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,7 @@ impl Default for VerifyOptions {
 }
 
 /// What kind of difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiffKind {
     /// On the source, not on the target.
@@ -51,7 +51,7 @@ pub enum DiffKind {
 }
 
 /// One named difference.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Difference {
     pub kind: DiffKind,
     /// The key range of the chunk it was found in.
@@ -61,7 +61,7 @@ pub struct Difference {
 }
 
 /// The verification of one unit.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitVerify {
     pub store: StoreKind,
     pub unit: String,

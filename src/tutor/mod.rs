@@ -278,7 +278,16 @@ impl TutorConfig {
         root: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<TutorConfig, TutorError> {
-        let path = root.join(CONFIG_FILENAME);
+        Self::load_file(root, &root.join(CONFIG_FILENAME), env)
+    }
+
+    /// Reads another file (such as a cutover backup) as if it were `<root>/config.yml`.
+    pub fn load_file(
+        root: &Path,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<TutorConfig, TutorError> {
+        let path = path.to_owned();
         let raw = match std::fs::read_to_string(&path) {
             Ok(raw) => raw,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -7,4 +7,5 @@ mod cli;
 mod common;
 mod cutover;
 mod job;
+mod migrate;
 mod mysql;

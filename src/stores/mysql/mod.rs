@@ -80,6 +80,8 @@ pub struct MysqlStore {
     /// Source connections inside one consistent snapshot, shared by this run's batches.
     snapshot: tokio::sync::Mutex<Vec<Conn>>,
     tables: Mutex<HashMap<(String, String), Arc<TableInfo>>>,
+    /// Whether this process set the source read_only (and so must undo it).
+    frozen: Mutex<bool>,
 }
 
 const SESSION_COMMON: [&str; 2] = ["SET NAMES utf8mb4", "SET time_zone = '+00:00'"];
@@ -107,6 +109,7 @@ impl MysqlStore {
             options,
             snapshot: tokio::sync::Mutex::new(Vec::new()),
             tables: Mutex::new(HashMap::new()),
+            frozen: Mutex::new(false),
         }
     }
 
@@ -1274,6 +1277,89 @@ impl Store for MysqlStore {
             }
         }
         Ok(out)
+    }
+
+    async fn clear_range(
+        &self,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        upto: Option<&Cursor>,
+    ) -> Result<(), StoreError> {
+        let (db, table) = self.unit_table(unit);
+        let info = self.table(db, table).await?;
+        let (sql, params) = if info.keyless() {
+            (format!("DELETE FROM {}", info.qualified), Vec::new())
+        } else {
+            let after = after.map(|c| self.decode(c, Side::Target)).transpose()?;
+            let upto = upto.map(|c| self.decode(c, Side::Target)).transpose()?;
+            let (cond, params) = info.range_condition(after.as_deref(), upto.as_deref());
+            (format!("DELETE FROM {}{cond}", info.qualified), params)
+        };
+        let mut conn = self.conn(Side::Target).await?;
+        conn.exec_drop(sql, params)
+            .await
+            .map_err(|e| self.err(Side::Target, e).in_unit(&unit.name))
+    }
+
+    async fn pause_target_side_effects(&self) -> Result<(), StoreError> {
+        // Triggers on the target would fire on rows copied again; finish_target recreates them.
+        let mut conn = self.conn(Side::Target).await?;
+        for db in self.databases().await? {
+            let triggers: Vec<String> = conn
+                .exec(
+                    "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ?",
+                    (db.as_str(),),
+                )
+                .await
+                .map_err(|e| self.err(Side::Target, e))?;
+            for t in triggers {
+                conn.query_drop(format!(
+                    "DROP TRIGGER IF EXISTS {}.{}",
+                    ident(&db),
+                    ident(&t)
+                ))
+                .await
+                .map_err(|e| self.err(Side::Target, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn(Side::Source).await?;
+        let was: Option<Option<String>> = conn
+            .query_first("SELECT @@GLOBAL.read_only")
+            .await
+            .map_err(|e| self.err(Side::Source, e))?;
+        let was_on = matches!(was.flatten().as_deref(), Some("1") | Some("ON"));
+        if was_on {
+            return Ok(Some("mysql: the source was already read_only".into()));
+        }
+        conn.query_drop("SET GLOBAL read_only = ON")
+            .await
+            .map_err(|e| self.err(Side::Source, e))?;
+        // MySQL 8 also blocks SUPER users with super_read_only; MariaDB has no such variable.
+        let _ = conn.query_drop("SET GLOBAL super_read_only = ON").await;
+        *self.frozen.lock().expect("freeze flag") = true;
+        tracing::warn!(store = "mysql", host = %self.source.address(), "source set read_only; offload sets it back when it ends (if offload is killed: SET GLOBAL read_only = OFF)");
+        Ok(Some(format!(
+            "mysql: source {} is read_only until offload ends",
+            self.source.address()
+        )))
+    }
+
+    async fn thaw_source(&self) -> Result<(), StoreError> {
+        let frozen = std::mem::take(&mut *self.frozen.lock().expect("freeze flag"));
+        if !frozen {
+            return Ok(());
+        }
+        let mut conn = self.conn(Side::Source).await?;
+        let _ = conn.query_drop("SET GLOBAL super_read_only = OFF").await;
+        conn.query_drop("SET GLOBAL read_only = OFF")
+            .await
+            .map_err(|e| self.err(Side::Source, e))?;
+        tracing::info!(store = "mysql", host = %self.source.address(), "source writable again");
+        Ok(())
     }
 
     fn render_range(&self, unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
