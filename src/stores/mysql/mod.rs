@@ -509,6 +509,76 @@ impl MysqlStore {
         Ok(value.flatten())
     }
 
+    /// Add the secondary indexes, then the foreign keys, that `prepare` left out, to every
+    /// target table offload created (a table that differs otherwise is left alone for verify to
+    /// report). Idempotent: what the target already has is not added again.
+    async fn add_secondary_keys(&self, dbs: &[String]) -> Result<usize, StoreError> {
+        let mut plans: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+        for db in dbs {
+            let tables = self
+                .query_strings(
+                    Side::Source,
+                    "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+                    vec![Value::from(db.as_str())],
+                )
+                .await?;
+            for table in tables {
+                let Some((src, _)) = self
+                    .show_create(Side::Source, "TABLE", db, &table, "Create Table")
+                    .await?
+                else {
+                    continue;
+                };
+                let Some((tgt, _)) = self
+                    .show_create(Side::Target, "TABLE", db, &table, "Create Table")
+                    .await?
+                else {
+                    continue;
+                };
+                let (src, tgt) = (schema::split_secondary(&src), schema::split_secondary(&tgt));
+                if schema::normalize_table_ddl(&src.create)
+                    != schema::normalize_table_ddl(&tgt.create)
+                {
+                    continue;
+                }
+                let has =
+                    |list: &[(String, String)], name: &str| list.iter().any(|(n, _)| n == name);
+                let indexes: Vec<String> = src
+                    .indexes
+                    .iter()
+                    .filter(|(n, _)| !has(&tgt.indexes, n))
+                    .map(|(_, c)| format!("ADD {c}"))
+                    .collect();
+                let fks: Vec<String> = src
+                    .foreign_keys
+                    .iter()
+                    .filter(|(n, _)| !has(&tgt.foreign_keys, n))
+                    .map(|(_, c)| format!("ADD {c}"))
+                    .collect();
+                if !indexes.is_empty() || !fks.is_empty() {
+                    plans.push((format!("{}.{}", ident(db), ident(&table)), indexes, fks));
+                }
+            }
+        }
+        let mut conn = self.conn(Side::Target).await?;
+        let mut added = 0;
+        // All indexes first: a foreign key needs the referenced table's index to exist.
+        for pass in 0..2 {
+            for (qualified, indexes, fks) in &plans {
+                let clauses = if pass == 0 { indexes } else { fks };
+                if clauses.is_empty() {
+                    continue;
+                }
+                tracing::debug!(store = "mysql", table = %qualified, count = clauses.len(), "building secondary keys");
+                conn.query_drop(format!("ALTER TABLE {qualified} {}", clauses.join(", ")))
+                    .await
+                    .map_err(|e| self.err(Side::Target, e))?;
+                added += clauses.len();
+            }
+        }
+        Ok(added)
+    }
+
     fn split_ranges(min: &Value, max: &Value, parts: u64) -> Vec<Value> {
         let (lo, hi) = match (min, max) {
             (Value::Int(a), Value::Int(b)) => (*a as i128, *b as i128),
@@ -949,7 +1019,12 @@ impl Store for MysqlStore {
                 )
                 .in_unit(&unit.name)
             })?;
-        let ddl = ddl.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1);
+        // Secondary indexes and foreign keys are added by finish_target, after the data.
+        let ddl = schema::split_secondary(&ddl).create.replacen(
+            "CREATE TABLE ",
+            "CREATE TABLE IF NOT EXISTS ",
+            1,
+        );
         let mut conn = self.conn(Side::Target).await?;
         conn.query_drop(format!("USE {}", ident(db)))
             .await
@@ -1001,6 +1076,12 @@ impl Store for MysqlStore {
     async fn finish_target(&self) -> Result<Vec<String>, StoreError> {
         let mut notes = Vec::new();
         let dbs = self.databases().await?;
+        let added = self.add_secondary_keys(&dbs).await?;
+        if added > 0 {
+            notes.push(format!(
+                "mysql: {added} secondary index(es) and foreign key(s) built after the data"
+            ));
+        }
         for db in &dbs {
             // Views may depend on views: create in passes until no progress.
             let objects = self.objects(Side::Source, db).await?;
