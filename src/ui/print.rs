@@ -177,8 +177,47 @@ pub fn verify_report(r: &VerifyReport) -> String {
     out
 }
 
+/// Seconds between an RFC 3339 time and now.
+fn seconds_since(at: &str) -> Option<f64> {
+    let then =
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((time::OffsetDateTime::now_utc() - then).as_seconds_f64())
+}
+
+/// Progress of the copy, with the average rate since it started and the time left at that rate.
+fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
+    let done: u64 = units.iter().map(|u| u.rows_done).sum();
+    let total: u64 = units.iter().map(|u| u.unit.est_rows.max(u.rows_done)).sum();
+    let percent = if total > 0 {
+        done as f64 * 100.0 / total as f64
+    } else {
+        100.0
+    };
+    let mut line = format!("Copy: {done} of ~{total} rows ({percent:.0}%)");
+    let running = phases
+        .iter()
+        .filter(|p| p.phase == "copy" && p.store != "job" && p.done_at.is_none())
+        .filter_map(|p| p.started_at.as_deref())
+        .min();
+    if let Some(elapsed) = running.and_then(seconds_since).filter(|s| *s > 0.0) {
+        let rate = done as f64 / elapsed;
+        line.push_str(&format!(
+            ", running for {:.0} s, {rate:.0} rows/s on average",
+            elapsed
+        ));
+        if rate > 0.0 && total > done {
+            line.push_str(&format!(
+                ", about {:.0} s left",
+                (total - done) as f64 / rate
+            ));
+        }
+    }
+    line
+}
+
 pub fn status(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "{}", copy_progress(phases, units));
     let _ = writeln!(out, "Phases:");
     for p in phases {
         let state = match (&p.started_at, &p.done_at) {
