@@ -14,5 +14,6 @@ pub mod tutor;
 pub mod cli;
 pub mod commands;
 pub mod cutover_cmd;
+pub mod reindex_cmd;
 pub mod settings;
 pub mod ui;

@@ -7,4 +7,6 @@ mod cli;
 mod common;
 mod cutover;
 mod job;
+mod meilisearch;
 mod mysql;
+mod support;
