@@ -36,24 +36,34 @@ fn load_tutor(args: &JobArgs) -> anyhow::Result<Option<TutorConfig>> {
 }
 
 /// The target client with its master key (environment first, then the key file).
-pub fn target_client(args: &JobArgs) -> anyhow::Result<Option<(MeilisearchClient, Option<Secret>)>> {
+pub fn target_client(
+    args: &JobArgs,
+) -> anyhow::Result<Option<(MeilisearchClient, Option<Secret>)>> {
     let Some(url) = &args.to_meilisearch else {
         return Ok(None);
     };
     let key = if let Ok(v) = std::env::var(TO_KEY_ENV) {
         Some(Secret::new(v))
     } else if let Some(path) = &args.to_meilisearch_key_file {
-        Some(read_secret_file(path).with_context(|| format!("--to-meilisearch-key-file: cannot read {}", path.display()))?)
+        Some(read_secret_file(path).with_context(|| {
+            format!("--to-meilisearch-key-file: cannot read {}", path.display())
+        })?)
     } else {
         None
     };
     if key.is_none() {
         tracing::warn!("no master key for the target Meilisearch (--to-meilisearch-key-file or {TO_KEY_ENV}); a server with a master key will refuse every request");
     }
-    Ok(Some((MeilisearchClient::new(url, key.clone(), "target")?, key)))
+    Ok(Some((
+        MeilisearchClient::new(url, key.clone(), "target")?,
+        key,
+    )))
 }
 
-fn old_client(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> anyhow::Result<Option<MeilisearchClient>> {
+fn old_client(
+    args: &ReindexArgs,
+    tutor: Option<&TutorConfig>,
+) -> anyhow::Result<Option<MeilisearchClient>> {
     let url = args
         .job
         .from_meilisearch
@@ -63,15 +73,25 @@ fn old_client(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> anyhow::Result
     let key = if let Ok(v) = std::env::var(FROM_KEY_ENV) {
         Some(Secret::new(v))
     } else if let Some(path) = &args.from_meilisearch_key_file {
-        Some(read_secret_file(path).with_context(|| format!("--from-meilisearch-key-file: cannot read {}", path.display()))?)
+        Some(read_secret_file(path).with_context(|| {
+            format!(
+                "--from-meilisearch-key-file: cannot read {}",
+                path.display()
+            )
+        })?)
     } else {
-        tutor.and_then(|t| config_text(t, "MEILISEARCH_MASTER_KEY")).map(Secret::new)
+        tutor
+            .and_then(|t| config_text(t, "MEILISEARCH_MASTER_KEY"))
+            .map(Secret::new)
     };
     Ok(Some(MeilisearchClient::new(&url, key, "old")?))
 }
 
 /// The MySQL to read: the target (migrated) or the source, with its password.
-fn mysql_endpoint(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> anyhow::Result<Option<MysqlEndpoint>> {
+fn mysql_endpoint(
+    args: &ReindexArgs,
+    tutor: Option<&TutorConfig>,
+) -> anyhow::Result<Option<MysqlEndpoint>> {
     let j = &args.job;
     let (url, env, file, file_flag, tutor_key) = match args.meilisearch_source {
         MeilisearchSourceArg::Migrated => (
@@ -94,7 +114,9 @@ fn mysql_endpoint(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> anyhow::Re
         None => match (args.meilisearch_source, tutor) {
             (MeilisearchSourceArg::Source, Some(cfg)) => MysqlEndpoint {
                 host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
-                port: config_text(cfg, "MYSQL_PORT").and_then(|p| p.parse().ok()).unwrap_or(3306),
+                port: config_text(cfg, "MYSQL_PORT")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(3306),
                 user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
                 password: None,
                 tls: TlsMode::Disabled,
@@ -126,10 +148,19 @@ fn mongo_url(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> Option<String> 
             let auth = if user.is_empty() {
                 String::new()
             } else {
-                let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-                format!("{}:{}@", enc(&user), enc(&config_text(cfg, "MONGODB_PASSWORD").unwrap_or_default()))
+                let enc = |s: &str| {
+                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                };
+                format!(
+                    "{}:{}@",
+                    enc(&user),
+                    enc(&config_text(cfg, "MONGODB_PASSWORD").unwrap_or_default())
+                )
             };
-            Some(format!("mongodb://{auth}{host}:{port}/?directConnection=true"))
+            Some(format!(
+                "mongodb://{auth}{host}:{port}/?directConnection=true"
+            ))
         }),
     }
 }
@@ -167,31 +198,55 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
     let prefix = args
         .meilisearch_index_prefix
         .clone()
-        .or_else(|| tutor.as_ref().and_then(|t| config_text(t, "MEILISEARCH_INDEX_PREFIX")))
+        .or_else(|| {
+            tutor
+                .as_ref()
+                .and_then(|t| config_text(t, "MEILISEARCH_INDEX_PREFIX"))
+        })
         .unwrap_or_else(|| "tutor_".into());
     let database = args
         .mysql_database
         .clone()
-        .or_else(|| tutor.as_ref().and_then(|t| config_text(t, "OPENEDX_MYSQL_DATABASE")))
+        .or_else(|| {
+            tutor
+                .as_ref()
+                .and_then(|t| config_text(t, "OPENEDX_MYSQL_DATABASE"))
+        })
         .unwrap_or_else(|| "openedx".into());
     let mongo_db = args
         .mongodb_database
         .clone()
-        .or_else(|| tutor.as_ref().and_then(|t| config_text(t, "MONGODB_DATABASE")))
+        .or_else(|| {
+            tutor
+                .as_ref()
+                .and_then(|t| config_text(t, "MONGODB_DATABASE"))
+        })
         .unwrap_or_else(|| "openedx".into());
-    let api_key_uid = args
-        .meilisearch_api_key_uid
-        .clone()
-        .or_else(|| tutor.as_ref().and_then(|t| config_text(t, "MEILISEARCH_API_KEY_UID")));
+    let api_key_uid = args.meilisearch_api_key_uid.clone().or_else(|| {
+        tutor
+            .as_ref()
+            .and_then(|t| config_text(t, "MEILISEARCH_API_KEY_UID"))
+    });
 
     // Check the target first: a wrong key or an unreachable server stops before any reading.
     reindex::check_target(&target).await?;
 
-    let old = if mode == Mode::Copy { old_client(&args, tutor.as_ref())? } else { None };
+    let old = if mode == Mode::Copy {
+        old_client(&args, tutor.as_ref())?
+    } else {
+        None
+    };
     let mysql = mysql_endpoint(&args, tutor.as_ref())?;
     let mongo = mongo_url(&args, tutor.as_ref());
     let source = match &mysql {
-        Some(m) => Some(SourceReader::connect(m, &database, mongo.as_deref().map(|u| (u, mongo_db.as_str()))).await?),
+        Some(m) => Some(
+            SourceReader::connect(
+                m,
+                &database,
+                mongo.as_deref().map(|u| (u, mongo_db.as_str())),
+            )
+            .await?,
+        ),
         None => None,
     };
     let job = ReindexJob {
@@ -214,7 +269,11 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
         .job
         .clone()
         .unwrap_or_else(|| default_job_dir(&tutor_root(args.job.tutor_root.as_deref())));
-    let catalog = if Catalog::exists(&job_dir) { Some(Catalog::open(&job_dir)?) } else { None };
+    let catalog = if Catalog::exists(&job_dir) {
+        Some(Catalog::open(&job_dir)?)
+    } else {
+        None
+    };
     if let Some(c) = &catalog {
         c.phase_start("meilisearch", "reindex")?;
     }
@@ -225,14 +284,22 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
     };
     let report = reindex::run(&job, source.as_ref(), reporter).await?;
     if let Some(c) = &catalog {
-        c.phase_done("meilisearch", "reindex", if report.clean() { "clean" } else { "differs" })?;
+        c.phase_done(
+            "meilisearch",
+            "reindex",
+            if report.clean() { "clean" } else { "differs" },
+        )?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report, &job_dir));
     }
-    Ok(if report.clean() { Outcome::Clean } else { Outcome::Differs })
+    Ok(if report.clean() {
+        Outcome::Clean
+    } else {
+        Outcome::Differs
+    })
 }
 
 /// The human report.
@@ -316,7 +383,11 @@ pub async fn plan_section(args: &JobArgs) -> anyhow::Result<Option<serde_json::V
             .databases
             .first()
             .cloned()
-            .or_else(|| tutor.as_ref().and_then(|t| config_text(t, "OPENEDX_MYSQL_DATABASE")))
+            .or_else(|| {
+                tutor
+                    .as_ref()
+                    .and_then(|t| config_text(t, "OPENEDX_MYSQL_DATABASE"))
+            })
             .unwrap_or_else(|| "openedx".into());
         let source = SourceReader::connect(&endpoint, &database, None).await?;
         let overviews = source.course_overviews().await?;
@@ -327,7 +398,10 @@ pub async fn plan_section(args: &JobArgs) -> anyhow::Result<Option<serde_json::V
             .filter(|e| !e.published_version.is_empty() && overviews.contains_key(&e.course_id))
             .count() as u64;
         counts.insert(IndexKind::CourseInfo, courses);
-        counts.insert(IndexKind::CommentThreads, source.count("forum_commentthread").await?);
+        counts.insert(
+            IndexKind::CommentThreads,
+            source.count("forum_commentthread").await?,
+        );
         counts.insert(IndexKind::Comments, source.count("forum_comment").await?);
     }
     let indexes: Vec<serde_json::Value> = IndexKind::ALL

@@ -114,7 +114,12 @@ impl MeilisearchClient {
         self.base.as_str().trim_end_matches('/').to_string()
     }
 
-    fn error(&self, kind: ErrorKind, detail: impl Into<String>, hint: impl Into<String>) -> StoreError {
+    fn error(
+        &self,
+        kind: ErrorKind,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> StoreError {
         StoreError::new(StoreKind::Meilisearch, self.address(), kind, detail, hint)
     }
 
@@ -134,7 +139,9 @@ impl MeilisearchClient {
             req = req.bearer_auth(key.expose());
         }
         if let Some((content_type, bytes)) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
         }
         let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
         let status = resp.status();
@@ -166,10 +173,19 @@ impl MeilisearchClient {
         )
     }
 
-    fn api_error(&self, status: StatusCode, method: &Method, path: &str, value: &Value) -> StoreError {
+    fn api_error(
+        &self,
+        status: StatusCode,
+        method: &Method,
+        path: &str,
+        value: &Value,
+    ) -> StoreError {
         let code = value["code"].as_str().unwrap_or("");
         let message = value["message"].as_str().unwrap_or("").to_string();
-        let detail = format!("{method} {path} answered {status}: {code}{}{message}", if code.is_empty() { "" } else { ": " });
+        let detail = format!(
+            "{method} {path} answered {status}: {code}{}{message}",
+            if code.is_empty() { "" } else { ": " }
+        );
         match status {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => self.error(
                 ErrorKind::Auth,
@@ -195,7 +211,11 @@ impl MeilisearchClient {
         if v["status"].as_str() == Some("available") {
             Ok(())
         } else {
-            Err(self.error(ErrorKind::Connect, format!("/health answered {v}"), "the server is not available; check its logs"))
+            Err(self.error(
+                ErrorKind::Connect,
+                format!("/health answered {v}"),
+                "the server is not available; check its logs",
+            ))
         }
     }
 
@@ -206,7 +226,10 @@ impl MeilisearchClient {
     }
 
     pub async fn get_index(&self, uid: &str) -> Result<Option<IndexInfo>, StoreError> {
-        match self.send(Method::GET, &format!("/indexes/{uid}"), None).await {
+        match self
+            .send(Method::GET, &format!("/indexes/{uid}"), None)
+            .await
+        {
             Ok((_, v)) => Ok(Some(IndexInfo {
                 uid: v["uid"].as_str().unwrap_or(uid).to_string(),
                 primary_key: v["primaryKey"].as_str().map(str::to_string),
@@ -222,7 +245,11 @@ impl MeilisearchClient {
         let mut offset = 0;
         loop {
             let (_, v) = self
-                .send(Method::GET, &format!("/indexes?offset={offset}&limit=100"), None)
+                .send(
+                    Method::GET,
+                    &format!("/indexes?offset={offset}&limit=100"),
+                    None,
+                )
                 .await?;
             let results = v["results"].as_array().cloned().unwrap_or_default();
             for r in &results {
@@ -239,35 +266,56 @@ impl MeilisearchClient {
 
     fn task_uid(&self, v: &Value) -> Result<u64, StoreError> {
         v["taskUid"].as_u64().ok_or_else(|| {
-            self.error(ErrorKind::Query, format!("expected a task, got {v}"), "is this a Meilisearch server?")
+            self.error(
+                ErrorKind::Query,
+                format!("expected a task, got {v}"),
+                "is this a Meilisearch server?",
+            )
         })
     }
 
     pub async fn create_index(&self, uid: &str, primary_key: &str) -> Result<u64, StoreError> {
-        let body = serde_json::to_vec(&json!({"uid": uid, "primaryKey": primary_key})).expect("json");
-        let (_, v) = self.send(Method::POST, "/indexes", Some(("application/json", body))).await?;
+        let body =
+            serde_json::to_vec(&json!({"uid": uid, "primaryKey": primary_key})).expect("json");
+        let (_, v) = self
+            .send(Method::POST, "/indexes", Some(("application/json", body)))
+            .await?;
         self.task_uid(&v)
     }
 
     pub async fn delete_index(&self, uid: &str) -> Result<u64, StoreError> {
-        let (_, v) = self.send(Method::DELETE, &format!("/indexes/{uid}"), None).await?;
+        let (_, v) = self
+            .send(Method::DELETE, &format!("/indexes/{uid}"), None)
+            .await?;
         self.task_uid(&v)
     }
 
     pub async fn update_settings(&self, uid: &str, settings: &Value) -> Result<u64, StoreError> {
         let body = serde_json::to_vec(settings).expect("json");
         let (_, v) = self
-            .send(Method::PATCH, &format!("/indexes/{uid}/settings"), Some(("application/json", body)))
+            .send(
+                Method::PATCH,
+                &format!("/indexes/{uid}/settings"),
+                Some(("application/json", body)),
+            )
             .await?;
         self.task_uid(&v)
     }
 
     pub async fn get_settings(&self, uid: &str) -> Result<Value, StoreError> {
-        Ok(self.send(Method::GET, &format!("/indexes/{uid}/settings"), None).await?.1)
+        Ok(self
+            .send(Method::GET, &format!("/indexes/{uid}/settings"), None)
+            .await?
+            .1)
     }
 
     /// `POST /indexes/{uid}/documents` with an NDJSON body (add or replace).
-    pub async fn add_ndjson(&self, uid: &str, primary_key: &str, body: Vec<u8>) -> Result<u64, StoreError> {
+    pub async fn add_ndjson(
+        &self,
+        uid: &str,
+        primary_key: &str,
+        body: Vec<u8>,
+    ) -> Result<u64, StoreError> {
         let (_, v) = self
             .send(
                 Method::POST,
@@ -280,14 +328,25 @@ impl MeilisearchClient {
 
     /// The number of documents in an index.
     pub async fn document_count(&self, uid: &str) -> Result<u64, StoreError> {
-        let (_, v) = self.send(Method::GET, &format!("/indexes/{uid}/stats"), None).await?;
+        let (_, v) = self
+            .send(Method::GET, &format!("/indexes/{uid}/stats"), None)
+            .await?;
         Ok(v["numberOfDocuments"].as_u64().unwrap_or(0))
     }
 
     /// One page of documents, in the server's internal order: `(documents, total)`.
-    pub async fn documents_page(&self, uid: &str, offset: u64, limit: u64) -> Result<(Vec<Value>, u64), StoreError> {
+    pub async fn documents_page(
+        &self,
+        uid: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<Value>, u64), StoreError> {
         let (_, v) = self
-            .send(Method::GET, &format!("/indexes/{uid}/documents?offset={offset}&limit={limit}"), None)
+            .send(
+                Method::GET,
+                &format!("/indexes/{uid}/documents?offset={offset}&limit={limit}"),
+                None,
+            )
             .await?;
         Ok((
             v["results"].as_array().cloned().unwrap_or_default(),
@@ -297,8 +356,16 @@ impl MeilisearchClient {
 
     /// One document by primary key, `None` when absent.
     pub async fn get_document(&self, uid: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string();
-        match self.send(Method::GET, &format!("/indexes/{uid}/documents/{encoded}"), None).await {
+        let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+        match self
+            .send(
+                Method::GET,
+                &format!("/indexes/{uid}/documents/{encoded}"),
+                None,
+            )
+            .await
+        {
             Ok((_, v)) => Ok(Some(v)),
             Err(e) if e.detail.contains("document_not_found") => Ok(None),
             Err(e) => Err(e),
@@ -326,7 +393,9 @@ impl MeilisearchClient {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            let (_, v) = self.send(Method::GET, &format!("/tasks/{task_uid}"), None).await?;
+            let (_, v) = self
+                .send(Method::GET, &format!("/tasks/{task_uid}"), None)
+                .await?;
             let task = Task {
                 uid: task_uid,
                 status: v["status"].as_str().unwrap_or("").to_string(),
@@ -358,7 +427,10 @@ impl MeilisearchClient {
             if started.elapsed() > self.task_timeout {
                 return Err(self.error(
                     ErrorKind::Transient,
-                    format!("task {task_uid} ({what}) still {} after {:?}", task.status, self.task_timeout),
+                    format!(
+                        "task {task_uid} ({what}) still {} after {:?}",
+                        task.status, self.task_timeout
+                    ),
                     "the server is busy or stuck; check GET /tasks and run again",
                 ));
             }
@@ -379,6 +451,9 @@ impl MeilisearchClient {
     /// `POST /keys`.
     pub async fn create_key(&self, body: &Value) -> Result<Value, StoreError> {
         let bytes = serde_json::to_vec(body).expect("json");
-        Ok(self.send(Method::POST, "/keys", Some(("application/json", bytes))).await?.1)
+        Ok(self
+            .send(Method::POST, "/keys", Some(("application/json", bytes)))
+            .await?
+            .1)
     }
 }

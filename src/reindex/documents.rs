@@ -486,9 +486,13 @@ fn field_display_name(block: &Block) -> Option<String> {
 
 /// What a block's `index_dictionary()` returns, for the block types that index content:
 /// `(content, content_type, problem_types)`. `None` for types that return `{}`.
-fn index_dictionary(block: &Block) -> Option<(Map<String, Value>, &'static str, Option<Vec<String>>)> {
+fn index_dictionary(
+    block: &Block,
+) -> Option<(Map<String, Value>, &'static str, Option<Vec<String>>)> {
     let mut content = Map::new();
-    let display_name = field_display_name(block).map(Value::String).unwrap_or(Value::Null);
+    let display_name = field_display_name(block)
+        .map(Value::String)
+        .unwrap_or(Value::Null);
     match block.block_type.as_str() {
         "chapter" | "sequential" | "vertical" => {
             content.insert("display_name".into(), display_name);
@@ -644,7 +648,11 @@ pub fn course_info_document(
     if overview.invitation_only {
         doc.insert("invitation_only".into(), json!(true));
     }
-    if let Some(v) = overview.catalog_visibility.as_ref().filter(|s| !s.is_empty()) {
+    if let Some(v) = overview
+        .catalog_visibility
+        .as_ref()
+        .filter(|s| !s.is_empty())
+    {
         doc.insert("catalog_visibility".into(), json!(v));
     }
     doc.insert("content".into(), Value::Object(content));

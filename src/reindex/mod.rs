@@ -177,17 +177,26 @@ pub async fn run(
         let unit = unit_for(&uid, kind, &job.target);
         reporter.on_unit_start(Phase::Reindex, &unit);
         let started = Instant::now();
-        let on_batch = |rows: u64, bytes: u64| reporter.on_batch(Phase::Reindex, &unit, rows, bytes);
+        let on_batch =
+            |rows: u64, bytes: u64| reporter.on_batch(Phase::Reindex, &unit, rows, bytes);
         let copied_from = match (&job.old, old_ok) {
             (Some(old), true) => old.get_index(&uid).await?.map(|info| (old, info)),
             _ => None,
         };
         let result = match copied_from {
             Some((old, info)) => {
-                let settings = IndexSettings::from_server(info.primary_key.as_deref(), &old.get_settings(&uid).await?);
-                let outcome = rebuild_index(&job.target, &uid, &settings, &job.options, &on_batch, |sink| {
-                    copy_documents(old, &uid, sink)
-                })
+                let settings = IndexSettings::from_server(
+                    info.primary_key.as_deref(),
+                    &old.get_settings(&uid).await?,
+                );
+                let outcome = rebuild_index(
+                    &job.target,
+                    &uid,
+                    &settings,
+                    &job.options,
+                    &on_batch,
+                    |sink| copy_documents(old, &uid, sink),
+                )
                 .await;
                 outcome.map(|o| (o, settings, "copied"))
             }
@@ -205,9 +214,14 @@ pub async fn run(
                     )
                 })?;
                 let settings = kind.settings();
-                let outcome = rebuild_index(&job.target, &uid, &settings, &job.options, &on_batch, |sink| {
-                    produce(kind, source, job.now, sink)
-                })
+                let outcome = rebuild_index(
+                    &job.target,
+                    &uid,
+                    &settings,
+                    &job.options,
+                    &on_batch,
+                    |sink| produce(kind, source, job.now, sink),
+                )
                 .await;
                 outcome.map(|o| (o, settings, "rebuilt"))
             }
@@ -219,28 +233,44 @@ pub async fn run(
                 return Err(e);
             }
         };
-        let report = verify_index(&job.target, &uid, &settings, &outcome, how, started.elapsed().as_secs_f64()).await?;
+        let report = verify_index(
+            &job.target,
+            &uid,
+            &settings,
+            &outcome,
+            how,
+            started.elapsed().as_secs_f64(),
+        )
+        .await?;
         reporter.on_unit_done(
             Phase::Reindex,
             &unit,
             &if report.clean() {
                 UnitOutcome::Done
             } else {
-                UnitOutcome::Differs(format!("{} difference(s)", report.settings_differences.len() + report.document_differences.len()))
+                UnitOutcome::Differs(format!(
+                    "{} difference(s)",
+                    report.settings_differences.len() + report.document_differences.len()
+                ))
             },
         );
         reports.push(report);
     }
     reporter.on_phase_done(Phase::Reindex);
     let api_key = match (&job.api_key_uid, &job.master_key) {
-        (Some(uid), Some(master)) => Some(provision_api_key(&job.target, master, uid, &job.prefix).await?),
+        (Some(uid), Some(master)) => {
+            Some(provision_api_key(&job.target, master, uid, &job.prefix).await?)
+        }
         _ => None,
     };
     Ok(ReindexReport {
         target: job.target.url(),
         server_version,
         source: match (source, old_ok) {
-            (_, true) => format!("old Meilisearch {}", job.old.as_ref().map(|o| o.address()).unwrap_or_default()),
+            (_, true) => format!(
+                "old Meilisearch {}",
+                job.old.as_ref().map(|o| o.address()).unwrap_or_default()
+            ),
             (Some(s), false) => s.describe(),
             (None, false) => "none".into(),
         },
@@ -250,7 +280,11 @@ pub async fn run(
     })
 }
 
-async fn copy_documents(old: &MeilisearchClient, uid: &str, sink: DocSink) -> Result<(), StoreError> {
+async fn copy_documents(
+    old: &MeilisearchClient,
+    uid: &str,
+    sink: DocSink,
+) -> Result<(), StoreError> {
     let mut offset = 0;
     loop {
         let (docs, _total) = old.documents_page(uid, offset, 1000).await?;
@@ -267,14 +301,21 @@ async fn copy_documents(old: &MeilisearchClient, uid: &str, sink: DocSink) -> Re
 }
 
 /// Send the documents of one index, built from the source of truth.
-pub async fn produce(kind: IndexKind, source: &SourceReader, now: Micros, sink: DocSink) -> Result<(), StoreError> {
+pub async fn produce(
+    kind: IndexKind,
+    source: &SourceReader,
+    now: Micros,
+    sink: DocSink,
+) -> Result<(), StoreError> {
     const PAGE: u64 = 1000;
     match kind {
         IndexKind::CommentThreads => {
             let mut after = 0;
             loop {
                 let page = source.threads(after, PAGE).await?;
-                let Some(last) = page.last() else { return Ok(()) };
+                let Some(last) = page.last() else {
+                    return Ok(());
+                };
                 after = last.id;
                 for t in &page {
                     if !sink.send(documents::thread_document(t)).await {
@@ -287,7 +328,9 @@ pub async fn produce(kind: IndexKind, source: &SourceReader, now: Micros, sink: 
             let mut after = 0;
             loop {
                 let page = source.comments(after, PAGE).await?;
-                let Some(last) = page.last() else { return Ok(()) };
+                let Some(last) = page.last() else {
+                    return Ok(());
+                };
                 after = last.id;
                 for c in &page {
                     if !sink.send(documents::comment_document(c)).await {
@@ -298,15 +341,27 @@ pub async fn produce(kind: IndexKind, source: &SourceReader, now: Micros, sink: 
         }
         IndexKind::CourseInfo | IndexKind::CoursewareContent | IndexKind::StudioContent => {
             let overviews = source.course_overviews().await?;
-            let modes = if kind == IndexKind::CourseInfo { source.course_modes().await? } else { Default::default() };
-            let access = if kind == IndexKind::StudioContent { source.access_ids().await? } else { None };
+            let modes = if kind == IndexKind::CourseInfo {
+                source.course_modes().await?
+            } else {
+                Default::default()
+            };
+            let access = if kind == IndexKind::StudioContent {
+                source.access_ids().await?
+            } else {
+                None
+            };
             let mut missing = 0usize;
             for entry in source.course_index().await? {
                 let Some(overview) = overviews.get(&entry.course_id) else {
                     tracing::debug!(course = %entry.course_id, "in the course index but without a course overview; not indexed");
                     continue;
                 };
-                let version = if kind == IndexKind::StudioContent { &entry.draft_version } else { &entry.published_version };
+                let version = if kind == IndexKind::StudioContent {
+                    &entry.draft_version
+                } else {
+                    &entry.published_version
+                };
                 if version.is_empty() {
                     continue;
                 }
@@ -318,12 +373,27 @@ pub async fn produce(kind: IndexKind, source: &SourceReader, now: Micros, sink: 
                 let mut docs = Vec::new();
                 match kind {
                     IndexKind::CourseInfo => {
-                        let slugs = documents::course_mode_slugs(modes.get(&entry.course_id).map(Vec::as_slice).unwrap_or(&[]), now);
-                        docs.extend(documents::course_info_document(overview, tree.root_block(), &tree.about(), &slugs));
+                        let slugs = documents::course_mode_slugs(
+                            modes
+                                .get(&entry.course_id)
+                                .map(Vec::as_slice)
+                                .unwrap_or(&[]),
+                            now,
+                        );
+                        docs.extend(documents::course_info_document(
+                            overview,
+                            tree.root_block(),
+                            &tree.about(),
+                            &slugs,
+                        ));
                     }
-                    IndexKind::CoursewareContent => documents::courseware_documents(&tree, |d| docs.push(d)),
+                    IndexKind::CoursewareContent => {
+                        documents::courseware_documents(&tree, |d| docs.push(d))
+                    }
                     _ => {
-                        let id = access.as_ref().and_then(|a| a.get(&entry.course_id).copied());
+                        let id = access
+                            .as_ref()
+                            .and_then(|a| a.get(&entry.course_id).copied());
                         documents::studio_documents(&tree, id, |d| docs.push(d))
                     }
                 }
@@ -334,7 +404,11 @@ pub async fn produce(kind: IndexKind, source: &SourceReader, now: Micros, sink: 
                 }
             }
             if missing > 0 {
-                tracing::warn!(index = kind.name(), missing, "courses whose structure is missing were not indexed");
+                tracing::warn!(
+                    index = kind.name(),
+                    missing,
+                    "courses whose structure is missing were not indexed"
+                );
             }
             Ok(())
         }
@@ -389,7 +463,13 @@ async fn verify_index(
 /// Field-by-field differences between two JSON documents, named by dotted path. Numbers compare
 /// by value (`1.0` equals `1`).
 pub fn compare_json(path: &str, expected: &Value, found: &Value) -> Vec<String> {
-    let name = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    let name = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
     match (expected, found) {
         (Value::Object(a), Value::Object(b)) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -399,8 +479,16 @@ pub fn compare_json(path: &str, expected: &Value, found: &Value) -> Vec<String> 
             for k in keys {
                 match (a.get(k), b.get(k)) {
                     (Some(x), Some(y)) => out.extend(compare_json(&name(k), x, y)),
-                    (Some(x), None) => out.push(format!("field `{}` missing (expected {})", name(k), short(x))),
-                    (None, Some(y)) => out.push(format!("field `{}` not expected (found {})", name(k), short(y))),
+                    (Some(x), None) => out.push(format!(
+                        "field `{}` missing (expected {})",
+                        name(k),
+                        short(x)
+                    )),
+                    (None, Some(y)) => out.push(format!(
+                        "field `{}` not expected (found {})",
+                        name(k),
+                        short(y)
+                    )),
                     (None, None) => {}
                 }
             }
@@ -414,7 +502,11 @@ pub fn compare_json(path: &str, expected: &Value, found: &Value) -> Vec<String> 
             .flat_map(|(i, (x, y))| compare_json(&format!("{path}[{i}]"), x, y))
             .collect(),
         (a, b) if a == b => Vec::new(),
-        (a, b) => vec![format!("field `{path}`: expected {}, found {}", short(a), short(b))],
+        (a, b) => vec![format!(
+            "field `{path}`: expected {}, found {}",
+            short(a),
+            short(b)
+        )],
     }
 }
 
@@ -445,7 +537,10 @@ pub async fn provision_api_key(
             let mut body = Map::new();
             body.insert("uid".into(), json!(uid));
             body.insert("name".into(), json!("Open edX (created by offload)"));
-            body.insert("description".into(), json!("MEILISEARCH_API_KEY for the Open edX platform"));
+            body.insert(
+                "description".into(),
+                json!("MEILISEARCH_API_KEY for the Open edX platform"),
+            );
             body.insert("actions".into(), json!(["*"]));
             body.insert("indexes".into(), wanted_indexes.clone());
             body.insert("expiresAt".into(), Value::Null);

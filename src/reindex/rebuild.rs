@@ -87,10 +87,20 @@ where
     }
     let t = client.create_index(&shadow, &settings.primary_key).await?;
     client.wait(t, "create the shadow index").await?;
-    let t = client.update_settings(&shadow, &settings.patch_body()).await?;
+    let t = client
+        .update_settings(&shadow, &settings.patch_body())
+        .await?;
     client.wait(t, "apply the index settings").await?;
 
-    let filled = fill(client, &shadow, &settings.primary_key, options, on_batch, produce).await;
+    let filled = fill(
+        client,
+        &shadow,
+        &settings.primary_key,
+        options,
+        on_batch,
+        produce,
+    )
+    .await;
     let mut outcome = match filled {
         Ok(o) => o,
         Err(e) => {
@@ -192,10 +202,17 @@ fn keep_sample(sample: &mut BTreeMap<[u8; 16], Value>, cap: usize, doc: Value, p
 
 /// Make the shadow live: create the live index when it does not exist yet (swap needs both),
 /// swap atomically, then delete the shadow, which now holds the old content.
-async fn swap_in(client: &MeilisearchClient, uid: &str, shadow: &str, primary_key: &str) -> Result<(), StoreError> {
+async fn swap_in(
+    client: &MeilisearchClient,
+    uid: &str,
+    shadow: &str,
+    primary_key: &str,
+) -> Result<(), StoreError> {
     if client.get_index(uid).await?.is_none() {
         let t = client.create_index(uid, primary_key).await?;
-        client.wait(t, "create the live index for the first swap").await?;
+        client
+            .wait(t, "create the live index for the first swap")
+            .await?;
     }
     let t = client.swap(shadow, uid).await?;
     client.wait(t, "swap the shadow index in").await?;

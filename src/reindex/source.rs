@@ -10,7 +10,9 @@ use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mysql_async::prelude::*;
 use mysql_async::{Pool, Row};
 
-use super::documents::{Block, CourseMode, CourseOverview, CourseTree, ForumComment, ForumThread, Micros};
+use super::documents::{
+    Block, CourseMode, CourseOverview, CourseTree, ForumComment, ForumThread, Micros,
+};
 use crate::core::{ErrorKind, StoreError, StoreKind};
 use crate::stores::mysql::MysqlEndpoint;
 
@@ -46,7 +48,10 @@ impl SourceReader {
         database: &str,
         mongo: Option<(&str, &str)>,
     ) -> Result<SourceReader, StoreError> {
-        let setup = vec!["SET NAMES utf8mb4".to_string(), "SET time_zone = '+00:00'".to_string()];
+        let setup = vec![
+            "SET NAMES utf8mb4".to_string(),
+            "SET time_zone = '+00:00'".to_string(),
+        ];
         let pool = Pool::new(mysql.opts(setup, 2));
         let mongo = match mongo {
             Some((url, db)) => {
@@ -81,13 +86,26 @@ impl SourceReader {
 
     fn mysql_error(&self, e: mysql_async::Error) -> StoreError {
         let mut err = crate::stores::mysql::map_error("source", &self.mysql_address, e);
-        err.detail = format!("reading the source of truth for Meilisearch: {}", err.detail);
+        err.detail = format!(
+            "reading the source of truth for Meilisearch: {}",
+            err.detail
+        );
         err
     }
 
-    async fn rows(&self, sql: String, params: Vec<mysql_async::Value>) -> Result<Vec<Row>, StoreError> {
-        let mut conn = self.pool.get_conn().await.map_err(|e| self.mysql_error(e))?;
-        conn.exec(sql, params).await.map_err(|e| self.mysql_error(e))
+    async fn rows(
+        &self,
+        sql: String,
+        params: Vec<mysql_async::Value>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| self.mysql_error(e))?;
+        conn.exec(sql, params)
+            .await
+            .map_err(|e| self.mysql_error(e))
     }
 
     fn table(&self, name: &str) -> String {
@@ -98,7 +116,8 @@ impl SourceReader {
     pub async fn has_table(&self, name: &str) -> Result<bool, StoreError> {
         let rows = self
             .rows(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?".into(),
+                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?"
+                    .into(),
                 vec![self.database.clone().into(), name.into()],
             )
             .await?;
@@ -119,7 +138,8 @@ impl SourceReader {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let (course_id, published_version, draft_version): (String, String, String) = mysql_async::from_row(r);
+                let (course_id, published_version, draft_version): (String, String, String) =
+                    mysql_async::from_row(r);
                 CourseIndexEntry {
                     course_id,
                     published_version,
@@ -172,7 +192,8 @@ impl SourceReader {
         );
         let mut out: HashMap<String, Vec<CourseMode>> = HashMap::new();
         for r in self.rows(sql, vec![]).await? {
-            let (course, slug, currency, expiration): (String, String, String, Option<Micros>) = mysql_async::from_row(r);
+            let (course, slug, currency, expiration): (String, String, String, Option<Micros>) =
+                mysql_async::from_row(r);
             out.entry(course).or_default().push(CourseMode {
                 slug,
                 currency,
@@ -188,7 +209,13 @@ impl SourceReader {
             return Ok(None);
         }
         let rows = self
-            .rows(format!("SELECT context_key, id FROM {}", self.table("search_searchaccess")), vec![])
+            .rows(
+                format!(
+                    "SELECT context_key, id FROM {}",
+                    self.table("search_searchaccess")
+                ),
+                vec![],
+            )
             .await?;
         Ok(Some(
             rows.into_iter()
@@ -208,7 +235,8 @@ impl SourceReader {
             .await?
             .into_iter()
             .map(|r| {
-                let (id, course_id, title, body, context, commentable_id) = mysql_async::from_row(r);
+                let (id, course_id, title, body, context, commentable_id) =
+                    mysql_async::from_row(r);
                 ForumThread {
                     id,
                     course_id,
@@ -245,8 +273,17 @@ impl SourceReader {
 
     /// Row count of a table (forum tables), for plans and checks.
     pub async fn count(&self, table: &str) -> Result<u64, StoreError> {
-        let rows = self.rows(format!("SELECT COUNT(*) FROM {}", self.table(table)), vec![]).await?;
-        Ok(rows.into_iter().next().map(|r| mysql_async::from_row::<u64>(r)).unwrap_or(0))
+        let rows = self
+            .rows(
+                format!("SELECT COUNT(*) FROM {}", self.table(table)),
+                vec![],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|r| mysql_async::from_row::<u64>(r))
+            .unwrap_or(0))
     }
 
     fn mongo(&self) -> Result<&(mongodb::Database, String), StoreError> {
@@ -263,7 +300,11 @@ impl SourceReader {
 
     /// A course's structure at `version` (a structure ObjectId in hex), with the definition data
     /// of the blocks whose content is indexed. `None` when the version is empty or missing.
-    pub async fn course_tree(&self, course_id: &str, version: &str) -> Result<Option<CourseTree>, StoreError> {
+    pub async fn course_tree(
+        &self,
+        course_id: &str,
+        version: &str,
+    ) -> Result<Option<CourseTree>, StoreError> {
         let (db, address) = self.mongo()?;
         let Ok(oid) = ObjectId::parse_str(version) else {
             return Ok(None);
@@ -278,14 +319,25 @@ impl SourceReader {
         };
         let pair = |v: &Bson| -> Option<(String, String)> {
             let a = v.as_array()?;
-            Some((a.first()?.as_str()?.to_string(), a.get(1)?.as_str()?.to_string()))
+            Some((
+                a.first()?.as_str()?.to_string(),
+                a.get(1)?.as_str()?.to_string(),
+            ))
         };
-        let root = structure.get("root").and_then(pair).unwrap_or(("course".into(), "course".into()));
+        let root = structure
+            .get("root")
+            .and_then(pair)
+            .unwrap_or(("course".into(), "course".into()));
         let mut blocks = HashMap::new();
         let mut definitions: HashMap<ObjectId, (String, String)> = HashMap::new();
-        for b in structure.get_array("blocks").map(|a| a.as_slice()).unwrap_or(&[]) {
+        for b in structure
+            .get_array("blocks")
+            .map(|a| a.as_slice())
+            .unwrap_or(&[])
+        {
             let Some(b) = b.as_document() else { continue };
-            let (Ok(block_type), Ok(block_id)) = (b.get_str("block_type"), b.get_str("block_id")) else {
+            let (Ok(block_type), Ok(block_id)) = (b.get_str("block_type"), b.get_str("block_id"))
+            else {
                 continue;
             };
             let fields = b.get_document("fields").ok();
@@ -294,7 +346,9 @@ impl SourceReader {
                 block_type: block_type.to_string(),
                 block_id: block_id.to_string(),
                 display_name: field_str("display_name"),
-                start: fields.and_then(|f| f.get_datetime("start").ok()).map(|d| d.timestamp_millis() * 1000),
+                start: fields
+                    .and_then(|f| f.get_datetime("start").ok())
+                    .map(|d| d.timestamp_millis() * 1000),
                 children: fields
                     .and_then(|f| f.get_array("children").ok())
                     .map(|a| a.iter().filter_map(pair).collect())
@@ -321,8 +375,13 @@ impl SourceReader {
                 .projection(doc! {"fields.data": 1})
                 .await
                 .map_err(|e| mongo_error(address, e))?;
-            while let Some(def) = cursor.try_next().await.map_err(|e| mongo_error(address, e))? {
-                let (Ok(id), Ok(fields)) = (def.get_object_id("_id"), def.get_document("fields")) else {
+            while let Some(def) = cursor
+                .try_next()
+                .await
+                .map_err(|e| mongo_error(address, e))?
+            {
+                let (Ok(id), Ok(fields)) = (def.get_object_id("_id"), def.get_document("fields"))
+                else {
                     continue;
                 };
                 if let (Some(key), Ok(data)) = (definitions.get(&id), fields.get_str("data")) {

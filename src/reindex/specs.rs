@@ -54,16 +54,29 @@ impl IndexKind {
     /// reused index name carries nothing over.
     pub fn settings(self) -> IndexSettings {
         let defaults_searchable = vec!["*".to_string()];
-        let default_ranking: Vec<String> = ["words", "typo", "proximity", "attribute", "sort", "exactness"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let default_ranking: Vec<String> = [
+            "words",
+            "typo",
+            "proximity",
+            "attribute",
+            "sort",
+            "exactness",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         match self {
             // edx-search INDEX_FILTERABLES / INDEX_SORTABLES.
             IndexKind::CourseInfo => IndexSettings {
                 primary_key: "_pk".into(),
-                filterable: list(&["language", "modes", "org", "catalog_visibility", "enrollment_end"]),
+                filterable: list(&[
+                    "language",
+                    "modes",
+                    "org",
+                    "catalog_visibility",
+                    "enrollment_end",
+                ]),
                 searchable: defaults_searchable,
                 sortable: list(&["start"]),
                 ranking_rules: default_ranking,
@@ -120,7 +133,14 @@ impl IndexKind {
                     "published.description",
                 ]),
                 sortable: list(&["display_name", "created", "modified", "last_published"]),
-                ranking_rules: list(&["sort", "words", "typo", "proximity", "attribute", "exactness"]),
+                ranking_rules: list(&[
+                    "sort",
+                    "words",
+                    "typo",
+                    "proximity",
+                    "attribute",
+                    "exactness",
+                ]),
                 distinct: Some("usage_key".into()),
             },
             // openedx/forum forum/search/meilisearch.py: initialize_indices.
@@ -164,7 +184,11 @@ impl IndexSettings {
         let strings = |key: &str| -> Vec<String> {
             settings[key]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         IndexSettings {
@@ -198,10 +222,26 @@ impl IndexSettings {
                 out.push(format!("{name}: expected {a:?}, found {b:?}"));
             }
         };
-        compare("filterableAttributes", set(&self.filterable), set(&actual.filterable));
-        compare("searchableAttributes", self.searchable.clone(), actual.searchable.clone());
-        compare("sortableAttributes", set(&self.sortable), set(&actual.sortable));
-        compare("rankingRules", self.ranking_rules.clone(), actual.ranking_rules.clone());
+        compare(
+            "filterableAttributes",
+            set(&self.filterable),
+            set(&actual.filterable),
+        );
+        compare(
+            "searchableAttributes",
+            self.searchable.clone(),
+            actual.searchable.clone(),
+        );
+        compare(
+            "sortableAttributes",
+            set(&self.sortable),
+            set(&actual.sortable),
+        );
+        compare(
+            "rankingRules",
+            self.ranking_rules.clone(),
+            actual.ranking_rules.clone(),
+        );
         if self.distinct != actual.distinct {
             out.push(format!(
                 "distinctAttribute: expected {:?}, found {:?}",

@@ -51,7 +51,10 @@ fn html_text_as_the_platform_extracts_it() {
         "HTML body with & entities <script>"
     );
     assert_eq!(html_to_text("a < b and c"), "a < b and c");
-    assert_eq!(html_to_text("x &#233;&#xE9; &unknown; y"), "x éé &unknown; y");
+    assert_eq!(
+        html_to_text("x &#233;&#xE9; &unknown; y"),
+        "x éé &unknown; y"
+    );
     assert_eq!(
         strip_html_content_to_text("<p>Line\n\n  two&nbsp;three http://x.org</p>"),
         "Line two three http: x.org"
@@ -61,7 +64,9 @@ fn html_text_as_the_platform_extracts_it() {
         "kept"
     );
     assert_eq!(
-        capa_text("<problem>What is a test?<multiplechoiceresponse></multiplechoiceresponse></problem>"),
+        capa_text(
+            "<problem>What is a test?<multiplechoiceresponse></multiplechoiceresponse></problem>"
+        ),
         "What is a test?"
     );
     assert_eq!(
@@ -84,12 +89,20 @@ fn modes_follow_modes_for_course() {
     let now = 2_000_000_000_000_000;
     assert_eq!(
         course_mode_slugs(
-            &[mode("verified", Some(now + 1)), mode("audit", None), mode("credit", None), mode("honor", Some(now - 1))],
+            &[
+                mode("verified", Some(now + 1)),
+                mode("audit", None),
+                mode("credit", None),
+                mode("honor", Some(now - 1))
+            ],
             now
         ),
         vec!["audit", "verified"]
     );
-    assert_eq!(course_mode_slugs(&[mode("credit", None)], now), vec!["audit"]);
+    assert_eq!(
+        course_mode_slugs(&[mode("credit", None)], now),
+        vec!["audit"]
+    );
 }
 
 fn block(t: &str, id: &str, name: Option<&str>, children: &[(&str, &str)]) -> Block {
@@ -116,10 +129,20 @@ fn small_course() -> CourseTree {
     let mut problem = block("problem", "p1", Some("Quiz"), &[]);
     problem.data = Some("<problem><p>2+2?</p><numericalresponse answer=\"4\"/></problem>".into());
     let blocks = vec![
-        block("course", "course", Some("Small <Course>"), &[("chapter", "w1")]),
+        block(
+            "course",
+            "course",
+            Some("Small <Course>"),
+            &[("chapter", "w1")],
+        ),
         chapter,
         block("sequential", "s1", Some("Lesson"), &[("vertical", "u1")]),
-        block("vertical", "u1", Some("Unit"), &[("html", "h1"), ("problem", "p1"), ("discussion", "d1")]),
+        block(
+            "vertical",
+            "u1",
+            Some("Unit"),
+            &[("html", "h1"), ("problem", "p1"), ("discussion", "d1")],
+        ),
         html,
         problem,
         block("discussion", "d1", Some("Talk"), &[]),
@@ -232,8 +255,17 @@ fn course_info_document_drops_falsy_values() {
     };
     let tree = small_course();
     let mut about = BTreeMap::new();
-    about.insert("overview".to_string(), "<section><h2>About</h2>\n<p>Learn   things</p></section>".to_string());
-    let doc = course_info_document(&overview, tree.root_block(), &about, &["audit".into(), "verified".into()]).unwrap();
+    about.insert(
+        "overview".to_string(),
+        "<section><h2>About</h2>\n<p>Learn   things</p></section>".to_string(),
+    );
+    let doc = course_info_document(
+        &overview,
+        tree.root_block(),
+        &about,
+        &["audit".into(), "verified".into()],
+    )
+    .unwrap();
     assert_eq!(
         doc,
         json!({

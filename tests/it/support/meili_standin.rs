@@ -53,11 +53,26 @@ struct Task {
 }
 
 enum Op {
-    CreateIndex { uid: String, primary_key: Option<String> },
-    DeleteIndex { uid: String },
-    Settings { uid: String, patch: Map<String, Value> },
-    AddDocuments { uid: String, primary_key: Option<String>, docs: Vec<Value> },
-    Swap { a: String, b: String },
+    CreateIndex {
+        uid: String,
+        primary_key: Option<String>,
+    },
+    DeleteIndex {
+        uid: String,
+    },
+    Settings {
+        uid: String,
+        patch: Map<String, Value>,
+    },
+    AddDocuments {
+        uid: String,
+        primary_key: Option<String>,
+        docs: Vec<Value>,
+    },
+    Swap {
+        a: String,
+        b: String,
+    },
 }
 
 #[derive(Default)]
@@ -124,7 +139,11 @@ impl MeiliStandin {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, config: StandinConfig, mut stop: tokio::sync::oneshot::Receiver<()>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    config: StandinConfig,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let state = Arc::new(Mutex::new(State::default()));
     let notify = Arc::new(tokio::sync::Notify::new());
@@ -194,7 +213,13 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Byt
     )
 }
 
-fn enqueue(state: &Mutex<State>, notify: &tokio::sync::Notify, kind: &'static str, index_uid: Option<String>, op: Op) -> Response<Full<Bytes>> {
+fn enqueue(
+    state: &Mutex<State>,
+    notify: &tokio::sync::Notify,
+    kind: &'static str,
+    index_uid: Option<String>,
+    op: Op,
+) -> Response<Full<Bytes>> {
     let mut s = state.lock().unwrap();
     let uid = s.tasks.len() as u64;
     s.tasks.push(Task {
@@ -224,7 +249,10 @@ fn key_value(master: &str, uid: &str) -> String {
 fn valid_document_id(v: &Value) -> Option<String> {
     match v {
         Value::String(s)
-            if !s.is_empty() && s.len() <= 511 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            if !s.is_empty()
+                && s.len() <= 511
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
         {
             Some(s.clone())
         }
@@ -237,9 +265,15 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
     let op = s.tasks[uid as usize].op.take();
     let failure: Option<(&str, String)> = match op {
         None => None,
-        Some(Op::CreateIndex { uid: name, primary_key }) => {
+        Some(Op::CreateIndex {
+            uid: name,
+            primary_key,
+        }) => {
             if s.indexes.contains_key(&name) {
-                Some(("index_already_exists", format!("Index `{name}` already exists.")))
+                Some((
+                    "index_already_exists",
+                    format!("Index `{name}` already exists."),
+                ))
             } else {
                 s.indexes.insert(
                     name,
@@ -264,7 +298,11 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
             });
             let defaults = default_settings();
             for (k, v) in patch {
-                let value = if v.is_null() { defaults.get(&k).cloned().unwrap_or(Value::Null) } else { v };
+                let value = if v.is_null() {
+                    defaults.get(&k).cloned().unwrap_or(Value::Null)
+                } else {
+                    v
+                };
                 let value = match (k.as_str(), value) {
                     ("filterableAttributes" | "sortableAttributes", Value::Array(mut a)) => {
                         a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
@@ -277,7 +315,11 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
             }
             None
         }
-        Some(Op::AddDocuments { uid: name, primary_key, docs }) => {
+        Some(Op::AddDocuments {
+            uid: name,
+            primary_key,
+            docs,
+        }) => {
             let existing_pk = s.indexes.get(&name).and_then(|i| i.primary_key.clone());
             let pk = existing_pk.clone().or(primary_key.clone()).or_else(|| {
                 docs.first()
@@ -285,16 +327,25 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
                     .and_then(|o| o.keys().find(|k| k.to_lowercase().contains("id")).cloned())
             });
             match (&existing_pk, &primary_key) {
-                (Some(e), Some(p)) if e != p => Some(("index_primary_key_already_exists", format!("Index `{name}`: Index already has a primary key: `{e}`."))),
+                (Some(e), Some(p)) if e != p => Some((
+                    "index_primary_key_already_exists",
+                    format!("Index `{name}`: Index already has a primary key: `{e}`."),
+                )),
                 _ => match pk {
-                    None => Some(("index_primary_key_no_candidate_found", "The primary key inference failed".to_string())),
+                    None => Some((
+                        "index_primary_key_no_candidate_found",
+                        "The primary key inference failed".to_string(),
+                    )),
                     Some(pk) => {
                         let mut staged = Vec::new();
                         let mut bad = None;
                         for d in docs {
                             match d.get(&pk) {
                                 None => {
-                                    bad = Some(("missing_document_id", format!("Document doesn't have a `{pk}` attribute: `{d}`.")));
+                                    bad = Some((
+                                        "missing_document_id",
+                                        format!("Document doesn't have a `{pk}` attribute: `{d}`."),
+                                    ));
                                     break;
                                 }
                                 Some(v) => match valid_document_id(v) {
@@ -344,7 +395,9 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
         None => task.status = "succeeded",
         Some((code, message)) => {
             task.status = "failed";
-            task.error = Some(json!({"message": message, "code": code, "type": "invalid_request", "link": format!("https://docs.meilisearch.com/errors#{code}")}));
+            task.error = Some(
+                json!({"message": message, "code": code, "type": "invalid_request", "link": format!("https://docs.meilisearch.com/errors#{code}")}),
+            );
         }
     }
 }
@@ -359,13 +412,22 @@ fn index_json(uid: &str, i: &Index) -> Value {
     json!({"uid": uid, "primaryKey": i.primary_key, "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z"})
 }
 
-async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sync::Notify, config: &StandinConfig) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    notify: &tokio::sync::Notify,
+    config: &StandinConfig,
+) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segs == ["health"] && method == Method::GET {
@@ -373,24 +435,56 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sy
     }
     // Authentication: the master key, or a key created on this server.
     if let Some(master) = &config.master_key {
-        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let Some(token) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) else {
-            return api_error(StatusCode::UNAUTHORIZED, "missing_authorization_header", "The Authorization header is missing. It must use the bearer authorization method.");
+            return api_error(
+                StatusCode::UNAUTHORIZED,
+                "missing_authorization_header",
+                "The Authorization header is missing. It must use the bearer authorization method.",
+            );
         };
         let is_master = token == master;
-        let is_key = state.lock().unwrap().keys.values().any(|k| k["key"] == token);
+        let is_key = state
+            .lock()
+            .unwrap()
+            .keys
+            .values()
+            .any(|k| k["key"] == token);
         if !is_master && (!is_key || segs.first() == Some(&"keys")) {
-            return api_error(StatusCode::FORBIDDEN, "invalid_api_key", "The provided API key is invalid.");
+            return api_error(
+                StatusCode::FORBIDDEN,
+                "invalid_api_key",
+                "The provided API key is invalid.",
+            );
         }
     }
     let old_server = config.version.starts_with("0.");
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let primary_key_param = query_param(&req, "primaryKey");
-    let offset: usize = query_param(&req, "offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let limit: usize = query_param(&req, "limit").and_then(|v| v.parse().ok()).unwrap_or(20);
+    let offset: usize = query_param(&req, "offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query_param(&req, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return api_error(StatusCode::BAD_REQUEST, "malformed_payload", "could not read the body"),
+        Err(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "malformed_payload",
+                "could not read the body",
+            )
+        }
     };
     if body.len() > config.payload_limit {
         return api_error(
@@ -401,43 +495,112 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sy
     }
     let json_body = || serde_json::from_slice::<Value>(&body);
     match (method.clone(), segs.as_slice()) {
-        (Method::GET, ["version"]) => reply(StatusCode::OK, json!({"pkgVersion": config.version, "commitSha": "standin", "commitDate": "2024-01-01"})),
+        (Method::GET, ["version"]) => reply(
+            StatusCode::OK,
+            json!({"pkgVersion": config.version, "commitSha": "standin", "commitDate": "2024-01-01"}),
+        ),
         (Method::GET, ["indexes"]) => {
             let s = state.lock().unwrap();
             let all: Vec<Value> = s.indexes.iter().map(|(u, i)| index_json(u, i)).collect();
             let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
-            reply(StatusCode::OK, json!({"results": page, "offset": offset, "limit": limit, "total": all.len()}))
+            reply(
+                StatusCode::OK,
+                json!({"results": page, "offset": offset, "limit": limit, "total": all.len()}),
+            )
         }
         (Method::POST, ["indexes"]) => {
-            let Ok(v) = json_body() else { return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON") };
-            let Some(uid) = v["uid"].as_str() else { return api_error(StatusCode::BAD_REQUEST, "missing_index_uid", "Missing field `uid`") };
+            let Ok(v) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
+            };
+            let Some(uid) = v["uid"].as_str() else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "missing_index_uid",
+                    "Missing field `uid`",
+                );
+            };
             let pk = v["primaryKey"].as_str().map(str::to_string);
-            enqueue(state, notify, "indexCreation", Some(uid.into()), Op::CreateIndex { uid: uid.into(), primary_key: pk })
+            enqueue(
+                state,
+                notify,
+                "indexCreation",
+                Some(uid.into()),
+                Op::CreateIndex {
+                    uid: uid.into(),
+                    primary_key: pk,
+                },
+            )
         }
         (Method::GET, ["indexes", uid]) => match state.lock().unwrap().indexes.get(*uid) {
             Some(i) => reply(StatusCode::OK, index_json(uid, i)),
-            None => api_error(StatusCode::NOT_FOUND, "index_not_found", &format!("Index `{uid}` not found.")),
+            None => api_error(
+                StatusCode::NOT_FOUND,
+                "index_not_found",
+                &format!("Index `{uid}` not found."),
+            ),
         },
-        (Method::DELETE, ["indexes", uid]) => enqueue(state, notify, "indexDeletion", Some(uid.to_string()), Op::DeleteIndex { uid: uid.to_string() }),
-        (Method::GET, ["indexes", uid, "settings"]) => match state.lock().unwrap().indexes.get(*uid) {
-            Some(i) => reply(StatusCode::OK, Value::Object(i.settings.clone())),
-            None => api_error(StatusCode::NOT_FOUND, "index_not_found", &format!("Index `{uid}` not found.")),
-        },
+        (Method::DELETE, ["indexes", uid]) => enqueue(
+            state,
+            notify,
+            "indexDeletion",
+            Some(uid.to_string()),
+            Op::DeleteIndex {
+                uid: uid.to_string(),
+            },
+        ),
+        (Method::GET, ["indexes", uid, "settings"]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => reply(StatusCode::OK, Value::Object(i.settings.clone())),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
         (Method::PATCH, ["indexes", uid, "settings"]) => {
-            let Ok(Value::Object(patch)) = json_body() else { return api_error(StatusCode::BAD_REQUEST, "bad_request", "expected a JSON object") };
+            let Ok(Value::Object(patch)) = json_body() else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "expected a JSON object",
+                );
+            };
             let known = default_settings();
             if let Some(k) = patch.keys().find(|k| !known.contains_key(*k)) {
-                return api_error(StatusCode::BAD_REQUEST, "bad_request", &format!("Unknown field `{k}`"));
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("Unknown field `{k}`"),
+                );
             }
-            enqueue(state, notify, "settingsUpdate", Some(uid.to_string()), Op::Settings { uid: uid.to_string(), patch })
+            enqueue(
+                state,
+                notify,
+                "settingsUpdate",
+                Some(uid.to_string()),
+                Op::Settings {
+                    uid: uid.to_string(),
+                    patch,
+                },
+            )
         }
         (Method::POST | Method::PUT, ["indexes", uid, "documents"]) => {
             let docs: Vec<Value> = if content_type.starts_with("application/x-ndjson") {
                 let mut out = Vec::new();
-                for line in body.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
+                for line in body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                {
                     match serde_json::from_slice::<Value>(line) {
                         Ok(v @ Value::Object(_)) => out.push(v),
-                        _ => return api_error(StatusCode::BAD_REQUEST, "malformed_payload", "The `ndjson` payload provided is malformed."),
+                        _ => {
+                            return api_error(
+                                StatusCode::BAD_REQUEST,
+                                "malformed_payload",
+                                "The `ndjson` payload provided is malformed.",
+                            )
+                        }
                     }
                 }
                 out
@@ -445,43 +608,97 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sy
                 match json_body() {
                     Ok(Value::Array(a)) => a,
                     Ok(v @ Value::Object(_)) => vec![v],
-                    _ => return api_error(StatusCode::BAD_REQUEST, "malformed_payload", "The `json` payload provided is malformed."),
+                    _ => {
+                        return api_error(
+                            StatusCode::BAD_REQUEST,
+                            "malformed_payload",
+                            "The `json` payload provided is malformed.",
+                        )
+                    }
                 }
             } else {
-                return api_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_content_type", "The Content-Type is not supported.");
+                return api_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_content_type",
+                    "The Content-Type is not supported.",
+                );
             };
             enqueue(
                 state,
                 notify,
                 "documentAdditionOrUpdate",
                 Some(uid.to_string()),
-                Op::AddDocuments { uid: uid.to_string(), primary_key: primary_key_param, docs },
+                Op::AddDocuments {
+                    uid: uid.to_string(),
+                    primary_key: primary_key_param,
+                    docs,
+                },
             )
         }
-        (Method::GET, ["indexes", uid, "documents"]) => match state.lock().unwrap().indexes.get(*uid) {
-            Some(i) => {
-                let page: Vec<Value> = i.docs.values().skip(offset).take(limit).cloned().collect();
-                reply(StatusCode::OK, json!({"results": page, "offset": offset, "limit": limit, "total": i.docs.len()}))
+        (Method::GET, ["indexes", uid, "documents"]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => {
+                    let page: Vec<Value> =
+                        i.docs.values().skip(offset).take(limit).cloned().collect();
+                    reply(
+                        StatusCode::OK,
+                        json!({"results": page, "offset": offset, "limit": limit, "total": i.docs.len()}),
+                    )
+                }
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
             }
-            None => api_error(StatusCode::NOT_FOUND, "index_not_found", &format!("Index `{uid}` not found.")),
-        },
-        (Method::GET, ["indexes", uid, "documents", id]) => match state.lock().unwrap().indexes.get(*uid) {
-            Some(i) => match i.docs.get(*id) {
-                Some(d) => reply(StatusCode::OK, d.clone()),
-                None => api_error(StatusCode::NOT_FOUND, "document_not_found", &format!("Document `{id}` not found.")),
-            },
-            None => api_error(StatusCode::NOT_FOUND, "index_not_found", &format!("Index `{uid}` not found.")),
-        },
+        }
+        (Method::GET, ["indexes", uid, "documents", id]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => match i.docs.get(*id) {
+                    Some(d) => reply(StatusCode::OK, d.clone()),
+                    None => api_error(
+                        StatusCode::NOT_FOUND,
+                        "document_not_found",
+                        &format!("Document `{id}` not found."),
+                    ),
+                },
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
         (Method::GET, ["indexes", uid, "stats"]) => match state.lock().unwrap().indexes.get(*uid) {
-            Some(i) => reply(StatusCode::OK, json!({"numberOfDocuments": i.docs.len(), "isIndexing": false, "fieldDistribution": {}})),
-            None => api_error(StatusCode::NOT_FOUND, "index_not_found", &format!("Index `{uid}` not found.")),
+            Some(i) => reply(
+                StatusCode::OK,
+                json!({"numberOfDocuments": i.docs.len(), "isIndexing": false, "fieldDistribution": {}}),
+            ),
+            None => api_error(
+                StatusCode::NOT_FOUND,
+                "index_not_found",
+                &format!("Index `{uid}` not found."),
+            ),
         },
         (Method::POST, ["swap-indexes"]) if !old_server => {
-            let Ok(Value::Array(pairs)) = json_body() else { return api_error(StatusCode::BAD_REQUEST, "bad_request", "expected an array") };
-            let Some(pair) = pairs.first().and_then(|p| p["indexes"].as_array()).filter(|p| p.len() == 2) else {
-                return api_error(StatusCode::BAD_REQUEST, "invalid_swap_indexes", "Two indexes must be given.");
+            let Ok(Value::Array(pairs)) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "expected an array");
             };
-            let (a, b) = (pair[0].as_str().unwrap_or("").to_string(), pair[1].as_str().unwrap_or("").to_string());
+            let Some(pair) = pairs
+                .first()
+                .and_then(|p| p["indexes"].as_array())
+                .filter(|p| p.len() == 2)
+            else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_swap_indexes",
+                    "Two indexes must be given.",
+                );
+            };
+            let (a, b) = (
+                pair[0].as_str().unwrap_or("").to_string(),
+                pair[1].as_str().unwrap_or("").to_string(),
+            );
             enqueue(state, notify, "indexSwap", None, Op::Swap { a, b })
         }
         (Method::GET, ["tasks", uid]) => {
@@ -491,22 +708,39 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sy
                     StatusCode::OK,
                     json!({"uid": t.uid, "indexUid": t.index_uid, "status": t.status, "type": t.kind, "error": t.error, "enqueuedAt": "2024-01-01T00:00:00Z"}),
                 ),
-                None => api_error(StatusCode::NOT_FOUND, "task_not_found", &format!("Task `{uid}` not found.")),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "task_not_found",
+                    &format!("Task `{uid}` not found."),
+                ),
             }
         }
         (Method::GET, ["keys", id]) => {
             let s = state.lock().unwrap();
             match s.keys.values().find(|k| k["uid"] == *id || k["key"] == *id) {
                 Some(k) => reply(StatusCode::OK, k.clone()),
-                None => api_error(StatusCode::NOT_FOUND, "api_key_not_found", &format!("API key `{id}` not found.")),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "api_key_not_found",
+                    &format!("API key `{id}` not found."),
+                ),
             }
         }
         (Method::POST, ["keys"]) => {
-            let Ok(v) = json_body() else { return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON") };
-            let uid = v["uid"].as_str().map(str::to_string).unwrap_or_else(|| format!("standin-{}", state.lock().unwrap().keys.len()));
+            let Ok(v) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
+            };
+            let uid = v["uid"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("standin-{}", state.lock().unwrap().keys.len()));
             let mut s = state.lock().unwrap();
             if s.keys.contains_key(&uid) {
-                return api_error(StatusCode::CONFLICT, "api_key_already_exists", &format!("`uid` field value `{uid}` is already an existing API key."));
+                return api_error(
+                    StatusCode::CONFLICT,
+                    "api_key_already_exists",
+                    &format!("`uid` field value `{uid}` is already an existing API key."),
+                );
             }
             let key = json!({
                 "uid": uid,
@@ -518,6 +752,10 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, notify: &tokio::sy
             s.keys.insert(uid, key.clone());
             reply(StatusCode::CREATED, key)
         }
-        _ => api_error(StatusCode::NOT_FOUND, "not_found", &format!("stand-in: no route {method} {path}")),
+        _ => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("stand-in: no route {method} {path}"),
+        ),
     }
 }
