@@ -484,11 +484,12 @@ fn field_display_name(block: &Block) -> Option<String> {
         .or_else(|| default_display_name(&block.block_type).map(str::to_string))
 }
 
+/// A block's index dictionary: `(content, content_type, problem_types)`.
+type IndexDictionary = (Map<String, Value>, &'static str, Option<Vec<String>>);
+
 /// What a block's `index_dictionary()` returns, for the block types that index content:
 /// `(content, content_type, problem_types)`. `None` for types that return `{}`.
-fn index_dictionary(
-    block: &Block,
-) -> Option<(Map<String, Value>, &'static str, Option<Vec<String>>)> {
+fn index_dictionary(block: &Block) -> Option<IndexDictionary> {
     let mut content = Map::new();
     let display_name = field_display_name(block)
         .map(Value::String)

@@ -219,7 +219,7 @@ impl SourceReader {
             .await?;
         Ok(Some(
             rows.into_iter()
-                .map(|r| mysql_async::from_row::<(String, i64)>(r))
+                .map(mysql_async::from_row::<(String, i64)>)
                 .collect(),
         ))
     }
@@ -282,7 +282,7 @@ impl SourceReader {
         Ok(rows
             .into_iter()
             .next()
-            .map(|r| mysql_async::from_row::<u64>(r))
+            .map(mysql_async::from_row::<u64>)
             .unwrap_or(0))
     }
 

@@ -268,24 +268,20 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
         Some(Op::CreateIndex {
             uid: name,
             primary_key,
-        }) => {
-            if s.indexes.contains_key(&name) {
-                Some((
-                    "index_already_exists",
-                    format!("Index `{name}` already exists."),
-                ))
-            } else {
-                s.indexes.insert(
-                    name,
-                    Index {
-                        primary_key,
-                        docs: BTreeMap::new(),
-                        settings: default_settings(),
-                    },
-                );
+        }) => match s.indexes.entry(name) {
+            std::collections::btree_map::Entry::Occupied(e) => Some((
+                "index_already_exists",
+                format!("Index `{}` already exists.", e.key()),
+            )),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Index {
+                    primary_key,
+                    docs: BTreeMap::new(),
+                    settings: default_settings(),
+                });
                 None
             }
-        }
+        },
         Some(Op::DeleteIndex { uid: name }) => match s.indexes.remove(&name) {
             Some(_) => None,
             None => Some(("index_not_found", format!("Index `{name}` not found."))),
