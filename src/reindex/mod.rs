@@ -572,3 +572,45 @@ pub async fn provision_api_key(
         if created { "created" } else { "already present" }
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elasticsearch_platforms_are_detected_from_config_yml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.yml"),
+            "LMS_HOST: learn.example.org\n",
+        )
+        .unwrap();
+        let cfg = TutorConfig::load(dir.path()).unwrap();
+        assert_eq!(
+            elasticsearch_note(&cfg),
+            None,
+            "a Tutor v19+ config has no Elasticsearch"
+        );
+        std::fs::write(
+            dir.path().join("config.yml"),
+            "ELASTICSEARCH_HOST: elasticsearch\nRUN_ELASTICSEARCH: true\n",
+        )
+        .unwrap();
+        let cfg = TutorConfig::load(dir.path()).unwrap();
+        let note = elasticsearch_note(&cfg).expect("detected");
+        assert!(note.contains("does not copy Elasticsearch"), "{note}");
+    }
+
+    #[test]
+    fn differences_are_named_by_path() {
+        let expected = json!({"a": 1.0, "b": {"c": "x"}, "d": [1, 2]});
+        let found = json!({"a": 1, "b": {"c": "y"}, "d": [1, 2], "e": true});
+        assert_eq!(
+            compare_json("", &expected, &found),
+            vec![
+                "field `b.c`: expected \"x\", found \"y\"".to_string(),
+                "field `e` not expected (found true)".to_string(),
+            ]
+        );
+    }
+}
