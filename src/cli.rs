@@ -52,6 +52,10 @@ pub enum Command {
     Cutover(CutoverArgs),
     /// Restore config.yml from the newest backup that `cutover` made.
     Rollback(RollbackArgs),
+    /// Rebuild the platform's Meilisearch indexes on the target from MySQL and MongoDB (or copy
+    /// them from the old server), swapping each in atomically, then verify them and create the
+    /// platform's API key. Exit code 1 when a rebuilt index differs from what was sent.
+    Reindex(ReindexArgs),
 }
 
 /// Where the platform and the job are, what to move and where to.
@@ -109,6 +113,19 @@ pub struct JobArgs {
     /// copy and verify in parallel.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub split_bytes: u64,
+
+    /// Target Meilisearch, e.g. http://search.internal:7700. Its master key comes from
+    /// --to-meilisearch-key-file or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
+    #[arg(long, value_name = "URL")]
+    pub to_meilisearch: Option<String>,
+
+    /// File whose first line is the target Meilisearch's master key.
+    #[arg(long, value_name = "FILE")]
+    pub to_meilisearch_key_file: Option<PathBuf>,
+
+    /// The old Meilisearch (copy mode and comparisons) [default: MEILISEARCH_URL in config.yml].
+    #[arg(long, value_name = "URL")]
+    pub from_meilisearch: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +235,78 @@ pub struct RollbackArgs {
     /// Tutor root holding config.yml and its backups.
     #[arg(long, value_name = "DIR")]
     pub tutor_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// File whose first line is the old Meilisearch's master key [default:
+    /// OFFLOAD_FROM_MEILISEARCH_KEY, else MEILISEARCH_MASTER_KEY in config.yml].
+    #[arg(long, value_name = "FILE")]
+    pub from_meilisearch_key_file: Option<PathBuf>,
+
+    /// rebuild: build every document from MySQL and MongoDB, as the platform does. copy: read
+    /// settings and documents from the old Meilisearch when it is healthy (faster).
+    #[arg(long, value_enum, default_value_t = MeilisearchModeArg::Rebuild)]
+    pub meilisearch_mode: MeilisearchModeArg,
+
+    /// Read MySQL and MongoDB from the migrated targets (--to-mysql, --to-mongodb), so the
+    /// indexes match what the platform uses after cutover, or from the sources.
+    #[arg(long, value_enum, default_value_t = MeilisearchSourceArg::Migrated)]
+    pub meilisearch_source: MeilisearchSourceArg,
+
+    /// Source MongoDB (mongodb://[user:password@]host:port) [default: MONGODB_* in config.yml].
+    #[arg(long, value_name = "URL")]
+    pub from_mongodb: Option<String>,
+
+    /// Target MongoDB, read with --meilisearch-source migrated.
+    #[arg(long, value_name = "URL")]
+    pub to_mongodb: Option<String>,
+
+    /// MongoDB database of the modulestore [default: MONGODB_DATABASE, else openedx].
+    #[arg(long, value_name = "NAME")]
+    pub mongodb_database: Option<String>,
+
+    /// MySQL database of the platform [default: OPENEDX_MYSQL_DATABASE, else openedx].
+    #[arg(long, value_name = "NAME")]
+    pub mysql_database: Option<String>,
+
+    /// Index name prefix [default: MEILISEARCH_INDEX_PREFIX, else tutor_].
+    #[arg(long, value_name = "PREFIX")]
+    pub meilisearch_index_prefix: Option<String>,
+
+    /// Uid of the API key to create for the platform [default: MEILISEARCH_API_KEY_UID].
+    #[arg(long, value_name = "UID")]
+    pub meilisearch_api_key_uid: Option<String>,
+
+    /// Indexes to rebuild, comma-separated: course_info, courseware_content, studio_content,
+    /// comment_threads, comments [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub indexes: Vec<String>,
+
+    /// Largest NDJSON request body; keep it under the server's payload limit (100 MB by default).
+    #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
+    pub meilisearch_batch_bytes: usize,
+
+    /// Documents per index compared field by field after the swap.
+    #[arg(long, default_value_t = 25, value_name = "N")]
+    pub sample: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum MeilisearchModeArg {
+    #[default]
+    Rebuild,
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum MeilisearchSourceArg {
+    #[default]
+    Migrated,
+    Source,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]

@@ -67,6 +67,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
         Command::Status(args) => status(args, out),
         Command::Cutover(args) => crate::cutover_cmd::cutover(args, out.json).await,
         Command::Rollback(args) => crate::cutover_cmd::rollback(args, out.json),
+        Command::Reindex(args) => crate::reindex_cmd::reindex(args, out.json, out.bars).await,
     }
 }
 
@@ -110,10 +111,32 @@ fn names_endpoints(args: &JobArgs) -> bool {
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
+    let meilisearch = crate::reindex_cmd::plan_section(&args).await?;
+    if let Some(m) = &meilisearch {
+        let only_meilisearch = matches!(
+            Settings::resolve(&inputs(&args, false), None),
+            Err(crate::settings::SettingsError::NothingToDo)
+        );
+        if only_meilisearch {
+            out.emit(&serde_json::json!({ "meilisearch": m }), || {
+                crate::reindex_cmd::render_plan(m)
+            });
+            return Ok(if crate::reindex_cmd::plan_ok(m) {
+                Outcome::Clean
+            } else {
+                bail!("the Meilisearch checks failed (see above); fix them before reindexing")
+            });
+        }
+    }
     let settings = Settings::resolve(&inputs(&args, false), None)?;
     let stores = settings.stores();
     let plan = make_plan(&stores).await?;
     out.emit(&plan, || print::plan(&plan));
+    if let Some(m) = &meilisearch {
+        if !out.json {
+            print!("{}", crate::reindex_cmd::render_plan(m));
+        }
+    }
     if !plan.checks_pass() {
         bail!("some prerequisite checks failed (see above); fix them before copying");
     }

@@ -6,6 +6,7 @@
 //! and rewrites Tutor's `config.yml`.
 
 pub mod core;
+pub mod reindex;
 pub mod secret;
 pub mod stores;
 pub mod tutor;
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod commands;
 pub mod cutover_cmd;
 pub mod migrate_cmd;
+pub mod reindex_cmd;
 pub mod settings;
 pub mod ui;

@@ -4,7 +4,9 @@ use std::process::Command;
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["plan", "copy", "verify", "status", "cutover", "rollback"] {
+    for cmd in [
+        "plan", "copy", "verify", "status", "cutover", "rollback", "reindex",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_offload"))
             .args([cmd, "--help"])
             .output()

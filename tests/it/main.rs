@@ -7,5 +7,7 @@ mod cli;
 mod common;
 mod cutover;
 mod job;
+mod meilisearch;
 mod migrate;
 mod mysql;
+mod support;

@@ -19,7 +19,7 @@ use mysql_async::{Conn, Pool, Row, Value};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-pub use endpoint::{MysqlEndpoint, TlsMode};
+pub use endpoint::{map_error, MysqlEndpoint, TlsMode};
 use schema::{ident, quote, TableInfo, SYSTEM_DATABASES};
 use values::{decode_cursor, encode_cursor, hash_value, push_literal};
 

@@ -1,0 +1,237 @@
+//! The zero-downtime rebuild of one index: a shadow index `<uid>__offload_shadow` gets the
+//! settings first, then the documents in NDJSON batches under the payload limit (every task
+//! awaited; a failed task stops the rebuild), then the shadow is swapped with the live index in
+//! one atomic task and the old content deleted. Until the swap the live index is not touched.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::client::MeilisearchClient;
+use super::specs::IndexSettings;
+use crate::core::StoreError;
+
+/// The suffix of the shadow index a rebuild fills before the swap.
+pub const SHADOW_SUFFIX: &str = "__offload_shadow";
+
+/// Where a producer sends the documents of one index.
+pub struct DocSink {
+    tx: mpsc::Sender<Value>,
+}
+
+impl DocSink {
+    /// Send one document; `false` when the rebuild has stopped (the producer should stop too).
+    pub async fn send(&self, doc: Value) -> bool {
+        self.tx.send(doc).await.is_ok()
+    }
+}
+
+/// What a rebuild did to one index.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IndexOutcome {
+    pub index: String,
+    pub documents: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    /// A deterministic sample of the documents sent (those whose primary key hashes lowest), for
+    /// verification.
+    #[serde(skip)]
+    pub sample: Vec<Value>,
+}
+
+/// Rebuild settings shared by every index.
+#[derive(Debug, Clone)]
+pub struct RebuildOptions {
+    /// Largest NDJSON body sent at once; keep it under the server's payload limit (100 MB by default).
+    pub batch_bytes: usize,
+    /// Document batches in flight before the oldest is awaited.
+    pub in_flight: usize,
+    /// Documents kept for the field-by-field sample check.
+    pub sample: usize,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        RebuildOptions {
+            batch_bytes: 8 * 1024 * 1024,
+            in_flight: 2,
+            sample: 25,
+        }
+    }
+}
+
+/// Progress callback: documents and bytes of one acknowledged batch.
+pub type OnBatch<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// Rebuild `uid` on `client` from the documents `produce` sends, with `settings` applied first.
+pub async fn rebuild_index<P, Fut>(
+    client: &MeilisearchClient,
+    uid: &str,
+    settings: &IndexSettings,
+    options: &RebuildOptions,
+    on_batch: OnBatch<'_>,
+    produce: P,
+) -> Result<IndexOutcome, StoreError>
+where
+    P: FnOnce(DocSink) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let shadow = format!("{uid}{SHADOW_SUFFIX}");
+    // A shadow left by a stopped run is discarded: its content is unknown.
+    if client.get_index(&shadow).await?.is_some() {
+        tracing::info!(index = %shadow, "deleting the shadow index a previous run left");
+        let t = client.delete_index(&shadow).await?;
+        client.wait(t, "delete the old shadow index").await?;
+    }
+    let t = client.create_index(&shadow, &settings.primary_key).await?;
+    client.wait(t, "create the shadow index").await?;
+    let t = client
+        .update_settings(&shadow, &settings.patch_body())
+        .await?;
+    client.wait(t, "apply the index settings").await?;
+
+    let filled = fill(
+        client,
+        &shadow,
+        &settings.primary_key,
+        options,
+        on_batch,
+        produce,
+    )
+    .await;
+    let mut outcome = match filled {
+        Ok(o) => o,
+        Err(e) => {
+            discard_shadow(client, &shadow).await;
+            return Err(e.in_unit(uid));
+        }
+    };
+    outcome.index = uid.to_string();
+    if let Err(e) = swap_in(client, uid, &shadow, &settings.primary_key).await {
+        discard_shadow(client, &shadow).await;
+        return Err(e.in_unit(uid));
+    }
+    Ok(outcome)
+}
+
+/// Stream the documents into `shadow` in NDJSON batches, awaiting every task.
+async fn fill<P, Fut>(
+    client: &MeilisearchClient,
+    shadow: &str,
+    primary_key: &str,
+    options: &RebuildOptions,
+    on_batch: OnBatch<'_>,
+    produce: P,
+) -> Result<IndexOutcome, StoreError>
+where
+    P: FnOnce(DocSink) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let (tx, mut rx) = mpsc::channel::<Value>(256);
+    let producer = produce(DocSink { tx });
+    let consumer = async {
+        let mut outcome = IndexOutcome::default();
+        let mut sample: BTreeMap<[u8; 16], Value> = BTreeMap::new();
+        let mut body: Vec<u8> = Vec::with_capacity(options.batch_bytes.min(64 << 20));
+        let mut docs_in_body = 0u64;
+        let mut pending: VecDeque<(u64, u64, u64)> = VecDeque::new();
+        let send = |body: Vec<u8>| client.add_ndjson(shadow, primary_key, body);
+        while let Some(doc) = rx.recv().await {
+            let line = serde_json::to_vec(&doc).expect("a JSON value serializes");
+            if !body.is_empty() && body.len() + line.len() + 1 > options.batch_bytes {
+                let size = body.len() as u64;
+                let task = send(std::mem::take(&mut body)).await?;
+                pending.push_back((task, docs_in_body, size));
+                outcome.batches += 1;
+                docs_in_body = 0;
+                while pending.len() > options.in_flight.max(1) {
+                    let (t, n, b) = pending.pop_front().expect("non-empty");
+                    client.wait(t, "add a batch of documents").await?;
+                    on_batch(n, b);
+                }
+            }
+            body.extend_from_slice(&line);
+            body.push(b'\n');
+            docs_in_body += 1;
+            outcome.documents += 1;
+            outcome.bytes += line.len() as u64 + 1;
+            keep_sample(&mut sample, options.sample, doc, primary_key);
+        }
+        if !body.is_empty() {
+            let size = body.len() as u64;
+            let task = send(body).await?;
+            pending.push_back((task, docs_in_body, size));
+            outcome.batches += 1;
+        }
+        while let Some((t, n, b)) = pending.pop_front() {
+            client.wait(t, "add a batch of documents").await?;
+            on_batch(n, b);
+        }
+        outcome.sample = sample.into_values().collect();
+        Ok::<_, StoreError>(outcome)
+    };
+    // If the consumer fails it drops the receiver, so the producer's next send fails and it stops.
+    let (produced, consumed) = tokio::join!(producer, consumer);
+    let outcome = consumed?;
+    produced?;
+    Ok(outcome)
+}
+
+/// Bottom-k sampling by a hash of the primary key: deterministic, bounded.
+fn keep_sample(sample: &mut BTreeMap<[u8; 16], Value>, cap: usize, doc: Value, primary_key: &str) {
+    if cap == 0 {
+        return;
+    }
+    let key = match &doc[primary_key] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut h = [0u8; 16];
+    h.copy_from_slice(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+    if sample.len() < cap {
+        sample.insert(h, doc);
+    } else if let Some((&largest, _)) = sample.iter().next_back() {
+        if h < largest {
+            sample.remove(&largest);
+            sample.insert(h, doc);
+        }
+    }
+}
+
+/// Make the shadow live: create the live index when it does not exist yet (swap needs both),
+/// swap atomically, then delete the shadow, which now holds the old content.
+async fn swap_in(
+    client: &MeilisearchClient,
+    uid: &str,
+    shadow: &str,
+    primary_key: &str,
+) -> Result<(), StoreError> {
+    if client.get_index(uid).await?.is_none() {
+        let t = client.create_index(uid, primary_key).await?;
+        client
+            .wait(t, "create the live index for the first swap")
+            .await?;
+    }
+    let t = client.swap(shadow, uid).await?;
+    client.wait(t, "swap the shadow index in").await?;
+    tracing::info!(index = %uid, "swapped the rebuilt index in");
+    let t = client.delete_index(shadow).await?;
+    client.wait(t, "delete the previous content").await?;
+    Ok(())
+}
+
+async fn discard_shadow(client: &MeilisearchClient, shadow: &str) {
+    let result = async {
+        if client.get_index(shadow).await?.is_some() {
+            let t = client.delete_index(shadow).await?;
+            client.wait(t, "delete the unfinished shadow index").await?;
+        }
+        Ok::<(), StoreError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(index = %shadow, error = %e, "could not delete the unfinished shadow index; the next run deletes it");
+    }
+}

@@ -1,0 +1,757 @@
+//! A Meilisearch STAND-IN for the tests: no Meilisearch server can be installed on these
+//! machines, so this in-process HTTP server keeps Meilisearch's semantics for the endpoints offload
+//! uses (asynchronous tasks with enqueued/processing/succeeded/failed statuses, settings, NDJSON
+//! and JSON documents with primary-key validation, the payload limit, index swap, keys with
+//! Meilisearch's key derivation, bearer authentication). It is not Meilisearch: results against it
+//! are stand-in results. Set OFFLOAD_TEST_MEILISEARCH_URL and OFFLOAD_TEST_MEILISEARCH_KEY to run
+//! the same tests against a real server.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+/// How the stand-in behaves.
+#[derive(Clone)]
+pub struct StandinConfig {
+    pub master_key: Option<String>,
+    /// Largest request body accepted (Meilisearch's `--http-payload-size-limit`).
+    pub payload_limit: usize,
+    /// What `/version` reports. A `0.x` version also has no `/swap-indexes` route, like servers
+    /// before 1.0.
+    pub version: String,
+}
+
+impl Default for StandinConfig {
+    fn default() -> Self {
+        StandinConfig {
+            master_key: Some("standin-master-key-0123456789".into()),
+            payload_limit: 100 * 1024 * 1024,
+            version: "1.8.4-standin".into(),
+        }
+    }
+}
+
+struct Index {
+    primary_key: Option<String>,
+    docs: BTreeMap<String, Value>,
+    settings: Map<String, Value>,
+}
+
+struct Task {
+    uid: u64,
+    index_uid: Option<String>,
+    kind: &'static str,
+    status: &'static str,
+    error: Option<Value>,
+    op: Option<Op>,
+}
+
+enum Op {
+    CreateIndex {
+        uid: String,
+        primary_key: Option<String>,
+    },
+    DeleteIndex {
+        uid: String,
+    },
+    Settings {
+        uid: String,
+        patch: Map<String, Value>,
+    },
+    AddDocuments {
+        uid: String,
+        primary_key: Option<String>,
+        docs: Vec<Value>,
+    },
+    Swap {
+        a: String,
+        b: String,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    indexes: BTreeMap<String, Index>,
+    tasks: Vec<Task>,
+    queue: VecDeque<u64>,
+    keys: BTreeMap<String, Value>,
+}
+
+/// A running stand-in; stops when dropped.
+pub struct MeiliStandin {
+    pub url: String,
+    pub master_key: Option<String>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn default_settings() -> Map<String, Value> {
+    json!({
+        "displayedAttributes": ["*"],
+        "searchableAttributes": ["*"],
+        "filterableAttributes": [],
+        "sortableAttributes": [],
+        "rankingRules": ["words", "typo", "proximity", "attribute", "sort", "exactness"],
+        "stopWords": [],
+        "nonSeparatorTokens": [],
+        "separatorTokens": [],
+        "dictionary": [],
+        "synonyms": {},
+        "distinctAttribute": null,
+        "proximityPrecision": "byWord",
+        "typoTolerance": {"enabled": true, "minWordSizeForTypos": {"oneTypo": 5, "twoTypos": 9}, "disableOnWords": [], "disableOnAttributes": []},
+        "faceting": {"maxValuesPerFacet": 100, "sortFacetValuesBy": {"*": "alpha"}},
+        "pagination": {"maxTotalHits": 1000},
+        "searchCutoffMs": null,
+    })
+    .as_object()
+    .cloned()
+    .expect("object")
+}
+
+impl MeiliStandin {
+    /// Start a stand-in on a random loopback port, on its own thread and runtime (so a test may
+    /// block on the `offload` binary while it serves).
+    pub fn start(config: StandinConfig) -> MeiliStandin {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let master_key = config.master_key.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(serve(listener, config, stop_rx));
+        });
+        MeiliStandin {
+            url,
+            master_key,
+            _stop: stop_tx,
+        }
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    config: StandinConfig,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let state = Arc::new(Mutex::new(State::default()));
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let config = Arc::new(config);
+    // The task worker: processes enqueued tasks one at a time, in order, like Meilisearch.
+    {
+        let state = state.clone();
+        let notify = notify.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = { state.lock().unwrap().queue.pop_front() };
+                match next {
+                    Some(uid) => {
+                        {
+                            let mut s = state.lock().unwrap();
+                            s.tasks[uid as usize].status = "processing";
+                        }
+                        tokio::task::yield_now().await;
+                        let mut s = state.lock().unwrap();
+                        process(&mut s, uid, &config);
+                    }
+                    None => notify.notified().await,
+                }
+            }
+        });
+    }
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let notify = notify.clone();
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (state, notify, config) = (state.clone(), notify.clone(), config.clone());
+                        async move { Ok::<_, Infallible>(handle(req, &state, &notify, &config).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth",
+        StatusCode::INTERNAL_SERVER_ERROR => "internal",
+        _ => "invalid_request",
+    };
+    reply(
+        status,
+        json!({"message": message, "code": code, "type": kind, "link": format!("https://docs.meilisearch.com/errors#{code}")}),
+    )
+}
+
+fn enqueue(
+    state: &Mutex<State>,
+    notify: &tokio::sync::Notify,
+    kind: &'static str,
+    index_uid: Option<String>,
+    op: Op,
+) -> Response<Full<Bytes>> {
+    let mut s = state.lock().unwrap();
+    let uid = s.tasks.len() as u64;
+    s.tasks.push(Task {
+        uid,
+        index_uid: index_uid.clone(),
+        kind,
+        status: "enqueued",
+        error: None,
+        op: Some(op),
+    });
+    s.queue.push_back(uid);
+    drop(s);
+    notify.notify_one();
+    reply(
+        StatusCode::ACCEPTED,
+        json!({"taskUid": uid, "indexUid": index_uid, "status": "enqueued", "type": kind, "enqueuedAt": "2024-01-01T00:00:00Z"}),
+    )
+}
+
+fn key_value(master: &str, uid: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(master.as_bytes()).unwrap();
+    mac.update(uid.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn valid_document_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s)
+            if !s.is_empty()
+                && s.len() <= 511
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Some(s.clone())
+        }
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
+    let op = s.tasks[uid as usize].op.take();
+    let failure: Option<(&str, String)> = match op {
+        None => None,
+        Some(Op::CreateIndex {
+            uid: name,
+            primary_key,
+        }) => match s.indexes.entry(name) {
+            std::collections::btree_map::Entry::Occupied(e) => Some((
+                "index_already_exists",
+                format!("Index `{}` already exists.", e.key()),
+            )),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Index {
+                    primary_key,
+                    docs: BTreeMap::new(),
+                    settings: default_settings(),
+                });
+                None
+            }
+        },
+        Some(Op::DeleteIndex { uid: name }) => match s.indexes.remove(&name) {
+            Some(_) => None,
+            None => Some(("index_not_found", format!("Index `{name}` not found."))),
+        },
+        Some(Op::Settings { uid: name, patch }) => {
+            let index = s.indexes.entry(name).or_insert_with(|| Index {
+                primary_key: None,
+                docs: BTreeMap::new(),
+                settings: default_settings(),
+            });
+            let defaults = default_settings();
+            for (k, v) in patch {
+                let value = if v.is_null() {
+                    defaults.get(&k).cloned().unwrap_or(Value::Null)
+                } else {
+                    v
+                };
+                let value = match (k.as_str(), value) {
+                    ("filterableAttributes" | "sortableAttributes", Value::Array(mut a)) => {
+                        a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+                        a.dedup();
+                        Value::Array(a)
+                    }
+                    (_, v) => v,
+                };
+                index.settings.insert(k, value);
+            }
+            None
+        }
+        Some(Op::AddDocuments {
+            uid: name,
+            primary_key,
+            docs,
+        }) => {
+            let existing_pk = s.indexes.get(&name).and_then(|i| i.primary_key.clone());
+            let pk = existing_pk.clone().or(primary_key.clone()).or_else(|| {
+                docs.first()
+                    .and_then(|d| d.as_object())
+                    .and_then(|o| o.keys().find(|k| k.to_lowercase().contains("id")).cloned())
+            });
+            match (&existing_pk, &primary_key) {
+                (Some(e), Some(p)) if e != p => Some((
+                    "index_primary_key_already_exists",
+                    format!("Index `{name}`: Index already has a primary key: `{e}`."),
+                )),
+                _ => match pk {
+                    None => Some((
+                        "index_primary_key_no_candidate_found",
+                        "The primary key inference failed".to_string(),
+                    )),
+                    Some(pk) => {
+                        let mut staged = Vec::new();
+                        let mut bad = None;
+                        for d in docs {
+                            match d.get(&pk) {
+                                None => {
+                                    bad = Some((
+                                        "missing_document_id",
+                                        format!("Document doesn't have a `{pk}` attribute: `{d}`."),
+                                    ));
+                                    break;
+                                }
+                                Some(v) => match valid_document_id(v) {
+                                    Some(id) => staged.push((id, d)),
+                                    None => {
+                                        bad = Some(("invalid_document_id", format!("Document identifier `{v}` is invalid. A document identifier can be of type integer or string, only composed of alphanumeric characters (a-z A-Z 0-9), hyphens (-) and underscores (_), and can not be more than 511 bytes.")));
+                                        break;
+                                    }
+                                },
+                            }
+                        }
+                        match bad {
+                            Some(b) => Some(b),
+                            None => {
+                                let index = s.indexes.entry(name).or_insert_with(|| Index {
+                                    primary_key: None,
+                                    docs: BTreeMap::new(),
+                                    settings: default_settings(),
+                                });
+                                index.primary_key.get_or_insert(pk);
+                                for (id, d) in staged {
+                                    index.docs.insert(id, d);
+                                }
+                                None
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        Some(Op::Swap { a, b }) => {
+            if !s.indexes.contains_key(&a) {
+                Some(("index_not_found", format!("Indexes `{a}` not found.")))
+            } else if !s.indexes.contains_key(&b) {
+                Some(("index_not_found", format!("Indexes `{b}` not found.")))
+            } else {
+                let ia = s.indexes.remove(&a).unwrap();
+                let ib = s.indexes.remove(&b).unwrap();
+                s.indexes.insert(a, ib);
+                s.indexes.insert(b, ia);
+                None
+            }
+        }
+    };
+    let task = &mut s.tasks[uid as usize];
+    match failure {
+        None => task.status = "succeeded",
+        Some((code, message)) => {
+            task.status = "failed";
+            task.error = Some(
+                json!({"message": message, "code": code, "type": "invalid_request", "link": format!("https://docs.meilisearch.com/errors#{code}")}),
+            );
+        }
+    }
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn index_json(uid: &str, i: &Index) -> Value {
+    json!({"uid": uid, "primaryKey": i.primary_key, "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z"})
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    notify: &tokio::sync::Notify,
+    config: &StandinConfig,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if segs == ["health"] && method == Method::GET {
+        return reply(StatusCode::OK, json!({"status": "available"}));
+    }
+    // Authentication: the master key, or a key created on this server.
+    if let Some(master) = &config.master_key {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let Some(token) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) else {
+            return api_error(
+                StatusCode::UNAUTHORIZED,
+                "missing_authorization_header",
+                "The Authorization header is missing. It must use the bearer authorization method.",
+            );
+        };
+        let is_master = token == master;
+        let is_key = state
+            .lock()
+            .unwrap()
+            .keys
+            .values()
+            .any(|k| k["key"] == token);
+        if !is_master && (!is_key || segs.first() == Some(&"keys")) {
+            return api_error(
+                StatusCode::FORBIDDEN,
+                "invalid_api_key",
+                "The provided API key is invalid.",
+            );
+        }
+    }
+    let old_server = config.version.starts_with("0.");
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let primary_key_param = query_param(&req, "primaryKey");
+    let offset: usize = query_param(&req, "offset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = query_param(&req, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "malformed_payload",
+                "could not read the body",
+            )
+        }
+    };
+    if body.len() > config.payload_limit {
+        return api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            &format!("The provided payload reached the size limit. The maximum accepted payload size is {}.", config.payload_limit),
+        );
+    }
+    let json_body = || serde_json::from_slice::<Value>(&body);
+    match (method.clone(), segs.as_slice()) {
+        (Method::GET, ["version"]) => reply(
+            StatusCode::OK,
+            json!({"pkgVersion": config.version, "commitSha": "standin", "commitDate": "2024-01-01"}),
+        ),
+        (Method::GET, ["indexes"]) => {
+            let s = state.lock().unwrap();
+            let all: Vec<Value> = s.indexes.iter().map(|(u, i)| index_json(u, i)).collect();
+            let page: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
+            reply(
+                StatusCode::OK,
+                json!({"results": page, "offset": offset, "limit": limit, "total": all.len()}),
+            )
+        }
+        (Method::POST, ["indexes"]) => {
+            let Ok(v) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
+            };
+            let Some(uid) = v["uid"].as_str() else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "missing_index_uid",
+                    "Missing field `uid`",
+                );
+            };
+            let pk = v["primaryKey"].as_str().map(str::to_string);
+            enqueue(
+                state,
+                notify,
+                "indexCreation",
+                Some(uid.into()),
+                Op::CreateIndex {
+                    uid: uid.into(),
+                    primary_key: pk,
+                },
+            )
+        }
+        (Method::GET, ["indexes", uid]) => match state.lock().unwrap().indexes.get(*uid) {
+            Some(i) => reply(StatusCode::OK, index_json(uid, i)),
+            None => api_error(
+                StatusCode::NOT_FOUND,
+                "index_not_found",
+                &format!("Index `{uid}` not found."),
+            ),
+        },
+        (Method::DELETE, ["indexes", uid]) => enqueue(
+            state,
+            notify,
+            "indexDeletion",
+            Some(uid.to_string()),
+            Op::DeleteIndex {
+                uid: uid.to_string(),
+            },
+        ),
+        (Method::GET, ["indexes", uid, "settings"]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => reply(StatusCode::OK, Value::Object(i.settings.clone())),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
+        (Method::PATCH, ["indexes", uid, "settings"]) => {
+            let Ok(Value::Object(patch)) = json_body() else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "expected a JSON object",
+                );
+            };
+            let known = default_settings();
+            if let Some(k) = patch.keys().find(|k| !known.contains_key(*k)) {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("Unknown field `{k}`"),
+                );
+            }
+            enqueue(
+                state,
+                notify,
+                "settingsUpdate",
+                Some(uid.to_string()),
+                Op::Settings {
+                    uid: uid.to_string(),
+                    patch,
+                },
+            )
+        }
+        (Method::POST | Method::PUT, ["indexes", uid, "documents"]) => {
+            let docs: Vec<Value> = if content_type.starts_with("application/x-ndjson") {
+                let mut out = Vec::new();
+                for line in body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                {
+                    match serde_json::from_slice::<Value>(line) {
+                        Ok(v @ Value::Object(_)) => out.push(v),
+                        _ => {
+                            return api_error(
+                                StatusCode::BAD_REQUEST,
+                                "malformed_payload",
+                                "The `ndjson` payload provided is malformed.",
+                            )
+                        }
+                    }
+                }
+                out
+            } else if content_type.starts_with("application/json") {
+                match json_body() {
+                    Ok(Value::Array(a)) => a,
+                    Ok(v @ Value::Object(_)) => vec![v],
+                    _ => {
+                        return api_error(
+                            StatusCode::BAD_REQUEST,
+                            "malformed_payload",
+                            "The `json` payload provided is malformed.",
+                        )
+                    }
+                }
+            } else {
+                return api_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "invalid_content_type",
+                    "The Content-Type is not supported.",
+                );
+            };
+            enqueue(
+                state,
+                notify,
+                "documentAdditionOrUpdate",
+                Some(uid.to_string()),
+                Op::AddDocuments {
+                    uid: uid.to_string(),
+                    primary_key: primary_key_param,
+                    docs,
+                },
+            )
+        }
+        (Method::GET, ["indexes", uid, "documents"]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => {
+                    let page: Vec<Value> =
+                        i.docs.values().skip(offset).take(limit).cloned().collect();
+                    reply(
+                        StatusCode::OK,
+                        json!({"results": page, "offset": offset, "limit": limit, "total": i.docs.len()}),
+                    )
+                }
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
+        (Method::GET, ["indexes", uid, "documents", id]) => {
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => match i.docs.get(*id) {
+                    Some(d) => reply(StatusCode::OK, d.clone()),
+                    None => api_error(
+                        StatusCode::NOT_FOUND,
+                        "document_not_found",
+                        &format!("Document `{id}` not found."),
+                    ),
+                },
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
+        (Method::GET, ["indexes", uid, "stats"]) => match state.lock().unwrap().indexes.get(*uid) {
+            Some(i) => reply(
+                StatusCode::OK,
+                json!({"numberOfDocuments": i.docs.len(), "isIndexing": false, "fieldDistribution": {}}),
+            ),
+            None => api_error(
+                StatusCode::NOT_FOUND,
+                "index_not_found",
+                &format!("Index `{uid}` not found."),
+            ),
+        },
+        (Method::POST, ["swap-indexes"]) if !old_server => {
+            let Ok(Value::Array(pairs)) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "expected an array");
+            };
+            let Some(pair) = pairs
+                .first()
+                .and_then(|p| p["indexes"].as_array())
+                .filter(|p| p.len() == 2)
+            else {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_swap_indexes",
+                    "Two indexes must be given.",
+                );
+            };
+            let (a, b) = (
+                pair[0].as_str().unwrap_or("").to_string(),
+                pair[1].as_str().unwrap_or("").to_string(),
+            );
+            enqueue(state, notify, "indexSwap", None, Op::Swap { a, b })
+        }
+        (Method::GET, ["tasks", uid]) => {
+            let s = state.lock().unwrap();
+            match uid.parse::<usize>().ok().and_then(|u| s.tasks.get(u)) {
+                Some(t) => reply(
+                    StatusCode::OK,
+                    json!({"uid": t.uid, "indexUid": t.index_uid, "status": t.status, "type": t.kind, "error": t.error, "enqueuedAt": "2024-01-01T00:00:00Z"}),
+                ),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "task_not_found",
+                    &format!("Task `{uid}` not found."),
+                ),
+            }
+        }
+        (Method::GET, ["keys", id]) => {
+            let s = state.lock().unwrap();
+            match s.keys.values().find(|k| k["uid"] == *id || k["key"] == *id) {
+                Some(k) => reply(StatusCode::OK, k.clone()),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "api_key_not_found",
+                    &format!("API key `{id}` not found."),
+                ),
+            }
+        }
+        (Method::POST, ["keys"]) => {
+            let Ok(v) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
+            };
+            let uid = v["uid"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("standin-{}", state.lock().unwrap().keys.len()));
+            let mut s = state.lock().unwrap();
+            if s.keys.contains_key(&uid) {
+                return api_error(
+                    StatusCode::CONFLICT,
+                    "api_key_already_exists",
+                    &format!("`uid` field value `{uid}` is already an existing API key."),
+                );
+            }
+            let key = json!({
+                "uid": uid,
+                "key": key_value(config.master_key.as_deref().unwrap_or(""), &uid),
+                "name": v["name"], "description": v["description"],
+                "actions": v["actions"], "indexes": v["indexes"], "expiresAt": v["expiresAt"],
+                "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z",
+            });
+            s.keys.insert(uid, key.clone());
+            reply(StatusCode::CREATED, key)
+        }
+        _ => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("stand-in: no route {method} {path}"),
+        ),
+    }
+}
