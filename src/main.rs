@@ -26,7 +26,36 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+/// The MySQL driver keeps up to 128 spent packet buffers of up to 4 MiB each for reuse, which
+/// after a few multi-megabyte statements is hundreds of MiB held for nothing. A small pool of
+/// small buffers keeps offload's memory flat (a user's own setting wins).
+fn bound_driver_buffers() {
+    for (name, value) in [
+        ("MYSQL_ASYNC_BUFFER_POOL_CAP", "32"),
+        ("MYSQL_ASYNC_BUFFER_SIZE_CAP", "262144"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
+/// glibc raises its mmap threshold after large frees, after which every multi-megabyte statement
+/// buffer lands in (and stays in) a per-thread arena. A fixed threshold hands them back to the
+/// system when freed, so peak memory follows what is in flight, not what ever was.
+fn bound_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
 fn main() -> ExitCode {
+    // Before any thread exists: setting the environment is only sound while single-threaded.
+    bound_driver_buffers();
+    bound_allocator();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let json = cli.json;

@@ -279,6 +279,9 @@ impl MysqlStore {
         let (mut src, from_snapshot) = self.source_conn_for_copy().await?;
         let mut tgt = self.conn(Side::Target).await?;
         let (tx, mut rx) = mpsc::channel::<String>(2);
+        // Statement buffers go back to the reader once written, so a batch reuses a handful of
+        // buffers instead of allocating (and fragmenting the heap with) one per statement.
+        let (recycle_tx, mut recycle_rx) = mpsc::channel::<String>(4);
         let statement_bytes = self.options.statement_bytes;
         let writable: Vec<(usize, values::ColumnClass)> = table
             .columns
@@ -328,10 +331,10 @@ impl MysqlStore {
                     last = Some(table.key.iter().map(|&k| row[k].clone()).collect());
                 }
                 if stmt.len() >= statement_bytes {
-                    let full = std::mem::replace(
-                        &mut stmt,
-                        String::with_capacity(statement_bytes + 64 * 1024),
-                    );
+                    let fresh = recycle_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| String::with_capacity(statement_bytes + 64 * 1024));
+                    let full = std::mem::replace(&mut stmt, fresh);
                     if tx.send(full).await.is_err() {
                         break; // the writer failed; its error is reported
                     }
@@ -345,10 +348,12 @@ impl MysqlStore {
             Ok::<_, StoreError>((rows, bytes, last))
         };
         let writer = async {
-            while let Some(stmt) = rx.recv().await {
-                tgt.query_drop(stmt)
+            while let Some(mut stmt) = rx.recv().await {
+                tgt.query_drop(stmt.as_str())
                     .await
                     .map_err(|e| self.err(Side::Target, e).in_unit(&unit.name))?;
+                stmt.clear();
+                let _ = recycle_tx.try_send(stmt);
             }
             Ok::<(), StoreError>(())
         };
