@@ -599,7 +599,7 @@ fn bad_inputs_stop_before_writing() {
         (
             source(),
             target().replacen("redis://", "rediss://", 1),
-            "TLS",
+            "no TLS handshake",
         ),
     ];
     for (from, to, says) in cases {

@@ -11,9 +11,14 @@ use redis::Value;
 use super::copy::{run, OnSide, SideResult};
 use super::values::{
     bytes_of, int_of, pending_piece, stream_meta, text_of, KeyType, Piece, PieceReader,
-    ValueDigest, PIECE_BYTES, PIECE_ITEMS,
+    ValueDigest, PIECE_ITEMS,
 };
 use crate::core::Side;
+
+/// Strings up to this size are read with one GET; longer ones in pieces.
+const WHOLE_STRING_BYTES: i64 = 256 * 1024;
+/// Estimated bytes of whole values read in one pipeline.
+const WHOLE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Local wall-clock time in milliseconds.
 pub fn local_ms() -> i64 {
@@ -44,11 +49,11 @@ impl Cutoff {
 }
 
 /// What one side's digest pass needs.
-pub struct DigestPass<'a> {
+pub struct DigestPass {
     pub side: Side,
-    pub conn: &'a mut MultiplexedConnection,
+    pub conn: MultiplexedConnection,
     /// The source, for the target's TTL cross-check (None on the source side).
-    pub source: Option<&'a mut MultiplexedConnection>,
+    pub source: Option<MultiplexedConnection>,
     /// The source knows PEXPIRETIME (7.0+).
     pub expiretime: bool,
     pub cutoff: Cutoff,
@@ -69,10 +74,11 @@ struct Probe {
     ttl_differs: bool,
 }
 
-impl DigestPass<'_> {
+impl DigestPass {
     /// Digest a page of keys; keys gone or expiring before the cutoff are left out.
-    pub async fn page(&mut self, keys: Vec<Vec<u8>>) -> SideResult<Vec<KeyDigest>> {
+    pub async fn page(&self, keys: Vec<Vec<u8>>) -> SideResult<Vec<KeyDigest>> {
         let side = self.side;
+        let conn = &mut self.conn.clone();
         let with_expiretime = self.expiretime && side == Side::Source;
         let mut pipe = redis::pipe();
         for k in &keys {
@@ -81,7 +87,7 @@ impl DigestPass<'_> {
                 pipe.cmd("PEXPIRETIME").arg(k);
             }
         }
-        let replies = run(self.conn, &pipe).await.on(side)?;
+        let replies = run(conn, &pipe).await.on(side)?;
         let read_ms = local_ms();
         let per = if with_expiretime { 3 } else { 2 };
         let mut probes = Vec::with_capacity(keys.len());
@@ -115,18 +121,18 @@ impl DigestPass<'_> {
                 .await?;
         }
         let probes: Vec<Probe> = probes.into_iter().flatten().collect();
-        self.digest_values(probes).await
+        self.digest_values(conn, probes).await
     }
 
     /// On the target: compare each expiring key's remaining TTL with the source's, and leave out
     /// the keys the source pass left out (expiring before the cutoff).
     async fn cross_check_ttls(
-        &mut self,
+        &self,
         probes: &mut [Option<Probe>],
         volatile: &[(usize, i64)],
         target_read_ms: i64,
     ) -> SideResult<()> {
-        let Some(source) = self.source.as_deref_mut() else {
+        let Some(source) = &mut self.source.clone() else {
             return Ok(());
         };
         let mut pipe = redis::pipe();
@@ -180,7 +186,11 @@ impl DigestPass<'_> {
         Ok(())
     }
 
-    async fn digest_values(&mut self, probes: Vec<Probe>) -> SideResult<Vec<KeyDigest>> {
+    async fn digest_values(
+        &self,
+        conn: &mut MultiplexedConnection,
+        probes: Vec<Probe>,
+    ) -> SideResult<Vec<KeyDigest>> {
         let side = self.side;
         // Sizes, so small values are read whole in one pipeline and big ones in pieces.
         let mut pipe = redis::pipe();
@@ -190,50 +200,66 @@ impl DigestPass<'_> {
                 None => pipe.cmd("EXISTS").arg(&p.key),
             };
         }
-        let sizes = run(self.conn, &pipe).await.on(side)?;
-        let small = |p: &Probe, size: i64| match p.kind {
-            KeyType::String => size <= PIECE_BYTES as i64,
-            KeyType::List | KeyType::Set | KeyType::Zset | KeyType::Hash => {
-                size <= PIECE_ITEMS as i64
+        let sizes = run(conn, &pipe).await.on(side)?;
+        let sizes: Vec<i64> = sizes
+            .iter()
+            .map(int_of)
+            .collect::<redis::RedisResult<_>>()
+            .on(side)?;
+        // Small values are read whole, in pipelines of about WHOLE_BYTES (estimated) each.
+        let estimate = |p: &Probe, size: i64| match p.kind {
+            KeyType::String if size <= WHOLE_STRING_BYTES => Some(size.max(0) as u64),
+            KeyType::List | KeyType::Set | KeyType::Zset | KeyType::Hash
+                if size <= PIECE_ITEMS as i64 =>
+            {
+                Some(size.max(0) as u64 * 64)
             }
-            _ => false,
+            _ => None,
         };
-        let mut pipe = redis::pipe();
-        let mut whole = Vec::new();
-        for (i, (p, size)) in probes.iter().zip(&sizes).enumerate() {
-            let size = int_of(size).on(side)?;
-            if !small(p, size) {
-                continue;
+        let mut values: Vec<Option<([u8; 32], u64)>> = vec![None; probes.len()];
+        let mut pending: Vec<usize> = Vec::new();
+        let mut pending_bytes = 0u64;
+        for i in 0..=probes.len() {
+            let est = probes.get(i).and_then(|p| estimate(p, sizes[i]));
+            if let Some(est) = est {
+                pending.push(i);
+                pending_bytes += est;
             }
-            whole.push(i);
-            match p.kind {
-                KeyType::String => pipe.cmd("GET").arg(&p.key),
-                KeyType::List => pipe.cmd("LRANGE").arg(&p.key).arg(0).arg(-1),
-                KeyType::Set => pipe.cmd("SMEMBERS").arg(&p.key),
-                KeyType::Zset => pipe
-                    .cmd("ZRANGE")
-                    .arg(&p.key)
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES"),
-                _ => pipe.cmd("HGETALL").arg(&p.key),
-            };
+            let last = i == probes.len();
+            if !pending.is_empty() && (last || pending_bytes >= WHOLE_BYTES) {
+                let mut pipe = redis::pipe();
+                for &j in &pending {
+                    let p = &probes[j];
+                    match p.kind {
+                        KeyType::String => pipe.cmd("GET").arg(&p.key),
+                        KeyType::List => pipe.cmd("LRANGE").arg(&p.key).arg(0).arg(-1),
+                        KeyType::Set => pipe.cmd("SMEMBERS").arg(&p.key),
+                        KeyType::Zset => pipe
+                            .cmd("ZRANGE")
+                            .arg(&p.key)
+                            .arg(0)
+                            .arg(-1)
+                            .arg("WITHSCORES"),
+                        _ => pipe.cmd("HGETALL").arg(&p.key),
+                    };
+                }
+                let replies = run(conn, &pipe).await.on(side)?;
+                for (&j, v) in pending.iter().zip(replies) {
+                    let kind = &probes[j].kind;
+                    let piece = Piece::from_whole(kind, v).on(side)?;
+                    let mut d = ValueDigest::new(kind);
+                    d.feed(&piece);
+                    values[j] = Some((d.finish(kind), piece.bytes()));
+                }
+                pending.clear();
+                pending_bytes = 0;
+            }
         }
-        let values = run(self.conn, &pipe).await.on(side)?;
-        let mut values = values.into_iter();
         let mut out = Vec::with_capacity(probes.len());
-        let mut next_whole = whole.iter().peekable();
-        for (i, (p, size)) in probes.iter().zip(sizes).enumerate() {
-            let (value, bytes) = if next_whole.peek() == Some(&&i) {
-                next_whole.next();
-                let v = values.next().unwrap_or(Value::Nil);
-                let piece = Piece::from_whole(&p.kind, v).on(side)?;
-                let mut d = ValueDigest::new(&p.kind);
-                d.feed(&piece);
-                (d.finish(&p.kind), piece.bytes())
-            } else {
-                let size = int_of(&size).unwrap_or(0);
-                self.value_in_pieces(&p.key, &p.kind, size).await?
+        for (i, p) in probes.iter().enumerate() {
+            let (value, bytes) = match values[i].take() {
+                Some(v) => v,
+                None => self.value_in_pieces(conn, &p.key, &p.kind, sizes[i]).await?,
             };
             let mut h = blake3::Hasher::new();
             h.update(&(p.key.len() as u64).to_le_bytes());
@@ -255,7 +281,8 @@ impl DigestPass<'_> {
 
     /// A big value, a stream or a module type, read in bounded pieces.
     async fn value_in_pieces(
-        &mut self,
+        &self,
+        conn: &mut MultiplexedConnection,
         key: &[u8],
         kind: &KeyType,
         size: i64,
@@ -266,7 +293,7 @@ impl DigestPass<'_> {
             let payload = bytes_of(
                 redis::cmd("DUMP")
                     .arg(key)
-                    .query_async::<Value>(self.conn)
+                    .query_async::<Value>(conn)
                     .await
                     .on(side)?,
             )
@@ -283,7 +310,7 @@ impl DigestPass<'_> {
             }
             let mut bytes = 0;
             let mut reader = PieceReader::new(key, kind.clone());
-            while let Some(piece) = reader.next(self.conn).await.on(side)? {
+            while let Some(piece) = reader.next(conn).await.on(side)? {
                 bytes += piece.bytes();
                 d.feed(&piece);
             }
@@ -294,7 +321,7 @@ impl DigestPass<'_> {
                 continue;
             }
             if *kind == KeyType::Stream {
-                self.stream_extra(key, &mut d).await?;
+                self.stream_extra(conn, key, &mut d).await?;
             }
             return Ok((d.finish(kind), bytes));
         }
@@ -302,9 +329,14 @@ impl DigestPass<'_> {
 
     /// A stream's last id and its groups: name, last delivered id, consumers, and each pending
     /// entry's id, owner and delivery count (idle times change by themselves and are left out).
-    async fn stream_extra(&mut self, key: &[u8], d: &mut ValueDigest) -> SideResult<()> {
+    async fn stream_extra(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &[u8],
+        d: &mut ValueDigest,
+    ) -> SideResult<()> {
         let side = self.side;
-        let meta = stream_meta(self.conn, key).await.on(side)?;
+        let meta = stream_meta(conn, key).await.on(side)?;
         d.feed_extra(&[b"last-id", meta.last_id.as_bytes()]);
         for g in &meta.groups {
             d.feed_extra(&[b"group", &g.name, g.last_delivered.as_bytes()]);
@@ -313,7 +345,7 @@ impl DigestPass<'_> {
             }
             let mut after: Option<String> = None;
             loop {
-                let piece = pending_piece(self.conn, key, &g.name, after.as_deref())
+                let piece = pending_piece(conn, key, &g.name, after.as_deref())
                     .await
                     .on(side)?;
                 for p in &piece {

@@ -14,13 +14,12 @@ mod values;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use serde_json::json;
-use tokio::sync::mpsc;
+use futures_util::TryStreamExt;
 
 pub use endpoint::{RedisEndpoint, RedisTls};
 
@@ -117,6 +116,8 @@ impl Default for RedisOptions {
 
 /// Keys per SCAN call.
 const SCAN_COUNT: usize = 1000;
+/// SCAN pages copied or digested at once within one unit.
+const PAGES_IN_FLIGHT: usize = 6;
 
 /// A Redis source and target.
 pub struct RedisStore {
@@ -158,7 +159,14 @@ impl RedisStore {
     }
 
     fn err(&self, side: Side, e: &RedisError) -> StoreError {
-        endpoint::map_error(&side.to_string(), &self.endpoint(side).address(), e)
+        let mut err = endpoint::map_error(&side.to_string(), &self.endpoint(side).address(), e);
+        if self.endpoint(side).tls.is_some() && e.is_timeout() {
+            // A server without TLS never answers the TLS handshake: it waits for a command.
+            err.hint = format!(
+                "no TLS handshake with the {side} server: if it does not speak TLS, use redis:// instead of rediss://; otherwise check host, port and firewall"
+            );
+        }
+        err
     }
 
     fn side_err(&self, e: SideError) -> StoreError {
@@ -305,133 +313,114 @@ impl RedisStore {
         };
         let cutoff = self.cutoff(unit).await?;
         let expiretime = self.source_has_expiretime().await?;
-        let mut conn = self.conn(side, db).await?;
-        let mut source = if side == Side::Target {
+        let conn = self.conn(side, db).await?;
+        let source = if side == Side::Target {
             Some(self.conn(Side::Source, dbs.source).await?)
         } else {
             None
         };
-        let mut pass = DigestPass {
+        let pass = DigestPass {
             side,
-            conn: &mut conn,
-            source: source.as_mut(),
+            conn: conn.clone(),
+            source,
             expiretime,
             cutoff,
             tolerance_ms: self.options.ttl_tolerance_ms,
         };
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys) = scan(pass.conn, cursor)
-                .await
-                .map_err(|e| self.err(side, &e).in_unit(&unit.name))?;
-            if !keys.is_empty() {
-                for d in pass
-                    .page(keys)
+        let pages = futures_util::stream::try_unfold((conn, 0u64, false), |(mut c, cursor, done)| async move {
+            if done {
+                return Ok(None);
+            }
+            let (next, keys) = scan(&mut c, cursor).await?;
+            Ok(Some((keys, (c, next, next == 0))))
+        })
+        .map_err(|e| self.err(side, &e).in_unit(&unit.name));
+        let pass = &pass;
+        let digests = pages
+            .map_ok(|keys| async move {
+                pass.page(keys)
                     .await
-                    .map_err(|e| self.side_err(e).in_unit(&unit.name))?
-                {
-                    if !each(d) {
-                        return Ok(());
-                    }
+                    .map_err(|e| self.side_err(e).in_unit(&unit.name))
+            })
+            .try_buffer_unordered(PAGES_IN_FLIGHT);
+        let mut digests = std::pin::pin!(digests);
+        while let Some(page) = digests.try_next().await? {
+            for d in page {
+                if !each(d) {
+                    return Ok(());
                 }
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
+        Ok(())
     }
 
-    /// Copy one batch: SCAN pages from `cursor` until about `batch_keys` keys are done, reading
-    /// (probe sizes, PTTL + DUMP) while the previous group is restored on the target.
+    /// Copy one batch: SCAN pages from `cursor` until about `batch_keys` keys are seen, with
+    /// several pages in flight at once (each read, then written); the batch ends when all are
+    /// written, so the returned cursor is a safe checkpoint.
     async fn copy_pages(
         &self,
-        mut src: MultiplexedConnection,
+        src: MultiplexedConnection,
         tgt: MultiplexedConnection,
-        mut cursor: u64,
+        cursor: u64,
     ) -> Result<(u64, u64, u64), SideError> {
-        let (tx, mut rx) = mpsc::channel::<(Vec<copy::Dumped>, Instant)>(2);
         let batch_keys = self.options.batch_keys.max(1);
-        let reader_src = src.clone();
-        let mut reader_tgt = tgt.clone();
-        let reader = async {
-            let mut src = reader_src;
-            let (mut seen, mut rows, mut bytes) = (0u64, 0u64, 0u64);
-            loop {
-                let (next, keys) = scan(&mut src, cursor).await.on(Side::Source)?;
-                seen += keys.len() as u64;
-                if !keys.is_empty() {
-                    let (r, b) = self
-                        .copy_keys(&mut src, &mut reader_tgt, keys, &tx)
-                        .await?;
-                    rows += r;
-                    bytes += b;
-                }
-                cursor = next;
-                if cursor == 0 || seen >= batch_keys {
-                    break;
-                }
-            }
-            drop(tx);
-            Ok::<_, SideError>((rows, bytes, cursor))
-        };
-        let writer = async {
-            let mut tgt = tgt.clone();
-            let (mut rows, mut bytes) = (0u64, 0u64);
-            while let Some((group, read_at)) = rx.recv().await {
-                match copy::restore_group(&mut tgt, &group, read_at).await {
-                    Ok((r, b)) => {
-                        rows += r;
-                        bytes += b;
+        let end_cursor = std::sync::Arc::new(AtomicU64::new(cursor));
+        let last_seen = end_cursor.clone();
+        let pages = futures_util::stream::try_unfold(
+            (src.clone(), cursor, 0u64, false),
+            move |(mut conn, cursor, seen, done)| {
+                let end_cursor = last_seen.clone();
+                async move {
+                    if done {
+                        return Ok(None);
                     }
-                    Err(e) if copy::payload_rejected(&e) => {
-                        if !self.typed.swap(true, Ordering::SeqCst) {
-                            tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                        }
-                        for d in &group {
-                            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, &d.key).await? {
-                                rows += 1;
-                                bytes += b;
-                                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Err(e) => return Err(SideError(Side::Target, e)),
+                    let (next, keys) = scan(&mut conn, cursor).await.on(Side::Source)?;
+                    end_cursor.store(next, Ordering::SeqCst);
+                    let seen = seen + keys.len() as u64;
+                    let done = next == 0 || seen >= batch_keys;
+                    Ok(Some((keys, (conn, next, seen, done))))
                 }
-            }
-            Ok::<_, SideError>((rows, bytes))
-        };
-        let (read, written) = tokio::join!(reader, writer);
-        let (wr, wb) = written?;
-        let (rr, rb, cursor) = read?;
-        Ok((rr + wr, rb + wb, cursor))
+            },
+        );
+        let copied = pages
+            .map_ok(|keys| {
+                let (src, tgt) = (src.clone(), tgt.clone());
+                async move { self.copy_keys(src, tgt, keys).await }
+            })
+            .try_buffer_unordered(PAGES_IN_FLIGHT);
+        let mut copied = std::pin::pin!(copied);
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        while let Some((r, b)) = copied.try_next().await? {
+            rows += r;
+            bytes += b;
+        }
+        Ok((rows, bytes, end_cursor.load(Ordering::SeqCst)))
     }
 
-    /// Copy the keys of one SCAN page: small ones are dumped in byte-bounded groups handed to
-    /// the writer; big ones (and all in typed mode) are rebuilt here in pieces.
+    /// Copy the keys of one SCAN page: small ones dumped and restored in byte-bounded groups,
+    /// big ones (and all in typed mode) rebuilt in pieces.
     async fn copy_keys(
         &self,
-        src: &mut MultiplexedConnection,
-        tgt: &mut MultiplexedConnection,
+        mut src: MultiplexedConnection,
+        mut tgt: MultiplexedConnection,
         keys: Vec<Vec<u8>>,
-        tx: &mpsc::Sender<(Vec<copy::Dumped>, Instant)>,
     ) -> Result<(u64, u64), SideError> {
         let (mut rows, mut bytes) = (0u64, 0u64);
-        let mut typed_one = |n: Option<u64>| {
-            if let Some(b) = n {
-                rows += 1;
-                bytes += b;
-                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-            }
-        };
+        if keys.is_empty() {
+            return Ok((0, 0));
+        }
         if self.typed.load(Ordering::SeqCst) {
             for k in &keys {
-                typed_one(copy::copy_key_typed(src, tgt, k).await?);
+                if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
+                    rows += 1;
+                    bytes += b;
+                    self.typed_keys.fetch_add(1, Ordering::Relaxed);
+                }
             }
             return Ok((rows, bytes));
         }
-        let sizes = copy::probe_sizes(src, &keys).await.on(Side::Source)?;
-        let mut group: Vec<Vec<u8>> = Vec::new();
+        let sizes = copy::probe_sizes(&mut src, &keys).await.on(Side::Source)?;
+        let mut groups: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
         let mut group_bytes = 0u64;
         let mut big = Vec::new();
         for (key, size) in keys.into_iter().zip(sizes) {
@@ -440,27 +429,38 @@ impl RedisStore {
                 big.push(key);
                 continue;
             }
-            group_bytes += size;
-            group.push(key);
             if group_bytes >= self.options.group_bytes {
-                let (dumped, at) = copy::dump_group(src, std::mem::take(&mut group))
-                    .await
-                    .on(Side::Source)?;
+                groups.push(Vec::new());
                 group_bytes = 0;
-                if tx.send((dumped, at)).await.is_err() {
-                    return Ok((rows, bytes)); // the writer failed; its error is reported
-                }
             }
+            group_bytes += size;
+            groups.last_mut().expect("a group").push(key);
         }
-        if !group.is_empty() {
-            let (dumped, at) = copy::dump_group(src, group).await.on(Side::Source)?;
-            if tx.send((dumped, at)).await.is_err() {
-                return Ok((rows, bytes));
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            let (dumped, read_at) = copy::dump_group(&mut src, group)
+                .await
+                .on(Side::Source)?;
+            match copy::restore_group(&mut tgt, &dumped, read_at).await {
+                Ok((r, b)) => {
+                    rows += r;
+                    bytes += b;
+                }
+                Err(e) if copy::payload_rejected(&e) => {
+                    if !self.typed.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
+                    }
+                    big.extend(dumped.into_iter().map(|d| d.key));
+                }
+                Err(e) => return Err(SideError(Side::Target, e)),
             }
         }
         for k in &big {
-            tracing::debug!(store = "redis", key = %display_key(k), "big key: copied in pieces");
-            typed_one(copy::copy_key_typed(src, tgt, k).await?);
+            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
+            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
+                rows += 1;
+                bytes += b;
+                self.typed_keys.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok((rows, bytes))
     }
