@@ -146,6 +146,106 @@ pub async fn dump_group(
     Ok((out, read_at))
 }
 
+/// Reads TTL, size and payload of each key server-side, in one call for a group of keys: the
+/// same PTTL-then-DUMP order as the pipeline, a third of the commands for the server to parse.
+/// Keys over `ARGV[1]` bytes are only sized; once `ARGV[2]` payload bytes are read, the rest are
+/// left for the next call.
+const DUMP_SCRIPT: &str = r#"
+local big, budget, used = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+local out = {}
+for i, k in ipairs(KEYS) do
+  if used >= budget then
+    out[i] = {-3}
+  else
+    local ttl = redis.call('PTTL', k)
+    if ttl == -2 then
+      out[i] = {-2}
+    else
+      local size = redis.call('MEMORY', 'USAGE', k)
+      if not size then size = 0 end
+      if size > big then
+        out[i] = {ttl, size}
+      else
+        local payload = redis.call('DUMP', k)
+        used = used + #payload
+        out[i] = {ttl, payload}
+      end
+    end
+  end
+end
+return out
+"#;
+
+/// What one scripted read found.
+pub struct ScriptedRead {
+    pub dumped: Vec<Dumped>,
+    pub read_at: Instant,
+    /// Keys too big to dump whole.
+    pub big: Vec<Vec<u8>>,
+    /// Keys left for another call (the payload budget was spent).
+    pub unread: Vec<Vec<u8>>,
+}
+
+/// Whether an error means scripts cannot be used here (ACL, disabled or renamed commands), so
+/// the plain pipeline must do.
+pub fn scripts_refused(e: &RedisError) -> bool {
+    let t = e.to_string().to_ascii_lowercase();
+    e.code() == Some("NOPERM")
+        || t.contains("unknown command")
+        || t.contains("noperm")
+        || t.contains("script")
+        || t.contains("lua")
+}
+
+/// Read a group of keys with [`DUMP_SCRIPT`].
+pub async fn dump_scripted(
+    src: &mut MultiplexedConnection,
+    keys: Vec<Vec<u8>>,
+    big_bytes: u64,
+    budget: u64,
+) -> RedisResult<ScriptedRead> {
+    let reply: Value = redis::cmd("EVAL")
+        .arg(DUMP_SCRIPT)
+        .arg(keys.len())
+        .arg(&keys)
+        .arg(big_bytes)
+        .arg(budget)
+        .query_async(src)
+        .await?;
+    let read_at = Instant::now();
+    let Value::Array(items) = reply else {
+        return Err(super::values::unexpected("the dump script's reply"));
+    };
+    let mut out = ScriptedRead {
+        dumped: Vec::with_capacity(keys.len()),
+        read_at,
+        big: Vec::new(),
+        unread: Vec::new(),
+    };
+    for (key, item) in keys.into_iter().zip(items) {
+        let Value::Array(mut parts) = item else {
+            return Err(super::values::unexpected("a dump script entry"));
+        };
+        let second = (parts.len() > 1).then(|| parts.remove(1));
+        let pttl = int_of(parts.first().unwrap_or(&Value::Nil))?;
+        match (pttl, second) {
+            (-3, _) => out.unread.push(key),
+            (_, Some(Value::Int(_))) => out.big.push(key),
+            (_, Some(v)) => out.dumped.push(Dumped {
+                key,
+                pttl,
+                payload: Some(bytes_of(v)?),
+            }),
+            (_, None) => out.dumped.push(Dumped {
+                key,
+                pttl,
+                payload: None,
+            }),
+        }
+    }
+    Ok(out)
+}
+
 /// The TTL to write for a key read `pttl` at `read_at`: `Some(0)` for no expiry, `None` when it
 /// has expired (or is gone) by now.
 pub fn remaining_ttl(pttl: i64, read_at: Instant) -> Option<i64> {

@@ -3,12 +3,15 @@
 //! tolerance. Keys whose source TTL ends before the verification's cutoff are left out on both
 //! sides, so a key that expires while the check runs is not reported as lost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use super::copy::{run, OnSide, SideResult};
+use super::copy::{run, OnSide, SideError, SideResult};
 use super::values::{
     bytes_of, int_of, pending_piece, stream_meta, text_of, KeyType, Piece, PieceReader,
     ValueDigest, PIECE_ITEMS,
@@ -17,6 +20,8 @@ use crate::core::Side;
 
 /// Strings up to this size are read with one GET; longer ones in pieces.
 const WHOLE_STRING_BYTES: i64 = 256 * 1024;
+/// Keys read in pieces at once within a page.
+const KEYS_IN_PIECES_AT_ONCE: usize = 16;
 /// Estimated bytes of whole values read in one pipeline.
 const WHOLE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -58,6 +63,8 @@ pub struct DigestPass {
     pub expiretime: bool,
     pub cutoff: Cutoff,
     pub tolerance_ms: i64,
+    /// Whether this side runs the read script (cleared on the first refusal).
+    pub scripts: Arc<AtomicBool>,
 }
 
 /// One key's digest.
@@ -72,13 +79,130 @@ struct Probe {
     kind: KeyType,
     has_ttl: bool,
     ttl_differs: bool,
+    /// Elements (bytes for a string), when already known.
+    size: Option<i64>,
+    /// The whole value, when the read script returned it.
+    value: Option<Value>,
 }
+
+/// What the first read of a key found.
+struct Read {
+    key: Vec<u8>,
+    kind: KeyType,
+    pttl: i64,
+    expiretime: Option<i64>,
+    size: Option<i64>,
+    value: Option<Value>,
+    read_ms: i64,
+}
+
+/// Reads type, TTL, expiry time, size and (when small) the whole value of each key, in one call
+/// for a page of keys. ARGV: want PEXPIRETIME, most elements read whole, longest string read
+/// whole, byte budget after which keys are left for the next call.
+const READ_SCRIPT: &str = r#"
+local want_exp, max_items, max_str, budget = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local used = 0
+local out = {}
+for i, k in ipairs(KEYS) do
+  if used >= budget then
+    out[i] = {'unread'}
+  else
+    local t = redis.call('TYPE', k)['ok']
+    if t == 'none' then
+      out[i] = {t}
+    else
+      local ttl = redis.call('PTTL', k)
+      local exp = -1
+      if want_exp then exp = redis.call('PEXPIRETIME', k) end
+      local size, value = -1, nil
+      if t == 'string' then
+        size = redis.call('STRLEN', k)
+        if size <= max_str then value = redis.call('GET', k); used = used + size end
+      elseif t == 'list' then
+        size = redis.call('LLEN', k)
+        if size <= max_items then value = redis.call('LRANGE', k, 0, -1) end
+      elseif t == 'set' then
+        size = redis.call('SCARD', k)
+        if size <= max_items then value = redis.call('SMEMBERS', k) end
+      elseif t == 'zset' then
+        size = redis.call('ZCARD', k)
+        if size <= max_items then value = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES') end
+      elseif t == 'hash' then
+        size = redis.call('HLEN', k)
+        if size <= max_items then value = redis.call('HGETALL', k) end
+      elseif t == 'stream' then
+        size = redis.call('XLEN', k)
+      end
+      if type(value) == 'table' then
+        for _, v in ipairs(value) do used = used + #v end
+      end
+      if value then
+        out[i] = {t, ttl, exp, size, value}
+      else
+        out[i] = {t, ttl, exp, size}
+      end
+    end
+  end
+end
+return out
+"#;
 
 impl DigestPass {
     /// Digest a page of keys; keys gone or expiring before the cutoff are left out.
     pub async fn page(&self, keys: Vec<Vec<u8>>) -> SideResult<Vec<KeyDigest>> {
         let side = self.side;
         let conn = &mut self.conn.clone();
+        let reads = if self.scripts.load(Ordering::SeqCst) {
+            match self.read_scripted(conn, keys.clone()).await {
+                Err(SideError(_, e)) if super::copy::scripts_refused(&e) => {
+                    if self.scripts.swap(false, Ordering::SeqCst) {
+                        tracing::info!(store = "redis", %side, error = %e, "the server does not run scripts; reading with plain pipelines");
+                    }
+                    self.read_plain(conn, keys).await?
+                }
+                other => other?,
+            }
+        } else {
+            self.read_plain(conn, keys).await?
+        };
+        let mut probes = Vec::with_capacity(reads.len());
+        let mut volatile = Vec::new();
+        for r in reads {
+            if r.kind == KeyType::None || r.pttl == -2 {
+                continue;
+            }
+            if r.pttl >= 0
+                && side == Side::Source
+                && self.cutoff.expires_before(r.expiretime, r.pttl, r.read_ms)
+            {
+                continue;
+            }
+            if r.pttl >= 0 && side == Side::Target {
+                volatile.push((probes.len(), r.pttl, r.read_ms));
+            }
+            probes.push(Some(Probe {
+                key: r.key,
+                kind: r.kind,
+                has_ttl: r.pttl >= 0,
+                ttl_differs: false,
+                size: r.size,
+                value: r.value,
+            }));
+        }
+        if !volatile.is_empty() {
+            self.cross_check_ttls(&mut probes, &volatile).await?;
+        }
+        let probes: Vec<Probe> = probes.into_iter().flatten().collect();
+        self.digest_values(conn, probes).await
+    }
+
+    /// Type and TTL of each key in one pipeline.
+    async fn read_plain(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: Vec<Vec<u8>>,
+    ) -> SideResult<Vec<Read>> {
+        let side = self.side;
         let with_expiretime = self.expiretime && side == Side::Source;
         let mut pipe = redis::pipe();
         for k in &keys {
@@ -90,38 +214,74 @@ impl DigestPass {
         let replies = run(conn, &pipe).await.on(side)?;
         let read_ms = local_ms();
         let per = if with_expiretime { 3 } else { 2 };
-        let mut probes = Vec::with_capacity(keys.len());
-        let mut volatile = Vec::new();
+        let mut out = Vec::with_capacity(keys.len());
         for (i, key) in keys.into_iter().enumerate() {
-            let kind = KeyType::parse(&text_of(replies[i * per].clone()).on(side)?);
-            let pttl = int_of(&replies[i * per + 1]).on(side)?;
-            if kind == KeyType::None || pttl == -2 {
-                continue;
-            }
-            if pttl >= 0 && side == Side::Source {
-                let at = with_expiretime
+            out.push(Read {
+                key,
+                kind: KeyType::parse(&text_of(replies[i * per].clone()).on(side)?),
+                pttl: int_of(&replies[i * per + 1]).on(side)?,
+                expiretime: with_expiretime
                     .then(|| int_of(&replies[i * per + 2]).ok())
-                    .flatten();
-                if self.cutoff.expires_before(at, pttl, read_ms) {
+                    .flatten(),
+                size: None,
+                value: None,
+                read_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Type, TTL, size and small values of each key with [`READ_SCRIPT`].
+    async fn read_scripted(
+        &self,
+        conn: &mut MultiplexedConnection,
+        mut keys: Vec<Vec<u8>>,
+    ) -> SideResult<Vec<Read>> {
+        let side = self.side;
+        let with_expiretime = self.expiretime && side == Side::Source;
+        let mut out = Vec::with_capacity(keys.len());
+        while !keys.is_empty() {
+            let reply: Value = redis::cmd("EVAL")
+                .arg(READ_SCRIPT)
+                .arg(keys.len())
+                .arg(&keys)
+                .arg(if with_expiretime { "1" } else { "0" })
+                .arg(PIECE_ITEMS)
+                .arg(WHOLE_STRING_BYTES)
+                .arg(WHOLE_BYTES)
+                .query_async(conn)
+                .await
+                .on(side)?;
+            let read_ms = local_ms();
+            let Value::Array(items) = reply else {
+                return Err(super::values::unexpected("the read script's reply")).on(side);
+            };
+            let mut unread = Vec::new();
+            for (key, item) in std::mem::take(&mut keys).into_iter().zip(items) {
+                let Value::Array(parts) = item else {
+                    return Err(super::values::unexpected("a read script entry")).on(side);
+                };
+                let mut parts = parts.into_iter();
+                let kind = text_of(parts.next().unwrap_or(Value::Nil)).on(side)?;
+                if kind == "unread" {
+                    unread.push(key);
                     continue;
                 }
+                let mut int = || int_of(&parts.next().unwrap_or(Value::Int(-2)));
+                let (pttl, expiretime, size) = (int().on(side)?, int().on(side)?, int().on(side)?);
+                out.push(Read {
+                    key,
+                    kind: KeyType::parse(&kind),
+                    pttl,
+                    expiretime: with_expiretime.then_some(expiretime),
+                    size: Some(size),
+                    value: parts.next(),
+                    read_ms,
+                });
             }
-            if pttl >= 0 && side == Side::Target {
-                volatile.push((probes.len(), pttl));
-            }
-            probes.push(Some(Probe {
-                key,
-                kind,
-                has_ttl: pttl >= 0,
-                ttl_differs: false,
-            }));
+            keys = unread;
         }
-        if !volatile.is_empty() {
-            self.cross_check_ttls(&mut probes, &volatile, read_ms)
-                .await?;
-        }
-        let probes: Vec<Probe> = probes.into_iter().flatten().collect();
-        self.digest_values(conn, probes).await
+        Ok(out)
     }
 
     /// On the target: compare each expiring key's remaining TTL with the source's, and leave out
@@ -129,14 +289,13 @@ impl DigestPass {
     async fn cross_check_ttls(
         &self,
         probes: &mut [Option<Probe>],
-        volatile: &[(usize, i64)],
-        target_read_ms: i64,
+        volatile: &[(usize, i64, i64)],
     ) -> SideResult<()> {
         let Some(source) = &mut self.source.clone() else {
             return Ok(());
         };
         let mut pipe = redis::pipe();
-        for (i, _) in volatile {
+        for (i, _, _) in volatile {
             let key = &probes[*i].as_ref().expect("probe").key;
             pipe.cmd("PTTL").arg(key);
             if self.expiretime {
@@ -148,7 +307,7 @@ impl DigestPass {
         // The source was read about half a round trip after sending.
         let source_read_ms = local_ms() - (sent.elapsed().as_millis() as i64) / 2;
         let per = if self.expiretime { 2 } else { 1 };
-        for (n, (i, target_pttl)) in volatile.iter().enumerate() {
+        for (n, (i, target_pttl, target_read_ms)) in volatile.iter().enumerate() {
             let source_pttl = int_of(&replies[n * per]).on(Side::Source)?;
             let at = self
                 .expiretime
@@ -189,23 +348,25 @@ impl DigestPass {
     async fn digest_values(
         &self,
         conn: &mut MultiplexedConnection,
-        probes: Vec<Probe>,
+        mut probes: Vec<Probe>,
     ) -> SideResult<Vec<KeyDigest>> {
         let side = self.side;
         // Sizes, so small values are read whole in one pipeline and big ones in pieces.
         let mut pipe = redis::pipe();
-        for p in &probes {
+        for p in probes.iter().filter(|p| p.size.is_none()) {
             match p.kind.size_command() {
                 Some(c) => pipe.cmd(c).arg(&p.key),
                 None => pipe.cmd("EXISTS").arg(&p.key),
             };
         }
-        let sizes = run(conn, &pipe).await.on(side)?;
-        let sizes: Vec<i64> = sizes
-            .iter()
-            .map(int_of)
-            .collect::<redis::RedisResult<_>>()
-            .on(side)?;
+        let mut asked = run(conn, &pipe).await.on(side)?.into_iter();
+        let mut sizes = Vec::with_capacity(probes.len());
+        for p in &mut probes {
+            sizes.push(match p.size {
+                Some(n) => n,
+                None => int_of(&asked.next().unwrap_or(Value::Nil)).on(side)?,
+            });
+        }
         // Small values are read whole, in pipelines of about WHOLE_BYTES (estimated) each.
         let estimate = |p: &Probe, size: i64| match p.kind {
             KeyType::String if size <= WHOLE_STRING_BYTES => Some(size.max(0) as u64),
@@ -217,10 +378,21 @@ impl DigestPass {
             _ => None,
         };
         let mut values: Vec<Option<([u8; 32], u64)>> = vec![None; probes.len()];
+        for (i, p) in probes.iter_mut().enumerate() {
+            if let Some(v) = p.value.take() {
+                let piece = Piece::from_whole(&p.kind, v).on(side)?;
+                let mut d = ValueDigest::new(&p.kind);
+                d.feed(&piece);
+                values[i] = Some((d.finish(&p.kind), piece.bytes()));
+            }
+        }
         let mut pending: Vec<usize> = Vec::new();
         let mut pending_bytes = 0u64;
         for i in 0..=probes.len() {
-            let est = probes.get(i).and_then(|p| estimate(p, sizes[i]));
+            let est = probes
+                .get(i)
+                .filter(|_| values[i].is_none())
+                .and_then(|p| estimate(p, sizes[i]));
             if let Some(est) = est {
                 pending.push(i);
                 pending_bytes += est;
@@ -255,12 +427,30 @@ impl DigestPass {
                 pending_bytes = 0;
             }
         }
+        // Big values and streams: several keys at once, each read in pieces.
+        let rest: Vec<usize> = (0..probes.len()).filter(|&i| values[i].is_none()).collect();
+        let probes_ref = &probes;
+        let sizes_ref = &sizes;
+        let read: Vec<(usize, ([u8; 32], u64))> = futures_util::stream::iter(rest)
+            .map(|i| {
+                let mut conn = conn.clone();
+                async move {
+                    let p = &probes_ref[i];
+                    let v = self
+                        .value_in_pieces(&mut conn, &p.key, &p.kind, sizes_ref[i])
+                        .await?;
+                    Ok::<_, SideError>((i, v))
+                }
+            })
+            .buffer_unordered(KEYS_IN_PIECES_AT_ONCE)
+            .try_collect()
+            .await?;
+        for (i, v) in read {
+            values[i] = Some(v);
+        }
         let mut out = Vec::with_capacity(probes.len());
         for (i, p) in probes.iter().enumerate() {
-            let (value, bytes) = match values[i].take() {
-                Some(v) => v,
-                None => self.value_in_pieces(conn, &p.key, &p.kind, sizes[i]).await?,
-            };
+            let (value, bytes) = values[i].take().expect("every value read");
             let mut h = blake3::Hasher::new();
             h.update(&(p.key.len() as u64).to_le_bytes());
             h.update(&p.key);

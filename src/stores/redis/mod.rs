@@ -13,7 +13,7 @@ mod values;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -95,6 +95,8 @@ pub struct RedisOptions {
     /// Payload bytes per DUMP/RESTORE pipeline.
     pub group_bytes: u64,
     pub mode: CopyMode,
+    /// Read keys with a server-side script (EVAL) where the source allows it.
+    pub scripts: bool,
     /// Largest accepted difference between a key's remaining TTL on both sides.
     pub ttl_tolerance_ms: i64,
 }
@@ -109,6 +111,7 @@ impl Default for RedisOptions {
             big_key_bytes: 16 * 1024 * 1024,
             group_bytes: 4 * 1024 * 1024,
             mode: CopyMode::Auto,
+            scripts: true,
             ttl_tolerance_ms: 2_000,
         }
     }
@@ -128,6 +131,10 @@ pub struct RedisStore {
     /// Set once the target rejected a DUMP payload (or typed mode was asked for).
     typed: AtomicBool,
     typed_keys: AtomicU64,
+    /// Whether the source runs the server-side read script (cleared on the first refusal).
+    scripts: AtomicBool,
+    /// The same for verification reads, per side (source, target).
+    digest_scripts: [Arc<AtomicBool>; 2],
     /// Per unit: keys expiring before this are left out of verification.
     cutoffs: Mutex<HashMap<String, Cutoff>>,
     source_has_expiretime: Mutex<Option<bool>>,
@@ -141,6 +148,11 @@ impl RedisStore {
     pub fn new(source: RedisEndpoint, target: RedisEndpoint, options: RedisOptions) -> RedisStore {
         RedisStore {
             typed: AtomicBool::new(options.mode == CopyMode::Typed),
+            scripts: AtomicBool::new(options.scripts),
+            digest_scripts: [
+                Arc::new(AtomicBool::new(options.scripts)),
+                Arc::new(AtomicBool::new(options.scripts)),
+            ],
             source,
             target,
             options,
@@ -326,6 +338,7 @@ impl RedisStore {
             expiretime,
             cutoff,
             tolerance_ms: self.options.ttl_tolerance_ms,
+            scripts: self.digest_scripts[usize::from(side == Side::Target)].clone(),
         };
         let pages = futures_util::stream::try_unfold((conn, 0u64, false), |(mut c, cursor, done)| async move {
             if done {
@@ -419,6 +432,16 @@ impl RedisStore {
             }
             return Ok((rows, bytes));
         }
+        if self.scripts.load(Ordering::SeqCst) {
+            match self.copy_keys_scripted(&mut src, &mut tgt, keys.clone()).await {
+                Err(SideError(Side::Source, e)) if copy::scripts_refused(&e) => {
+                    if self.scripts.swap(false, Ordering::SeqCst) {
+                        tracing::info!(store = "redis", error = %e, "the source does not run scripts; reading with plain pipelines");
+                    }
+                }
+                other => return other,
+            }
+        }
         let sizes = copy::probe_sizes(&mut src, &keys).await.on(Side::Source)?;
         let mut groups: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
         let mut group_bytes = 0u64;
@@ -457,6 +480,53 @@ impl RedisStore {
         for k in &big {
             tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
             if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
+                rows += 1;
+                bytes += b;
+                self.typed_keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((rows, bytes))
+    }
+}
+
+impl RedisStore {
+    /// [`RedisStore::copy_keys`] with the server-side read: one EVAL per group of keys.
+    async fn copy_keys_scripted(
+        &self,
+        src: &mut MultiplexedConnection,
+        tgt: &mut MultiplexedConnection,
+        mut keys: Vec<Vec<u8>>,
+    ) -> Result<(u64, u64), SideError> {
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        let mut big = Vec::new();
+        while !keys.is_empty() {
+            let read = copy::dump_scripted(
+                src,
+                std::mem::take(&mut keys),
+                self.options.big_key_bytes,
+                self.options.group_bytes,
+            )
+            .await
+            .on(Side::Source)?;
+            keys = read.unread;
+            big.extend(read.big);
+            match copy::restore_group(tgt, &read.dumped, read.read_at).await {
+                Ok((r, b)) => {
+                    rows += r;
+                    bytes += b;
+                }
+                Err(e) if copy::payload_rejected(&e) => {
+                    if !self.typed.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
+                    }
+                    big.extend(read.dumped.into_iter().map(|d| d.key));
+                }
+                Err(e) => return Err(SideError(Side::Target, e)),
+            }
+        }
+        for k in &big {
+            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
+            if let Some(b) = copy::copy_key_typed(src, tgt, k).await? {
                 rows += 1;
                 bytes += b;
                 self.typed_keys.fetch_add(1, Ordering::Relaxed);
