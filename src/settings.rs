@@ -274,7 +274,11 @@ impl Settings {
         let reopen_redis = |rec: &EndpointRecord, side: &str| {
             let mut e = RedisEndpoint::parse(&rec.url)
                 .map_err(|d| invalid(format!("the job's {side} Redis URL"), d))?;
-            let env = if side == "source" { FROM_REDIS_ENV } else { TO_REDIS_ENV };
+            let env = if side == "source" {
+                FROM_REDIS_ENV
+            } else {
+                TO_REDIS_ENV
+            };
             e.password = recover_password(&rec.secret, "Redis", side, env, tutor)?;
             Ok::<_, SettingsError>((e, rec.secret.clone()))
         };
@@ -384,7 +388,10 @@ impl Settings {
             if !seen.insert(d.target) {
                 return Err(invalid(
                     "--redis-dbs",
-                    format!("two source databases would land in target database {}", d.target),
+                    format!(
+                        "two source databases would land in target database {}",
+                        d.target
+                    ),
                 ));
             }
         }
@@ -403,7 +410,9 @@ impl Settings {
                 dbs,
                 celery_db: config_db("OPENEDX_CELERY_REDIS_DB", 0),
                 cache_db: config_db("OPENEDX_CACHE_REDIS_DB", 1),
-                batch_keys: inputs.batch_rows.unwrap_or(RedisOptions::default().batch_keys),
+                batch_keys: inputs
+                    .batch_rows
+                    .unwrap_or(RedisOptions::default().batch_keys),
                 mode: if inputs.redis_typed {
                     CopyMode::Typed
                 } else {

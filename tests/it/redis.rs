@@ -108,10 +108,7 @@ fn bytes(v: Value) -> Vec<u8> {
         Value::Int(i) => i.to_string().into_bytes(),
         Value::Nil => b"(nil)".to_vec(),
         Value::Array(a) => {
-            let parts: Vec<String> = a
-                .into_iter()
-                .map(|x| hex::encode(bytes(x)))
-                .collect();
+            let parts: Vec<String> = a.into_iter().map(|x| hex::encode(bytes(x))).collect();
             format!("[{}]", parts.join(",")).into_bytes()
         }
         other => format!("{other:?}").into_bytes(),
@@ -159,10 +156,7 @@ fn snapshot(url: &str, db: i64) -> BTreeMap<Vec<u8>, (String, String, i64)> {
                 let groups = list(cmd(&mut c, &[b"XINFO", b"GROUPS", &k]));
                 let mut pending = Vec::new();
                 let names: Vec<Vec<u8>> = match cmd(&mut c, &[b"XINFO", b"GROUPS", &k]) {
-                    Value::Array(gs) => gs
-                        .into_iter()
-                        .map(|g| list(g)[1].clone())
-                        .collect(),
+                    Value::Array(gs) => gs.into_iter().map(|g| list(g)[1].clone()).collect(),
                     _ => Vec::new(),
                 };
                 for g in names {
@@ -215,8 +209,13 @@ fn stream_info_fields(info: &[u8]) -> String {
     let mut out = Vec::new();
     for pair in parts.chunks(2) {
         if let [name, value] = pair {
-            if ["length", "last-generated-id", "max-deleted-entry-id", "entries-added"]
-                .contains(&name.as_str())
+            if [
+                "length",
+                "last-generated-id",
+                "max-deleted-entry-id",
+                "entries-added",
+            ]
+            .contains(&name.as_str())
             {
                 out.push(format!("{name}={value}"));
             }
@@ -234,9 +233,18 @@ fn assert_same(src_db: i64, tgt_db: i64, ms: i64) -> usize {
     for (k, (kind, value, expires)) in &a {
         let (kind2, value2, expires2) = &b[k];
         assert_eq!(kind, kind2, "type of {}", String::from_utf8_lossy(k));
-        assert!(value == value2, "value of {} differs", String::from_utf8_lossy(k));
+        assert!(
+            value == value2,
+            "value of {} differs",
+            String::from_utf8_lossy(k)
+        );
         if *expires < 0 {
-            assert_eq!(expires, expires2, "no TTL on {}", String::from_utf8_lossy(k));
+            assert_eq!(
+                expires,
+                expires2,
+                "no TTL on {}",
+                String::from_utf8_lossy(k)
+            );
         } else {
             assert!(
                 (expires - expires2).abs() <= ms,
@@ -277,7 +285,11 @@ fn every_type_and_ttl_round_trip() {
     );
     let verify = offload(job.path(), &args("verify", &[], &[]));
     assert_exit(&verify, 0);
-    assert!(text(&verify).contains("Safe to switch"), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("Safe to switch"),
+        "{}",
+        text(&verify)
+    );
 
     let keys = assert_same(db, db, 1_000);
     assert_eq!(keys, dbsize(&source(), db) as usize);
@@ -291,7 +303,10 @@ fn every_type_and_ttl_round_trip() {
     assert_eq!(bytes(cmd(&mut t, &[b"GET", b"string:empty"])), b"");
     assert_eq!(bytes(cmd(&mut t, &[b"GET", b"string:huge"])), big);
     assert_eq!(
-        list(cmd(&mut t, &[b"ZRANGE", b"zset:small", b"0", b"0", b"WITHSCORES"])),
+        list(cmd(
+            &mut t,
+            &[b"ZRANGE", b"zset:small", b"0", b"0", b"WITHSCORES"]
+        )),
         vec![b"minus-infinity".to_vec(), b"-inf".to_vec()]
     );
     assert_eq!(
@@ -299,11 +314,21 @@ fn every_type_and_ttl_round_trip() {
         b"inf"
     );
     assert_eq!(bytes(cmd(&mut t, &[b"LLEN", b"list:big"])), b"2500");
-    assert_eq!(bytes(cmd(&mut t, &[b"HGET", b"hash:small", b"bin"])), &all[..64]);
+    assert_eq!(
+        bytes(cmd(&mut t, &[b"HGET", b"hash:small", b"bin"])),
+        &all[..64]
+    );
     // Consumer groups with their pending entries: alice 4 (one acknowledged), bob 3.
     let pending = list(cmd(
         &mut t,
-        &[b"XPENDING", b"stream:events", b"workers", b"-", b"+", b"100"],
+        &[
+            b"XPENDING",
+            b"stream:events",
+            b"workers",
+            b"-",
+            b"+",
+            b"100",
+        ],
     ));
     assert_eq!(pending.len(), 7);
     let pttl: i64 = ::redis::cmd("PTTL")
@@ -397,7 +422,10 @@ fn a_changed_value_is_named() {
     cmd(&mut t, &[b"PEXPIRE", b"string:ttl", b"36000000"]);
     cmd(&mut t, &[b"PERSIST", b"list:big"]);
     cmd(&mut t, &[b"HSET", b"hash:big", b"field-01234", b"changed"]);
-    cmd(&mut t, &[b"XACK", b"stream:events", b"workers", b"1700000000000-3"]);
+    cmd(
+        &mut t,
+        &[b"XACK", b"stream:events", b"workers", b"1700000000000-3"],
+    );
     cmd(&mut t, &[b"ZADD", b"zset:big", b"0.25", b"m00001"]);
 
     let out = offload(job.path(), &args("verify", &[], &[]));
@@ -486,6 +514,42 @@ fn kill_nine_at_three_points_then_resume() {
     flush(db);
 }
 
+/// A checkpoint taken on another run of the source server (it restarted, so its SCAN cursor
+/// means nothing now) is not trusted: the database is copied again from its start.
+#[test]
+fn a_checkpoint_from_before_a_source_restart_starts_the_database_over() {
+    let _servers = shared();
+    let db = 14;
+    flush(db);
+    let mut s = conn(&source(), db);
+    let mut pipe = ::redis::pipe();
+    for i in 0..5_000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    let _: () = pipe.query(&mut s).unwrap();
+    let job = tempfile::tempdir().unwrap();
+    let f = flags("14");
+    let a = args("copy", &f, &["--batch-rows", "1000"]);
+    let out = offload_env(job.path(), &a, &[("OFFLOAD_FAILPOINT", "after-batch:1")]);
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    // What the first batch wrote is lost with the "restart"; the saved cursor is past it.
+    flush_target(db);
+    let catalog = rusqlite::Connection::open(job.path().join("catalog.sqlite")).unwrap();
+    let changed = catalog
+        .execute(
+            "UPDATE unit SET cursor = json_set(cursor, '$.run_id', 'a-previous-run') WHERE cursor IS NOT NULL",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "one unit has a checkpoint");
+    drop(catalog);
+    let mut resume = a.clone();
+    resume.push("--resume");
+    assert_exit(&offload(job.path(), &resume), 0);
+    assert_eq!(dbsize(&target(), db), 5_000, "copied again from the start");
+    flush(db);
+}
+
 #[test]
 fn non_empty_target_is_refused_unless_skip_or_replace() {
     let _servers = shared();
@@ -511,7 +575,10 @@ fn non_empty_target_is_refused_unless_skip_or_replace() {
 
     let replace = tempfile::tempdir().unwrap();
     assert_exit(
-        &offload(replace.path(), &args("copy", &f, &["--if-exists", "replace"])),
+        &offload(
+            replace.path(),
+            &args("copy", &f, &["--if-exists", "replace"]),
+        ),
         0,
     );
     assert_exit(&offload(replace.path(), &args("verify", &[], &[])), 0);
@@ -559,11 +626,7 @@ fn bad_inputs_stop_before_writing() {
         ],
     );
     let src = url::Url::parse(&source()).unwrap();
-    let hostport = format!(
-        "{}:{}",
-        src.host_str().unwrap(),
-        src.port().unwrap_or(6379)
-    );
+    let hostport = format!("{}:{}", src.host_str().unwrap(), src.port().unwrap_or(6379));
     let run = |from: String, to: String| {
         let job = tempfile::tempdir().unwrap();
         let f = vec![
@@ -577,10 +640,7 @@ fn bad_inputs_stop_before_writing() {
         offload(job.path(), &args("copy", &f, &[]))
     };
 
-    let ok = run(
-        format!("redis://{user}:right-pass@{hostport}"),
-        target(),
-    );
+    let ok = run(format!("redis://{user}:right-pass@{hostport}"), target());
     assert_exit(&ok, 0);
     flush_target(db);
 
@@ -607,9 +667,77 @@ fn bad_inputs_stop_before_writing() {
         assert_exit(&out, 2);
         let t = text(&out);
         assert!(t.contains(says), "expected `{says}` in:\n{t}");
-        assert!(!t.contains("wrong-pass") && !t.contains("right-pass"), "{t}");
+        assert!(
+            !t.contains("wrong-pass") && !t.contains("right-pass"),
+            "{t}"
+        );
         assert_eq!(dbsize(&target(), db), 0, "nothing written: {t}");
     }
+    cmd(&mut s, &[b"ACL", b"DELUSER", user.as_bytes()]);
+    flush(db);
+}
+
+/// A source user that may not run scripts nor MEMORY USAGE: the plain pipelines do the work.
+#[test]
+fn a_source_without_scripts_still_copies_and_verifies() {
+    let _servers = shared();
+    let db = 13;
+    flush(db);
+    load(&source(), db, "types.redis");
+    load(&source(), db, "cache.redis");
+    let user = format!("offload_noscript_{}", std::process::id());
+    let mut s = conn(&source(), 0);
+    cmd(
+        &mut s,
+        &[
+            b"ACL",
+            b"SETUSER",
+            user.as_bytes(),
+            b"on",
+            b">pw",
+            b"~*",
+            b"&*",
+            b"+@all",
+            b"-@scripting",
+            b"-memory",
+        ],
+    );
+    let src = url::Url::parse(&source()).unwrap();
+    let from = format!(
+        "redis://{user}:pw@{}:{}",
+        src.host_str().unwrap(),
+        src.port().unwrap_or(6379)
+    );
+    let job = tempfile::tempdir().unwrap();
+    let f = vec![
+        "--from-redis".to_string(),
+        from,
+        "--to-redis".to_string(),
+        target(),
+        "--redis-dbs".to_string(),
+        db.to_string(),
+    ];
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    let verify = offload(job.path(), &args("verify", &f, &[]));
+    assert_exit(&verify, 0);
+    assert_same(db, db, 1_000);
+    // The scripts were refused, not just unused: the same user cannot EVAL.
+    let mut as_user = ::redis::Client::open(with_db(
+        &format!(
+            "redis://{user}:pw@{}:{}",
+            src.host_str().unwrap(),
+            src.port().unwrap_or(6379)
+        ),
+        db,
+    ))
+    .unwrap()
+    .get_connection()
+    .unwrap();
+    let refused: Result<Value, _> = ::redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(0)
+        .query(&mut as_user);
+    assert!(refused.is_err(), "the user must not run scripts");
     cmd(&mut s, &[b"ACL", b"DELUSER", user.as_bytes()]);
     flush(db);
 }
@@ -746,7 +874,11 @@ fn tutor_platform_copies_and_verifies_clean() {
     assert_exit(&copy, 0);
     let verify = offload_in(root.path(), job.path(), &["verify"]);
     assert_exit(&verify, 0);
-    assert!(text(&verify).contains("Safe to switch"), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("Safe to switch"),
+        "{}",
+        text(&verify)
+    );
     assert_eq!(assert_same(0, 0, 1_000), 10);
     assert_eq!(assert_same(1, 1, 1_000), 163);
     for url in [source(), target()] {

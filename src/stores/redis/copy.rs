@@ -345,9 +345,13 @@ pub async fn copy_key_typed(
                     .arg(b);
             }
             Piece::Items(v) if !v.is_empty() => {
-                pipe.cmd(if kind == KeyType::List { "RPUSH" } else { "SADD" })
-                    .arg(key)
-                    .arg(v);
+                pipe.cmd(if kind == KeyType::List {
+                    "RPUSH"
+                } else {
+                    "SADD"
+                })
+                .arg(key)
+                .arg(v);
             }
             Piece::Scored(v) if !v.is_empty() => {
                 let c = pipe.cmd("ZADD").arg(key);

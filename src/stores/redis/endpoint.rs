@@ -40,11 +40,16 @@ impl RedisEndpoint {
     /// Parse `redis[s]://[user[:password]@]host[:port][/db][?insecure=true&ca=FILE]`.
     pub fn parse(url: &str) -> Result<RedisEndpoint, String> {
         let expected = "expected redis://[user[:password]@]host:port[/db] or rediss://... for TLS";
-        let parsed = url::Url::parse(url).map_err(|e| format!("not a Redis URL ({e}); {expected}"))?;
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("not a Redis URL ({e}); {expected}"))?;
         let tls = match parsed.scheme() {
             "redis" => false,
             "rediss" => true,
-            other => return Err(format!("URL scheme `{other}` is not redis:// or rediss://; {expected}")),
+            other => {
+                return Err(format!(
+                    "URL scheme `{other}` is not redis:// or rediss://; {expected}"
+                ))
+            }
         };
         let host = parsed
             .host_str()
@@ -63,9 +68,12 @@ impl RedisEndpoint {
         let db = if path.is_empty() {
             None
         } else {
-            Some(path.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
-                format!("`/{path}` is not a database number; {expected}")
-            })?)
+            Some(
+                path.parse::<i64>()
+                    .ok()
+                    .filter(|d| *d >= 0)
+                    .ok_or_else(|| format!("`/{path}` is not a database number; {expected}"))?,
+            )
         };
         let mut insecure = parsed.fragment() == Some("insecure");
         let mut ca_file = None;
@@ -112,7 +120,11 @@ impl RedisEndpoint {
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
-        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         let user = self
             .username
             .as_deref()
@@ -235,12 +247,16 @@ pub fn map_error(side: &str, address: &str, e: &RedisError) -> StoreError {
     } else if code == "READONLY" {
         (
             ErrorKind::Query,
-            format!("the {side} server is a read-only replica: point --{}-redis at the primary", side_flag(side)),
+            format!(
+                "the {side} server is a read-only replica: point --{}-redis at the primary",
+                side_flag(side)
+            ),
         )
     } else if code == "LOADING" || code == "BUSY" || code == "TRYAGAIN" || code == "MASTERDOWN" {
         (
             ErrorKind::Transient,
-            "offload retries this on its own; if it keeps failing, check the server's log".to_string(),
+            "offload retries this on its own; if it keeps failing, check the server's log"
+                .to_string(),
         )
     } else if lower.contains("db index is out of range") || lower.contains("invalid db index") {
         (
@@ -295,8 +311,10 @@ mod tests {
 
     #[test]
     fn parses_urls_and_hides_the_password() {
-        let e = RedisEndpoint::parse("rediss://app%40x:p%40ss:w@cache.example.org:6380/3?ca=/etc/ca.pem")
-            .unwrap();
+        let e = RedisEndpoint::parse(
+            "rediss://app%40x:p%40ss:w@cache.example.org:6380/3?ca=/etc/ca.pem",
+        )
+        .unwrap();
         assert_eq!(e.username.as_deref(), Some("app@x"));
         assert_eq!(e.password.as_ref().unwrap().expose(), "p@ss:w");
         assert_eq!(e.address(), "cache.example.org:6380");
@@ -305,7 +323,10 @@ mod tests {
         assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert!(!tls.insecure);
         let shown = e.public_url();
-        assert!(!shown.contains("p%40ss") && !shown.contains("p@ss"), "{shown}");
+        assert!(
+            !shown.contains("p%40ss") && !shown.contains("p@ss"),
+            "{shown}"
+        );
         assert!(!format!("{e:?}").contains("p@ss"));
         // The public URL parses back to the same endpoint, less the password.
         let back = RedisEndpoint::parse(&shown).unwrap();
@@ -321,6 +342,12 @@ mod tests {
         assert!(RedisEndpoint::parse("mysql://h").is_err());
         assert!(RedisEndpoint::parse("redis://h/x").is_err());
         assert!(RedisEndpoint::parse("redis://h?insecure=true").is_err());
-        assert!(RedisEndpoint::parse("rediss://h#insecure").unwrap().tls.unwrap().insecure);
+        assert!(
+            RedisEndpoint::parse("rediss://h#insecure")
+                .unwrap()
+                .tls
+                .unwrap()
+                .insecure
+        );
     }
 }

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use serde_json::json;
-use futures_util::TryStreamExt;
 
 pub use endpoint::{RedisEndpoint, RedisTls};
 
@@ -43,8 +43,15 @@ pub struct DbChoice {
 impl DbChoice {
     /// Parse `N` (same number on the target) or `N:M` (source N into target M).
     pub fn parse(text: &str) -> Result<DbChoice, String> {
-        let bad = || format!("`{text}` is not a database number; use N or SOURCE:TARGET, e.g. 0 or 1:3");
-        let num = |s: &str| s.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+        let bad =
+            || format!("`{text}` is not a database number; use N or SOURCE:TARGET, e.g. 0 or 1:3");
+        let num = |s: &str| {
+            s.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(bad)
+        };
         match text.split_once(':') {
             Some((a, b)) => Ok(DbChoice {
                 source: num(a)?,
@@ -138,6 +145,7 @@ pub struct RedisStore {
     /// Per unit: keys expiring before this are left out of verification.
     cutoffs: Mutex<HashMap<String, Cutoff>>,
     source_has_expiretime: Mutex<Option<bool>>,
+    run_id: Mutex<Option<String>>,
 }
 
 fn side_key(side: Side) -> bool {
@@ -160,6 +168,7 @@ impl RedisStore {
             typed_keys: AtomicU64::new(0),
             cutoffs: Mutex::new(HashMap::new()),
             source_has_expiretime: Mutex::new(None),
+            run_id: Mutex::new(None),
         }
     }
 
@@ -270,6 +279,22 @@ impl RedisStore {
             .collect())
     }
 
+    /// The source server process's `run_id` (new at every restart).
+    async fn source_run_id(&self) -> Result<String, StoreError> {
+        if let Some(id) = self.run_id.lock().expect("run id").clone() {
+            return Ok(id);
+        }
+        let mut c = self.conn(Side::Source, 0).await?;
+        let text = survey::info(&mut c, "server")
+            .await
+            .map_err(|e| self.err(Side::Source, &e))?;
+        let id = survey::info_field(&text, "run_id")
+            .unwrap_or("")
+            .to_string();
+        *self.run_id.lock().expect("run id") = Some(id.clone());
+        Ok(id)
+    }
+
     async fn source_has_expiretime(&self) -> Result<bool, StoreError> {
         if let Some(v) = *self.source_has_expiretime.lock().expect("flag") {
             return Ok(v);
@@ -340,13 +365,16 @@ impl RedisStore {
             tolerance_ms: self.options.ttl_tolerance_ms,
             scripts: self.digest_scripts[usize::from(side == Side::Target)].clone(),
         };
-        let pages = futures_util::stream::try_unfold((conn, 0u64, false), |(mut c, cursor, done)| async move {
-            if done {
-                return Ok(None);
-            }
-            let (next, keys) = scan(&mut c, cursor).await?;
-            Ok(Some((keys, (c, next, next == 0))))
-        })
+        let pages = futures_util::stream::try_unfold(
+            (conn, 0u64, false),
+            |(mut c, cursor, done)| async move {
+                if done {
+                    return Ok(None);
+                }
+                let (next, keys) = scan(&mut c, cursor).await?;
+                Ok(Some((keys, (c, next, next == 0))))
+            },
+        )
         .map_err(|e| self.err(side, &e).in_unit(&unit.name));
         let pass = &pass;
         let digests = pages
@@ -433,7 +461,10 @@ impl RedisStore {
             return Ok((rows, bytes));
         }
         if self.scripts.load(Ordering::SeqCst) {
-            match self.copy_keys_scripted(&mut src, &mut tgt, keys.clone()).await {
+            match self
+                .copy_keys_scripted(&mut src, &mut tgt, keys.clone())
+                .await
+            {
                 Err(SideError(Side::Source, e)) if copy::scripts_refused(&e) => {
                     if self.scripts.swap(false, Ordering::SeqCst) {
                         tracing::info!(store = "redis", error = %e, "the source does not run scripts; reading with plain pipelines");
@@ -460,9 +491,7 @@ impl RedisStore {
             groups.last_mut().expect("a group").push(key);
         }
         for group in groups.into_iter().filter(|g| !g.is_empty()) {
-            let (dumped, read_at) = copy::dump_group(&mut src, group)
-                .await
-                .on(Side::Source)?;
+            let (dumped, read_at) = copy::dump_group(&mut src, group).await.on(Side::Source)?;
             match copy::restore_group(&mut tgt, &dumped, read_at).await {
                 Ok((r, b)) => {
                     rows += r;
@@ -656,7 +685,11 @@ impl Store for RedisStore {
             // Opening the database proves it exists on the target before anything is written.
             let mut c = self.conn(Side::Target, db).await?;
             if policy == IfExists::Replace && occupied.contains(&u.name) {
-                tracing::warn!(store = "redis", database = db, "emptying the target database (FLUSHDB), as --if-exists replace asks");
+                tracing::warn!(
+                    store = "redis",
+                    database = db,
+                    "emptying the target database (FLUSHDB), as --if-exists replace asks"
+                );
                 redis::cmd("FLUSHDB")
                     .query_async::<()>(&mut c)
                     .await
@@ -682,18 +715,31 @@ impl Store for RedisStore {
         unit: &Unit,
         after: Option<&Cursor>,
     ) -> Result<BatchOutcome, StoreError> {
+        let run_id = self.source_run_id().await?;
         let start = match after {
             None => 0,
-            Some(c) => decode_cursor(c).ok_or_else(|| {
-                StoreError::new(
-                    StoreKind::Redis,
-                    self.source.address(),
-                    ErrorKind::Input,
-                    format!("unreadable cursor {}", c.0),
-                    "the job folder was written by another version; start over with --restart",
-                )
-                .in_unit(&unit.name)
-            })?,
+            Some(c) => {
+                let cursor = decode_cursor(c).ok_or_else(|| {
+                    StoreError::new(
+                        StoreKind::Redis,
+                        self.source.address(),
+                        ErrorKind::Input,
+                        format!("unreadable cursor {}", c.0),
+                        "the job folder was written by another version; start over with --restart",
+                    )
+                    .in_unit(&unit.name)
+                })?;
+                // A SCAN cursor means something only to the server process that issued it: after
+                // a restart of the source its table may be laid out differently, so start over
+                // (harmless: RESTORE ... REPLACE).
+                match c.0.get("run_id").and_then(|v| v.as_str()) {
+                    Some(id) if id != run_id => {
+                        tracing::warn!(store = "redis", unit = %unit.name, "the source server restarted since the checkpoint; copying this database again from its start");
+                        0
+                    }
+                    _ => cursor,
+                }
+            }
         };
         let dbs = Self::dbs_of(unit);
         let src = self.conn(Side::Source, dbs.source).await?;
@@ -702,7 +748,8 @@ impl Store for RedisStore {
             Ok((rows, bytes, next)) => Ok(BatchOutcome {
                 rows,
                 bytes,
-                next: (next != 0).then(|| Cursor(json!({"scan": next.to_string()}))),
+                next: (next != 0)
+                    .then(|| Cursor(json!({"scan": next.to_string(), "run_id": run_id}))),
             }),
             Err(e) => {
                 let db = if e.0 == Side::Source {

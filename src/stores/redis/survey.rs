@@ -111,10 +111,7 @@ async fn celery_queues(conn: &mut MultiplexedConnection) -> RedisResult<(Vec<(St
     let replies = super::copy::run(conn, &pipe).await?;
     let lens: Vec<i64> = replies.iter().map(|r| int_of(r).unwrap_or(0)).collect();
     let unacked = *lens.last().unwrap_or(&0);
-    Ok((
-        queues.into_iter().zip(lens).collect::<Vec<_>>(),
-        unacked,
-    ))
+    Ok((queues.into_iter().zip(lens).collect::<Vec<_>>(), unacked))
 }
 
 /// Clients of the source other than this connection (replicas and monitors left out).
@@ -290,9 +287,9 @@ pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
                 store.options.celery_db
             ));
         } else {
-            survey
-                .notes
-                .push(format!("db{db}{into}: {keys} keys (not one Tutor uses by default)"));
+            survey.notes.push(format!(
+                "db{db}{into}: {keys} keys (not one Tutor uses by default)"
+            ));
         }
     }
     if selected.is_empty() {
@@ -309,7 +306,8 @@ mod tests {
 
     #[test]
     fn reads_info_text() {
-        let ks = "# Keyspace\r\ndb0:keys=12,expires=3,avg_ttl=0\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
+        let ks =
+            "# Keyspace\r\ndb0:keys=12,expires=3,avg_ttl=0\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
         assert_eq!(parse_keyspace(ks), vec![(0, 12), (3, 1)]);
         let mem = "used_memory:1000\r\nused_memory_dataset:600\r\nmaxmemory_policy:noeviction\r\n";
         assert_eq!(info_u64(mem, "used_memory"), Some(1000));

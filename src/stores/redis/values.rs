@@ -273,8 +273,14 @@ impl PieceReader {
             }
             KeyType::List => {
                 let v = items(
-                    query(conn, redis::cmd("LRANGE").arg(key).arg(self.pos).arg(self.pos + n - 1))
-                        .await?,
+                    query(
+                        conn,
+                        redis::cmd("LRANGE")
+                            .arg(key)
+                            .arg(self.pos)
+                            .arg(self.pos + n - 1),
+                    )
+                    .await?,
                 )?;
                 self.pos += v.len() as i64;
                 self.done = (v.len() as i64) < n;
