@@ -5,9 +5,11 @@
 //!
 //! Tested against Debian's redis-server 7.0 on both sides, TLS, and a redis-server 6.2 target.
 
+mod batch;
 mod copy;
 mod digest;
 mod endpoint;
+mod pass;
 mod survey;
 mod values;
 
@@ -16,16 +18,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures_util::TryStreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Value};
+use redis::RedisError;
 use serde_json::json;
 
 pub use endpoint::{RedisEndpoint, RedisTls};
 
-use copy::{OnSide, SideError};
-use digest::{local_ms, Cutoff, DigestPass, KeyDigest};
-use values::{display_key, text_of};
+use batch::decode_cursor;
+use copy::SideError;
+use digest::Cutoff;
+use values::display_key;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
@@ -294,310 +296,6 @@ impl RedisStore {
         *self.run_id.lock().expect("run id") = Some(id.clone());
         Ok(id)
     }
-
-    async fn source_has_expiretime(&self) -> Result<bool, StoreError> {
-        if let Some(v) = *self.source_has_expiretime.lock().expect("flag") {
-            return Ok(v);
-        }
-        let mut c = self.conn(Side::Source, 0).await?;
-        let version = survey::server_version(&mut c)
-            .await
-            .map_err(|e| self.err(Side::Source, &e))?;
-        let has = survey::version_at_least(&version, 7, 0);
-        *self.source_has_expiretime.lock().expect("flag") = Some(has);
-        Ok(has)
-    }
-
-    /// The unit's verification cutoff, fixed at its first digest: now plus a horizon long enough
-    /// for both sides to be read.
-    async fn cutoff(&self, unit: &Unit) -> Result<Cutoff, StoreError> {
-        if let Some(c) = self.cutoffs.lock().expect("cutoffs").get(&unit.name) {
-            return Ok(*c);
-        }
-        let horizon_ms = 60_000 + (unit.est_rows / 10) as i64;
-        let db = Self::dbs_of(unit).source;
-        let mut c = self.conn(Side::Source, db).await?;
-        let time: Vec<String> = redis::cmd("TIME")
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(Side::Source, &e))?;
-        let server_ms = match (time.first(), time.get(1)) {
-            (Some(s), Some(us)) => s.parse::<i64>().ok().zip(us.parse::<i64>().ok()),
-            _ => None,
-        }
-        .map(|(s, us)| s * 1000 + us / 1000);
-        let cutoff = Cutoff {
-            source_ms: server_ms.map(|m| m + horizon_ms),
-            local_ms: local_ms() + horizon_ms,
-        };
-        let mut map = self.cutoffs.lock().expect("cutoffs");
-        Ok(*map.entry(unit.name.clone()).or_insert(cutoff))
-    }
-
-    /// Walk one side's database with SCAN and digest every key; `each` sees every key digest and
-    /// returns false to stop early.
-    async fn digest_side(
-        &self,
-        side: Side,
-        unit: &Unit,
-        mut each: impl FnMut(KeyDigest) -> bool,
-    ) -> Result<(), StoreError> {
-        let dbs = Self::dbs_of(unit);
-        let db = if side == Side::Source {
-            dbs.source
-        } else {
-            dbs.target
-        };
-        let cutoff = self.cutoff(unit).await?;
-        let expiretime = self.source_has_expiretime().await?;
-        let conn = self.conn(side, db).await?;
-        let source = if side == Side::Target {
-            Some(self.conn(Side::Source, dbs.source).await?)
-        } else {
-            None
-        };
-        let pass = DigestPass {
-            side,
-            conn: conn.clone(),
-            source,
-            expiretime,
-            cutoff,
-            tolerance_ms: self.options.ttl_tolerance_ms,
-            scripts: self.digest_scripts[usize::from(side == Side::Target)].clone(),
-        };
-        let pages = futures_util::stream::try_unfold(
-            (conn, 0u64, false),
-            |(mut c, cursor, done)| async move {
-                if done {
-                    return Ok(None);
-                }
-                let (next, keys) = scan(&mut c, cursor).await?;
-                Ok(Some((keys, (c, next, next == 0))))
-            },
-        )
-        .map_err(|e| self.err(side, &e).in_unit(&unit.name));
-        let pass = &pass;
-        let digests = pages
-            .map_ok(|keys| async move {
-                pass.page(keys)
-                    .await
-                    .map_err(|e| self.side_err(e).in_unit(&unit.name))
-            })
-            .try_buffer_unordered(PAGES_IN_FLIGHT);
-        let mut digests = std::pin::pin!(digests);
-        while let Some(page) = digests.try_next().await? {
-            for d in page {
-                if !each(d) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copy one batch: SCAN pages from `cursor` until about `batch_keys` keys are seen, with
-    /// several pages in flight at once (each read, then written); the batch ends when all are
-    /// written, so the returned cursor is a safe checkpoint.
-    async fn copy_pages(
-        &self,
-        src: MultiplexedConnection,
-        tgt: MultiplexedConnection,
-        cursor: u64,
-    ) -> Result<(u64, u64, u64), SideError> {
-        let batch_keys = self.options.batch_keys.max(1);
-        let end_cursor = std::sync::Arc::new(AtomicU64::new(cursor));
-        let last_seen = end_cursor.clone();
-        let pages = futures_util::stream::try_unfold(
-            (src.clone(), cursor, 0u64, false),
-            move |(mut conn, cursor, seen, done)| {
-                let end_cursor = last_seen.clone();
-                async move {
-                    if done {
-                        return Ok(None);
-                    }
-                    let (next, keys) = scan(&mut conn, cursor).await.on(Side::Source)?;
-                    end_cursor.store(next, Ordering::SeqCst);
-                    let seen = seen + keys.len() as u64;
-                    let done = next == 0 || seen >= batch_keys;
-                    Ok(Some((keys, (conn, next, seen, done))))
-                }
-            },
-        );
-        let copied = pages
-            .map_ok(|keys| {
-                let (src, tgt) = (src.clone(), tgt.clone());
-                async move { self.copy_keys(src, tgt, keys).await }
-            })
-            .try_buffer_unordered(PAGES_IN_FLIGHT);
-        let mut copied = std::pin::pin!(copied);
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        while let Some((r, b)) = copied.try_next().await? {
-            rows += r;
-            bytes += b;
-        }
-        Ok((rows, bytes, end_cursor.load(Ordering::SeqCst)))
-    }
-
-    /// Copy the keys of one SCAN page: small ones dumped and restored in byte-bounded groups,
-    /// big ones (and all in typed mode) rebuilt in pieces.
-    async fn copy_keys(
-        &self,
-        mut src: MultiplexedConnection,
-        mut tgt: MultiplexedConnection,
-        keys: Vec<Vec<u8>>,
-    ) -> Result<(u64, u64), SideError> {
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        if keys.is_empty() {
-            return Ok((0, 0));
-        }
-        if self.typed.load(Ordering::SeqCst) {
-            for k in &keys {
-                if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
-                    rows += 1;
-                    bytes += b;
-                    self.typed_keys.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            return Ok((rows, bytes));
-        }
-        if self.scripts.load(Ordering::SeqCst) {
-            match self
-                .copy_keys_scripted(&mut src, &mut tgt, keys.clone())
-                .await
-            {
-                Err(SideError(Side::Source, e)) if copy::scripts_refused(&e) => {
-                    if self.scripts.swap(false, Ordering::SeqCst) {
-                        tracing::info!(store = "redis", error = %e, "the source does not run scripts; reading with plain pipelines");
-                    }
-                }
-                other => return other,
-            }
-        }
-        let sizes = copy::probe_sizes(&mut src, &keys).await.on(Side::Source)?;
-        let mut groups: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
-        let mut group_bytes = 0u64;
-        let mut big = Vec::new();
-        for (key, size) in keys.into_iter().zip(sizes) {
-            let size = size.unwrap_or(0);
-            if size > self.options.big_key_bytes {
-                big.push(key);
-                continue;
-            }
-            if group_bytes >= self.options.group_bytes {
-                groups.push(Vec::new());
-                group_bytes = 0;
-            }
-            group_bytes += size;
-            groups.last_mut().expect("a group").push(key);
-        }
-        for group in groups.into_iter().filter(|g| !g.is_empty()) {
-            let (dumped, read_at) = copy::dump_group(&mut src, group).await.on(Side::Source)?;
-            match copy::restore_group(&mut tgt, &dumped, read_at).await {
-                Ok((r, b)) => {
-                    rows += r;
-                    bytes += b;
-                }
-                Err(e) if copy::payload_rejected(&e) => {
-                    if !self.typed.swap(true, Ordering::SeqCst) {
-                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                    }
-                    big.extend(dumped.into_iter().map(|d| d.key));
-                }
-                Err(e) => return Err(SideError(Side::Target, e)),
-            }
-        }
-        for k in &big {
-            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
-            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
-                rows += 1;
-                bytes += b;
-                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok((rows, bytes))
-    }
-}
-
-impl RedisStore {
-    /// [`RedisStore::copy_keys`] with the server-side read: one EVAL per group of keys.
-    async fn copy_keys_scripted(
-        &self,
-        src: &mut MultiplexedConnection,
-        tgt: &mut MultiplexedConnection,
-        mut keys: Vec<Vec<u8>>,
-    ) -> Result<(u64, u64), SideError> {
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        let mut big = Vec::new();
-        while !keys.is_empty() {
-            let read = copy::dump_scripted(
-                src,
-                std::mem::take(&mut keys),
-                self.options.big_key_bytes,
-                self.options.group_bytes,
-            )
-            .await
-            .on(Side::Source)?;
-            keys = read.unread;
-            big.extend(read.big);
-            match copy::restore_group(tgt, &read.dumped, read.read_at).await {
-                Ok((r, b)) => {
-                    rows += r;
-                    bytes += b;
-                }
-                Err(e) if copy::payload_rejected(&e) => {
-                    if !self.typed.swap(true, Ordering::SeqCst) {
-                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                    }
-                    big.extend(read.dumped.into_iter().map(|d| d.key));
-                }
-                Err(e) => return Err(SideError(Side::Target, e)),
-            }
-        }
-        for k in &big {
-            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
-            if let Some(b) = copy::copy_key_typed(src, tgt, k).await? {
-                rows += 1;
-                bytes += b;
-                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok((rows, bytes))
-    }
-}
-
-/// One SCAN call: the next cursor and the keys it returned.
-async fn scan(
-    conn: &mut MultiplexedConnection,
-    cursor: u64,
-) -> redis::RedisResult<(u64, Vec<Vec<u8>>)> {
-    let reply: Value = redis::cmd("SCAN")
-        .arg(cursor)
-        .arg("COUNT")
-        .arg(SCAN_COUNT)
-        .query_async(conn)
-        .await?;
-    let Value::Array(mut parts) = reply else {
-        return Err(values::unexpected("a SCAN reply"));
-    };
-    if parts.len() != 2 {
-        return Err(values::unexpected("a SCAN reply"));
-    }
-    let keys = parts.pop().expect("two parts");
-    let next = text_of(parts.pop().expect("two parts"))?
-        .parse::<u64>()
-        .map_err(|_| values::unexpected("a SCAN cursor"))?;
-    let keys = match keys {
-        Value::Array(k) => k
-            .into_iter()
-            .map(values::bytes_of)
-            .collect::<redis::RedisResult<Vec<_>>>()?,
-        _ => return Err(values::unexpected("SCAN keys")),
-    };
-    Ok((next, keys))
-}
-
-fn decode_cursor(c: &Cursor) -> Option<u64> {
-    c.0.get("scan")?.as_str()?.parse().ok()
 }
 
 fn digest_hex(sum: u128) -> String {

@@ -245,12 +245,11 @@ pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
     let stats = info(&mut src, "stats").await.map_err(err(Side::Source))?;
     let ops = info_u64(&stats, "instantaneous_ops_per_sec").unwrap_or(0);
     let others = other_clients(&mut src).await.unwrap_or_default();
-    let quiet = others.is_empty() && ops < 20;
     survey.checks.push(Check::new(
         "writers",
         true,
-        if quiet {
-            "no other client is connected to the source".to_string()
+        if others.is_empty() {
+            format!("no other client is connected to the source (about {ops} commands/s, offload's own included)")
         } else {
             format!(
                 "warning: {} other client(s) are connected to the source ({}{}) and it runs about {ops} commands/s: the platform is still running. Keys written during the copy may be missed; stop it (see the Celery note) before the final copy",
