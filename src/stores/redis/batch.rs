@@ -2,6 +2,7 @@
 //! each read with the server-side script (or plain pipelines where scripts are refused),
 //! restored on the target, and big keys rebuilt in pieces.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::TryStreamExt;
@@ -26,18 +27,26 @@ impl RedisStore {
         let batch_keys = self.options.batch_keys.max(1);
         let end_cursor = std::sync::Arc::new(AtomicU64::new(cursor));
         let last_seen = end_cursor.clone();
+        // SCAN may return a key twice (when the table shrinks between calls). Two pages in flight
+        // must not rebuild the same key at once, so a batch drops the keys it already has.
+        let in_batch = std::sync::Arc::new(std::sync::Mutex::new(HashSet::<Vec<u8>>::new()));
         let pages = futures_util::stream::try_unfold(
             (src.clone(), cursor, 0u64, false),
             move |(mut conn, cursor, seen, done)| {
                 let end_cursor = last_seen.clone();
+                let in_batch = in_batch.clone();
                 async move {
                     if done {
                         return Ok(None);
                     }
-                    let (next, keys) = scan(&mut conn, cursor).await.on(Side::Source)?;
+                    let (next, mut keys) = scan(&mut conn, cursor).await.on(Side::Source)?;
                     end_cursor.store(next, Ordering::SeqCst);
                     let seen = seen + keys.len() as u64;
                     let done = next == 0 || seen >= batch_keys;
+                    {
+                        let mut known = in_batch.lock().expect("batch keys");
+                        keys.retain(|k| known.insert(k.clone()));
+                    }
                     Ok(Some((keys, (conn, next, seen, done))))
                 }
             },
