@@ -92,6 +92,37 @@ pub struct JobArgs {
     #[arg(long, value_name = "FILE")]
     pub to_mysql_password_file: Option<PathBuf>,
 
+    /// Source Redis, overriding config.yml's REDIS_HOST/REDIS_PORT/REDIS_USERNAME/REDIS_PASSWORD:
+    /// redis://[user[:password]@]host:port[/db] (rediss:// for TLS). The password may instead come
+    /// from OFFLOAD_FROM_REDIS_PASSWORD or --from-redis-password-file.
+    #[arg(long, value_name = "URL")]
+    pub from_redis: Option<String>,
+
+    /// File whose first line is the source Redis password.
+    #[arg(long, value_name = "FILE")]
+    pub from_redis_password_file: Option<PathBuf>,
+
+    /// Target Redis: redis://[user[:password]@]host:port[/db], or rediss://...[?ca=FILE |
+    /// ?insecure=true] for TLS. The password may instead come from OFFLOAD_TO_REDIS_PASSWORD or
+    /// --to-redis-password-file.
+    #[arg(long, value_name = "URL")]
+    pub to_redis: Option<String>,
+
+    /// File whose first line is the target Redis password.
+    #[arg(long, value_name = "FILE")]
+    pub to_redis_password_file: Option<PathBuf>,
+
+    /// Redis databases to copy, comma-separated: N, or SRC:DST to land source database SRC in
+    /// target database DST [default: every database that holds keys]. Tutor uses 0 for the Celery
+    /// broker and 1 for the Django cache, which is safe to leave out (`--redis-dbs 0`).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub redis_dbs: Vec<String>,
+
+    /// Rebuild Redis values with typed commands instead of DUMP/RESTORE (what offload does by
+    /// itself when the target cannot restore the source's payloads, e.g. an older server).
+    #[arg(long)]
+    pub redis_typed: bool,
+
     /// YAML file of targets, e.g. `mysql: mysql://root@db.internal:3306` (and `mysql_password_file:`),
     /// instead of --to-* flags.
     #[arg(long, value_name = "FILE")]

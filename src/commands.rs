@@ -96,6 +96,12 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         create_users,
         batch_rows,
         split_bytes: args.split_bytes,
+        from_redis: args.from_redis.clone(),
+        from_redis_password_file: args.from_redis_password_file.clone(),
+        to_redis: args.to_redis.clone(),
+        to_redis_password_file: args.to_redis_password_file.clone(),
+        redis_dbs: args.redis_dbs.clone(),
+        redis_typed: args.redis_typed,
     }
 }
 
@@ -107,7 +113,11 @@ fn job_dir_of(args: &JobArgs) -> std::path::PathBuf {
 
 /// Whether the flags name any endpoint themselves (otherwise a job's record is used).
 fn names_endpoints(args: &JobArgs) -> bool {
-    args.to_mysql.is_some() || args.targets.is_some() || args.from_mysql.is_some()
+    args.to_mysql.is_some()
+        || args.targets.is_some()
+        || args.from_mysql.is_some()
+        || args.to_redis.is_some()
+        || args.from_redis.is_some()
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {

@@ -11,6 +11,7 @@ use crate::core::catalog::Setup;
 use crate::core::{Store, StoreKind};
 use crate::secret::{read_secret_file, Secret, SecretSource};
 use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
+use crate::stores::redis::{CopyMode, DbChoice, RedisEndpoint, RedisOptions, RedisStore};
 use crate::tutor::TutorConfig;
 
 /// Everything a command needs to know, resolved.
@@ -19,6 +20,7 @@ pub struct Settings {
     pub tutor: Option<TutorConfig>,
     pub job_dir: PathBuf,
     pub mysql: Option<MysqlSettings>,
+    pub redis: Option<RedisSettings>,
     pub parallel: usize,
 }
 
@@ -39,6 +41,16 @@ pub struct MysqlSettings {
     pub options: MysqlOptions,
 }
 
+/// The Redis part of the settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub source: RedisEndpoint,
+    pub source_secret: SecretSource,
+    pub target: RedisEndpoint,
+    pub target_secret: SecretSource,
+    pub options: RedisOptions,
+}
+
 /// The flags that shape the settings (a subset of the CLI's, so the library does not depend on clap).
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -56,6 +68,13 @@ pub struct Inputs {
     pub create_users: bool,
     pub batch_rows: Option<u64>,
     pub split_bytes: u64,
+    pub from_redis: Option<String>,
+    pub from_redis_password_file: Option<PathBuf>,
+    pub to_redis: Option<String>,
+    pub to_redis_password_file: Option<PathBuf>,
+    /// `N` or `SOURCE:TARGET` database numbers.
+    pub redis_dbs: Vec<String>,
+    pub redis_typed: bool,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -67,7 +86,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL or --to-redis URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -100,6 +119,8 @@ fn invalid(what: impl Into<String>, detail: impl Into<String>) -> SettingsError 
 struct TargetsFile {
     mysql: Option<String>,
     mysql_password_file: Option<PathBuf>,
+    redis: Option<String>,
+    redis_password_file: Option<PathBuf>,
 }
 
 /// A config.yml value as text (numbers and booleans as YAML writes them).
@@ -129,10 +150,12 @@ pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
 }
 
 /// The stores this version can move.
-pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql];
+pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql, StoreKind::Redis];
 
 const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
 const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
+const FROM_REDIS_ENV: &str = "OFFLOAD_FROM_REDIS_PASSWORD";
+const TO_REDIS_ENV: &str = "OFFLOAD_TO_REDIS_PASSWORD";
 
 impl Settings {
     /// Resolve settings from flags; `recorded` is the endpoint record of an existing job, used when
@@ -222,11 +245,30 @@ impl Settings {
         } else {
             None
         };
+        let recorded_redis = recorded.and_then(|r| r.get("redis"));
+        let has_redis_target =
+            inputs.to_redis.is_some() || targets.redis.is_some() || recorded_redis.is_some();
+        let redis_selected = if wanted.is_empty() {
+            has_redis_target
+        } else {
+            wanted.contains(&StoreKind::Redis)
+        };
+        let redis = if redis_selected {
+            Some(Self::resolve_redis(
+                inputs,
+                &targets,
+                tutor.as_ref(),
+                recorded_redis,
+            )?)
+        } else {
+            None
+        };
         let settings = Settings {
             tutor_root,
             tutor,
             job_dir,
             mysql,
+            redis,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -237,7 +279,170 @@ impl Settings {
 
     /// Whether no store is selected.
     pub fn is_empty(&self) -> bool {
-        self.mysql.is_none()
+        self.mysql.is_none() && self.redis.is_none()
+    }
+
+    fn resolve_redis(
+        inputs: &Inputs,
+        targets: &TargetsFile,
+        tutor: Option<&TutorConfig>,
+        recorded: Option<&serde_json::Value>,
+    ) -> Result<RedisSettings, SettingsError> {
+        let recorded_end = |side: &str| -> Option<EndpointRecord> {
+            recorded
+                .and_then(|r| r.get(side))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        let reopen_redis = |rec: &EndpointRecord, side: &str| {
+            let mut e = RedisEndpoint::parse(&rec.url)
+                .map_err(|d| invalid(format!("the job's {side} Redis URL"), d))?;
+            let env = if side == "source" {
+                FROM_REDIS_ENV
+            } else {
+                TO_REDIS_ENV
+            };
+            e.password = recover_password(&rec.secret, "Redis", side, env, tutor)?;
+            Ok::<_, SettingsError>((e, rec.secret.clone()))
+        };
+        // Source: the flag, else the job's record, else config.yml (REDIS_HOST, ...).
+        let (source, source_secret) = if let Some(url) = &inputs.from_redis {
+            let mut e = RedisEndpoint::parse(url).map_err(|d| invalid("--from-redis", d))?;
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: FROM_REDIS_ENV,
+                    file: inputs.from_redis_password_file.as_deref(),
+                    file_flag: "--from-redis-password-file",
+                    tutor: None,
+                },
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("source") {
+            reopen_redis(&rec, "source")?
+        } else {
+            let cfg = tutor.ok_or_else(|| {
+                invalid("source Redis", "no config.yml found in the Tutor root and no --from-redis given; pass --tutor-root DIR or --from-redis URL")
+            })?;
+            let host = config_text(cfg, "REDIS_HOST").unwrap_or_else(|| "redis".into());
+            let port = config_text(cfg, "REDIS_PORT")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(6379);
+            let username = config_text(cfg, "REDIS_USERNAME").filter(|u| !u.is_empty());
+            let mut e = RedisEndpoint {
+                host,
+                port,
+                username,
+                password: None,
+                tls: None,
+                db: None,
+            };
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: FROM_REDIS_ENV,
+                    file: inputs.from_redis_password_file.as_deref(),
+                    file_flag: "--from-redis-password-file",
+                    tutor: Some((cfg, "REDIS_PASSWORD")),
+                },
+            )?;
+            (e, secret)
+        };
+
+        let target_url = inputs.to_redis.clone().or_else(|| targets.redis.clone());
+        let (target, target_secret) = if let Some(url) = target_url {
+            let mut e = RedisEndpoint::parse(&url).map_err(|d| invalid("--to-redis", d))?;
+            let file = inputs
+                .to_redis_password_file
+                .clone()
+                .or_else(|| targets.redis_password_file.clone());
+            let secret = find_password(
+                &mut e.password,
+                &PasswordLookup {
+                    env: TO_REDIS_ENV,
+                    file: file.as_deref(),
+                    file_flag: "--to-redis-password-file",
+                    tutor: None,
+                },
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("target") {
+            reopen_redis(&rec, "target")?
+        } else {
+            return Err(SettingsError::NoTarget {
+                store: "redis".into(),
+            });
+        };
+
+        let dbs_text: Vec<String> = if inputs.redis_dbs.is_empty() {
+            recorded
+                .and_then(|r| r.get("dbs"))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default()
+        } else {
+            inputs.redis_dbs.clone()
+        };
+        let mut dbs = dbs_text
+            .iter()
+            .map(|d| DbChoice::parse(d).map_err(|e| invalid("--redis-dbs", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A database number in a URL path: the source's selects it, the target's receives it.
+        if dbs.is_empty() {
+            if let Some(db) = source.db {
+                dbs.push(DbChoice {
+                    source: db,
+                    target: target.db.unwrap_or(db),
+                });
+            }
+        }
+        if let Some(tdb) = target.db {
+            match dbs.as_mut_slice() {
+                [one] => one.target = tdb,
+                _ => {
+                    return Err(invalid(
+                        "--to-redis",
+                        "a database number in the target URL needs exactly one source database (--redis-dbs N or a number in --from-redis); map several with --redis-dbs SRC:DST",
+                    ))
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &dbs {
+            if !seen.insert(d.target) {
+                return Err(invalid(
+                    "--redis-dbs",
+                    format!(
+                        "two source databases would land in target database {}",
+                        d.target
+                    ),
+                ));
+            }
+        }
+        let config_db = |key: &str, default: i64| {
+            tutor
+                .and_then(|t| config_text(t, key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Ok(RedisSettings {
+            source,
+            source_secret,
+            target,
+            target_secret,
+            options: RedisOptions {
+                dbs,
+                celery_db: config_db("OPENEDX_CELERY_REDIS_DB", 0),
+                cache_db: config_db("OPENEDX_CACHE_REDIS_DB", 1),
+                batch_keys: inputs
+                    .batch_rows
+                    .unwrap_or(RedisOptions::default().batch_keys),
+                mode: if inputs.redis_typed {
+                    CopyMode::Typed
+                } else {
+                    CopyMode::Auto
+                },
+                ..RedisOptions::default()
+            },
+        })
     }
 
     fn resolve_mysql(
@@ -382,6 +587,13 @@ impl Settings {
                 self.parallel,
             )));
         }
+        if let Some(r) = &self.redis {
+            out.push(Arc::new(RedisStore::new(
+                r.source.clone(),
+                r.target.clone(),
+                r.options.clone(),
+            )));
+        }
         out
     }
 
@@ -400,6 +612,16 @@ impl Settings {
                     "target": EndpointRecord { url: m.target.public_url(), secret: m.target_secret.clone() },
                     "databases": m.options.databases,
                     "exclude": m.options.exclude,
+                }),
+            );
+        }
+        if let Some(r) = &self.redis {
+            endpoints.insert(
+                "redis".into(),
+                json!({
+                    "source": EndpointRecord { url: r.source.public_url(), secret: r.source_secret.clone() },
+                    "target": EndpointRecord { url: r.target.public_url(), secret: r.target_secret.clone() },
+                    "dbs": r.options.dbs.iter().map(|d| d.render()).collect::<Vec<_>>(),
                 }),
             );
         }

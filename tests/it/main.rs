@@ -10,4 +10,5 @@ mod job;
 mod meilisearch;
 mod migrate;
 mod mysql;
+mod redis;
 mod support;

@@ -1,0 +1,353 @@
+//! A Redis server address with credentials, parsed from `redis://` and `rediss://` URLs, how to
+//! open connections to one of its databases, and the mapping of driver errors to actionable
+//! [`StoreError`]s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, ProtocolVersion,
+    RedisConnectionInfo, RedisError, TlsCertificates,
+};
+
+use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::secret::Secret;
+
+/// TLS settings of a `rediss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// Accept any certificate (`?insecure=true`): for self-signed servers on a trusted network.
+    pub insecure: bool,
+    /// Trust this PEM file instead of the system's certificate store (`?ca=FILE`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One Redis server as offload connects to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// ACL user; `None` means the `default` user.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<RedisTls>,
+    /// The database number in the URL path, when there is one.
+    pub db: Option<i64>,
+}
+
+impl RedisEndpoint {
+    /// Parse `redis[s]://[user[:password]@]host[:port][/db][?insecure=true&ca=FILE]`.
+    pub fn parse(url: &str) -> Result<RedisEndpoint, String> {
+        let expected = "expected redis://[user[:password]@]host:port[/db] or rediss://... for TLS";
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("not a Redis URL ({e}); {expected}"))?;
+        let tls = match parsed.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(format!(
+                    "URL scheme `{other}` is not redis:// or rediss://; {expected}"
+                ))
+            }
+        };
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("the Redis URL has no host; {expected}"))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let username = Some(decode(parsed.username())).filter(|u| !u.is_empty());
+        let password = parsed.password().map(|p| Secret::new(decode(p)));
+        let path = parsed.path().trim_matches('/');
+        let db = if path.is_empty() {
+            None
+        } else {
+            Some(
+                path.parse::<i64>()
+                    .ok()
+                    .filter(|d| *d >= 0)
+                    .ok_or_else(|| format!("`/{path}` is not a database number; {expected}"))?,
+            )
+        };
+        let mut insecure = parsed.fragment() == Some("insecure");
+        let mut ca_file = None;
+        for (k, v) in parsed.query_pairs() {
+            match k.as_ref() {
+                "insecure" => insecure = matches!(v.as_ref(), "true" | "1" | "yes"),
+                "ca" => ca_file = Some(PathBuf::from(v.as_ref())),
+                other => {
+                    return Err(format!(
+                        "unknown Redis URL option `{other}`; known: insecure=true, ca=FILE (with rediss://)"
+                    ))
+                }
+            }
+        }
+        if !tls && (insecure || ca_file.is_some()) {
+            return Err("insecure= and ca= apply to TLS only: use rediss://".into());
+        }
+        Ok(RedisEndpoint {
+            host,
+            port: parsed.port().unwrap_or(6379),
+            username,
+            password,
+            tls: tls.then_some(RedisTls { insecure, ca_file }),
+            db,
+        })
+    }
+
+    /// `host:port`, for messages and the job's identity.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The ACL user name as shown to people.
+    pub fn user(&self) -> &str {
+        self.username.as_deref().unwrap_or("default")
+    }
+
+    /// The URL without its password.
+    pub fn public_url(&self) -> String {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let user = self
+            .username
+            .as_deref()
+            .map(|u| format!("{}@", enc(u)))
+            .unwrap_or_default();
+        let db = self.db.map(|d| format!("/{d}")).unwrap_or_default();
+        let mut query = Vec::new();
+        if let Some(t) = &self.tls {
+            if t.insecure {
+                query.push("insecure=true".to_string());
+            }
+            if let Some(ca) = &t.ca_file {
+                query.push(format!("ca={}", enc(&ca.display().to_string())));
+            }
+        }
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        format!("{scheme}://{user}{}{db}{query}", self.address())
+    }
+
+    /// A client for one database of this server.
+    pub fn client(&self, db: i64) -> Result<Client, RedisError> {
+        let addr = match &self.tls {
+            None => ConnectionAddr::Tcp(self.host.clone(), self.port),
+            Some(t) => ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: t.insecure,
+                tls_params: None,
+            },
+        };
+        let info = ConnectionInfo {
+            addr,
+            redis: RedisConnectionInfo {
+                db,
+                username: self.username.clone(),
+                password: self.password.as_ref().map(|p| p.expose().to_string()),
+                protocol: ProtocolVersion::RESP2,
+            },
+        };
+        match self.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "cannot read the CA file named by ca=",
+                        format!("{}: {e}", ca.display()),
+                    ))
+                })?;
+                Client::build_with_tls(
+                    info,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+            None => Client::open(info),
+        }
+    }
+
+    /// Open a pipelining connection to one database.
+    pub async fn connect(&self, db: i64) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(10))
+            .set_response_timeout(Duration::from_secs(300));
+        self.client(db)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+fn side_env(side: &str) -> &'static str {
+    if side == "source" {
+        "FROM"
+    } else {
+        "TO"
+    }
+}
+
+fn side_flag(side: &str) -> &'static str {
+    if side == "source" {
+        "from"
+    } else {
+        "to"
+    }
+}
+
+/// Turn a driver error into a [`StoreError`] that says what to do.
+pub fn map_error(side: &str, address: &str, e: &RedisError) -> StoreError {
+    let text = e.to_string();
+    let code = e.code().unwrap_or("");
+    let lower = text.to_ascii_lowercase();
+    let creds = format!(
+        "check the {side} ACL user and password (in the URL, the OFFLOAD_{}_REDIS_PASSWORD variable, or --{}-redis-password-file)",
+        side_env(side),
+        side_flag(side)
+    );
+    let (kind, hint) = if code == "WRONGPASS"
+        || code == "NOAUTH"
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+        || lower.contains("invalid username-password")
+        || lower.contains("wrongpass")
+        || lower.contains("noauth")
+    {
+        (ErrorKind::Auth, creds)
+    } else if code == "NOPERM" || lower.contains("noperm") {
+        (
+            ErrorKind::Auth,
+            format!("the {side} ACL user may not run the command named above: allow it (e.g. `ACL SETUSER <user> +@all ~*`) or connect as a user that may"),
+        )
+    } else if code == "OOM" || lower.contains("oom command not allowed") {
+        (
+            ErrorKind::Query,
+            "the target reached its maxmemory: raise maxmemory (or choose a bigger server) and run again with --resume".to_string(),
+        )
+    } else if code == "READONLY" {
+        (
+            ErrorKind::Query,
+            format!(
+                "the {side} server is a read-only replica: point --{}-redis at the primary",
+                side_flag(side)
+            ),
+        )
+    } else if code == "LOADING" || code == "BUSY" || code == "TRYAGAIN" || code == "MASTERDOWN" {
+        (
+            ErrorKind::Transient,
+            "offload retries this on its own; if it keeps failing, check the server's log"
+                .to_string(),
+        )
+    } else if lower.contains("db index is out of range") || lower.contains("invalid db index") {
+        (
+            ErrorKind::Input,
+            format!("the {side} server has fewer databases than the number asked for: raise its `databases` setting or map the database with --redis-dbs SRC:DST"),
+        )
+    } else if lower.contains("tls")
+        || lower.contains("certificate")
+        || lower.contains("handshake")
+        || lower.contains("corrupt message")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("peer is incompatible")
+    {
+        (
+            ErrorKind::Input,
+            format!("TLS failed: use rediss:// only for a server that speaks TLS and redis:// for one that does not; for a self-signed certificate add ?ca=FILE (or ?insecure=true) to the {side} URL"),
+        )
+    } else if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+    {
+        (
+            ErrorKind::Connect,
+            format!(
+                "check that the {side} server is running and reachable from this machine, that host and port are right, and whether it expects TLS (rediss://){}",
+                if side == "source" {
+                    " (Tutor's `redis` host is only reachable inside its Docker network: pass --from-redis with an address this machine can reach)"
+                } else {
+                    ""
+                }
+            ),
+        )
+    } else {
+        (
+            ErrorKind::Query,
+            "fix the cause the server names, then run the command again (a stopped copy continues with --resume)".to_string(),
+        )
+    };
+    StoreError::new(
+        StoreKind::Redis,
+        address,
+        kind,
+        format!("{side} server: {text}"),
+        hint,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_hides_the_password() {
+        let e = RedisEndpoint::parse(
+            "rediss://app%40x:p%40ss:w@cache.example.org:6380/3?ca=/etc/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(e.username.as_deref(), Some("app@x"));
+        assert_eq!(e.password.as_ref().unwrap().expose(), "p@ss:w");
+        assert_eq!(e.address(), "cache.example.org:6380");
+        assert_eq!(e.db, Some(3));
+        let tls = e.tls.clone().unwrap();
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!tls.insecure);
+        let shown = e.public_url();
+        assert!(
+            !shown.contains("p%40ss") && !shown.contains("p@ss"),
+            "{shown}"
+        );
+        assert!(!format!("{e:?}").contains("p@ss"));
+        // The public URL parses back to the same endpoint, less the password.
+        let back = RedisEndpoint::parse(&shown).unwrap();
+        assert_eq!(back.username, e.username);
+        assert_eq!(back.tls, e.tls);
+        assert_eq!(back.db, e.db);
+
+        let plain = RedisEndpoint::parse("redis://:secret@h").unwrap();
+        assert_eq!(plain.port, 6379);
+        assert_eq!(plain.username, None);
+        assert_eq!(plain.user(), "default");
+        assert_eq!(plain.password.unwrap().expose(), "secret");
+        assert!(RedisEndpoint::parse("mysql://h").is_err());
+        assert!(RedisEndpoint::parse("redis://h/x").is_err());
+        assert!(RedisEndpoint::parse("redis://h?insecure=true").is_err());
+        assert!(
+            RedisEndpoint::parse("rediss://h#insecure")
+                .unwrap()
+                .tls
+                .unwrap()
+                .insecure
+        );
+    }
+}

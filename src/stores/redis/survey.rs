@@ -1,0 +1,318 @@
+//! What the plan says about a Redis migration before anything is written: server versions,
+//! memory on the target against the data, databases and what Tutor uses each for, and whether
+//! something is still writing to the source (the Celery queues), with how to drain it.
+
+use redis::aio::MultiplexedConnection;
+use redis::RedisResult;
+
+use super::values::{bytes_of, int_of};
+use super::{RedisStore, SCAN_COUNT};
+use crate::core::store::{Check, Survey};
+use crate::core::{Side, StoreError};
+
+/// `INFO section` as text.
+pub async fn info(conn: &mut MultiplexedConnection, section: &str) -> RedisResult<String> {
+    redis::cmd("INFO").arg(section).query_async(conn).await
+}
+
+/// One `name:value` line of INFO text.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+pub fn info_u64(info: &str, name: &str) -> Option<u64> {
+    info_field(info, name).and_then(|v| v.parse().ok())
+}
+
+/// `db0:keys=12,expires=3,avg_ttl=0` lines as (database, keys).
+pub fn parse_keyspace(info: &str) -> Vec<(i64, u64)> {
+    let mut out: Vec<(i64, u64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (db, rest) = l.trim().split_once(':')?;
+            let db = db.strip_prefix("db")?.parse().ok()?;
+            let keys = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .parse()
+                .ok()?;
+            Some((db, keys))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub async fn server_version(conn: &mut MultiplexedConnection) -> RedisResult<String> {
+    let text = info(conn, "server").await?;
+    Ok(info_field(&text, "redis_version")
+        .unwrap_or("unknown")
+        .to_string())
+}
+
+/// Whether `x.y.z` is at least `major.minor`.
+pub fn version_at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+/// Queue names bound in kombu's `_kombu.binding.*` sets (members are
+/// `routing_key \x06\x16 pattern \x06\x16 queue`), and the pending work in them.
+async fn celery_queues(conn: &mut MultiplexedConnection) -> RedisResult<(Vec<(String, i64)>, i64)> {
+    let mut bindings = Vec::new();
+    let mut cursor = 0u64;
+    let mut scanned = 0usize;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("_kombu.binding.*")
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(conn)
+            .await?;
+        bindings.extend(keys);
+        scanned += SCAN_COUNT;
+        // A broker database is small; stop looking in a big one.
+        if next == 0 || scanned >= 200_000 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut queues: Vec<String> = Vec::new();
+    for b in &bindings {
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS").arg(b).query_async(conn).await?;
+        for m in members {
+            let text = String::from_utf8_lossy(&m).into_owned();
+            if let Some(q) = text.rsplit("\x06\x16").next().filter(|q| !q.is_empty()) {
+                queues.push(q.to_string());
+            }
+        }
+    }
+    queues.sort();
+    queues.dedup();
+    if queues.is_empty() {
+        queues.push("celery".into());
+    }
+    let mut pipe = redis::pipe();
+    for q in &queues {
+        pipe.cmd("LLEN").arg(q);
+    }
+    pipe.cmd("HLEN").arg("unacked");
+    let replies = super::copy::run(conn, &pipe).await?;
+    let lens: Vec<i64> = replies.iter().map(|r| int_of(r).unwrap_or(0)).collect();
+    let unacked = *lens.last().unwrap_or(&0);
+    Ok((queues.into_iter().zip(lens).collect::<Vec<_>>(), unacked))
+}
+
+/// Clients of the source other than this connection (replicas and monitors left out).
+async fn other_clients(conn: &mut MultiplexedConnection) -> RedisResult<Vec<String>> {
+    let me: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
+    let list = bytes_of(
+        redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(conn)
+            .await?,
+    )?;
+    let list = String::from_utf8_lossy(&list).into_owned();
+    Ok(list
+        .lines()
+        .filter(|l| !l.contains(&format!("id={me} ")))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let name = field("name=");
+            let addr = field("addr=");
+            if name.is_empty() {
+                format!("{addr} (db {})", field("db="))
+            } else {
+                format!("{name} at {addr} (db {})", field("db="))
+            }
+        })
+        .collect())
+}
+
+pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
+    let mut survey = Survey::default();
+    let err = |side: Side| move |e: redis::RedisError| store.err(side, &e);
+    let mut src = store.conn(Side::Source, 0).await?;
+    let mut tgt = store.conn(Side::Target, 0).await?;
+    for (side, conn) in [(Side::Source, &mut src), (Side::Target, &mut tgt)] {
+        let version = server_version(conn).await.map_err(err(side))?;
+        let e = store.endpoint(side);
+        survey.checks.push(Check::new(
+            format!("{side} reachable"),
+            true,
+            format!(
+                "{} as {}{}: redis {version}",
+                e.address(),
+                e.user(),
+                if e.tls.is_some() { " over TLS" } else { "" }
+            ),
+        ));
+        match side {
+            Side::Source => survey.source_version = format!("redis {version}"),
+            Side::Target => survey.target_version = format!("redis {version}"),
+        }
+    }
+    let selected = store.selected().await?;
+    let source_memory = info(&mut src, "memory").await.map_err(err(Side::Source))?;
+    let target_memory = info(&mut tgt, "memory").await.map_err(err(Side::Target))?;
+    let keyspace = store.keyspace(Side::Source).await?;
+    let total_keys: u64 = keyspace.iter().map(|(_, n)| n).sum();
+    let selected_keys: u64 = selected.iter().map(|(_, n)| n).sum();
+    let dataset = info_u64(&source_memory, "used_memory_dataset")
+        .or_else(|| info_u64(&source_memory, "used_memory"))
+        .unwrap_or(0);
+    let needed = dataset
+        .saturating_mul(selected_keys)
+        .checked_div(total_keys)
+        .unwrap_or(0);
+    let needed = needed + needed / 5;
+    let max = info_u64(&target_memory, "maxmemory").unwrap_or(0);
+    let used = info_u64(&target_memory, "used_memory").unwrap_or(0);
+    let policy = info_field(&target_memory, "maxmemory_policy")
+        .unwrap_or("noeviction")
+        .to_string();
+    let fits = max == 0 || max >= used + needed;
+    survey.checks.push(Check::new(
+        "target memory",
+        fits,
+        if max == 0 {
+            format!("no maxmemory limit on the target; the data takes about {} on the source", mib(needed))
+        } else if fits {
+            format!(
+                "maxmemory {} holds the data (about {} with 20% headroom) plus the {} in use{}",
+                mib(max),
+                mib(needed),
+                mib(used),
+                if policy != "noeviction" {
+                    format!("; note: maxmemory-policy is {policy}, so the target would evict keys silently if it filled up")
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            format!(
+                "the target's maxmemory is {} but the data needs about {} (with 20% headroom) and {} is already in use: raise maxmemory on the target or choose a bigger server (or leave the cache out with --redis-dbs)",
+                mib(max),
+                mib(needed),
+                mib(used)
+            )
+        },
+    ));
+    let highest = selected.iter().map(|(c, _)| c.target).max().unwrap_or(0);
+    let databases: Option<i64> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("databases")
+        .query_async::<Vec<String>>(&mut tgt)
+        .await
+        .ok()
+        .and_then(|v| v.get(1).and_then(|n| n.parse().ok()));
+    survey.checks.push(match databases {
+        Some(n) => Check::new(
+            "target databases",
+            highest < n,
+            if highest < n {
+                format!("the target has {n} databases; the highest one used is {highest}")
+            } else {
+                format!("the target has only {n} databases but database {highest} is needed: raise `databases` on the target, or map databases with --redis-dbs SRC:DST")
+            },
+        ),
+        None => Check::new(
+            "target databases",
+            true,
+            "CONFIG GET is not allowed on the target: a missing database is reported when the copy opens it, before writing",
+        ),
+    });
+
+    // Who else talks to the source: no sleep needed, the server keeps the numbers.
+    let stats = info(&mut src, "stats").await.map_err(err(Side::Source))?;
+    let ops = info_u64(&stats, "instantaneous_ops_per_sec").unwrap_or(0);
+    let others = other_clients(&mut src).await.unwrap_or_default();
+    survey.checks.push(Check::new(
+        "writers",
+        true,
+        if others.is_empty() {
+            format!("no other client is connected to the source (about {ops} commands/s, offload's own included)")
+        } else {
+            format!(
+                "warning: {} other client(s) are connected to the source ({}{}) and it runs about {ops} commands/s: the platform is still running. Keys written during the copy may be missed; stop it (see the Celery note) before the final copy",
+                others.len(),
+                others.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if others.len() > 5 { ", ..." } else { "" }
+            )
+        },
+    ));
+
+    for (choice, keys) in &selected {
+        let db = choice.source;
+        let into = if choice.target != db {
+            format!(" -> target db{}", choice.target)
+        } else {
+            String::new()
+        };
+        if db == store.options.celery_db {
+            let mut c = store.conn(Side::Source, db).await?;
+            let (queues, unacked) = celery_queues(&mut c).await.map_err(err(Side::Source))?;
+            let waiting: i64 = queues.iter().map(|(_, n)| n).sum();
+            let shown: Vec<String> = queues
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(q, n)| format!("{q}={n}"))
+                .collect();
+            survey.notes.push(format!(
+                "db{db}{into}: Celery broker (queues: drain before switching), {keys} keys; {waiting} task(s) waiting{}, {unacked} unacknowledged. To drain: stop the LMS and CMS (`tutor local stop lms cms`), let the workers finish until every queue list is empty and `unacked` is gone (`redis-cli -n {db} LLEN <queue>` / `HLEN unacked`), then stop the workers (`tutor local stop lms-worker cms-worker`) and copy again with --if-exists replace",
+                if shown.is_empty() { String::new() } else { format!(" ({})", shown.join(", ")) }
+            ));
+        } else if db == store.options.cache_db {
+            survey.notes.push(format!(
+                "db{db}{into}: Django cache, {keys} keys: safe to lose (the platform refills it); leave it out with --redis-dbs {}",
+                store.options.celery_db
+            ));
+        } else {
+            survey.notes.push(format!(
+                "db{db}{into}: {keys} keys (not one Tutor uses by default)"
+            ));
+        }
+    }
+    if selected.is_empty() {
+        survey
+            .notes
+            .push("the source holds no keys: nothing to copy".to_string());
+    }
+    Ok(survey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_info_text() {
+        let ks =
+            "# Keyspace\r\ndb0:keys=12,expires=3,avg_ttl=0\r\ndb3:keys=1,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace(ks), vec![(0, 12), (3, 1)]);
+        let mem = "used_memory:1000\r\nused_memory_dataset:600\r\nmaxmemory_policy:noeviction\r\n";
+        assert_eq!(info_u64(mem, "used_memory"), Some(1000));
+        assert_eq!(info_u64(mem, "used_memory_dataset"), Some(600));
+        assert_eq!(info_field(mem, "maxmemory_policy"), Some("noeviction"));
+        assert!(version_at_least("7.0.15", 7, 0));
+        assert!(!version_at_least("6.2.14", 7, 0));
+    }
+}
