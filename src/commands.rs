@@ -89,6 +89,13 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         create_users,
         batch_rows,
         split_bytes: args.split_bytes,
+        from_mongodb: args.from_mongodb.clone(),
+        from_mongodb_password_file: args.from_mongodb_password_file.clone(),
+        to_mongodb: args.to_mongodb.clone(),
+        to_mongodb_password_file: args.to_mongodb_password_file.clone(),
+        mongodb_databases: args.mongodb_databases.clone(),
+        mongodb_exclude: args.mongodb_exclude.clone(),
+        mongodb_snapshot: args.mongodb_snapshot,
     }
 }
 
@@ -100,7 +107,11 @@ fn job_dir_of(args: &JobArgs) -> std::path::PathBuf {
 
 /// Whether the flags name any endpoint themselves (otherwise a job's record is used).
 fn names_endpoints(args: &JobArgs) -> bool {
-    args.to_mysql.is_some() || args.targets.is_some() || args.from_mysql.is_some()
+    args.to_mysql.is_some()
+        || args.targets.is_some()
+        || args.from_mysql.is_some()
+        || args.to_mongodb.is_some()
+        || args.from_mongodb.is_some()
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
