@@ -86,7 +86,9 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL or --to-mongodb URI (or a --targets file)")]
+    #[error(
+        "no store has a target: pass --to-mysql URL or --to-mongodb URI (or a --targets file)"
+    )]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -502,7 +504,10 @@ impl Settings {
             (e, secret)
         };
 
-        let target_uri = inputs.to_mongodb.clone().or_else(|| targets.mongodb.clone());
+        let target_uri = inputs
+            .to_mongodb
+            .clone()
+            .or_else(|| targets.mongodb.clone());
         let (target, target_secret) = if let Some(uri) = target_uri {
             let mut e = MongoEndpoint::parse(&uri).map_err(|d| invalid("--to-mongodb", d))?;
             let file = inputs

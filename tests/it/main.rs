@@ -5,4 +5,5 @@
 
 mod cli;
 mod common;
+mod mongodb;
 mod mysql;

@@ -66,7 +66,10 @@ async fn open(
     cmd.insert("batchSize", batch as i32);
     if snapshot && side == Side::Source {
         if let Some(t) = *store.snapshot_time.lock().expect("snapshot time") {
-            cmd.insert("readConcern", doc! {"level": "snapshot", "atClusterTime": t});
+            cmd.insert(
+                "readConcern",
+                doc! {"level": "snapshot", "atClusterTime": t},
+            );
         }
     }
     let db = store.db(side, &unit.container).await?;

@@ -174,7 +174,10 @@ mod tests {
             .unwrap()
             .clone();
         assert!(later.contains(&Bson::Int32(2)) && later.contains(&Bson::Int32(7)));
-        assert!(!later.contains(&Bson::Int32(16)), "numbers are not after a number");
+        assert!(
+            !later.contains(&Bson::Int32(16)),
+            "numbers are not after a number"
+        );
         assert_eq!(
             range_filter(Some(&Bson::MaxKey), None),
             doc! {"_id": {"$gt": Bson::MaxKey}}

@@ -173,7 +173,10 @@ impl MongoStore {
             .ok_or_else(|| {
                 self.input_error(
                     Side::Source,
-                    format!("collection {}.{} is gone from the source", unit.container, unit.object),
+                    format!(
+                        "collection {}.{} is gone from the source",
+                        unit.container, unit.object
+                    ),
                     "the source changed since the plan; start the job again with --restart",
                 )
                 .in_unit(&unit.name)
@@ -262,7 +265,7 @@ impl MongoStore {
     /// Units of one collection: whole, or `_id` ranges of about `split_bytes` each.
     async fn units_of(&self, db: &str, spec: &CollectionSpec) -> Result<Vec<Unit>, StoreError> {
         let (rows, bytes) = self.stats(db, &spec.name).await?;
-        let avg = if rows > 0 { (bytes / rows).max(16) } else { 512 };
+        let avg = bytes.checked_div(rows).map_or(512, |a| a.max(16));
         let batch_docs = (self.options.batch_bytes / avg).clamp(100, 100_000);
         let unit_spec = json!({
             "batch_docs": batch_docs,
@@ -406,7 +409,9 @@ impl Store for MongoStore {
             (false, true) => (false, format!("--mongodb-snapshot needs a replica set, and the source is a standalone server, which has no snapshot reads. Without the flag the copy reads each batch as it is at that moment (no point in time across collections or batches): {stop}, and leave out --mongodb-snapshot")),
             (false, false) => (true, format!("the source is a standalone server: no snapshot across collections or batches, so each batch reads what is there at that moment; {stop}")),
         };
-        survey.checks.push(Check::new("consistent read", ok, detail));
+        survey
+            .checks
+            .push(Check::new("consistent read", ok, detail));
 
         let status = self
             .command(Side::Target, "admin", doc! {"connectionStatus": 1})
@@ -429,7 +434,11 @@ impl Store for MongoStore {
             })
             .unwrap_or_default();
         let strong = [
-            "root@", "restore@", "dbOwner@", "readWriteAnyDatabase@", "__system@",
+            "root@",
+            "restore@",
+            "dbOwner@",
+            "readWriteAnyDatabase@",
+            "__system@",
         ];
         let enough = roles.is_empty()
             || roles
@@ -548,7 +557,9 @@ impl Store for MongoStore {
                 "mongodb: each batch reads the source as it is at that moment (no snapshot across collections); stop the platform's writers for an exact copy".into(),
             );
         }
-        let reply = self.command(Side::Source, "admin", doc! {"ping": 1}).await?;
+        let reply = self
+            .command(Side::Source, "admin", doc! {"ping": 1})
+            .await?;
         let time = match reply.get("operationTime") {
             Some(Bson::Timestamp(t)) => *t,
             _ => {
@@ -603,10 +614,10 @@ impl Store for MongoStore {
                 }
                 built += wanted.len();
                 let cmd = doc! {"createIndexes": spec.name.clone(), "indexes": wanted};
-                target
-                    .run_command(cmd)
-                    .await
-                    .map_err(|e| self.err(Side::Target, e).in_unit(format!("{db}.{}", spec.name)))?;
+                target.run_command(cmd).await.map_err(|e| {
+                    self.err(Side::Target, e)
+                        .in_unit(format!("{db}.{}", spec.name))
+                })?;
             }
             for spec in specs.iter().filter(|s| s.kind == "view") {
                 match target.run_command(spec.create_command()).await {

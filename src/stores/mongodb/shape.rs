@@ -28,8 +28,7 @@ impl CollectionSpec {
 
     /// Whether offload copies its documents: ordinary collections, not the server's own.
     pub fn is_data(&self) -> bool {
-        self.kind == "collection"
-            && (!self.name.starts_with("system.") || self.name == "system.js")
+        self.kind == "collection" && (!self.name.starts_with("system.") || self.name == "system.js")
     }
 
     /// The `create` command that makes this collection (or view) with the same options.
@@ -129,21 +128,30 @@ fn fields(d: &Document, ignore: &[&str]) -> BTreeMap<String, String> {
 }
 
 /// Differences between two option documents, in words; empty when they agree.
-pub fn diff_fields(what: &str, source: &Document, target: &Document, ignore: &[&str]) -> Vec<String> {
+pub fn diff_fields(
+    what: &str,
+    source: &Document,
+    target: &Document,
+    ignore: &[&str],
+) -> Vec<String> {
     let (a, b) = (fields(source, ignore), fields(target, ignore));
     let mut out = Vec::new();
     for (k, va) in &a {
         match b.get(k) {
-            None => out.push(format!("{what}: `{k}` is {va} on the source, absent on the target")),
-            Some(vb) if vb != va => {
-                out.push(format!("{what}: `{k}` is {va} on the source, {vb} on the target"))
-            }
+            None => out.push(format!(
+                "{what}: `{k}` is {va} on the source, absent on the target"
+            )),
+            Some(vb) if vb != va => out.push(format!(
+                "{what}: `{k}` is {va} on the source, {vb} on the target"
+            )),
             _ => {}
         }
     }
     for (k, vb) in &b {
         if !a.contains_key(k) {
-            out.push(format!("{what}: `{k}` is {vb} on the target, absent on the source"));
+            out.push(format!(
+                "{what}: `{k}` is {vb} on the target, absent on the source"
+            ));
         }
     }
     out
@@ -161,7 +169,12 @@ pub fn diff_indexes(source: &[Document], target: &[Document]) -> Vec<String> {
     for (name, da) in &a {
         match b.get(name) {
             None => out.push(format!("index `{name}` is missing on the target")),
-            Some(db) => out.extend(diff_fields(&format!("index `{name}`"), da, db, &["v", "ns"])),
+            Some(db) => out.extend(diff_fields(
+                &format!("index `{name}`"),
+                da,
+                db,
+                &["v", "ns"],
+            )),
         }
     }
     for name in b.keys() {
@@ -186,7 +199,10 @@ mod tests {
             doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
             doc! {"v": 1, "unique": true, "key": {"a": 1, "b": -1}, "name": "ab"},
         ];
-        assert!(diff_indexes(&src, &same).is_empty(), "v and option order do not matter");
+        assert!(
+            diff_indexes(&src, &same).is_empty(),
+            "v and option order do not matter"
+        );
         let swapped = vec![
             doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"},
             doc! {"v": 2, "key": {"b": -1, "a": 1}, "name": "ab", "unique": true},
@@ -196,7 +212,10 @@ mod tests {
         assert!(d[0].contains("`key`"), "{d:?}");
         let d = diff_indexes(&src, &src[..1]);
         assert_eq!(d, vec!["index `ab` is missing on the target".to_string()]);
-        assert_eq!(indexes_to_create(&src), vec![doc! {"key": {"a": 1, "b": -1}, "name": "ab", "unique": true}]);
+        assert_eq!(
+            indexes_to_create(&src),
+            vec![doc! {"key": {"a": 1, "b": -1}, "name": "ab", "unique": true}]
+        );
     }
 
     #[test]
