@@ -200,8 +200,12 @@ impl MongoEndpoint {
         if self.option("serverSelectionTimeoutMS").is_none() {
             options.server_selection_timeout = Some(Duration::from_secs(10));
         }
+        // The driver also waits this long for a heartbeat before it declares the server gone and
+        // interrupts every operation in flight. A busy server (a long scan on a single-threaded
+        // one) may answer heartbeats late; an unreachable one still fails after the selection
+        // timeout above.
         if self.option("connectTimeoutMS").is_none() {
-            options.connect_timeout = Some(Duration::from_secs(10));
+            options.connect_timeout = Some(Duration::from_secs(60));
         }
         // Like mongosh: one host without a replica set name is talked to directly, so a member
         // that advertises internal host names (Docker, Kubernetes) still works from outside.

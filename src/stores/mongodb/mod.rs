@@ -84,6 +84,8 @@ pub struct MongoStore {
     clean: Mutex<HashMap<String, Option<Vec<u8>>>>,
     /// The cluster time every source read uses, with `--mongodb-snapshot`.
     snapshot_time: Mutex<Option<Timestamp>>,
+    /// Collections left alone by `--if-exists skip`: no indexes are built on them.
+    skipped: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl MongoStore {
@@ -103,6 +105,7 @@ impl MongoStore {
             reads: tokio::sync::Mutex::new(HashMap::new()),
             clean: Mutex::new(HashMap::new()),
             snapshot_time: Mutex::new(None),
+            skipped: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -530,6 +533,12 @@ impl Store for MongoStore {
         policy: IfExists,
         occupied: &[String],
     ) -> Result<(), StoreError> {
+        if policy == IfExists::Skip {
+            let mut skipped = self.skipped.lock().expect("skipped set");
+            for u in units.iter().filter(|u| occupied.contains(&u.name)) {
+                skipped.insert((u.container.clone(), u.object.clone()));
+            }
+        }
         if policy != IfExists::Replace {
             return Ok(());
         }
@@ -604,7 +613,11 @@ impl Store for MongoStore {
             let source = self.db(Side::Source, &db).await?;
             let target = self.db(Side::Target, &db).await?;
             let (mut built, mut views) = (0usize, 0usize);
-            for spec in specs.iter().filter(|s| s.is_data()) {
+            let skipped = self.skipped.lock().expect("skipped set").clone();
+            for spec in specs
+                .iter()
+                .filter(|s| s.is_data() && !skipped.contains(&(db.clone(), s.name.clone())))
+            {
                 let all = shape::list_indexes(&source, &spec.name)
                     .await
                     .map_err(|e| self.err(Side::Source, e))?;
