@@ -123,8 +123,29 @@ pub struct JobArgs {
     #[arg(long)]
     pub redis_typed: bool,
 
-    /// YAML file of targets, e.g. `mysql: mysql://root@db.internal:3306` (and `mysql_password_file:`),
-    /// instead of --to-* flags.
+    /// Source MongoDB, overriding what config.yml says (MONGODB_HOST, MONGODB_PORT, MONGODB_USERNAME,
+    /// MONGODB_AUTH_SOURCE, MONGODB_USE_SSL, MONGODB_REPLICA_SET...):
+    /// mongodb://user[:password]@host:port/?authSource=admin, or mongodb+srv://user@name. The
+    /// password may instead come from OFFLOAD_FROM_MONGODB_PASSWORD or --from-mongodb-password-file.
+    #[arg(long, value_name = "URI")]
+    pub from_mongodb: Option<String>,
+
+    /// File whose first line is the source MongoDB password.
+    #[arg(long, value_name = "FILE")]
+    pub from_mongodb_password_file: Option<PathBuf>,
+
+    /// Target MongoDB: mongodb://user[:password]@host:port/?authSource=admin[&tls=true], or
+    /// mongodb+srv://user@name. The password may instead come from OFFLOAD_TO_MONGODB_PASSWORD or
+    /// --to-mongodb-password-file.
+    #[arg(long, value_name = "URI")]
+    pub to_mongodb: Option<String>,
+
+    /// File whose first line is the target MongoDB password.
+    #[arg(long, value_name = "FILE")]
+    pub to_mongodb_password_file: Option<PathBuf>,
+
+    /// YAML file of targets, e.g. `mysql: mysql://root@db.internal:3306` (and `mysql_password_file:`,
+    /// `mongodb:`, `mongodb_password_file:`, `redis:`, `redis_password_file:`), instead of --to-* flags.
     #[arg(long, value_name = "FILE")]
     pub targets: Option<PathBuf>,
 
@@ -136,12 +157,27 @@ pub struct JobArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub exclude: Vec<String>,
 
+    /// MongoDB databases to copy, comma-separated [default: MONGODB_DATABASE (openedx), plus the
+    /// forum's cs_comments_service when the source has it].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub mongodb_databases: Vec<String>,
+
+    /// MongoDB databases to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub mongodb_exclude: Vec<String>,
+
+    /// Read the whole source MongoDB at one point in time (snapshot read concern at one cluster
+    /// time). Needs a replica set (a one-node one will do) and a copy shorter than the source's
+    /// minSnapshotHistoryWindowInSeconds. Without it, stop the platform's writers for an exact copy.
+    #[arg(long)]
+    pub mongodb_snapshot: bool,
+
     /// Units worked on at once, across all stores.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
 
-    /// Tables larger than this many bytes (with an integer key) are split into key ranges that
-    /// copy and verify in parallel.
+    /// Tables larger than this many bytes (with an integer key), and MongoDB collections larger
+    /// than this, are split into key ranges that copy and verify in parallel.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub split_bytes: u64,
 
@@ -181,7 +217,8 @@ pub struct CopyArgs {
     #[arg(long)]
     pub create_users: bool,
 
-    /// Rows per batch (and per checkpoint) [default: about 8 MiB of rows, from table statistics].
+    /// Rows (MongoDB: documents) per batch and per checkpoint [default: about 8 MiB of rows, 16 MiB
+    /// of documents, from table and collection statistics].
     #[arg(long, value_name = "N")]
     pub batch_rows: Option<u64>,
 

@@ -102,6 +102,13 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         to_redis_password_file: args.to_redis_password_file.clone(),
         redis_dbs: args.redis_dbs.clone(),
         redis_typed: args.redis_typed,
+        from_mongodb: args.from_mongodb.clone(),
+        from_mongodb_password_file: args.from_mongodb_password_file.clone(),
+        to_mongodb: args.to_mongodb.clone(),
+        to_mongodb_password_file: args.to_mongodb_password_file.clone(),
+        mongodb_databases: args.mongodb_databases.clone(),
+        mongodb_exclude: args.mongodb_exclude.clone(),
+        mongodb_snapshot: args.mongodb_snapshot,
     }
 }
 
@@ -118,6 +125,8 @@ fn names_endpoints(args: &JobArgs) -> bool {
         || args.from_mysql.is_some()
         || args.to_redis.is_some()
         || args.from_redis.is_some()
+        || args.to_mongodb.is_some()
+        || args.from_mongodb.is_some()
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {

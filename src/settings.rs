@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::core::catalog::Setup;
 use crate::core::{Store, StoreKind};
 use crate::secret::{read_secret_file, Secret, SecretSource};
+use crate::stores::mongodb::{MongoEndpoint, MongoOptions, MongoStore};
 use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
 use crate::stores::redis::{CopyMode, DbChoice, RedisEndpoint, RedisOptions, RedisStore};
 use crate::tutor::TutorConfig;
@@ -21,6 +22,7 @@ pub struct Settings {
     pub job_dir: PathBuf,
     pub mysql: Option<MysqlSettings>,
     pub redis: Option<RedisSettings>,
+    pub mongodb: Option<MongoSettings>,
     pub parallel: usize,
 }
 
@@ -51,6 +53,16 @@ pub struct RedisSettings {
     pub options: RedisOptions,
 }
 
+/// The MongoDB part of the settings.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub source: MongoEndpoint,
+    pub source_secret: SecretSource,
+    pub target: MongoEndpoint,
+    pub target_secret: SecretSource,
+    pub options: MongoOptions,
+}
+
 /// The flags that shape the settings (a subset of the CLI's, so the library does not depend on clap).
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -75,6 +87,13 @@ pub struct Inputs {
     /// `N` or `SOURCE:TARGET` database numbers.
     pub redis_dbs: Vec<String>,
     pub redis_typed: bool,
+    pub from_mongodb: Option<String>,
+    pub from_mongodb_password_file: Option<PathBuf>,
+    pub to_mongodb: Option<String>,
+    pub to_mongodb_password_file: Option<PathBuf>,
+    pub mongodb_databases: Vec<String>,
+    pub mongodb_exclude: Vec<String>,
+    pub mongodb_snapshot: bool,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -86,7 +105,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL or --to-redis URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI or --to-redis URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -121,6 +140,8 @@ struct TargetsFile {
     mysql_password_file: Option<PathBuf>,
     redis: Option<String>,
     redis_password_file: Option<PathBuf>,
+    mongodb: Option<String>,
+    mongodb_password_file: Option<PathBuf>,
 }
 
 /// A config.yml value as text (numbers and booleans as YAML writes them).
@@ -150,7 +171,7 @@ pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
 }
 
 /// The stores this version can move.
-pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql, StoreKind::Redis];
+pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql, StoreKind::Mongodb, StoreKind::Redis];
 
 const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
 const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
@@ -263,12 +284,31 @@ impl Settings {
         } else {
             None
         };
+        let recorded_mongodb = recorded.and_then(|r| r.get("mongodb"));
+        let has_mongodb_target =
+            inputs.to_mongodb.is_some() || targets.mongodb.is_some() || recorded_mongodb.is_some();
+        let mongodb_selected = if wanted.is_empty() {
+            has_mongodb_target
+        } else {
+            wanted.contains(&StoreKind::Mongodb)
+        };
+        let mongodb = if mongodb_selected {
+            Some(Self::resolve_mongodb(
+                inputs,
+                &targets,
+                tutor.as_ref(),
+                recorded_mongodb,
+            )?)
+        } else {
+            None
+        };
         let settings = Settings {
             tutor_root,
             tutor,
             job_dir,
             mysql,
             redis,
+            mongodb,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -279,7 +319,7 @@ impl Settings {
 
     /// Whether no store is selected.
     pub fn is_empty(&self) -> bool {
-        self.mysql.is_none() && self.redis.is_none()
+        self.mysql.is_none() && self.mongodb.is_none() && self.redis.is_none()
     }
 
     fn resolve_redis(
@@ -594,6 +634,14 @@ impl Settings {
                 r.options.clone(),
             )));
         }
+        if let Some(m) = &self.mongodb {
+            out.push(Arc::new(MongoStore::new(
+                m.source.clone(),
+                m.target.clone(),
+                m.options.clone(),
+                self.parallel,
+            )));
+        }
         out
     }
 
@@ -622,6 +670,20 @@ impl Settings {
                     "source": EndpointRecord { url: r.source.public_url(), secret: r.source_secret.clone() },
                     "target": EndpointRecord { url: r.target.public_url(), secret: r.target_secret.clone() },
                     "dbs": r.options.dbs.iter().map(|d| d.render()).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        if let Some(m) = &self.mongodb {
+            endpoints.insert(
+                "mongodb".into(),
+                json!({
+                    "source": EndpointRecord { url: m.source.public_url(), secret: m.source_secret.clone() },
+                    "target": EndpointRecord { url: m.target.public_url(), secret: m.target_secret.clone() },
+                    "databases": m.options.databases,
+                    "exclude": m.options.exclude,
+                    "platform_databases": m.options.platform_databases,
+                    "optional_databases": m.options.optional_databases,
+                    "snapshot": m.options.snapshot,
                 }),
             );
         }
@@ -656,6 +718,189 @@ fn planned_config(root: &Path, digest: &str) -> Option<TutorConfig> {
         })
         .filter_map(|e| TutorConfig::load_file(root, &e.path(), env.clone()).ok())
         .find(|cfg| cfg.digest() == digest)
+}
+
+const FROM_MONGODB_ENV: &str = "OFFLOAD_FROM_MONGODB_PASSWORD";
+const TO_MONGODB_ENV: &str = "OFFLOAD_TO_MONGODB_PASSWORD";
+
+impl Settings {
+    fn resolve_mongodb(
+        inputs: &Inputs,
+        targets: &TargetsFile,
+        tutor: Option<&TutorConfig>,
+        recorded: Option<&serde_json::Value>,
+    ) -> Result<MongoSettings, SettingsError> {
+        let recorded_end = |side: &str| -> Option<EndpointRecord> {
+            recorded
+                .and_then(|r| r.get(side))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        // Source: the flag, else the job's record, else config.yml with Tutor's defaults.
+        let (source, source_secret) = if let Some(uri) = &inputs.from_mongodb {
+            let mut e = MongoEndpoint::parse(uri).map_err(|d| invalid("--from-mongodb", d))?;
+            let secret = mongodb_password(
+                &mut e,
+                &PasswordLookup {
+                    env: FROM_MONGODB_ENV,
+                    file: inputs.from_mongodb_password_file.as_deref(),
+                    file_flag: "--from-mongodb-password-file",
+                    tutor: tutor.map(|t| (t, "MONGODB_PASSWORD")),
+                },
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("source") {
+            reopen_mongodb(&rec, tutor, "source")?
+        } else {
+            let cfg = tutor.ok_or_else(|| {
+                invalid("source MongoDB", "no config.yml found in the Tutor root and no --from-mongodb given; pass --tutor-root DIR or --from-mongodb URI")
+            })?;
+            let mut e = mongodb_from_tutor(cfg);
+            let secret = mongodb_password(
+                &mut e,
+                &PasswordLookup {
+                    env: FROM_MONGODB_ENV,
+                    file: inputs.from_mongodb_password_file.as_deref(),
+                    file_flag: "--from-mongodb-password-file",
+                    tutor: Some((cfg, "MONGODB_PASSWORD")),
+                },
+            )?;
+            (e, secret)
+        };
+
+        let target_uri = inputs
+            .to_mongodb
+            .clone()
+            .or_else(|| targets.mongodb.clone());
+        let (target, target_secret) = if let Some(uri) = target_uri {
+            let mut e = MongoEndpoint::parse(&uri).map_err(|d| invalid("--to-mongodb", d))?;
+            let file = inputs
+                .to_mongodb_password_file
+                .clone()
+                .or_else(|| targets.mongodb_password_file.clone());
+            let secret = mongodb_password(
+                &mut e,
+                &PasswordLookup {
+                    env: TO_MONGODB_ENV,
+                    file: file.as_deref(),
+                    file_flag: "--to-mongodb-password-file",
+                    tutor: None,
+                },
+            )?;
+            (e, secret)
+        } else if let Some(rec) = recorded_end("target") {
+            reopen_mongodb(&rec, tutor, "target")?
+        } else {
+            return Err(SettingsError::NoTarget {
+                store: "mongodb".into(),
+            });
+        };
+
+        let recorded_list = |key: &str| -> Option<Vec<String>> {
+            recorded
+                .and_then(|r| r.get(key))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        };
+        let databases = if inputs.mongodb_databases.is_empty() {
+            recorded_list("databases").unwrap_or_default()
+        } else {
+            inputs.mongodb_databases.clone()
+        };
+        let exclude = if inputs.mongodb_exclude.is_empty() {
+            recorded_list("exclude").unwrap_or_default()
+        } else {
+            inputs.mongodb_exclude.clone()
+        };
+        let platform = tutor
+            .and_then(|c| config_text(c, "MONGODB_DATABASE"))
+            .filter(|d| !d.is_empty())
+            .map(|d| vec![d])
+            .or_else(|| recorded_list("platform_databases"))
+            .unwrap_or_else(|| vec!["openedx".into()]);
+        let forum = tutor
+            .and_then(|c| config_text(c, "FORUM_MONGODB_DATABASE"))
+            .filter(|d| !d.is_empty())
+            .map(|d| vec![d])
+            .or_else(|| recorded_list("optional_databases"))
+            .unwrap_or_else(|| vec!["cs_comments_service".into()]);
+        let snapshot = inputs.mongodb_snapshot
+            || recorded
+                .and_then(|r| r.get("snapshot"))
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+        Ok(MongoSettings {
+            source,
+            source_secret,
+            target,
+            target_secret,
+            options: MongoOptions {
+                databases,
+                exclude,
+                platform_databases: platform,
+                optional_databases: forum,
+                batch_docs: inputs.batch_rows,
+                split_bytes: inputs.split_bytes.max(1),
+                snapshot,
+                ..MongoOptions::default()
+            },
+        })
+    }
+}
+
+/// The source MongoDB as Tutor's config.yml describes it (`MONGODB_*`, with Tutor's defaults).
+pub fn mongodb_from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
+    let text = |k: &str| config_text(cfg, k).filter(|v| !v.is_empty());
+    let host = text("MONGODB_HOST").unwrap_or_else(|| "mongodb".into());
+    let port = text("MONGODB_PORT").unwrap_or_else(|| "27017".into());
+    let mut e = MongoEndpoint {
+        srv: false,
+        user: text("MONGODB_USERNAME"),
+        password: None,
+        hosts: format!("{host}:{port}"),
+        path_db: None,
+        options: Vec::new(),
+    };
+    if e.user.is_some() {
+        let source = text("MONGODB_AUTH_SOURCE").unwrap_or_else(|| "admin".into());
+        e.set_option("authSource", &source);
+        if let Some(m) = text("MONGODB_AUTH_MECHANISM") {
+            e.set_option("authMechanism", &m);
+        }
+    }
+    if cfg.get_bool("MONGODB_USE_SSL") == Some(true) {
+        e.set_option("tls", "true");
+    }
+    if let Some(rs) = text("MONGODB_REPLICA_SET") {
+        e.set_option("replicaSet", &rs);
+    }
+    e
+}
+
+/// Complete a MongoDB endpoint's password when it names a user; says where it came from.
+fn mongodb_password(
+    e: &mut MongoEndpoint,
+    lookup: &PasswordLookup,
+) -> Result<SecretSource, SettingsError> {
+    if e.user.is_none() {
+        return Ok(SecretSource::None);
+    }
+    find_password(&mut e.password, lookup)
+}
+
+/// Rebuild a MongoDB endpoint recorded in a job, finding its password where it came from.
+fn reopen_mongodb(
+    rec: &EndpointRecord,
+    tutor: Option<&TutorConfig>,
+    side: &str,
+) -> Result<(MongoEndpoint, SecretSource), SettingsError> {
+    let mut e =
+        MongoEndpoint::parse(&rec.url).map_err(|d| invalid(format!("the job's {side} URI"), d))?;
+    let env = if side == "source" {
+        FROM_MONGODB_ENV
+    } else {
+        TO_MONGODB_ENV
+    };
+    e.password = recover_password(&rec.secret, "MongoDB", side, env, tutor)?;
+    Ok((e, rec.secret.clone()))
 }
 
 /// Where to look for one endpoint's password when its URL has none, in this order: an environment

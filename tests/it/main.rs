@@ -9,6 +9,7 @@ mod cutover;
 mod job;
 mod meilisearch;
 mod migrate;
+mod mongodb;
 mod mysql;
 mod redis;
 mod support;

@@ -171,6 +171,8 @@ pub fn offload_env(job: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("OFFLOAD_TO_MYSQL_PASSWORD")
         .env_remove("OFFLOAD_FROM_REDIS_PASSWORD")
         .env_remove("OFFLOAD_TO_REDIS_PASSWORD")
+        .env_remove("OFFLOAD_FROM_MONGODB_PASSWORD")
+        .env_remove("OFFLOAD_TO_MONGODB_PASSWORD")
         .env_remove("OFFLOAD_FAILPOINT")
         .env("NO_COLOR", "1");
     for (k, v) in env {
