@@ -11,6 +11,7 @@ use crate::core::catalog::Setup;
 use crate::core::{Store, StoreKind};
 use crate::secret::{read_secret_file, Secret, SecretSource};
 use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
+use crate::stores::objects::{ObjectsSettings, ObjectsStore};
 use crate::tutor::TutorConfig;
 
 /// Everything a command needs to know, resolved.
@@ -19,6 +20,7 @@ pub struct Settings {
     pub tutor: Option<TutorConfig>,
     pub job_dir: PathBuf,
     pub mysql: Option<MysqlSettings>,
+    pub objects: Option<ObjectsSettings>,
     pub parallel: usize,
 }
 
@@ -56,6 +58,17 @@ pub struct Inputs {
     pub create_users: bool,
     pub batch_rows: Option<u64>,
     pub split_bytes: u64,
+    pub from_s3: Option<String>,
+    pub to_s3: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_addressing: Option<String>,
+    pub s3_profile: Option<String>,
+    pub buckets: Vec<String>,
+    pub bucket_map: Vec<String>,
+    pub create_buckets: bool,
+    pub part_size: Option<u64>,
+    pub object_transfers: usize,
+    pub deep: bool,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -67,7 +80,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL or --to-s3 URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -100,6 +113,7 @@ fn invalid(what: impl Into<String>, detail: impl Into<String>) -> SettingsError 
 struct TargetsFile {
     mysql: Option<String>,
     mysql_password_file: Option<PathBuf>,
+    s3: Option<String>,
 }
 
 /// A config.yml value as text (numbers and booleans as YAML writes them).
@@ -129,7 +143,7 @@ pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
 }
 
 /// The stores this version can move.
-pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql];
+pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql, StoreKind::Objects];
 
 const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
 const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
@@ -200,11 +214,30 @@ impl Settings {
         } else {
             None
         };
+        let recorded_objects = recorded.and_then(|r| r.get("objects"));
+        let s3_target = inputs.to_s3.clone().or_else(|| targets.s3.clone());
+        let objects_selected = if wanted.is_empty() {
+            s3_target.is_some() || recorded_objects.is_some()
+        } else {
+            wanted.contains(&StoreKind::Objects)
+        };
+        let objects = if objects_selected {
+            Some(crate::stores::objects::resolve(
+                inputs,
+                s3_target.as_deref(),
+                tutor.as_ref(),
+                &tutor_root,
+                recorded_objects,
+            )?)
+        } else {
+            None
+        };
         let settings = Settings {
             tutor_root,
             tutor,
             job_dir,
             mysql,
+            objects,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -215,7 +248,7 @@ impl Settings {
 
     /// Whether no store is selected.
     pub fn is_empty(&self) -> bool {
-        self.mysql.is_none()
+        self.mysql.is_none() && self.objects.is_none()
     }
 
     fn resolve_mysql(
@@ -360,6 +393,13 @@ impl Settings {
                 self.parallel,
             )));
         }
+        if let Some(o) = &self.objects {
+            out.push(Arc::new(ObjectsStore::new(
+                o.source.clone(),
+                o.target.clone(),
+                o.options.clone(),
+            )));
+        }
         out
     }
 
@@ -380,6 +420,9 @@ impl Settings {
                     "exclude": m.options.exclude,
                 }),
             );
+        }
+        if let Some(o) = &self.objects {
+            endpoints.insert("objects".into(), o.record());
         }
         endpoints.insert(
             "tutor_root".into(),

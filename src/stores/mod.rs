@@ -2,3 +2,4 @@
 //! it lists units, prepares the target, copies one batch after a cursor and digests key ranges.
 
 pub mod mysql;
+pub mod objects;
