@@ -101,7 +101,7 @@ pub fn copy_summary(s: &CopySummary, job: &std::path::Path) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Copied {} unit(s) now ({} rows, {} of SQL), {} already done earlier, {} skipped, of {}.",
+        "Copied {} unit(s) now ({} rows, {} of data), {} already done earlier, {} skipped, of {}.",
         s.units_copied_now,
         s.rows,
         bytes(s.bytes),

@@ -6,3 +6,4 @@
 mod cli;
 mod common;
 mod mysql;
+mod objects;

@@ -118,6 +118,11 @@ impl http_body::Body for HashingBody {
         if this.hasher.is_none() {
             return Poll::Ready(None);
         }
+        if this.expect == 0 {
+            let done = this.hasher.take().map(PartHasher::finish);
+            *this.report.lock().expect("body report") = done.map(Ok);
+            return Poll::Ready(None);
+        }
         match this.feed.poll_chunk(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(bytes))) => {
@@ -130,6 +135,11 @@ impl http_body::Body for HashingBody {
                 }
                 if let Some(h) = this.hasher.as_mut() {
                     h.update(&bytes);
+                }
+                if this.seen == this.expect {
+                    // The client may stop polling once the announced length is sent: record now.
+                    let done = this.hasher.take().map(PartHasher::finish);
+                    *this.report.lock().expect("body report") = done.map(Ok);
                 }
                 Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
             }
@@ -146,6 +156,10 @@ impl http_body::Body for HashingBody {
                 Poll::Ready(None)
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.hasher.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
