@@ -373,7 +373,10 @@ async fn copy_unit(
         tracing::error!(store = %unit.store, unit = %unit.name, failed = skipped, "unit incomplete; its target part is missing what failed");
         catalog.reset_unit(unit)?;
         catalog.set_state(unit, UnitState::Failed, Some(&msg))?;
-        return Ok(UnitEnd::Failed(format!("{} ({}): {msg}", unit.store, unit.name)));
+        return Ok(UnitEnd::Failed(format!(
+            "{} ({}): {msg}",
+            unit.store, unit.name
+        )));
     }
     catalog.set_state(unit, UnitState::Copied, None)?;
     tracing::debug!(store = %unit.store, unit = %unit.name, rows, bytes, "unit copied");

@@ -80,7 +80,12 @@ async fn drop_bucket(c: &Client, b: &str) {
             break;
         }
         for o in page.contents() {
-            c.delete_object().bucket(b).key(o.key().unwrap()).send().await.unwrap();
+            c.delete_object()
+                .bucket(b)
+                .key(o.key().unwrap())
+                .send()
+                .await
+                .unwrap();
         }
     }
     let _ = c.delete_bucket_policy().bucket(b).send().await;
@@ -125,7 +130,10 @@ async fn contents(c: &Client, b: &str) -> BTreeMap<String, String> {
         if let Some(t) = &token {
             req = req.continuation_token(t);
         }
-        let page = req.send().await.unwrap_or_else(|e| panic!("list {b}: {e:?}"));
+        let page = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {b}: {e:?}"));
         for o in page.contents() {
             let k = o.key().unwrap().to_string();
             let body = get(c, b, &k).await.unwrap();
@@ -140,8 +148,19 @@ async fn contents(c: &Client, b: &str) -> BTreeMap<String, String> {
 
 /// The metadata a HEAD shows, as one comparable line.
 async fn head_meta(c: &Client, b: &str, key: &str) -> String {
-    let h = c.head_object().bucket(b).key(key).send().await.unwrap_or_else(|e| panic!("head {b}/{key}: {e:?}"));
-    let mut user: Vec<_> = h.metadata().cloned().unwrap_or_default().into_iter().collect();
+    let h = c
+        .head_object()
+        .bucket(b)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("head {b}/{key}: {e:?}"));
+    let mut user: Vec<_> = h
+        .metadata()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     user.sort();
     format!(
         "type={:?} cache={:?} disposition={:?} encoding={:?} user={user:?} length={:?}",
@@ -204,15 +223,22 @@ fn run(job: &Path, cmd: &str, flags: &[String]) -> Output {
 
 fn from_keys() -> [(&'static str, String); 2] {
     let (a, s) = keys();
-    [("OFFLOAD_FROM_S3_ACCESS_KEY", a), ("OFFLOAD_FROM_S3_SECRET_KEY", s)]
+    [
+        ("OFFLOAD_FROM_S3_ACCESS_KEY", a),
+        ("OFFLOAD_FROM_S3_SECRET_KEY", s),
+    ]
 }
 
 /// Pseudo-random bytes (a simple LCG), so big fixtures need no data files.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 56) as u8
         })
         .collect()
@@ -246,7 +272,9 @@ impl TutorBuckets {
             .bucket(&t.openedx)
             .key("openedx/media/video-transcripts/3f2a9c.sjson")
             .content_type("application/json")
-            .body(ByteStream::from(br#"{"start":[0],"end":[1500],"text":["Welcome"]}"#.to_vec()))
+            .body(ByteStream::from(
+                br#"{"start":[0],"end":[1500],"text":["Welcome"]}"#.to_vec(),
+            ))
             .send()
             .await
             .unwrap();
@@ -269,7 +297,12 @@ impl TutorBuckets {
             .send()
             .await
             .unwrap();
-        put(&t.grades, "openedx/media/grades/9c1e/Demo_grade_report_2024-05-01.csv", b"id,grade\n1,0.9\n".to_vec()).await;
+        put(
+            &t.grades,
+            "openedx/media/grades/9c1e/Demo_grade_report_2024-05-01.csv",
+            b"id,grade\n1,0.9\n".to_vec(),
+        )
+        .await;
         s.put_object()
             .bucket(&t.uploads)
             .key("submissions_attachments/7f3e/course-v1:edX+Demo+2024/block-v1:edX+Demo+2024+type@openassessment+block@a1")
@@ -280,13 +313,23 @@ impl TutorBuckets {
             .await
             .unwrap();
         put(&t.videos, "video-upload/intro.mp4", noise(2_000_000, 4)).await;
-        put(&t.learning, "component_versions/9/static/diagram.png", noise(5_000, 5)).await;
+        put(
+            &t.learning,
+            "component_versions/9/static/diagram.png",
+            noise(5_000, 5),
+        )
+        .await;
         // What `mc policy set public` gives MinIO's openedx bucket (read and write for anyone).
         let policy = format!(
             r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":["*"]}},"Action":["s3:GetObject","s3:PutObject"],"Resource":["arn:aws:s3:::{}/*"]}}]}}"#,
             t.openedx
         );
-        s.put_bucket_policy().bucket(&t.openedx).policy(policy).send().await.unwrap();
+        s.put_bucket_policy()
+            .bucket(&t.openedx)
+            .policy(policy)
+            .send()
+            .await
+            .unwrap();
         t
     }
 
@@ -328,10 +371,21 @@ async fn minio_buckets_from_config_copy_and_verify_clean() {
     let map = map.join(",");
     let (from, to) = (source_url(), target_url());
     let args = [
-        "--from-s3", from.as_str(), "--to-s3", to.as_str(), "--bucket-map", map.as_str(),
-        "--create-buckets", "--no-progress",
+        "--from-s3",
+        from.as_str(),
+        "--to-s3",
+        to.as_str(),
+        "--bucket-map",
+        map.as_str(),
+        "--create-buckets",
+        "--no-progress",
     ];
-    let plan = offload(job.path(), &root, &[&["plan", "--json"], &args[..]].concat(), &[]);
+    let plan = offload(
+        job.path(),
+        &root,
+        &[&["plan", "--json"], &args[..]].concat(),
+        &[],
+    );
     assert_exit(&plan, 0);
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let units: Vec<&str> = plan["stores"][0]["units"]
@@ -341,13 +395,19 @@ async fn minio_buckets_from_config_copy_and_verify_clean() {
         .map(|u| u["container"].as_str().unwrap())
         .collect();
     for b in t.all() {
-        assert!(units.contains(&b.as_str()), "plan lists bucket {b}: {units:?}");
+        assert!(
+            units.contains(&b.as_str()),
+            "plan lists bucket {b}: {units:?}"
+        );
     }
 
     let copy = offload(job.path(), &root, &[&["copy"], &args[..]].concat(), &[]);
     assert_exit(&copy, 0);
     for b in t.all() {
-        let (a, z) = (contents(&src(), &b).await, contents(&tgt(), &format!("{b}-new")).await);
+        let (a, z) = (
+            contents(&src(), &b).await,
+            contents(&tgt(), &format!("{b}-new")).await,
+        );
         assert!(!a.is_empty());
         assert_eq!(a, z, "bucket {b}: same keys with the same bytes");
         for k in a.keys() {
@@ -367,26 +427,45 @@ async fn minio_buckets_from_config_copy_and_verify_clean() {
         .expect("a policy on the target's openedx bucket");
     let policy: serde_json::Value = serde_json::from_str(policy.policy().unwrap()).unwrap();
     let policy_text = policy.to_string();
-    assert!(policy_text.contains("s3:GetObject") && !policy_text.contains("s3:PutObject"), "{policy_text}");
     assert!(
-        tgt().get_bucket_policy().bucket(format!("{}-new", t.grades)).send().await.is_err(),
+        policy_text.contains("s3:GetObject") && !policy_text.contains("s3:PutObject"),
+        "{policy_text}"
+    );
+    assert!(
+        tgt()
+            .get_bucket_policy()
+            .bucket(format!("{}-new", t.grades))
+            .send()
+            .await
+            .is_err(),
         "private buckets stay private"
     );
 
     let verify = offload(job.path(), &root, &["verify"], &[]);
     assert_exit(&verify, 0);
-    assert!(text(&verify).contains("Safe to switch"), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("Safe to switch"),
+        "{}",
+        text(&verify)
+    );
 
     // Re-running over the full target copies nothing again: every object is found identical.
     let again = offload(
         job.path(),
         &root,
-        &[&["copy", "--restart", "--if-exists", "replace", "--json"], &args[..]].concat(),
+        &[
+            &["copy", "--restart", "--if-exists", "replace", "--json"],
+            &args[..],
+        ]
+        .concat(),
         &[],
     );
     assert_exit(&again, 0);
     let summary: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(summary["rows"], 7, "every object counted as in place: {summary}");
+    assert_eq!(
+        summary["rows"], 7,
+        "every object counted as in place: {summary}"
+    );
     t.drop().await;
 }
 
@@ -408,7 +487,11 @@ async fn awkward_keys_and_metadata_survive() {
     ];
     let s = src();
     for (i, k) in keys.iter().enumerate() {
-        let body = if k.ends_with('/') || k.starts_with("zero") { Vec::new() } else { noise(100 + i * 37, i as u64) };
+        let body = if k.ends_with('/') || k.starts_with("zero") {
+            Vec::new()
+        } else {
+            noise(100 + i * 37, i as u64)
+        };
         s.put_object()
             .bucket(&b)
             .key(*k)
@@ -430,7 +513,11 @@ async fn awkward_keys_and_metadata_survive() {
     assert_eq!(a.len(), keys.len());
     assert_eq!(a, z);
     for k in keys {
-        assert_eq!(head_meta(&src(), &b, k).await, head_meta(&tgt(), &b, k).await, "{k}");
+        assert_eq!(
+            head_meta(&src(), &b, k).await,
+            head_meta(&tgt(), &b, k).await,
+            "{k}"
+        );
     }
     assert_exit(&run(job.path(), "verify", &[]), 0);
     drop_bucket(&src(), &b).await;
@@ -451,15 +538,42 @@ async fn a_changed_object_is_named() {
     let job = tempfile::tempdir().unwrap();
     let f = s3_flags(&[&b], &["--part-size", "5242880"]);
     assert_exit(&run(job.path(), "copy", &f), 0);
-    let etag = tgt().head_object().bucket(&b).key("big/lecture.mp4").send().await.unwrap();
-    assert!(etag.e_tag().unwrap().ends_with("-3\""), "copied in 3 parts: {:?}", etag.e_tag());
+    let etag = tgt()
+        .head_object()
+        .bucket(&b)
+        .key("big/lecture.mp4")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        etag.e_tag().unwrap().ends_with("-3\""),
+        "copied in 3 parts: {:?}",
+        etag.e_tag()
+    );
     assert_exit(&run(job.path(), "verify", &[]), 0);
 
     // Same size, other bytes; one gone; one extra; metadata changed on another.
     let t = tgt();
-    t.put_object().bucket(&b).key("asset/007.png").body(ByteStream::from(noise(1007, 1234))).send().await.unwrap();
-    t.delete_object().bucket(&b).key("asset/013.png").send().await.unwrap();
-    t.put_object().bucket(&b).key("asset/999-extra.png").body(ByteStream::from(b"x".to_vec())).send().await.unwrap();
+    t.put_object()
+        .bucket(&b)
+        .key("asset/007.png")
+        .body(ByteStream::from(noise(1007, 1234)))
+        .send()
+        .await
+        .unwrap();
+    t.delete_object()
+        .bucket(&b)
+        .key("asset/013.png")
+        .send()
+        .await
+        .unwrap();
+    t.put_object()
+        .bucket(&b)
+        .key("asset/999-extra.png")
+        .body(ByteStream::from(b"x".to_vec()))
+        .send()
+        .await
+        .unwrap();
     t.copy_object()
         .bucket(&b)
         .key("asset/021.png")
@@ -472,7 +586,12 @@ async fn a_changed_object_is_named() {
     for extra in [&[][..], &["--deep"][..]] {
         let mut args = vec!["verify"];
         args.extend_from_slice(extra);
-        let out = offload(job.path(), &job.path().join("no-tutor-here"), &args, &from_keys());
+        let out = offload(
+            job.path(),
+            &job.path().join("no-tutor-here"),
+            &args,
+            &from_keys(),
+        );
         assert_exit(&out, 1);
         let report = text(&out);
         assert!(report.contains("NOT safe to switch"), "{report}");
@@ -502,7 +621,10 @@ async fn kill_inside_a_multipart_upload_resumes_it() {
     put(&b, "video/lecture-01.mp4", big.clone()).await;
     put(&b, "z-after.txt", b"after the big one".to_vec()).await;
     let job = tempfile::tempdir().unwrap();
-    let f = s3_flags(&[&b], &["--part-size", "5242880", "--object-transfers", "1"]);
+    let f = s3_flags(
+        &[&b],
+        &["--part-size", "5242880", "--object-transfers", "1"],
+    );
     let mut args = vec!["copy"];
     args.extend(f.iter().map(|s| s.as_str()));
     let out = offload(
@@ -515,34 +637,74 @@ async fn kill_inside_a_multipart_upload_resumes_it() {
         ]
         .concat(),
     );
-    assert_eq!(out.status.signal(), Some(9), "killed inside the upload: {}", text(&out));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "killed inside the upload: {}",
+        text(&out)
+    );
 
     // The target holds an unfinished upload of that object with the 3 parts sent so far.
     let t = tgt();
-    assert!(get(&t, &b, "video/lecture-01.mp4").await.is_none(), "not completed yet");
+    assert!(
+        get(&t, &b, "video/lecture-01.mp4").await.is_none(),
+        "not completed yet"
+    );
     let uploads = t.list_multipart_uploads().bucket(&b).send().await.unwrap();
-    let ups: Vec<_> = uploads.uploads().iter().filter(|u| u.key() == Some("video/lecture-01.mp4")).collect();
+    let ups: Vec<_> = uploads
+        .uploads()
+        .iter()
+        .filter(|u| u.key() == Some("video/lecture-01.mp4"))
+        .collect();
     assert_eq!(ups.len(), 1);
     let id = ups[0].upload_id().unwrap().to_string();
-    let parts = t.list_parts().bucket(&b).key("video/lecture-01.mp4").upload_id(&id).send().await.unwrap();
+    let parts = t
+        .list_parts()
+        .bucket(&b)
+        .key("video/lecture-01.mp4")
+        .upload_id(&id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(parts.parts().len(), 3);
     // A stale upload some earlier crash left in the same bucket.
-    let stale = t.create_multipart_upload().bucket(&b).key("old/crashed.bin").send().await.unwrap();
+    let stale = t
+        .create_multipart_upload()
+        .bucket(&b)
+        .key("old/crashed.bin")
+        .send()
+        .await
+        .unwrap();
 
     let mut args = vec!["copy", "--resume", "--json", "-v"];
     args.extend(f.iter().map(|s| s.as_str()));
-    let out = offload(job.path(), &job.path().join("no-tutor-here"), &args, &from_keys());
+    let out = offload(
+        job.path(),
+        &job.path().join("no-tutor-here"),
+        &args,
+        &from_keys(),
+    );
     assert_exit(&out, 0);
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("continuing a multipart upload") && log.contains(&id), "{log}");
+    assert!(
+        log.contains("continuing a multipart upload") && log.contains(&id),
+        "{log}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let sent = summary["bytes"].as_u64().unwrap();
     assert!(
         sent < 20 * 1024 * 1024,
         "the resumed run sent only the missing parts, not the whole object again: {sent} bytes"
     );
-    assert_eq!(get(&t, &b, "video/lecture-01.mp4").await.unwrap(), big, "bytes identical");
-    assert_eq!(get(&t, &b, "z-after.txt").await.unwrap(), b"after the big one");
+    assert_eq!(
+        get(&t, &b, "video/lecture-01.mp4").await.unwrap(),
+        big,
+        "bytes identical"
+    );
+    assert_eq!(
+        get(&t, &b, "z-after.txt").await.unwrap(),
+        b"after the big one"
+    );
     let left = t.list_multipart_uploads().bucket(&b).send().await.unwrap();
     assert!(
         left.uploads().is_empty(),
@@ -563,13 +725,34 @@ fn media_root(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     };
-    w("config.yml", b"LMS_HOST: learn.example.org\nPLUGINS:\n- mfe\n");
-    w("data/openedx-media/user_tasks/2024/05/course_export.tar.gz", &noise(50_000, 1));
-    w("data/openedx-media/video-transcripts/3f2a9c.sjson", br#"{"text":["Welcome"]}"#);
-    w("data/openedx-media/video-images/intro.png", &noise(2_000, 2));
-    w("data/openedx-media/profile-images/ab12_500.jpg", &noise(3_000, 3));
-    w("data/openedx-media/grades/9c1e/Demo grade report.csv", b"id,grade\n1,0.9\n");
-    w("data/openedx-media-private/openedx-learning/component_versions/9/diagram.svg", b"<svg/>");
+    w(
+        "config.yml",
+        b"LMS_HOST: learn.example.org\nPLUGINS:\n- mfe\n",
+    );
+    w(
+        "data/openedx-media/user_tasks/2024/05/course_export.tar.gz",
+        &noise(50_000, 1),
+    );
+    w(
+        "data/openedx-media/video-transcripts/3f2a9c.sjson",
+        br#"{"text":["Welcome"]}"#,
+    );
+    w(
+        "data/openedx-media/video-images/intro.png",
+        &noise(2_000, 2),
+    );
+    w(
+        "data/openedx-media/profile-images/ab12_500.jpg",
+        &noise(3_000, 3),
+    );
+    w(
+        "data/openedx-media/grades/9c1e/Demo grade report.csv",
+        b"id,grade\n1,0.9\n",
+    );
+    w(
+        "data/openedx-media-private/openedx-learning/component_versions/9/diagram.svg",
+        b"<svg/>",
+    );
     w(
         "data/lms/ora2/openedxuploads/submissions_attachments/7f3e/course-v1:edX+Demo+2024/block1/content",
         &noise(9_000, 4),
@@ -585,21 +768,42 @@ fn media_root(dir: &Path) -> PathBuf {
 async fn filesystem_media_lands_where_the_s3_plugins_look() {
     let job = tempfile::tempdir().unwrap();
     let root = media_root(job.path());
-    let names = ["openedx", "openedxgrades", "openedxlearning", "openedxuploads"];
-    let map: Vec<String> = names.iter().map(|n| format!("{n}={}", bucket(&format!("fs{n}")))).collect();
+    let names = [
+        "openedx",
+        "openedxgrades",
+        "openedxlearning",
+        "openedxuploads",
+    ];
+    let map: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}={}", bucket(&format!("fs{n}"))))
+        .collect();
     for n in names {
         drop_bucket(&tgt(), &bucket(&format!("fs{n}"))).await;
     }
     let (to, map) = (target_url(), map.join(","));
-    let args = ["--to-s3", to.as_str(), "--bucket-map", map.as_str(), "--create-buckets", "--no-progress"];
+    let args = [
+        "--to-s3",
+        to.as_str(),
+        "--bucket-map",
+        map.as_str(),
+        "--create-buckets",
+        "--no-progress",
+    ];
     let plan = offload(job.path(), &root, &[&["plan"], &args[..]].concat(), &[]);
     assert_exit(&plan, 0);
     let shown = text(&plan);
     assert!(
-        shown.contains(&format!("data/openedx-media/grades -> s3://{}/openedx/media/grades/", bucket("fsopenedxgrades"))),
+        shown.contains(&format!(
+            "data/openedx-media/grades -> s3://{}/openedx/media/grades/",
+            bucket("fsopenedxgrades")
+        )),
         "the plan shows where each folder goes:\n{shown}"
     );
-    assert_exit(&offload(job.path(), &root, &[&["copy"], &args[..]].concat(), &[]), 0);
+    assert_exit(
+        &offload(job.path(), &root, &[&["copy"], &args[..]].concat(), &[]),
+        0,
+    );
 
     // Where Django's S3 storages (MinIO or tutor-contrib-s3 settings) read each file from.
     let expected = [
@@ -615,28 +819,58 @@ async fn filesystem_media_lands_where_the_s3_plugins_look() {
     for (name, key, file, ctype) in expected {
         let b = bucket(&format!("fs{name}"));
         *per_bucket.entry(b.clone()).or_default() += 1;
-        let body = get(&tgt(), &b, key).await.unwrap_or_else(|| panic!("{b}/{key} is on the target"));
+        let body = get(&tgt(), &b, key)
+            .await
+            .unwrap_or_else(|| panic!("{b}/{key} is on the target"));
         assert_eq!(body, std::fs::read(root.join(file)).unwrap(), "{key}");
-        let h = tgt().head_object().bucket(&b).key(key).send().await.unwrap();
+        let h = tgt()
+            .head_object()
+            .bucket(&b)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(h.content_type(), Some(ctype), "{key}");
     }
     for (b, n) in &per_bucket {
         assert_eq!(contents(&tgt(), b).await.len(), *n, "nothing else in {b}");
     }
-    let gz = tgt().head_object().bucket(bucket("fsopenedx")).key("user_tasks/2024/05/course_export.tar.gz").send().await.unwrap();
-    assert_eq!(gz.content_encoding(), Some("gzip"), "as Django's storage sets it");
+    let gz = tgt()
+        .head_object()
+        .bucket(bucket("fsopenedx"))
+        .key("user_tasks/2024/05/course_export.tar.gz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        gz.content_encoding(),
+        Some("gzip"),
+        "as Django's storage sets it"
+    );
     assert!(
-        tgt().get_bucket_policy().bucket(bucket("fsopenedx")).send().await.is_ok(),
+        tgt()
+            .get_bucket_policy()
+            .bucket(bucket("fsopenedx"))
+            .send()
+            .await
+            .is_ok(),
         "the media bucket is publicly readable, as Tutor serves media"
     );
     assert_exit(&offload(job.path(), &root, &["verify"], &[]), 0);
 
     // A file changed on disk after the copy is named by verify.
-    std::fs::write(root.join("data/openedx-media/grades/9c1e/Demo grade report.csv"), b"id,grade\n1,0.8\n").unwrap();
+    std::fs::write(
+        root.join("data/openedx-media/grades/9c1e/Demo grade report.csv"),
+        b"id,grade\n1,0.8\n",
+    )
+    .unwrap();
     let out = offload(job.path(), &root, &["verify"], &[]);
     assert_exit(&out, 1);
     assert!(
-        text(&out).contains(&format!("differs: {}/openedx/media/grades/9c1e/Demo grade report.csv", bucket("fsopenedxgrades"))),
+        text(&out).contains(&format!(
+            "differs: {}/openedx/media/grades/9c1e/Demo grade report.csv",
+            bucket("fsopenedxgrades")
+        )),
         "{}",
         text(&out)
     );
@@ -653,22 +887,49 @@ async fn bad_files_fail_alone_and_the_job_says_incomplete() {
     // Unreadable: a link to nothing. Changing while read: a file that claims 4096 bytes and
     // yields a handful (what a file shrinking during the copy looks like).
     std::os::unix::fs::symlink(job.path().join("nowhere"), media.join("broken-link.pdf")).unwrap();
-    std::os::unix::fs::symlink("/sys/devices/system/cpu/online", media.join("shrinking.txt")).unwrap();
-    assert_eq!(std::fs::metadata(media.join("shrinking.txt")).unwrap().len(), 4096);
+    std::os::unix::fs::symlink(
+        "/sys/devices/system/cpu/online",
+        media.join("shrinking.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(media.join("shrinking.txt"))
+            .unwrap()
+            .len(),
+        4096
+    );
     let b = bucket("fsbad");
     drop_bucket(&tgt(), &b).await;
-    let (to, map) = (target_url(), format!("openedx={b},openedxgrades={b}-g,openedxlearning={b}-l,openedxuploads={b}-u"));
-    let args = ["--to-s3", to.as_str(), "--bucket-map", map.as_str(), "--create-buckets", "--no-progress"];
+    let (to, map) = (
+        target_url(),
+        format!("openedx={b},openedxgrades={b}-g,openedxlearning={b}-l,openedxuploads={b}-u"),
+    );
+    let args = [
+        "--to-s3",
+        to.as_str(),
+        "--bucket-map",
+        map.as_str(),
+        "--create-buckets",
+        "--no-progress",
+    ];
     let out = offload(job.path(), &root, &[&["copy"], &args[..]].concat(), &[]);
     assert_exit(&out, 2);
     let msg = text(&out);
     assert!(msg.contains("2 item(s) could not be copied"), "{msg}");
     let status = offload(job.path(), &root, &["status", "--json"], &[]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let unit = status["units"].as_array().unwrap().iter().find(|u| u["unit"]["name"] == "openedx-media").unwrap();
+    let unit = status["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["unit"]["name"] == "openedx-media")
+        .unwrap();
     assert_eq!(unit["state"], "failed", "{unit}");
     let err = unit["last_error"].as_str().unwrap();
-    assert!(err.contains("broken-link.pdf") || err.contains("shrinking.txt"), "{err}");
+    assert!(
+        err.contains("broken-link.pdf") || err.contains("shrinking.txt"),
+        "{err}"
+    );
     // Each failure is recorded by name in the job's history (both of them).
     let catalog = rusqlite::Connection::open(job.path().join("catalog.sqlite")).unwrap();
     let events: Vec<String> = catalog
@@ -679,16 +940,37 @@ async fn bad_files_fail_alone_and_the_job_says_incomplete() {
         .map(|r| r.unwrap())
         .collect();
     let all = events.join("\n");
-    assert!(all.contains(&format!("{b}/broken-link.pdf: cannot read")), "{all}");
-    assert!(all.contains(&format!("{b}/shrinking.txt: the source ended after")) && all.contains("changed while being read"), "{all}");
+    assert!(
+        all.contains(&format!("{b}/broken-link.pdf: cannot read")),
+        "{all}"
+    );
+    assert!(
+        all.contains(&format!("{b}/shrinking.txt: the source ended after"))
+            && all.contains("changed while being read"),
+        "{all}"
+    );
     // The rest went on; nothing that failed is on the target.
     let there = contents(&tgt(), &b).await;
-    assert!(there.contains_key("user_tasks/2024/05/course_export.tar.gz"), "{there:?}");
-    assert!(!there.contains_key("broken-link.pdf") && !there.contains_key("shrinking.txt"), "{there:?}");
+    assert!(
+        there.contains_key("user_tasks/2024/05/course_export.tar.gz"),
+        "{there:?}"
+    );
+    assert!(
+        !there.contains_key("broken-link.pdf") && !there.contains_key("shrinking.txt"),
+        "{there:?}"
+    );
     // Fixed, a resume finishes the job.
     std::fs::remove_file(media.join("broken-link.pdf")).unwrap();
     std::fs::remove_file(media.join("shrinking.txt")).unwrap();
-    assert_exit(&offload(job.path(), &root, &["copy", "--resume", "--no-progress"], &[]), 0);
+    assert_exit(
+        &offload(
+            job.path(),
+            &root,
+            &["copy", "--resume", "--no-progress"],
+            &[],
+        ),
+        0,
+    );
     assert_exit(&offload(job.path(), &root, &["verify"], &[]), 0);
     for suffix in ["", "-g", "-l", "-u"] {
         drop_bucket(&tgt(), &format!("{b}{suffix}")).await;
@@ -706,16 +988,41 @@ async fn access_denied_on_one_object_fails_it_alone() {
     let policy = format!(
         r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{b}/secret.pdf"}}]}}"#
     );
-    src().put_bucket_policy().bucket(&b).policy(policy).send().await.unwrap();
+    src()
+        .put_bucket_policy()
+        .bucket(&b)
+        .policy(policy)
+        .send()
+        .await
+        .unwrap();
     let job = tempfile::tempdir().unwrap();
     let out = run(job.path(), "copy", &s3_flags(&[&b], &[]));
     assert_exit(&out, 2);
     let msg = text(&out);
-    assert!(msg.contains(&format!("{b}/secret.pdf")) && msg.contains("access denied"), "{msg}");
+    assert!(
+        msg.contains(&format!("{b}/secret.pdf")) && msg.contains("access denied"),
+        "{msg}"
+    );
     let there = contents(&tgt(), &b).await;
-    assert_eq!(there.keys().collect::<Vec<_>>(), ["a.txt", "z.txt"], "the rest was copied, the denied one not");
-    src().delete_bucket_policy().bucket(&b).send().await.unwrap();
-    assert_exit(&run(job.path(), "copy", &["--resume".into(), "--no-progress".into()]), 0);
+    assert_eq!(
+        there.keys().collect::<Vec<_>>(),
+        ["a.txt", "z.txt"],
+        "the rest was copied, the denied one not"
+    );
+    src()
+        .delete_bucket_policy()
+        .bucket(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_exit(
+        &run(
+            job.path(),
+            "copy",
+            &["--resume".into(), "--no-progress".into()],
+        ),
+        0,
+    );
     assert_exit(&run(job.path(), "verify", &[]), 0);
     drop_bucket(&src(), &b).await;
     drop_bucket(&tgt(), &b).await;
@@ -731,8 +1038,13 @@ async fn wrong_credentials_and_missing_buckets_stop_before_writing() {
     let wrong = target_url().replacen("://", "://offload-test-access:wrong-secret@", 1);
     let flags = |to: &str, create: bool| {
         let mut v = vec![
-            "--from-s3".to_string(), source_url(), "--to-s3".into(), to.to_string(),
-            "--buckets".into(), b.clone(), "--no-progress".into(),
+            "--from-s3".to_string(),
+            source_url(),
+            "--to-s3".into(),
+            to.to_string(),
+            "--buckets".into(),
+            b.clone(),
+            "--no-progress".into(),
         ];
         if create {
             v.push("--create-buckets".into());
@@ -742,20 +1054,33 @@ async fn wrong_credentials_and_missing_buckets_stop_before_writing() {
     let out = run(job.path(), "copy", &flags(&wrong, true));
     assert_exit(&out, 2);
     let msg = text(&out);
-    assert!(msg.contains("credentials were refused") && msg.contains("OFFLOAD_TO_S3_SECRET_KEY"), "{msg}");
-    assert!(!msg.contains("wrong-secret"), "the secret is never shown: {msg}");
+    assert!(
+        msg.contains("credentials were refused") && msg.contains("OFFLOAD_TO_S3_SECRET_KEY"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("wrong-secret"),
+        "the secret is never shown: {msg}"
+    );
 
     let wrong_source = source_url().replacen("://", "://nobody:nothing@", 1);
     let mut f = flags(&target_url(), true);
     f[1] = wrong_source;
     let out = run(&job.path().join("j2"), "copy", &f);
     assert_exit(&out, 2);
-    assert!(text(&out).contains("the source") && text(&out).contains("credentials were refused"), "{}", text(&out));
+    assert!(
+        text(&out).contains("the source") && text(&out).contains("credentials were refused"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(&job.path().join("j3"), "copy", &flags(&target_url(), false));
     assert_exit(&out, 2);
     let msg = text(&out);
-    assert!(msg.contains(&format!("target bucket {b}")) && msg.contains("--create-buckets"), "{msg}");
+    assert!(
+        msg.contains(&format!("target bucket {b}")) && msg.contains("--create-buckets"),
+        "{msg}"
+    );
     assert!(
         tgt().head_bucket().bucket(&b).send().await.is_err(),
         "nothing was created on the target"

@@ -6,7 +6,9 @@
 use std::collections::HashSet;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
-use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier,
+};
 use futures_util::StreamExt;
 
 use super::digest::{self, Meta};
@@ -37,12 +39,19 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
                     Err(e) => Check::new(
                         format!("source bucket {bucket}"),
                         false,
-                        failure_text(classify("source", &endpoint.address(), "listing the bucket", false, &e)),
+                        failure_text(classify(
+                            "source",
+                            &endpoint.address(),
+                            "listing the bucket",
+                            false,
+                            &e,
+                        )),
                     ),
                 };
                 s.checks.push(check);
                 if spec.to.bucket != *bucket {
-                    s.notes.push(format!("bucket {bucket} -> {}", spec.to.bucket));
+                    s.notes
+                        .push(format!("bucket {bucket} -> {}", spec.to.bucket));
                 }
             }
         }
@@ -50,7 +59,9 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
             s.source_version = format!("Tutor media folders in {}", root.display());
             let mut any = false;
             for (_, spec, _, shown) in &places {
-                let From::Folder(f) = &spec.from else { continue };
+                let From::Folder(f) = &spec.from else {
+                    continue;
+                };
                 let exists = f.folder.is_dir();
                 any |= exists;
                 s.notes.push(format!(
@@ -70,7 +81,10 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
                 if any {
                     "found".to_string()
                 } else {
-                    format!("no media folder found under {}; pass --tutor-root, or --from-s3 for MinIO", root.display())
+                    format!(
+                        "no media folder found under {}; pass --tutor-root, or --from-s3 for MinIO",
+                        root.display()
+                    )
                 },
             ));
         }
@@ -78,8 +92,16 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
     s.target_version = format!(
         "S3 API at {} (region {}, {} addressing)",
         store.target.public_url(),
-        if store.target.region.is_empty() { "us-east-1" } else { &store.target.region },
-        if store.target.path_style { "path-style" } else { "virtual-hosted" }
+        if store.target.region.is_empty() {
+            "us-east-1"
+        } else {
+            &store.target.region
+        },
+        if store.target.path_style {
+            "path-style"
+        } else {
+            "virtual-hosted"
+        }
     );
     let mut seen = HashSet::new();
     for (_, spec, _, _) in &places {
@@ -135,17 +157,25 @@ fn failure_text(f: Failure) -> String {
 /// Make sure a target bucket exists, creating it when `--create-buckets` allows.
 pub async fn ensure_bucket(store: &ObjectsStore, bucket: &str) -> Result<(), StoreError> {
     let addr = store.target.address();
-    match store.target_client.head_bucket().bucket(bucket).send().await {
+    match store
+        .target_client
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(e) => {
             let missing = e.code() == Some("NotFound")
                 || e.code() == Some("NoSuchBucket")
                 || e.raw_response().map(|r| r.status().as_u16()) == Some(404);
             if !missing {
-                return Err(match classify("target", &addr, "checking the bucket", false, &e) {
-                    Failure::Fatal(err) => err.in_unit(bucket),
-                    _ => unreachable!("bucket-level calls fail fatally"),
-                });
+                return Err(
+                    match classify("target", &addr, "checking the bucket", false, &e) {
+                        Failure::Fatal(err) => err.in_unit(bucket),
+                        _ => unreachable!("bucket-level calls fail fatally"),
+                    },
+                );
             }
         }
     }
@@ -172,10 +202,12 @@ pub async fn ensure_bucket(store: &ObjectsStore, bucket: &str) -> Result<(), Sto
             Ok(())
         }
         Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou")) => Ok(()),
-        Err(e) => Err(match classify("target", &addr, "creating the bucket", false, &e) {
-            Failure::Fatal(err) => err.in_unit(bucket),
-            _ => unreachable!("bucket-level calls fail fatally"),
-        }),
+        Err(e) => Err(
+            match classify("target", &addr, "creating the bucket", false, &e) {
+                Failure::Fatal(err) => err.in_unit(bucket),
+                _ => unreachable!("bucket-level calls fail fatally"),
+            },
+        ),
     }
 }
 
@@ -207,9 +239,11 @@ pub async fn abort_stale_uploads(
             return Ok(()); // listing uploads is best effort (not every server offers it)
         };
         for u in page.uploads() {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
-            let in_range = after.as_deref().is_none_or(|a| key > a)
-                && upto.as_deref().is_none_or(|b| key <= b)
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            let in_range = after.as_deref().map_or(true, |a| key > a)
+                && upto.as_deref().map_or(true, |b| key <= b)
                 && spec.to.owns(key);
             if in_range && keep != Some(id) {
                 tracing::info!(store = "objects", bucket = %spec.to.bucket, key, upload = id, "aborting a stale multipart upload");
@@ -237,7 +271,11 @@ pub async fn abort_stale_uploads(
 
 /// Under `--if-exists replace`: delete the target objects of a unit's range that the source
 /// does not have (the rest is overwritten or found identical by the copy).
-pub async fn delete_extras(store: &ObjectsStore, unit: &Unit, spec: &Spec) -> Result<(), StoreError> {
+pub async fn delete_extras(
+    store: &ObjectsStore,
+    unit: &Unit,
+    spec: &Spec,
+) -> Result<(), StoreError> {
     let upto = unit.range.upto.as_ref().and_then(cursor_key);
     let mut after = unit.range.after.as_ref().and_then(cursor_key);
     loop {
@@ -248,7 +286,13 @@ pub async fn delete_extras(store: &ObjectsStore, unit: &Unit, spec: &Spec) -> Re
             return Ok(());
         };
         let (sources, _) = store
-            .list(Side::Source, spec, after.as_deref(), Some(&last), usize::MAX)
+            .list(
+                Side::Source,
+                spec,
+                after.as_deref(),
+                Some(&last),
+                usize::MAX,
+            )
             .await?;
         let keep: HashSet<&str> = sources.iter().map(|s| s.key.as_str()).collect();
         let extra: Vec<ObjectIdentifier> = targets
@@ -270,9 +314,17 @@ pub async fn delete_extras(store: &ObjectsStore, unit: &Unit, spec: &Spec) -> Re
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| match classify("target", &store.target.address(), "deleting objects", false, &e) {
-                    Failure::Fatal(err) => err.in_unit(&unit.name),
-                    _ => unreachable!("bucket-level calls fail fatally"),
+                .map_err(|e| {
+                    match classify(
+                        "target",
+                        &store.target.address(),
+                        "deleting objects",
+                        false,
+                        &e,
+                    ) {
+                        Failure::Fatal(err) => err.in_unit(&unit.name),
+                        _ => unreachable!("bucket-level calls fail fatally"),
+                    }
                 })?;
         }
         if !more {
@@ -290,13 +342,17 @@ pub async fn object_digests(
     spec: &Spec,
     entries: &[Listed],
 ) -> Result<Vec<[u8; 16]>, StoreError> {
-    type Pending<'a> =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<[u8; 16], StoreError>> + Send + 'a>>;
-    let results: Vec<Result<[u8; 16], StoreError>> = futures_util::stream::iter(entries.iter().cloned())
-        .map(|e| -> Pending<'_> { Box::pin(async move { digest_one(store, side, spec, &e).await }) })
-        .buffered(store.options.transfers.max(1))
-        .collect()
-        .await;
+    type Pending<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<[u8; 16], StoreError>> + Send + 'a>,
+    >;
+    let results: Vec<Result<[u8; 16], StoreError>> =
+        futures_util::stream::iter(entries.iter().cloned())
+            .map(|e| -> Pending<'_> {
+                Box::pin(async move { digest_one(store, side, spec, &e).await })
+            })
+            .buffered(store.options.transfers.max(1))
+            .collect()
+            .await;
     results.into_iter().collect()
 }
 
@@ -349,7 +405,8 @@ async fn describe(
             let content = if deep {
                 let (md5, _) = store.hash_source(spec, e, vec![e.size]).await?;
                 format!("md5:{}", hex::encode(md5))
-            } else if digest::multipart_parts(&etag).is_some() || e.size <= store.options.part_size {
+            } else if digest::multipart_parts(&etag).is_some() || e.size <= store.options.part_size
+            {
                 format!("etag:{etag}")
             } else {
                 let (_, etag) = store.hash_source(spec, e, store.parts_for(e.size)).await?;
@@ -384,7 +441,15 @@ async fn full_md5_target(store: &ObjectsStore, spec: &Spec, e: &Listed) -> Resul
         .key(&e.key)
         .send()
         .await
-        .map_err(|err| classify("target", &store.target.address(), "reading the object", true, &err))?;
+        .map_err(|err| {
+            classify(
+                "target",
+                &store.target.address(),
+                "reading the object",
+                true,
+                &err,
+            )
+        })?;
     let len = out.content_length().unwrap_or(0).max(0) as u64;
     let feed = super::transfer::Feed::S3(Box::pin(out.body));
     let (md5, _) = feed.hash(len, vec![len]).await.map_err(Failure::Object)?;
@@ -415,7 +480,10 @@ pub fn grants_anonymous(policy: &str, action: &str) -> bool {
     let list = |x: &serde_json::Value| -> Vec<String> {
         match x {
             serde_json::Value::String(s) => vec![s.clone()],
-            serde_json::Value::Array(a) => a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
             _ => Vec::new(),
         }
     };
@@ -428,12 +496,23 @@ pub fn grants_anonymous(policy: &str, action: &str) -> bool {
     statements.iter().any(|st| {
         let anyone = match &st["Principal"] {
             serde_json::Value::String(s) => s == "*",
-            serde_json::Value::Object(o) => o.get("AWS").map(|a| list(a).iter().any(|p| p == "*")).unwrap_or(false),
+            serde_json::Value::Object(o) => o
+                .get("AWS")
+                .map(|a| list(a).iter().any(|p| p == "*"))
+                .unwrap_or(false),
             _ => false,
         };
         let allowed = st["Effect"].as_str() == Some("Allow");
         let acts = list(&st["Action"]).iter().any(|a| {
-            a == "*" || a == action || a == &format!("{service}:*") || (a.ends_with('*') && verb.starts_with(a.trim_start_matches(&format!("{service}:")).trim_end_matches('*')) && a.starts_with(&format!("{service}:")))
+            a == "*"
+                || a == action
+                || a == &format!("{service}:*")
+                || (a.ends_with('*')
+                    && verb.starts_with(
+                        a.trim_start_matches(&format!("{service}:"))
+                            .trim_end_matches('*'),
+                    )
+                    && a.starts_with(&format!("{service}:")))
         });
         anyone && allowed && acts
     })
@@ -445,7 +524,10 @@ async fn public_buckets(store: &ObjectsStore) -> Vec<(String, String, bool)> {
     let mut seen = HashSet::new();
     match &store.source {
         ObjectSource::S3 { buckets, .. } => {
-            for b in buckets.iter().filter(|b| store.options.public_read.contains(b)) {
+            for b in buckets
+                .iter()
+                .filter(|b| store.options.public_read.contains(b))
+            {
                 let policy = store
                     .source_client()
                     .get_bucket_policy()
@@ -456,7 +538,11 @@ async fn public_buckets(store: &ObjectsStore) -> Vec<(String, String, bool)> {
                     .and_then(|p| p.policy().map(str::to_string));
                 if let Some(p) = policy {
                     if grants_anonymous(&p, "s3:GetObject") && seen.insert(b.clone()) {
-                        out.push((b.clone(), store.target_bucket(b), grants_anonymous(&p, "s3:PutObject")));
+                        out.push((
+                            b.clone(),
+                            store.target_bucket(b),
+                            grants_anonymous(&p, "s3:PutObject"),
+                        ));
                     }
                 }
             }
@@ -476,7 +562,12 @@ async fn public_buckets(store: &ObjectsStore) -> Vec<(String, String, bool)> {
 pub async fn carry_public_read(store: &ObjectsStore) -> Result<Vec<String>, StoreError> {
     let mut notes = Vec::new();
     for (source, target, writable) in public_buckets(store).await {
-        let current = store.target_client.get_bucket_policy().bucket(&target).send().await;
+        let current = store
+            .target_client
+            .get_bucket_policy()
+            .bucket(&target)
+            .send()
+            .await;
         match current {
             Ok(p) if grants_anonymous(p.policy().unwrap_or(""), "s3:GetObject") => {}
             Ok(_) => notes.push(format!(
@@ -537,7 +628,9 @@ pub async fn compare_public_read(
             out.push(ShapeDifference {
                 container: target.clone(),
                 object: String::new(),
-                detail: format!("bucket {target} is not publicly readable, while {source} is on the source"),
+                detail: format!(
+                    "bucket {target} is not publicly readable, while {source} is on the source"
+                ),
             });
         }
     }

@@ -175,7 +175,12 @@ impl PartHasher {
 /// The digest of one object: key, size, content digest and metadata.
 pub fn object_digest(key: &str, size: u64, content: &str, meta: &str) -> [u8; 16] {
     let mut h = blake3::Hasher::new();
-    for part in [key.as_bytes(), &size.to_le_bytes(), content.as_bytes(), meta.as_bytes()] {
+    for part in [
+        key.as_bytes(),
+        &size.to_le_bytes(),
+        content.as_bytes(),
+        meta.as_bytes(),
+    ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -205,15 +210,24 @@ mod tests {
         let mut h = PartHasher::new(uniform_parts(0, 5));
         h.update(b"");
         assert_eq!(h.finish().1, "d41d8cd98f00b204e9800998ecf8427e");
-        assert_eq!(multipart_parts("d41d8cd98f00b204e9800998ecf8427e-12"), Some(12));
+        assert_eq!(
+            multipart_parts("d41d8cd98f00b204e9800998ecf8427e-12"),
+            Some(12)
+        );
         assert_eq!(multipart_parts("d41d8cd98f00b204e9800998ecf8427e"), None);
     }
 
     #[test]
     fn guesses_types_like_django() {
-        assert_eq!(Meta::guess("a/b.png").content_type.as_deref(), Some("image/png"));
+        assert_eq!(
+            Meta::guess("a/b.png").content_type.as_deref(),
+            Some("image/png")
+        );
         let gz = Meta::guess("x.tar.gz");
         assert_eq!(gz.content_encoding.as_deref(), Some("gzip"));
-        assert_eq!(Meta::guess("noext").content_type.as_deref(), Some("application/octet-stream"));
+        assert_eq!(
+            Meta::guess("noext").content_type.as_deref(),
+            Some("application/octet-stream")
+        );
     }
 }

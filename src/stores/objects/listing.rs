@@ -226,7 +226,13 @@ enum Entry {
 }
 
 impl Walk<'_> {
-    fn push(&mut self, key_rel: &str, file: Option<PathBuf>, size: u64, problem: Option<String>) -> Stop {
+    fn push(
+        &mut self,
+        key_rel: &str,
+        file: Option<PathBuf>,
+        size: u64,
+        problem: Option<String>,
+    ) -> Stop {
         if let Some(a) = self.after {
             if key_rel.as_bytes() <= a.as_bytes() {
                 return Stop::No;
@@ -356,8 +362,18 @@ mod tests {
         std::fs::write(p, body).unwrap();
     }
 
-    fn keys(spec: &FolderSpec, prefix: &str, after: Option<&str>, upto: Option<&str>, limit: usize) -> Vec<String> {
-        list_folder(spec, prefix, after, upto, limit).0.into_iter().map(|l| l.key).collect()
+    fn keys(
+        spec: &FolderSpec,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: usize,
+    ) -> Vec<String> {
+        list_folder(spec, prefix, after, upto, limit)
+            .0
+            .into_iter()
+            .map(|l| l.key)
+            .collect()
     }
 
     #[test]
@@ -366,17 +382,31 @@ mod tests {
         for f in ["a/b", "a-c", "a.txt", "a0", "a/z/y", "b", "é", "skip/x"] {
             write(dir.path(), f, f);
         }
-        let spec = FolderSpec { folder: dir.path().to_path_buf(), skip_dirs: vec!["skip".into()], layout: Layout::Plain };
+        let spec = FolderSpec {
+            folder: dir.path().to_path_buf(),
+            skip_dirs: vec!["skip".into()],
+            layout: Layout::Plain,
+        };
         let all = keys(&spec, "p/", None, None, 100);
         let mut sorted = all.clone();
         sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         assert_eq!(all, sorted);
-        assert_eq!(all, ["p/a-c", "p/a.txt", "p/a/b", "p/a/z/y", "p/a0", "p/b", "p/é"]);
+        assert_eq!(
+            all,
+            ["p/a-c", "p/a.txt", "p/a/b", "p/a/z/y", "p/a0", "p/b", "p/é"]
+        );
         // Resuming after any key gives exactly the rest; `upto` bounds the range.
         for (i, k) in all.iter().enumerate() {
-            assert_eq!(keys(&spec, "p/", Some(k), None, 100), all[i + 1..].to_vec(), "after {k}");
+            assert_eq!(
+                keys(&spec, "p/", Some(k), None, 100),
+                all[i + 1..].to_vec(),
+                "after {k}"
+            );
         }
-        assert_eq!(keys(&spec, "p/", Some("p/a-c"), Some("p/a0"), 100), ["p/a.txt", "p/a/b", "p/a/z/y", "p/a0"]);
+        assert_eq!(
+            keys(&spec, "p/", Some("p/a-c"), Some("p/a0"), 100),
+            ["p/a.txt", "p/a/b", "p/a/z/y", "p/a0"]
+        );
         assert_eq!(keys(&spec, "p/", None, None, 2), ["p/a-c", "p/a.txt"]);
         assert!(keys(&spec, "p/", Some("q"), None, 10).is_empty());
         assert_eq!(keys(&spec, "p/", Some("a"), None, 1), ["p/a-c"]);
@@ -389,7 +419,14 @@ mod tests {
         write(dir.path(), "s/u1/item/metadata.json", "{}");
         write(dir.path(), "s/u1/item/1/content", "two");
         write(dir.path(), "s/u1/item-b/content", "three");
-        let spec = FolderSpec { folder: dir.path().to_path_buf(), skip_dirs: vec![], layout: Layout::Ora2 };
-        assert_eq!(keys(&spec, "", None, None, 10), ["s/u1/item", "s/u1/item-b", "s/u1/item/1"]);
+        let spec = FolderSpec {
+            folder: dir.path().to_path_buf(),
+            skip_dirs: vec![],
+            layout: Layout::Ora2,
+        };
+        assert_eq!(
+            keys(&spec, "", None, None, 10),
+            ["s/u1/item", "s/u1/item-b", "s/u1/item/1"]
+        );
     }
 }

@@ -295,7 +295,10 @@ impl ObjectsStore {
     fn needs_parts(&self, e: &Listed) -> bool {
         e.problem.is_none()
             && (e.size > self.options.part_size
-                || e.etag.as_deref().and_then(digest::multipart_parts).is_some())
+                || e.etag
+                    .as_deref()
+                    .and_then(digest::multipart_parts)
+                    .is_some())
     }
 }
 
@@ -547,7 +550,7 @@ impl Store for ObjectsStore {
                 .map(|e| {
                     let there = present.get(&e.key);
                     async move {
-                        let r = ops::copy_one(self, &spec, &e, there).await;
+                        let r = ops::copy_one(self, spec, &e, there).await;
                         (e, r)
                     }
                 })
@@ -563,7 +566,8 @@ impl Store for ObjectsStore {
                     out.bytes += e.size;
                 }
                 Err(endpoint::Failure::Object(msg)) => {
-                    out.failed.push((format!("{}/{}", spec.to.bucket, e.key), msg));
+                    out.failed
+                        .push((format!("{}/{}", spec.to.bucket, e.key), msg));
                 }
                 Err(endpoint::Failure::Gone) => {
                     tracing::info!(store = "objects", bucket = %spec.to.bucket, key = %e.key, "object deleted from the source since it was listed; not copied");
@@ -578,7 +582,7 @@ impl Store for ObjectsStore {
         }
         out.failed.sort();
         if whole_rest {
-            ops::abort_stale_uploads(self, unit, &spec, None).await?;
+            ops::abort_stale_uploads(self, unit, spec, None).await?;
             out.next = None;
         } else {
             out.next = Some(key_cursor(&last));

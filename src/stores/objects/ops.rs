@@ -12,7 +12,9 @@ use super::digest::{self, Meta};
 use super::endpoint::{classify, Failure};
 use super::listing::{clean_etag, Listed};
 use super::transfer::{body_result, Feed, HashingBody};
-use super::{encode_copy_cursor, key_cursor, CopyCursor, From, ObjectsStore, Spec, PARTS_BATCH_BYTES};
+use super::{
+    encode_copy_cursor, key_cursor, CopyCursor, From, ObjectsStore, Spec, PARTS_BATCH_BYTES,
+};
 use crate::core::{BatchOutcome, StoreError, Unit};
 
 pub use super::admin::{
@@ -85,7 +87,6 @@ macro_rules! with_meta {
     }};
 }
 
-
 impl ObjectsStore {
     pub(super) fn source_client(&self) -> &aws_sdk_s3::Client {
         self.source_client.as_ref().expect("S3 source has a client")
@@ -107,7 +108,13 @@ impl ObjectsStore {
                     .send()
                     .await
                     .map_err(|e| {
-                        classify("source", &self.source_address(), "reading the object's metadata", true, &e)
+                        classify(
+                            "source",
+                            &self.source_address(),
+                            "reading the object's metadata",
+                            true,
+                            &e,
+                        )
                     })?;
                 let fp = Fingerprint {
                     size: out.content_length().unwrap_or(0).max(0) as u64,
@@ -144,7 +151,13 @@ impl ObjectsStore {
                 out.content_length().unwrap_or(0).max(0) as u64,
                 out.e_tag().map(clean_etag).unwrap_or_default(),
             ))),
-            Err(e) => match classify("target", &self.target.address(), "reading the object's metadata", true, &e) {
+            Err(e) => match classify(
+                "target",
+                &self.target.address(),
+                "reading the object's metadata",
+                true,
+                &e,
+            ) {
                 Failure::Gone => Ok(None),
                 other => Err(other),
             },
@@ -161,7 +174,11 @@ impl ObjectsStore {
     ) -> Result<(Feed, u64, Option<Meta>, Option<String>), Failure> {
         match &spec.from {
             From::S3 { bucket } => {
-                let mut req = self.source_client().get_object().bucket(bucket).key(&entry.key);
+                let mut req = self
+                    .source_client()
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&entry.key);
                 if let Some((offset, len)) = range {
                     req = req.range(format!("bytes={}-{}", offset, offset + len - 1));
                 }
@@ -169,7 +186,13 @@ impl ObjectsStore {
                     req = req.if_match(format!("\"{etag}\""));
                 }
                 let out = req.send().await.map_err(|e| {
-                    classify("source", &self.source_address(), "reading the object", true, &e)
+                    classify(
+                        "source",
+                        &self.source_address(),
+                        "reading the object",
+                        true,
+                        &e,
+                    )
                 })?;
                 let len = out.content_length().unwrap_or(0).max(0) as u64;
                 let meta = meta_of!(out);
@@ -179,7 +202,9 @@ impl ObjectsStore {
             From::Folder(_) => {
                 let path = entry.file.as_ref().ok_or(Failure::Gone)?;
                 let (offset, len) = range.unwrap_or((0, entry.size));
-                let feed = Feed::file(path, offset, len).await.map_err(|e| io_failure(path, e))?;
+                let feed = Feed::file(path, offset, len)
+                    .await
+                    .map_err(|e| io_failure(path, e))?;
                 Ok((feed, len, None, None))
             }
         }
@@ -200,7 +225,9 @@ impl ObjectsStore {
 /// A file's size, modification time and inode.
 async fn file_fingerprint(path: &std::path::Path) -> Result<Fingerprint, Failure> {
     use std::os::unix::fs::MetadataExt;
-    let m = tokio::fs::metadata(path).await.map_err(|e| io_failure(path, e))?;
+    let m = tokio::fs::metadata(path)
+        .await
+        .map_err(|e| io_failure(path, e))?;
     Ok(Fingerprint {
         size: m.len(),
         etag: None,
@@ -222,12 +249,18 @@ fn io_failure(path: &std::path::Path, e: std::io::Error) -> Failure {
 pub(super) async fn folder_meta(layout: super::Layout, key: &str, path: &std::path::Path) -> Meta {
     if layout == super::Layout::Ora2 {
         let recorded = match path.parent() {
-            Some(dir) => tokio::fs::read_to_string(dir.join("metadata.json")).await.ok(),
+            Some(dir) => tokio::fs::read_to_string(dir.join("metadata.json"))
+                .await
+                .ok(),
             None => None,
         };
         let content_type = recorded
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("Content-Type").and_then(|c| c.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("Content-Type")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            })
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "application/octet-stream".into());
         return Meta {
@@ -278,7 +311,7 @@ pub async fn copy_one(
         (None, Some(m)) => m,
         (None, None) => Meta::default(),
     };
-    let (body, report) = HashingBody::new(feed, len);
+    let (body, report) = HashingBody::stream(feed, len);
     let req = store
         .target_client
         .put_object()
@@ -294,7 +327,13 @@ pub async fn copy_one(
             if let Some(Err(msg)) = sent {
                 return Err(Failure::Object(msg));
             }
-            return Err(classify("target", &store.target.address(), "writing the object", true, &e));
+            return Err(classify(
+                "target",
+                &store.target.address(),
+                "writing the object",
+                true,
+                &e,
+            ));
         }
     };
     let md5 = match sent {
@@ -363,8 +402,19 @@ async fn layout(
             .part_number(number)
             .send()
             .await
-            .map_err(|e| classify("source", &store.source_address(), "reading the object's parts", true, &e))?;
-        Ok::<_, Failure>((out.content_length().unwrap_or(0).max(0) as u64, out.parts_count()))
+            .map_err(|e| {
+                classify(
+                    "source",
+                    &store.source_address(),
+                    "reading the object's parts",
+                    true,
+                    &e,
+                )
+            })?;
+        Ok::<_, Failure>((
+            out.content_length().unwrap_or(0).max(0) as u64,
+            out.parts_count(),
+        ))
     };
     let fallback = || (store.parts_for(fp.size), false);
     let (first, count) = match part_len(1).await {
@@ -461,10 +511,19 @@ pub async fn start_upload(
     let created = match with_meta!(req, &meta).send().await {
         Ok(c) => c,
         Err(e) => {
-            return match classify("target", &store.target.address(), "starting a multipart upload", true, &e) {
+            return match classify(
+                "target",
+                &store.target.address(),
+                "starting a multipart upload",
+                true,
+                &e,
+            ) {
                 Failure::Fatal(err) => Err(err),
                 Failure::Object(m) => Ok(outcome_skip(key, Some((label, m)))),
-                Failure::Gone => Ok(outcome_skip(key, Some((label, "the bucket is gone".into())))),
+                Failure::Gone => Ok(outcome_skip(
+                    key,
+                    Some((label, "the bucket is gone".into())),
+                )),
             }
         }
     };
@@ -499,7 +558,13 @@ async fn abort_uploads_of(store: &ObjectsStore, bucket: &str, key: &str) -> Resu
     for u in list.uploads() {
         if u.key() == Some(key) {
             if let Some(id) = u.upload_id() {
-                tracing::info!(store = "objects", bucket, key, upload = id, "aborting a stale multipart upload");
+                tracing::info!(
+                    store = "objects",
+                    bucket,
+                    key,
+                    upload = id,
+                    "aborting a stale multipart upload"
+                );
                 let _ = store
                     .target_client
                     .abort_multipart_upload()
@@ -536,10 +601,16 @@ async fn parts_done(
         let page = match req.send().await {
             Ok(p) => p,
             Err(e) => {
-                return match classify("target", &store.target.address(), "listing the parts of an upload", true, &e) {
+                return match classify(
+                    "target",
+                    &store.target.address(),
+                    "listing the parts of an upload",
+                    true,
+                    &e,
+                ) {
                     Failure::Fatal(err) => Err(err),
                     _ => Ok(None), // NoSuchUpload: aborted or expired
-                }
+                };
             }
         };
         for p in page.parts() {
@@ -658,7 +729,7 @@ pub async fn continue_upload(
                         "part {n}: the source returned {got} bytes for a range of {len}"
                     )));
                 }
-                let (body, report) = HashingBody::new(feed, len);
+                let (body, report) = HashingBody::stream(feed, len);
                 let res = store
                     .target_client
                     .upload_part()
@@ -737,7 +808,12 @@ pub async fn continue_upload(
     let mut parts = Vec::new();
     let mut md5s = Vec::new();
     for (n, (etag, _)) in done.iter().take(up.part_sizes.len()) {
-        parts.push(CompletedPart::builder().part_number(*n).e_tag(format!("\"{etag}\"")).build());
+        parts.push(
+            CompletedPart::builder()
+                .part_number(*n)
+                .e_tag(format!("\"{etag}\""))
+                .build(),
+        );
         let mut d = [0u8; 16];
         if hex::decode_to_slice(etag, &mut d).is_err() {
             abort().await;
@@ -751,13 +827,23 @@ pub async fn continue_upload(
         .bucket(&bucket)
         .key(&up.key)
         .upload_id(&up.id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
         .send()
         .await;
     let completed = match completed {
         Ok(c) => c,
         Err(e) => {
-            return match classify("target", &store.target.address(), "completing a multipart upload", true, &e) {
+            return match classify(
+                "target",
+                &store.target.address(),
+                "completing a multipart upload",
+                true,
+                &e,
+            ) {
                 Failure::Fatal(err) => Err(err.in_unit(&unit.name)),
                 Failure::Gone => Ok(restart),
                 Failure::Object(m) => {
@@ -770,7 +856,9 @@ pub async fn continue_upload(
     let etag = completed.e_tag().map(clean_etag).unwrap_or_default();
     let expected = digest::multipart_etag(&md5s);
     let problem = if etag != expected {
-        Some(format!("the target's ETag {etag} is not the one its parts give ({expected})"))
+        Some(format!(
+            "the target's ETag {etag} is not the one its parts give ({expected})"
+        ))
     } else if up.mirror && up.source.etag.as_deref() != Some(etag.as_str()) {
         Some(format!(
             "the target's ETag {etag} differs from the source's {}: the source's parts could not be reproduced",

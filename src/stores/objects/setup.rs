@@ -113,7 +113,11 @@ pub fn media_folders(root: &Path) -> Vec<MediaFolder> {
     out.push(MediaFolder {
         name: "lms/ora2".into(),
         folder: FolderSpec {
-            folder: root.join("data").join("lms").join("ora2").join("openedxuploads"),
+            folder: root
+                .join("data")
+                .join("lms")
+                .join("ora2")
+                .join("openedxuploads"),
             skip_dirs: Vec::new(),
             layout: Layout::Ora2,
         },
@@ -129,7 +133,10 @@ fn parse_bucket_map(items: &[String]) -> Result<BTreeMap<String, String>, Settin
     let mut map = BTreeMap::new();
     for item in items.iter().filter(|i| !i.trim().is_empty()) {
         let (from, to) = item.split_once('=').ok_or_else(|| {
-            invalid("--bucket-map", format!("`{item}` is not SOURCE=TARGET, e.g. openedx=prod-openedx"))
+            invalid(
+                "--bucket-map",
+                format!("`{item}` is not SOURCE=TARGET, e.g. openedx=prod-openedx"),
+            )
         })?;
         let (from, to) = (from.trim(), to.trim());
         if !valid_bucket(to) {
@@ -142,7 +149,8 @@ fn parse_bucket_map(items: &[String]) -> Result<BTreeMap<String, String>, Settin
 
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
-        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -160,7 +168,10 @@ fn find_keys(
 ) -> Result<(), SettingsError> {
     if e.credentials == CredentialSource::Url {
         if e.secret_key.is_none() {
-            let var = format!("OFFLOAD_{}_S3_SECRET_KEY", if side == "source" { "FROM" } else { "TO" });
+            let var = format!(
+                "OFFLOAD_{}_S3_SECRET_KEY",
+                if side == "source" { "FROM" } else { "TO" }
+            );
             e.secret_key = env(&var).map(Secret::new);
             if e.secret_key.is_none() {
                 return Err(invalid(&format!("the {side} S3 URL"), format!("it names an access key but no secret key; add it to the URL (key:secret@host) or set {var}")));
@@ -168,12 +179,23 @@ fn find_keys(
         }
         return Ok(());
     }
-    let prefix = if side == "source" { "OFFLOAD_FROM_S3" } else { "OFFLOAD_TO_S3" };
-    let (ak, sk) = (format!("{prefix}_ACCESS_KEY"), format!("{prefix}_SECRET_KEY"));
+    let prefix = if side == "source" {
+        "OFFLOAD_FROM_S3"
+    } else {
+        "OFFLOAD_TO_S3"
+    };
+    let (ak, sk) = (
+        format!("{prefix}_ACCESS_KEY"),
+        format!("{prefix}_SECRET_KEY"),
+    );
     if let (Some(a), Some(s)) = (env(&ak), env(&sk)) {
         e.access_key = Some(a);
         e.secret_key = Some(Secret::new(s));
-        e.credentials = CredentialSource::Env { access: ak, secret: sk, token: None };
+        e.credentials = CredentialSource::Env {
+            access: ak,
+            secret: sk,
+            token: None,
+        };
         return Ok(());
     }
     if side == "source" {
@@ -209,7 +231,10 @@ fn find_keys(
         e.credentials = CredentialSource::Env {
             access: "AWS_ACCESS_KEY_ID".into(),
             secret: "AWS_SECRET_ACCESS_KEY".into(),
-            token: e.session_token.is_some().then(|| "AWS_SESSION_TOKEN".to_string()),
+            token: e
+                .session_token
+                .is_some()
+                .then(|| "AWS_SESSION_TOKEN".to_string()),
         };
         return Ok(());
     }
@@ -239,16 +264,26 @@ fn recover_keys(
     side: &str,
     tutor: Option<&TutorConfig>,
 ) -> Result<(), SettingsError> {
-    let prefix = if side == "source" { "OFFLOAD_FROM_S3" } else { "OFFLOAD_TO_S3" };
+    let prefix = if side == "source" {
+        "OFFLOAD_FROM_S3"
+    } else {
+        "OFFLOAD_TO_S3"
+    };
     let need = |name: &str| {
         env(name).ok_or_else(|| {
-            invalid(&format!("the {side} S3 keys"), format!("the job reads them from ${name}, which is not set now; export it again"))
+            invalid(
+                &format!("the {side} S3 keys"),
+                format!("the job reads them from ${name}, which is not set now; export it again"),
+            )
         })
     };
     match source {
         CredentialSource::None => {}
         CredentialSource::Url => {
-            let (a, s) = (env(&format!("{prefix}_ACCESS_KEY")), env(&format!("{prefix}_SECRET_KEY")));
+            let (a, s) = (
+                env(&format!("{prefix}_ACCESS_KEY")),
+                env(&format!("{prefix}_SECRET_KEY")),
+            );
             match (a, s) {
                 (Some(a), Some(s)) => {
                     e.access_key = Some(a);
@@ -263,13 +298,22 @@ fn recover_keys(
                 }
             }
         }
-        CredentialSource::Env { access, secret, token } => {
+        CredentialSource::Env {
+            access,
+            secret,
+            token,
+        } => {
             e.access_key = Some(need(access)?);
             e.secret_key = Some(Secret::new(need(secret)?));
             e.session_token = token.as_deref().and_then(env).map(Secret::new);
         }
         CredentialSource::Profile { name } => {
-            let p = Profile::load(name).ok_or_else(|| invalid(&format!("the {side} S3 keys"), format!("the job reads them from AWS profile `{name}`, which is gone")))?;
+            let p = Profile::load(name).ok_or_else(|| {
+                invalid(
+                    &format!("the {side} S3 keys"),
+                    format!("the job reads them from AWS profile `{name}`, which is gone"),
+                )
+            })?;
             e.access_key = p.access_key;
             e.secret_key = p.secret_key;
             e.session_token = p.session_token;
@@ -284,10 +328,16 @@ fn recover_keys(
     Ok(())
 }
 
-fn reopen(rec: &serde_json::Value, side: &str, tutor: Option<&TutorConfig>) -> Result<S3Endpoint, SettingsError> {
+fn reopen(
+    rec: &serde_json::Value,
+    side: &str,
+    tutor: Option<&TutorConfig>,
+) -> Result<S3Endpoint, SettingsError> {
     let url = rec["url"].as_str().unwrap_or("aws");
-    let mut e = S3Endpoint::parse(url).map_err(|d| invalid(&format!("the job's {side} S3 URL"), d))?;
-    let source: CredentialSource = serde_json::from_value(rec["credentials"].clone()).unwrap_or(CredentialSource::None);
+    let mut e =
+        S3Endpoint::parse(url).map_err(|d| invalid(&format!("the job's {side} S3 URL"), d))?;
+    let source: CredentialSource =
+        serde_json::from_value(rec["credentials"].clone()).unwrap_or(CredentialSource::None);
     recover_keys(&mut e, &source, side, tutor)?;
     if let Some(r) = rec["region"].as_str() {
         e.region = r.to_string();
@@ -319,7 +369,10 @@ pub fn resolve(
         .or_else(|| rec("part_size").and_then(|v| v.as_u64()))
         .unwrap_or(64 * 1024 * 1024);
     if !(MIN_PART_SIZE..=5 * 1024 * 1024 * 1024).contains(&part_size) {
-        return Err(invalid("--part-size", "S3 takes parts of 5 MiB (5242880 bytes) to 5 GiB"));
+        return Err(invalid(
+            "--part-size",
+            "S3 takes parts of 5 MiB (5242880 bytes) to 5 GiB",
+        ));
     }
 
     // Source.
@@ -331,7 +384,9 @@ pub fn resolve(
         find_keys(&mut e, "source", tutor, None)?;
         let buckets = if !inputs.buckets.is_empty() {
             inputs.buckets.clone()
-        } else if let Some(b) = rec("source").and_then(|s| serde_json::from_value::<Vec<String>>(s["buckets"].clone()).ok()) {
+        } else if let Some(b) = rec("source")
+            .and_then(|s| serde_json::from_value::<Vec<String>>(s["buckets"].clone()).ok())
+        {
             b
         } else if let Some(cfg) = tutor {
             minio_buckets(cfg)
@@ -339,7 +394,10 @@ pub fn resolve(
             return Err(invalid("--from-s3", "no config.yml to read the MinIO bucket names from: pass --buckets LIST (or --tutor-root)"));
         };
         public_read = buckets.clone();
-        ObjectSource::S3 { endpoint: e, buckets }
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
     } else if let Some(src) = rec("source").filter(|s| s["kind"] == "s3") {
         let e = reopen(src, "source", tutor)?;
         let buckets: Vec<String> = if inputs.buckets.is_empty() {
@@ -348,16 +406,33 @@ pub fn resolve(
             inputs.buckets.clone()
         };
         public_read = buckets.clone();
-        ObjectSource::S3 { endpoint: e, buckets }
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
     } else if minio_on {
         let cfg = tutor.expect("minio_on implies config");
-        let host = cfg.get_str("MINIO_HOST").unwrap_or_else(|| "files.local.openedx.io".into());
-        let scheme = if cfg.get_bool("ENABLE_HTTPS") == Some(true) { "https" } else { "http" };
-        let mut e = S3Endpoint::parse(&format!("{scheme}://{host}")).map_err(|d| invalid("MINIO_HOST", d))?;
+        let host = cfg
+            .get_str("MINIO_HOST")
+            .unwrap_or_else(|| "files.local.openedx.io".into());
+        let scheme = if cfg.get_bool("ENABLE_HTTPS") == Some(true) {
+            "https"
+        } else {
+            "http"
+        };
+        let mut e = S3Endpoint::parse(&format!("{scheme}://{host}"))
+            .map_err(|d| invalid("MINIO_HOST", d))?;
         find_keys(&mut e, "source", tutor, None)?;
-        let buckets = if inputs.buckets.is_empty() { minio_buckets(cfg) } else { inputs.buckets.clone() };
+        let buckets = if inputs.buckets.is_empty() {
+            minio_buckets(cfg)
+        } else {
+            inputs.buckets.clone()
+        };
         public_read = buckets.clone();
-        ObjectSource::S3 { endpoint: e, buckets }
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
     } else {
         let root = rec("source")
             .and_then(|s| s["root"].as_str())
@@ -365,7 +440,10 @@ pub fn resolve(
             .map(PathBuf::from)
             .unwrap_or_else(|| tutor_root.to_path_buf());
         public_media.push("openedx".to_string());
-        ObjectSource::Media { folders: media_folders(&root), root }
+        ObjectSource::Media {
+            folders: media_folders(&root),
+            root,
+        }
     };
     if let ObjectSource::S3 { endpoint, .. } = &source {
         if endpoint.access_key.is_none() {
@@ -387,18 +465,27 @@ pub fn resolve(
         CredentialSource::Profile { name } => Profile::load(name).and_then(|p| p.region),
         _ => None,
     };
-    if let Some(r) = inputs
-        .s3_region
-        .clone()
-        .or_else(|| (target.region.is_empty()).then(|| env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).or(profile_region)).flatten())
-    {
+    if let Some(r) = inputs.s3_region.clone().or_else(|| {
+        (target.region.is_empty())
+            .then(|| {
+                env("AWS_REGION")
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .or(profile_region)
+            })
+            .flatten()
+    }) {
         target.region = r;
     }
     match inputs.s3_addressing.as_deref() {
         None | Some("auto") => {}
         Some("path") => target.path_style = true,
         Some("virtual") => target.path_style = false,
-        Some(other) => return Err(invalid("--s3-addressing", format!("`{other}` is not path, virtual or auto"))),
+        Some(other) => {
+            return Err(invalid(
+                "--s3-addressing",
+                format!("`{other}` is not path, virtual or auto"),
+            ))
+        }
     }
 
     Ok(ObjectsSettings {
@@ -459,12 +546,21 @@ mod tests {
     fn media_folders_follow_the_plugins_layout() {
         let f = media_folders(Path::new("/t"));
         let grades = f.iter().find(|m| m.name == "openedx-media/grades").unwrap();
-        assert_eq!(grades.folder.folder, Path::new("/t/data/openedx-media/grades"));
-        assert_eq!((grades.bucket.as_str(), grades.prefix.as_str()), ("openedxgrades", "openedx/media/grades/"));
+        assert_eq!(
+            grades.folder.folder,
+            Path::new("/t/data/openedx-media/grades")
+        );
+        assert_eq!(
+            (grades.bucket.as_str(), grades.prefix.as_str()),
+            ("openedxgrades", "openedx/media/grades/")
+        );
         let main = &f[0];
         assert!(main.folder.skip_dirs.contains(&"grades".to_string()));
         assert_eq!(main.exclude, vec!["openedx/media/".to_string()]);
         let ora2 = f.iter().find(|m| m.folder.layout == Layout::Ora2).unwrap();
-        assert_eq!(ora2.folder.folder, Path::new("/t/data/lms/ora2/openedxuploads"));
+        assert_eq!(
+            ora2.folder.folder,
+            Path::new("/t/data/lms/ora2/openedxuploads")
+        );
     }
 }

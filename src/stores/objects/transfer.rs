@@ -49,7 +49,11 @@ impl Feed {
     }
 
     /// Read everything, hashing it as the parts of an upload would be.
-    pub async fn hash(mut self, expect: u64, parts: Vec<u64>) -> Result<([u8; 16], String), String> {
+    pub async fn hash(
+        mut self,
+        expect: u64,
+        parts: Vec<u64>,
+    ) -> Result<([u8; 16], String), String> {
         let mut hasher = PartHasher::new(parts);
         let mut seen = 0u64;
         loop {
@@ -87,7 +91,7 @@ pub struct HashingBody {
 
 impl HashingBody {
     /// A body of exactly `expect` bytes, hashed as one part.
-    pub fn new(feed: Feed, expect: u64) -> (ByteStream, BodyReport) {
+    pub fn stream(feed: Feed, expect: u64) -> (ByteStream, BodyReport) {
         let report: BodyReport = Arc::new(Mutex::new(None));
         let body = HashingBody {
             feed,
