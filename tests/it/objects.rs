@@ -466,6 +466,10 @@ async fn minio_buckets_from_config_copy_and_verify_clean() {
         summary["rows"], 7,
         "every object counted as in place: {summary}"
     );
+    assert_eq!(
+        summary["bytes"], 0,
+        "and none of them sent again: {summary}"
+    );
     t.drop().await;
 }
 

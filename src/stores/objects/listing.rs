@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::{classify, Failure};
@@ -139,8 +140,6 @@ pub async fn list_s3(
         }
     }
 }
-
-use aws_sdk_s3::error::ProvideErrorMetadata;
 
 /// A folder mapped into a key space: files under `folder` (leaving out `skip_dirs` at its top)
 /// become keys `prefix + relative path`.

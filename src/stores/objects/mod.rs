@@ -42,9 +42,10 @@ use crate::core::{
 const BATCH_OBJECTS: usize = 1000;
 /// Bytes of small objects copied per batch, at most (one object may exceed it).
 const BATCH_BYTES: u64 = 512 * 1024 * 1024;
-/// A bucket or folder is split into key ranges (units) of about this many objects or bytes.
+/// A bucket or folder is split into key ranges (units) of at most this many objects or bytes
+/// (a bigger object gets a range of its own).
 const UNIT_OBJECTS: u64 = 50_000;
-const UNIT_BYTES: u64 = 512 * 1024 * 1024;
+const UNIT_BYTES: u64 = 256 * 1024 * 1024;
 /// Bytes of parts uploaded per batch of a multipart object (between checkpoints).
 const PARTS_BATCH_BYTES: u64 = 1024 * 1024 * 1024;
 /// S3's limits on parts.
@@ -390,30 +391,31 @@ impl Store for ObjectsStore {
             let mut ranges: Vec<(Option<String>, Option<String>, u64, u64)> = Vec::new();
             let (mut start, mut rows, mut bytes) = (None::<String>, 0u64, 0u64);
             let mut after: Option<String> = None;
+            let mut last: Option<String> = None;
             loop {
                 let (page, more) = self
                     .list(Side::Source, &spec, after.as_deref(), None, 5000)
                     .await?;
                 for e in &page {
-                    rows += 1;
-                    bytes += e.size;
-                    if rows >= UNIT_OBJECTS || bytes >= UNIT_BYTES {
-                        ranges.push((start.take(), Some(e.key.clone()), rows, bytes));
-                        start = Some(e.key.clone());
+                    // Cut before an object that would make the range too big, so large objects
+                    // get ranges of their own and copy side by side.
+                    if rows > 0 && (rows >= UNIT_OBJECTS || bytes + e.size > UNIT_BYTES) {
+                        ranges.push((start.take(), last.clone(), rows, bytes));
+                        start = last.clone();
                         rows = 0;
                         bytes = 0;
                     }
+                    rows += 1;
+                    bytes += e.size;
+                    last = Some(e.key.clone());
                 }
                 after = page.last().map(|e| e.key.clone()).or(after);
                 if !more {
                     break;
                 }
             }
-            if rows > 0 || ranges.is_empty() {
-                ranges.push((start, None, rows, bytes));
-            } else if let Some(last) = ranges.last_mut() {
-                last.1 = None; // the last range runs to the end of the key space
-            }
+            // The last range runs to the end of the key space.
+            ranges.push((start, None, rows, bytes));
             let split = ranges.len() > 1;
             for (i, (after, upto, rows, bytes)) in ranges.into_iter().enumerate() {
                 units.push(Unit {
@@ -561,10 +563,12 @@ impl Store for ObjectsStore {
         let mut fatal = None;
         for (e, r) in results {
             match r {
-                Ok(ops::Done::Copied) | Ok(ops::Done::Same) => {
+                // Rows: objects now on the target; bytes: what moved to get them there.
+                Ok(ops::Done::Copied) => {
                     out.rows += 1;
                     out.bytes += e.size;
                 }
+                Ok(ops::Done::Same) => out.rows += 1,
                 Err(endpoint::Failure::Object(msg)) => {
                     out.failed
                         .push((format!("{}/{}", spec.to.bucket, e.key), msg));

@@ -495,7 +495,7 @@ pub async fn start_upload(
             if expected.as_deref() == Some(tetag.as_str()) {
                 return Ok(BatchOutcome {
                     rows: 1,
-                    bytes: fp.size,
+                    bytes: 0,
                     next: Some(key_cursor(key)),
                     failed: Vec::new(),
                 });
