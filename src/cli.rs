@@ -193,6 +193,51 @@ pub struct JobArgs {
     /// The old Meilisearch (copy mode and comparisons) [default: MEILISEARCH_URL in config.yml].
     #[arg(long, value_name = "URL")]
     pub from_meilisearch: Option<String>,
+    /// Source S3 endpoint (MinIO), overriding what config.yml says (`http(s)://MINIO_HOST`):
+    /// http(s)://[access-key:secret-key@]host:port. Keys may instead come from
+    /// OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY or config.yml.
+    #[arg(long, value_name = "URL")]
+    pub from_s3: Option<String>,
+
+    /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
+    /// Keys may instead come from OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY,
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile (--s3-profile, AWS_PROFILE).
+    #[arg(long, value_name = "URL")]
+    pub to_s3: Option<String>,
+
+    /// Region of the target S3 [default: AWS_REGION, the profile's region, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// How to address target buckets: path (http://host/bucket), virtual (http://bucket.host),
+    /// or auto [default: path for a URL, virtual for `aws`].
+    #[arg(long, value_name = "STYLE")]
+    pub s3_addressing: Option<String>,
+
+    /// AWS shared-credentials profile holding the target's keys.
+    #[arg(long, value_name = "NAME")]
+    pub s3_profile: Option<String>,
+
+    /// Source buckets to copy, comma-separated [default: the MinIO buckets named in config.yml].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub buckets: Vec<String>,
+
+    /// Target bucket names where they differ from the source's: openedx=prod-openedx,...
+    #[arg(long, value_delimiter = ',', value_name = "MAP")]
+    pub bucket_map: Vec<String>,
+
+    /// Create target buckets that do not exist (otherwise a missing bucket stops the job).
+    #[arg(long)]
+    pub create_buckets: bool,
+
+    /// Part size for objects copied in parts (larger objects; multipart source objects keep
+    /// their own parts) [default: 64 MiB, at least 5 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub part_size: Option<u64>,
+
+    /// Objects (or parts of objects) moved at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub object_transfers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +316,10 @@ pub struct VerifyArgs {
     /// Also write the report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Objects: read every object fully on both sides and compare MD5s of all bytes, instead of
+    /// ETags (for targets whose ETags are not MD5s, e.g. SSE-KMS).
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]

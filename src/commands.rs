@@ -109,6 +109,17 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         mongodb_databases: args.mongodb_databases.clone(),
         mongodb_exclude: args.mongodb_exclude.clone(),
         mongodb_snapshot: args.mongodb_snapshot,
+        from_s3: args.from_s3.clone(),
+        to_s3: args.to_s3.clone(),
+        s3_region: args.s3_region.clone(),
+        s3_addressing: args.s3_addressing.clone(),
+        s3_profile: args.s3_profile.clone(),
+        buckets: args.buckets.clone(),
+        bucket_map: args.bucket_map.clone(),
+        create_buckets: args.create_buckets,
+        part_size: args.part_size,
+        object_transfers: args.object_transfers,
+        deep: false,
     }
 }
 
@@ -127,6 +138,8 @@ fn names_endpoints(args: &JobArgs) -> bool {
         || args.from_redis.is_some()
         || args.to_mongodb.is_some()
         || args.from_mongodb.is_some()
+        || args.to_s3.is_some()
+        || args.from_s3.is_some()
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
@@ -282,17 +295,21 @@ async fn verify_cmd(
     cancel: CancellationToken,
 ) -> anyhow::Result<Outcome> {
     let job_dir = job_dir_of(&args.job);
+    let verify_inputs = Inputs {
+        deep: args.deep,
+        ..inputs(&args.job, false)
+    };
     let (stores, units, catalog) = if Catalog::exists(&job_dir) {
         let catalog = Catalog::open(&job_dir)?;
         let recorded = catalog.setup()?;
         let endpoints = (!names_endpoints(&args.job)).then_some(&recorded.endpoints);
-        let settings = Settings::resolve(&inputs(&args.job, false), endpoints)?;
+        let settings = Settings::resolve(&verify_inputs, endpoints)?;
         let stores = settings.stores();
         catalog.check_setup(&job_dir, &settings.setup(&stores))?;
         let units = catalog.units(None)?.into_iter().map(|r| r.unit).collect();
         (stores, units, Some(Arc::new(catalog)))
     } else {
-        let settings = Settings::resolve(&inputs(&args.job, false), None)?;
+        let settings = Settings::resolve(&verify_inputs, None)?;
         let stores = settings.stores();
         let mut units = Vec::new();
         for s in &stores {

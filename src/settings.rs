@@ -12,6 +12,7 @@ use crate::core::{Store, StoreKind};
 use crate::secret::{read_secret_file, Secret, SecretSource};
 use crate::stores::mongodb::{MongoEndpoint, MongoOptions, MongoStore};
 use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
+use crate::stores::objects::{ObjectsSettings, ObjectsStore};
 use crate::stores::redis::{CopyMode, DbChoice, RedisEndpoint, RedisOptions, RedisStore};
 use crate::tutor::TutorConfig;
 
@@ -23,6 +24,7 @@ pub struct Settings {
     pub mysql: Option<MysqlSettings>,
     pub redis: Option<RedisSettings>,
     pub mongodb: Option<MongoSettings>,
+    pub objects: Option<ObjectsSettings>,
     pub parallel: usize,
 }
 
@@ -94,6 +96,17 @@ pub struct Inputs {
     pub mongodb_databases: Vec<String>,
     pub mongodb_exclude: Vec<String>,
     pub mongodb_snapshot: bool,
+    pub from_s3: Option<String>,
+    pub to_s3: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_addressing: Option<String>,
+    pub s3_profile: Option<String>,
+    pub buckets: Vec<String>,
+    pub bucket_map: Vec<String>,
+    pub create_buckets: bool,
+    pub part_size: Option<u64>,
+    pub object_transfers: usize,
+    pub deep: bool,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -105,7 +118,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI or --to-redis URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI, --to-redis URL or --to-s3 URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -142,6 +155,7 @@ struct TargetsFile {
     redis_password_file: Option<PathBuf>,
     mongodb: Option<String>,
     mongodb_password_file: Option<PathBuf>,
+    s3: Option<String>,
 }
 
 /// A config.yml value as text (numbers and booleans as YAML writes them).
@@ -171,7 +185,12 @@ pub fn tutor_root(flag: Option<&Path>) -> PathBuf {
 }
 
 /// The stores this version can move.
-pub const AVAILABLE: &[StoreKind] = &[StoreKind::Mysql, StoreKind::Mongodb, StoreKind::Redis];
+pub const AVAILABLE: &[StoreKind] = &[
+    StoreKind::Mysql,
+    StoreKind::Mongodb,
+    StoreKind::Redis,
+    StoreKind::Objects,
+];
 
 const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
 const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
@@ -302,6 +321,24 @@ impl Settings {
         } else {
             None
         };
+        let recorded_objects = recorded.and_then(|r| r.get("objects"));
+        let s3_target = inputs.to_s3.clone().or_else(|| targets.s3.clone());
+        let objects_selected = if wanted.is_empty() {
+            s3_target.is_some() || recorded_objects.is_some()
+        } else {
+            wanted.contains(&StoreKind::Objects)
+        };
+        let objects = if objects_selected {
+            Some(crate::stores::objects::resolve(
+                inputs,
+                s3_target.as_deref(),
+                tutor.as_ref(),
+                &tutor_root,
+                recorded_objects,
+            )?)
+        } else {
+            None
+        };
         let settings = Settings {
             tutor_root,
             tutor,
@@ -309,6 +346,7 @@ impl Settings {
             mysql,
             redis,
             mongodb,
+            objects,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -319,7 +357,10 @@ impl Settings {
 
     /// Whether no store is selected.
     pub fn is_empty(&self) -> bool {
-        self.mysql.is_none() && self.mongodb.is_none() && self.redis.is_none()
+        self.mysql.is_none()
+            && self.mongodb.is_none()
+            && self.redis.is_none()
+            && self.objects.is_none()
     }
 
     fn resolve_redis(
@@ -642,6 +683,13 @@ impl Settings {
                 self.parallel,
             )));
         }
+        if let Some(o) = &self.objects {
+            out.push(Arc::new(ObjectsStore::new(
+                o.source.clone(),
+                o.target.clone(),
+                o.options.clone(),
+            )));
+        }
         out
     }
 
@@ -686,6 +734,9 @@ impl Settings {
                     "snapshot": m.options.snapshot,
                 }),
             );
+        }
+        if let Some(o) = &self.objects {
+            endpoints.insert("objects".into(), o.record());
         }
         endpoints.insert(
             "tutor_root".into(),

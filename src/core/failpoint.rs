@@ -57,3 +57,22 @@ pub fn batch_recorded() {
         }
     }
 }
+
+/// Counts events a store names (`after-part` for each uploaded part of a multipart object);
+/// `NAME:N` dies once the N-th such event of this process happened.
+pub fn counted(name: &str) {
+    static EVENTS: AtomicU64 = AtomicU64::new(0);
+    let Some(spec) = configured() else {
+        return;
+    };
+    let Some(limit) = spec
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if EVENTS.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
+        die(spec);
+    }
+}

@@ -335,6 +335,8 @@ async fn copy_unit(
     catalog.set_state(unit, UnitState::Copying, None)?;
     let mut cursor = rec.cursor.clone();
     let (mut rows, mut bytes) = (0u64, 0u64);
+    // Items the store skipped because they alone failed (one object of a bucket, say).
+    let (mut skipped, mut first_skipped) = (0usize, None::<String>);
     loop {
         if cancel.is_cancelled() {
             return Ok(UnitEnd::Interrupted);
@@ -348,6 +350,13 @@ async fn copy_unit(
             Err(e) => return fail(e),
         };
         catalog.record_batch(unit, batch.next.as_ref(), batch.rows, batch.bytes)?;
+        for (key, why) in &batch.failed {
+            let msg = format!("{key}: {why}");
+            tracing::warn!(store = %unit.store, unit = %unit.name, key = %key, error = %why, "not copied; the rest of the unit goes on");
+            catalog.event("error", Some(unit.store), Some(&unit.name), &msg)?;
+            first_skipped.get_or_insert(msg);
+        }
+        skipped += batch.failed.len();
         super::failpoint::batch_recorded();
         reporter.on_batch(Phase::Copy, unit, batch.rows, batch.bytes);
         rows += batch.rows;
@@ -356,6 +365,18 @@ async fn copy_unit(
             Some(next) => cursor = Some(next),
             None => break,
         }
+    }
+    if let Some(first) = first_skipped {
+        // The unit is not copied: start it over on the next run, which skips what is already
+        // identical on the target and tries the failed items again.
+        let msg = format!("{skipped} item(s) could not be copied; the first: {first}");
+        tracing::error!(store = %unit.store, unit = %unit.name, failed = skipped, "unit incomplete; its target part is missing what failed");
+        catalog.reset_unit(unit)?;
+        catalog.set_state(unit, UnitState::Failed, Some(&msg))?;
+        return Ok(UnitEnd::Failed(format!(
+            "{} ({}): {msg}",
+            unit.store, unit.name
+        )));
     }
     catalog.set_state(unit, UnitState::Copied, None)?;
     tracing::debug!(store = %unit.store, unit = %unit.name, rows, bytes, "unit copied");

@@ -89,6 +89,9 @@ pub struct BatchOutcome {
     pub bytes: u64,
     /// Where to continue; `None` when the unit is complete.
     pub next: Option<Cursor>,
+    /// Items of this batch the store could not copy and skipped, as (key, why): the rest went
+    /// on, and the runner leaves the unit incomplete so a later run tries them again.
+    pub failed: Vec<(String, String)>,
 }
 
 /// Which side of the migration an operation reads.

@@ -3,4 +3,5 @@
 
 pub mod mongodb;
 pub mod mysql;
+pub mod objects;
 pub mod redis;

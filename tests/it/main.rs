@@ -11,5 +11,6 @@ mod meilisearch;
 mod migrate;
 mod mongodb;
 mod mysql;
+mod objects;
 mod redis;
 mod support;

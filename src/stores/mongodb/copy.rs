@@ -212,6 +212,7 @@ pub async fn copy_batch(
             rows,
             bytes,
             next: None,
+            ..BatchOutcome::default()
         });
     }
     let next = match last {
@@ -222,6 +223,7 @@ pub async fn copy_batch(
                 rows,
                 bytes,
                 next: None,
+                ..BatchOutcome::default()
             })
         }
     };
@@ -242,6 +244,7 @@ pub async fn copy_batch(
         rows,
         bytes,
         next: Some(next),
+        ..BatchOutcome::default()
     })
 }
 

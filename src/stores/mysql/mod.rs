@@ -1060,6 +1060,7 @@ impl Store for MysqlStore {
                 rows,
                 bytes,
                 next: None,
+                ..BatchOutcome::default()
             });
         }
         let limit = self
@@ -1075,7 +1076,12 @@ impl Store for MysqlStore {
         } else {
             last.map(|k| encode_cursor(&k))
         };
-        Ok(BatchOutcome { rows, bytes, next })
+        Ok(BatchOutcome {
+            rows,
+            bytes,
+            next,
+            ..BatchOutcome::default()
+        })
     }
 
     async fn finish_target(&self) -> Result<Vec<String>, StoreError> {

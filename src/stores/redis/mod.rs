@@ -448,6 +448,7 @@ impl Store for RedisStore {
                 bytes,
                 next: (next != 0)
                     .then(|| Cursor(json!({"scan": next.to_string(), "run_id": run_id}))),
+                ..BatchOutcome::default()
             }),
             Err(e) => {
                 let db = if e.0 == Side::Source {

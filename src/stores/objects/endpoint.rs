@@ -1,0 +1,439 @@
+//! One S3-compatible endpoint as offload talks to it: the URL (`http(s)://[key[:secret]@]host:port`
+//! or `aws`), region, addressing style and credentials (and where they came from, so a job can find
+//! them again without storing them), the SDK client built from it, and the mapping of SDK errors
+//! to what the runner and the operator can act on.
+
+use std::time::Duration;
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use serde::{Deserialize, Serialize};
+
+use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::secret::Secret;
+
+/// Where an endpoint's access key and secret key were found; recorded in the job (never the keys).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum CredentialSource {
+    /// Inside the URL given on the command line (not kept by the job).
+    Url,
+    /// Environment variables of these names.
+    Env {
+        access: String,
+        secret: String,
+        #[serde(default)]
+        token: Option<String>,
+    },
+    /// A profile of the AWS shared credentials file.
+    Profile { name: String },
+    /// Tutor's config.yml keys.
+    Tutor { access: String, secret: String },
+    /// Anonymous requests.
+    None,
+}
+
+/// An S3-compatible endpoint with its credentials.
+#[derive(Clone)]
+pub struct S3Endpoint {
+    /// `scheme://host[:port]`; `None` means AWS S3's own endpoints for the region.
+    pub url: Option<String>,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key: Option<String>,
+    pub secret_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub credentials: CredentialSource,
+}
+
+impl std::fmt::Debug for S3Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Endpoint")
+            .field("url", &self.url)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Endpoint {
+    /// Parse `http(s)://[access[:secret]@]host[:port][/]`, or `aws` / `s3://` for AWS S3 itself.
+    /// Returns the endpoint without credentials unless the URL holds them.
+    pub fn parse(url: &str) -> Result<S3Endpoint, String> {
+        let trimmed = url.trim();
+        let mut e = S3Endpoint {
+            url: None,
+            region: String::new(),
+            path_style: true,
+            access_key: None,
+            secret_key: None,
+            session_token: None,
+            credentials: CredentialSource::None,
+        };
+        if trimmed.eq_ignore_ascii_case("aws") || trimmed == "s3://" {
+            e.path_style = false;
+            return Ok(e);
+        }
+        let parsed = url::Url::parse(trimmed).map_err(|err| {
+            format!("not an S3 endpoint URL ({err}); expected http(s)://host:port, optionally with access-key:secret-key@, or `aws`")
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "URL scheme `{}` is not http:// or https://; expected http(s)://host:port or `aws`",
+                parsed.scheme()
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("the S3 URL has no host")?;
+        if parsed.path() != "/" && !parsed.path().is_empty() {
+            return Err(format!(
+                "the S3 URL has a path ({}); give only the endpoint, and buckets with --buckets / --bucket-map",
+                parsed.path()
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        if !parsed.username().is_empty() {
+            e.access_key = Some(decode(parsed.username()));
+            e.secret_key = parsed.password().map(|p| Secret::new(decode(p)));
+            e.credentials = CredentialSource::Url;
+        }
+        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        e.url = Some(format!("{}://{host}{port}", parsed.scheme()));
+        Ok(e)
+    }
+
+    /// `host:port` (or `AWS S3 (region)`), for messages and the job's identity.
+    pub fn address(&self) -> String {
+        match &self.url {
+            Some(u) => u
+                .split_once("://")
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_else(|| u.clone()),
+            None => format!("AWS S3 ({})", self.region),
+        }
+    }
+
+    /// The URL without credentials.
+    pub fn public_url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| "aws".to_string())
+    }
+
+    /// An SDK client for this endpoint: path-style or virtual-hosted, checksums only where S3
+    /// requires them (so streaming uploads stay plain), rustls with ring.
+    pub fn client(&self, transfers: usize) -> aws_sdk_s3::Client {
+        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+        let http = aws_smithy_http_client::Builder::new()
+            .pool_max_idle_per_host(transfers.max(8) * 2)
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut b = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(if self.region.is_empty() {
+                "us-east-1".to_string()
+            } else {
+                self.region.clone()
+            }))
+            .force_path_style(self.path_style)
+            .http_client(http)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .grace_period(Duration::from_secs(120))
+                    .build(),
+            )
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .build(),
+            )
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(3));
+        if let Some(url) = &self.url {
+            b = b.endpoint_url(url.clone());
+        }
+        if let (Some(access), Some(secret)) = (&self.access_key, &self.secret_key) {
+            b = b.credentials_provider(Credentials::new(
+                access.clone(),
+                secret.expose().to_string(),
+                self.session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "offload",
+            ));
+        } else {
+            b = b.allow_no_auth();
+        }
+        aws_sdk_s3::Client::from_conf(b.build())
+    }
+}
+
+/// How an S3 call failed, in the terms the store acts on.
+#[derive(Debug)]
+pub enum Failure {
+    /// The whole job cannot go on this way (credentials, missing bucket, server down): a
+    /// [`StoreError`] for the runner, which retries it when it is transient.
+    Fatal(StoreError),
+    /// Only this object is affected (access denied on it, unreadable, changed while read).
+    Object(String),
+    /// The object is gone (deleted since it was listed).
+    Gone,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// Turn an SDK error of a call on `side` at `address` into a [`Failure`]. `object_level` says
+/// whether the call concerned one object (so access denied on it does not stop the job).
+pub fn classify<E>(
+    side: &str,
+    address: &str,
+    what: &str,
+    object_level: bool,
+    e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = match e {
+        SdkError::ServiceError(s) => Some(status_of(s.raw())),
+        _ => None,
+    };
+    let code = e.code().unwrap_or("").to_string();
+    let message = e.message().unwrap_or("").to_string();
+    let detail = |kind: &str| {
+        let mut d = format!("{what} on the {side}: {kind}");
+        if !code.is_empty() {
+            d.push_str(&format!(" ({code}"));
+            if !message.is_empty() {
+                d.push_str(&format!(": {message}"));
+            }
+            d.push(')');
+        }
+        d
+    };
+    let fatal = |kind: ErrorKind, d: String, hint: String| {
+        Failure::Fatal(StoreError::new(StoreKind::Objects, address, kind, d, hint))
+    };
+    match e {
+        SdkError::DispatchFailure(d) => {
+            let text = source_chain(e);
+            if d.is_timeout() {
+                fatal(ErrorKind::Transient, format!("{what} on the {side}: timed out ({text})"), "offload retries this on its own; if it keeps failing, check the server's load".into())
+            } else if d.is_io() || d.is_other() {
+                fatal(ErrorKind::Connect, format!("cannot talk to the {side} S3 endpoint: {text}"), "check that it is running and reachable from this machine, and that the URL (scheme, host, port) is right".into())
+            } else {
+                fatal(ErrorKind::Query, format!("{what} on the {side}: {text}"), String::new())
+            }
+        }
+        SdkError::TimeoutError(_) => fatal(ErrorKind::Transient, format!("{what} on the {side}: timed out"), "offload retries this on its own".into()),
+        SdkError::ResponseError(_) => fatal(ErrorKind::Transient, format!("{what} on the {side}: unreadable response ({})", source_chain(e)), "offload retries this on its own".into()),
+        SdkError::ConstructionFailure(_) => fatal(ErrorKind::Input, format!("{what}: cannot build the request ({})", source_chain(e)), "check the endpoint URL, region and bucket names".into()),
+        _ => match (code.as_str(), status) {
+            ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AuthorizationHeaderMalformed" | "ExpiredToken" | "InvalidToken" | "InvalidClientTokenId", _) => fatal(
+                ErrorKind::Auth,
+                detail("the credentials were refused"),
+                credentials_hint(side),
+            ),
+            ("NoSuchBucket", _) => fatal(
+                ErrorKind::Input,
+                detail("the bucket does not exist"),
+                if side == "target" {
+                    "create it, or pass --create-buckets to let offload create it (or map it to another with --bucket-map)".into()
+                } else {
+                    "check the bucket names (--buckets, or the MINIO_*_BUCKET_NAME settings)".into()
+                },
+            ),
+            ("NoSuchKey", _) | (_, Some(404)) if object_level => Failure::Gone,
+            ("AccessDenied" | "AllAccessDisabled", _) | (_, Some(403)) if object_level => {
+                Failure::Object(detail("access denied"))
+            }
+            ("AccessDenied" | "AllAccessDisabled", _) | (_, Some(403)) => fatal(
+                ErrorKind::Auth,
+                detail("access denied"),
+                format!("give the {side} credentials the S3 permissions offload needs (list, read{}), or use other credentials", if side == "target" { ", write, multipart uploads" } else { "" }),
+            ),
+            ("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeTooSkewed" | "OperationAborted", _) => fatal(
+                ErrorKind::Transient,
+                detail("the server asked to try again"),
+                "offload retries this on its own; if it keeps failing, check the server's logs".into(),
+            ),
+            (_, Some(s)) if s >= 500 => fatal(
+                ErrorKind::Transient,
+                detail(&format!("server error {s}")),
+                "offload retries this on its own; if it keeps failing, check the server's logs".into(),
+            ),
+            (_, s) if object_level => Failure::Object(detail(&match s {
+                Some(s) => format!("refused with status {s}"),
+                None => "failed".to_string(),
+            })),
+            (_, s) => fatal(
+                ErrorKind::Query,
+                detail(&match s {
+                    Some(s) => format!("refused with status {s}"),
+                    None => "failed".to_string(),
+                }),
+                "fix the cause the server names, then run the command again (a stopped copy continues with --resume)".into(),
+            ),
+        },
+    }
+}
+
+fn status_of(raw: &aws_sdk_s3::config::http::HttpResponse) -> u16 {
+    raw.status().as_u16()
+}
+
+/// An error and its causes on one line.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// What to check when an endpoint refuses the credentials.
+pub fn credentials_hint(side: &str) -> String {
+    if side == "source" {
+        "check the source access key and secret key (in the --from-s3 URL, OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, or OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY in config.yml)".into()
+    } else {
+        "check the target access key and secret key (in the --to-s3 URL, OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the --s3-profile profile)".into()
+    }
+}
+
+/// A profile's keys and region from the AWS shared files (`~/.aws/credentials`, `~/.aws/config`,
+/// or `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE`).
+#[derive(Default)]
+pub struct Profile {
+    pub access_key: Option<String>,
+    pub secret_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub region: Option<String>,
+}
+
+impl Profile {
+    pub fn load(name: &str) -> Option<Profile> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let file = |var: &str, default: &str| {
+            std::env::var_os(var)
+                .map(std::path::PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
+        };
+        let mut p = Profile::default();
+        let mut found = false;
+        if let Some(text) = file("AWS_SHARED_CREDENTIALS_FILE", "credentials")
+            .and_then(|f| std::fs::read_to_string(f).ok())
+        {
+            if let Some(section) = ini_section(&text, name) {
+                found = true;
+                for (k, v) in section {
+                    match k.as_str() {
+                        "aws_access_key_id" => p.access_key = Some(v),
+                        "aws_secret_access_key" => p.secret_key = Some(Secret::new(v)),
+                        "aws_session_token" => p.session_token = Some(Secret::new(v)),
+                        "region" => p.region = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(text) =
+            file("AWS_CONFIG_FILE", "config").and_then(|f| std::fs::read_to_string(f).ok())
+        {
+            let header = if name == "default" {
+                "default".to_string()
+            } else {
+                format!("profile {name}")
+            };
+            if let Some(section) = ini_section(&text, &header) {
+                found = true;
+                for (k, v) in section {
+                    match k.as_str() {
+                        "region" if p.region.is_none() => p.region = Some(v),
+                        "aws_access_key_id" if p.access_key.is_none() => p.access_key = Some(v),
+                        "aws_secret_access_key" if p.secret_key.is_none() => {
+                            p.secret_key = Some(Secret::new(v))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        found.then_some(p)
+    }
+}
+
+/// The `key = value` lines of one `[section]` of an INI text.
+fn ini_section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
+    let mut inside = false;
+    let mut found = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = h.trim() == name;
+            found |= inside;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+    }
+    found.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints_and_keeps_keys_out_of_the_public_url() {
+        let e = S3Endpoint::parse("https://AKID:se%2Fcret@s3.example.org:9000/").unwrap();
+        assert_eq!(e.url.as_deref(), Some("https://s3.example.org:9000"));
+        assert_eq!(e.access_key.as_deref(), Some("AKID"));
+        assert_eq!(e.secret_key.as_ref().unwrap().expose(), "se/cret");
+        assert_eq!(e.credentials, CredentialSource::Url);
+        assert!(!e.public_url().contains("cret"));
+        assert!(!format!("{e:?}").contains("cret"));
+        assert_eq!(e.address(), "s3.example.org:9000");
+        let aws = S3Endpoint::parse("aws").unwrap();
+        assert!(aws.url.is_none() && !aws.path_style);
+        assert!(S3Endpoint::parse("ftp://x").is_err());
+        assert!(S3Endpoint::parse("http://h:1/bucket").is_err());
+    }
+
+    #[test]
+    fn reads_one_ini_section() {
+        let text = "[default]\naws_access_key_id = A\n[other]\naws_access_key_id=B\n aws_secret_access_key = S \n";
+        let s = ini_section(text, "other").unwrap();
+        assert_eq!(
+            s,
+            vec![
+                ("aws_access_key_id".to_string(), "B".to_string()),
+                ("aws_secret_access_key".to_string(), "S".to_string())
+            ]
+        );
+        assert!(ini_section(text, "missing").is_none());
+    }
+}

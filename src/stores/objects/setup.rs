@@ -1,0 +1,566 @@
+//! Settings of the objects store from flags, Tutor's config.yml, the environment and a job's
+//! record: the source (MinIO buckets when the `minio` plugin is on or `--from-s3` is given, else
+//! Tutor's media folders mapped to the buckets and key prefixes the MinIO and S3 plugins use),
+//! the target endpoint with its credentials, and the copy options.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{
+    CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, Profile,
+    S3Endpoint, MIN_PART_SIZE,
+};
+use crate::secret::Secret;
+use crate::settings::{config_text, Inputs, SettingsError};
+use crate::tutor::TutorConfig;
+
+/// The objects part of the settings.
+#[derive(Debug, Clone)]
+pub struct ObjectsSettings {
+    pub source: ObjectSource,
+    pub target: S3Endpoint,
+    pub options: ObjectsOptions,
+}
+
+fn invalid(what: &str, detail: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        what: what.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// The MinIO buckets Tutor's `minio` plugin creates, from config.yml (with the plugin's defaults).
+pub fn minio_buckets(cfg: &TutorConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, default) in [
+        ("MINIO_BUCKET_NAME", "openedx"),
+        ("MINIO_FILE_UPLOAD_BUCKET_NAME", "openedxuploads"),
+        ("MINIO_VIDEO_UPLOAD_BUCKET_NAME", "openedxvideos"),
+        ("MINIO_GRADES_BUCKET_NAME", "openedxgrades"),
+        ("MINIO_OPENEDX_LEARNING_BUCKET_NAME", "openedxlearning"),
+    ] {
+        out.push(config_text(cfg, key).unwrap_or_else(|| default.to_string()));
+    }
+    let discovery = config_text(cfg, "MINIO_DISCOVERY_BUCKET_NAME")
+        .filter(|b| !b.contains('{'))
+        .or_else(|| {
+            cfg.plugins()
+                .iter()
+                .any(|p| p == "discovery")
+                .then(|| "discoveryuploads".to_string())
+        });
+    if let Some(b) = discovery.filter(|b| !b.is_empty()) {
+        out.push(b);
+    }
+    out.dedup();
+    out
+}
+
+/// Tutor's media folders and where the MinIO/S3 plugins keep the same files: the default
+/// storage (keys relative to the media folder), video transcripts and images and profile images
+/// (`openedx/media/...` in the same bucket), grade reports (own bucket), openedx-learning media
+/// (own bucket) and ORA2 uploads (own bucket, one object per upload folder).
+pub fn media_folders(root: &Path) -> Vec<MediaFolder> {
+    let media = root.join("data").join("openedx-media");
+    let special = ["video-transcripts", "video-images", "profile-images"];
+    let mut skip: Vec<String> = special.iter().map(|s| s.to_string()).collect();
+    skip.push("grades".into());
+    let plain = |folder: PathBuf| FolderSpec {
+        folder,
+        skip_dirs: Vec::new(),
+        layout: Layout::Plain,
+    };
+    let mut out = vec![MediaFolder {
+        name: "openedx-media".into(),
+        folder: FolderSpec {
+            folder: media.clone(),
+            skip_dirs: skip,
+            layout: Layout::Plain,
+        },
+        bucket: "openedx".into(),
+        prefix: String::new(),
+        exclude: vec!["openedx/media/".into()],
+    }];
+    for d in special {
+        out.push(MediaFolder {
+            name: format!("openedx-media/{d}"),
+            folder: plain(media.join(d)),
+            bucket: "openedx".into(),
+            prefix: format!("openedx/media/{d}/"),
+            exclude: Vec::new(),
+        });
+    }
+    out.push(MediaFolder {
+        name: "openedx-media/grades".into(),
+        folder: plain(media.join("grades")),
+        bucket: "openedxgrades".into(),
+        prefix: "openedx/media/grades/".into(),
+        exclude: Vec::new(),
+    });
+    out.push(MediaFolder {
+        name: "openedx-media-private/openedx-learning".into(),
+        folder: plain(
+            root.join("data")
+                .join("openedx-media-private")
+                .join("openedx-learning"),
+        ),
+        bucket: "openedxlearning".into(),
+        prefix: String::new(),
+        exclude: Vec::new(),
+    });
+    out.push(MediaFolder {
+        name: "lms/ora2".into(),
+        folder: FolderSpec {
+            folder: root
+                .join("data")
+                .join("lms")
+                .join("ora2")
+                .join("openedxuploads"),
+            skip_dirs: Vec::new(),
+            layout: Layout::Ora2,
+        },
+        bucket: "openedxuploads".into(),
+        prefix: String::new(),
+        exclude: Vec::new(),
+    });
+    out
+}
+
+/// Parse `a=b,c=d` (already split on commas).
+fn parse_bucket_map(items: &[String]) -> Result<BTreeMap<String, String>, SettingsError> {
+    let mut map = BTreeMap::new();
+    for item in items.iter().filter(|i| !i.trim().is_empty()) {
+        let (from, to) = item.split_once('=').ok_or_else(|| {
+            invalid(
+                "--bucket-map",
+                format!("`{item}` is not SOURCE=TARGET, e.g. openedx=prod-openedx"),
+            )
+        })?;
+        let (from, to) = (from.trim(), to.trim());
+        if !valid_bucket(to) {
+            return Err(invalid("--bucket-map", format!("`{to}` is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")));
+        }
+        map.insert(from.to_string(), to.to_string());
+    }
+    Ok(map)
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Fill in an endpoint's keys from the first place that has them.
+fn find_keys(
+    e: &mut S3Endpoint,
+    side: &str,
+    tutor: Option<&TutorConfig>,
+    profile: Option<&str>,
+) -> Result<(), SettingsError> {
+    if e.credentials == CredentialSource::Url {
+        if e.secret_key.is_none() {
+            let var = format!(
+                "OFFLOAD_{}_S3_SECRET_KEY",
+                if side == "source" { "FROM" } else { "TO" }
+            );
+            e.secret_key = env(&var).map(Secret::new);
+            if e.secret_key.is_none() {
+                return Err(invalid(&format!("the {side} S3 URL"), format!("it names an access key but no secret key; add it to the URL (key:secret@host) or set {var}")));
+            }
+        }
+        return Ok(());
+    }
+    let prefix = if side == "source" {
+        "OFFLOAD_FROM_S3"
+    } else {
+        "OFFLOAD_TO_S3"
+    };
+    let (ak, sk) = (
+        format!("{prefix}_ACCESS_KEY"),
+        format!("{prefix}_SECRET_KEY"),
+    );
+    if let (Some(a), Some(s)) = (env(&ak), env(&sk)) {
+        e.access_key = Some(a);
+        e.secret_key = Some(Secret::new(s));
+        e.credentials = CredentialSource::Env {
+            access: ak,
+            secret: sk,
+            token: None,
+        };
+        return Ok(());
+    }
+    if side == "source" {
+        if let Some(cfg) = tutor {
+            let access = config_text(cfg, "OPENEDX_AWS_ACCESS_KEY").filter(|v| !v.is_empty());
+            let (secret_key, secret) = [
+                "OPENEDX_AWS_SECRET_ACCESS_KEY",
+                "MINIO_AWS_SECRET_ACCESS_KEY",
+            ]
+            .iter()
+            .find_map(|k| {
+                config_text(cfg, k)
+                    .filter(|v| !v.is_empty() && !v.contains("{{"))
+                    .map(|v| (k.to_string(), v))
+            })
+            .unzip();
+            if let (Some(a), Some(s), Some(k)) = (access, secret, secret_key) {
+                e.access_key = Some(a);
+                e.secret_key = Some(Secret::new(s));
+                e.credentials = CredentialSource::Tutor {
+                    access: "OPENEDX_AWS_ACCESS_KEY".into(),
+                    secret: k,
+                };
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    if let (Some(a), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        e.access_key = Some(a);
+        e.secret_key = Some(Secret::new(s));
+        e.session_token = env("AWS_SESSION_TOKEN").map(Secret::new);
+        e.credentials = CredentialSource::Env {
+            access: "AWS_ACCESS_KEY_ID".into(),
+            secret: "AWS_SECRET_ACCESS_KEY".into(),
+            token: e
+                .session_token
+                .is_some()
+                .then(|| "AWS_SESSION_TOKEN".to_string()),
+        };
+        return Ok(());
+    }
+    let name = profile
+        .map(str::to_string)
+        .or_else(|| env("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    match Profile::load(&name) {
+        Some(p) if p.access_key.is_some() && p.secret_key.is_some() => {
+            e.access_key = p.access_key;
+            e.secret_key = p.secret_key;
+            e.session_token = p.session_token;
+            e.credentials = CredentialSource::Profile { name };
+        }
+        _ if profile.is_some() => {
+            return Err(invalid("--s3-profile", format!("no keys for profile `{name}` in the AWS shared credentials file (~/.aws/credentials or $AWS_SHARED_CREDENTIALS_FILE)")));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Find an endpoint's keys again where the job says they came from.
+fn recover_keys(
+    e: &mut S3Endpoint,
+    source: &CredentialSource,
+    side: &str,
+    tutor: Option<&TutorConfig>,
+) -> Result<(), SettingsError> {
+    let prefix = if side == "source" {
+        "OFFLOAD_FROM_S3"
+    } else {
+        "OFFLOAD_TO_S3"
+    };
+    let need = |name: &str| {
+        env(name).ok_or_else(|| {
+            invalid(
+                &format!("the {side} S3 keys"),
+                format!("the job reads them from ${name}, which is not set now; export it again"),
+            )
+        })
+    };
+    match source {
+        CredentialSource::None => {}
+        CredentialSource::Url => {
+            let (a, s) = (
+                env(&format!("{prefix}_ACCESS_KEY")),
+                env(&format!("{prefix}_SECRET_KEY")),
+            );
+            match (a, s) {
+                (Some(a), Some(s)) => {
+                    e.access_key = Some(a);
+                    e.secret_key = Some(Secret::new(s));
+                }
+                _ => {
+                    return Err(SettingsError::SecretNotRecoverable {
+                        side: side.into(),
+                        store: "S3".into(),
+                        env: format!("{prefix}_ACCESS_KEY and {prefix}_SECRET_KEY"),
+                    })
+                }
+            }
+        }
+        CredentialSource::Env {
+            access,
+            secret,
+            token,
+        } => {
+            e.access_key = Some(need(access)?);
+            e.secret_key = Some(Secret::new(need(secret)?));
+            e.session_token = token.as_deref().and_then(env).map(Secret::new);
+        }
+        CredentialSource::Profile { name } => {
+            let p = Profile::load(name).ok_or_else(|| {
+                invalid(
+                    &format!("the {side} S3 keys"),
+                    format!("the job reads them from AWS profile `{name}`, which is gone"),
+                )
+            })?;
+            e.access_key = p.access_key;
+            e.secret_key = p.secret_key;
+            e.session_token = p.session_token;
+        }
+        CredentialSource::Tutor { access, secret } => {
+            let cfg = tutor.ok_or_else(|| invalid(&format!("the {side} S3 keys"), format!("the job reads them from config.yml ({access}, {secret}), but no config.yml was found; pass --tutor-root")))?;
+            e.access_key = config_text(cfg, access);
+            e.secret_key = config_text(cfg, secret).map(Secret::new);
+        }
+    }
+    e.credentials = source.clone();
+    Ok(())
+}
+
+fn reopen(
+    rec: &serde_json::Value,
+    side: &str,
+    tutor: Option<&TutorConfig>,
+) -> Result<S3Endpoint, SettingsError> {
+    let url = rec["url"].as_str().unwrap_or("aws");
+    let mut e =
+        S3Endpoint::parse(url).map_err(|d| invalid(&format!("the job's {side} S3 URL"), d))?;
+    let source: CredentialSource =
+        serde_json::from_value(rec["credentials"].clone()).unwrap_or(CredentialSource::None);
+    recover_keys(&mut e, &source, side, tutor)?;
+    if let Some(r) = rec["region"].as_str() {
+        e.region = r.to_string();
+    }
+    if let Some(p) = rec["path_style"].as_bool() {
+        e.path_style = p;
+    }
+    Ok(e)
+}
+
+/// Resolve the objects settings. `target_url` is `--to-s3` or the targets file's `s3:`.
+pub fn resolve(
+    inputs: &Inputs,
+    target_url: Option<&str>,
+    tutor: Option<&TutorConfig>,
+    tutor_root: &Path,
+    recorded: Option<&serde_json::Value>,
+) -> Result<ObjectsSettings, SettingsError> {
+    let rec = |k: &str| recorded.map(|r| &r[k]).filter(|v| !v.is_null());
+    let bucket_map = if inputs.bucket_map.is_empty() {
+        rec("bucket_map")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    } else {
+        parse_bucket_map(&inputs.bucket_map)?
+    };
+    let part_size = inputs
+        .part_size
+        .or_else(|| rec("part_size").and_then(|v| v.as_u64()))
+        .unwrap_or(64 * 1024 * 1024);
+    if !(MIN_PART_SIZE..=5 * 1024 * 1024 * 1024).contains(&part_size) {
+        return Err(invalid(
+            "--part-size",
+            "S3 takes parts of 5 MiB (5242880 bytes) to 5 GiB",
+        ));
+    }
+
+    // Source.
+    let minio_on = tutor.is_some_and(|c| c.plugins().iter().any(|p| p == "minio"));
+    let mut public_read = Vec::new();
+    let mut public_media = Vec::new();
+    let source = if let Some(url) = &inputs.from_s3 {
+        let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--from-s3", d))?;
+        find_keys(&mut e, "source", tutor, None)?;
+        let buckets = if !inputs.buckets.is_empty() {
+            inputs.buckets.clone()
+        } else if let Some(b) = rec("source")
+            .and_then(|s| serde_json::from_value::<Vec<String>>(s["buckets"].clone()).ok())
+        {
+            b
+        } else if let Some(cfg) = tutor {
+            minio_buckets(cfg)
+        } else {
+            return Err(invalid("--from-s3", "no config.yml to read the MinIO bucket names from: pass --buckets LIST (or --tutor-root)"));
+        };
+        public_read = buckets.clone();
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
+    } else if let Some(src) = rec("source").filter(|s| s["kind"] == "s3") {
+        let e = reopen(src, "source", tutor)?;
+        let buckets: Vec<String> = if inputs.buckets.is_empty() {
+            serde_json::from_value(src["buckets"].clone()).unwrap_or_default()
+        } else {
+            inputs.buckets.clone()
+        };
+        public_read = buckets.clone();
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
+    } else if minio_on {
+        let cfg = tutor.expect("minio_on implies config");
+        let host = cfg
+            .get_str("MINIO_HOST")
+            .unwrap_or_else(|| "files.local.openedx.io".into());
+        let scheme = if cfg.get_bool("ENABLE_HTTPS") == Some(true) {
+            "https"
+        } else {
+            "http"
+        };
+        let mut e = S3Endpoint::parse(&format!("{scheme}://{host}"))
+            .map_err(|d| invalid("MINIO_HOST", d))?;
+        find_keys(&mut e, "source", tutor, None)?;
+        let buckets = if inputs.buckets.is_empty() {
+            minio_buckets(cfg)
+        } else {
+            inputs.buckets.clone()
+        };
+        public_read = buckets.clone();
+        ObjectSource::S3 {
+            endpoint: e,
+            buckets,
+        }
+    } else {
+        let root = rec("source")
+            .and_then(|s| s["root"].as_str())
+            .filter(|_| inputs.tutor_root.is_none())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| tutor_root.to_path_buf());
+        public_media.push("openedx".to_string());
+        ObjectSource::Media {
+            folders: media_folders(&root),
+            root,
+        }
+    };
+    if let ObjectSource::S3 { endpoint, .. } = &source {
+        if endpoint.access_key.is_none() {
+            return Err(invalid("source S3 keys", "no access key and secret key found: put them in the --from-s3 URL (key:secret@host), in OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, or in config.yml (OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY)"));
+        }
+    }
+
+    // Target.
+    let mut target = if let Some(url) = target_url {
+        let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--to-s3", d))?;
+        find_keys(&mut e, "target", tutor, inputs.s3_profile.as_deref())?;
+        e
+    } else if let Some(t) = rec("target") {
+        reopen(t, "target", tutor)?
+    } else {
+        return Err(SettingsError::NoTarget { store: "s3".into() });
+    };
+    let profile_region = match &target.credentials {
+        CredentialSource::Profile { name } => Profile::load(name).and_then(|p| p.region),
+        _ => None,
+    };
+    if let Some(r) = inputs.s3_region.clone().or_else(|| {
+        (target.region.is_empty())
+            .then(|| {
+                env("AWS_REGION")
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .or(profile_region)
+            })
+            .flatten()
+    }) {
+        target.region = r;
+    }
+    match inputs.s3_addressing.as_deref() {
+        None | Some("auto") => {}
+        Some("path") => target.path_style = true,
+        Some("virtual") => target.path_style = false,
+        Some(other) => {
+            return Err(invalid(
+                "--s3-addressing",
+                format!("`{other}` is not path, virtual or auto"),
+            ))
+        }
+    }
+
+    Ok(ObjectsSettings {
+        source,
+        target,
+        options: ObjectsOptions {
+            part_size,
+            transfers: inputs.object_transfers.max(1),
+            create_buckets: inputs.create_buckets,
+            deep: inputs.deep,
+            bucket_map,
+            public_read,
+            public_media,
+        },
+    })
+}
+
+impl ObjectsSettings {
+    /// What the job records to reconnect later: URLs without keys, where the keys come from.
+    pub fn record(&self) -> serde_json::Value {
+        let source = match &self.source {
+            ObjectSource::S3 { endpoint, buckets } => json!({
+                "kind": "s3", "url": endpoint.public_url(), "credentials": endpoint.credentials,
+                "buckets": buckets,
+            }),
+            ObjectSource::Media { root, .. } => json!({
+                "kind": "filesystem", "root": root.display().to_string(),
+            }),
+        };
+        json!({
+            "source": source,
+            "target": {
+                "url": self.target.public_url(),
+                "credentials": self.target.credentials,
+                "region": self.target.region,
+                "path_style": self.target.path_style,
+            },
+            "bucket_map": self.options.bucket_map,
+            "part_size": self.options.part_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_maps_parse_and_reject_bad_names() {
+        let m = parse_bucket_map(&["openedx=prod-openedx".into(), " a = b.c-d ".into()]).unwrap();
+        assert_eq!(m["openedx"], "prod-openedx");
+        assert_eq!(m["a"], "b.c-d");
+        assert!(parse_bucket_map(&["nope".into()]).is_err());
+        assert!(parse_bucket_map(&["a=Upper".into()]).is_err());
+    }
+
+    #[test]
+    fn media_folders_follow_the_plugins_layout() {
+        let f = media_folders(Path::new("/t"));
+        let grades = f.iter().find(|m| m.name == "openedx-media/grades").unwrap();
+        assert_eq!(
+            grades.folder.folder,
+            Path::new("/t/data/openedx-media/grades")
+        );
+        assert_eq!(
+            (grades.bucket.as_str(), grades.prefix.as_str()),
+            ("openedxgrades", "openedx/media/grades/")
+        );
+        let main = &f[0];
+        assert!(main.folder.skip_dirs.contains(&"grades".to_string()));
+        assert_eq!(main.exclude, vec!["openedx/media/".to_string()]);
+        let ora2 = f.iter().find(|m| m.folder.layout == Layout::Ora2).unwrap();
+        assert_eq!(
+            ora2.folder.folder,
+            Path::new("/t/data/lms/ora2/openedxuploads")
+        );
+    }
+}
