@@ -374,14 +374,6 @@ pub struct ReindexArgs {
     #[arg(long, value_enum, default_value_t = MeilisearchSourceArg::Migrated)]
     pub meilisearch_source: MeilisearchSourceArg,
 
-    /// Source MongoDB (mongodb://[user:password@]host:port) [default: MONGODB_* in config.yml].
-    #[arg(long, value_name = "URL")]
-    pub from_mongodb: Option<String>,
-
-    /// Target MongoDB, read with --meilisearch-source migrated.
-    #[arg(long, value_name = "URL")]
-    pub to_mongodb: Option<String>,
-
     /// MongoDB database of the modulestore [default: MONGODB_DATABASE, else openedx].
     #[arg(long, value_name = "NAME")]
     pub mongodb_database: Option<String>,

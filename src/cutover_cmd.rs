@@ -9,7 +9,46 @@ use crate::commands::{inputs_for_cutover, Outcome};
 use crate::core::catalog::Catalog;
 use crate::core::StoreKind;
 use crate::settings::{tutor_root, Settings};
-use crate::tutor::{self, CutoverTarget, MysqlTarget, TutorConfig};
+use crate::stores::mongodb::MongoEndpoint;
+use crate::tutor::{self, CutoverTarget, MongodbTarget, MysqlTarget, RedisTarget, TutorConfig};
+
+/// Tutor's MongoDB keys for a target URI: one host, authentication and TLS as separate settings.
+fn mongodb_target(e: &MongoEndpoint) -> anyhow::Result<MongodbTarget> {
+    if e.srv || e.hosts.contains(',') {
+        bail!("the MongoDB target `{}` has several hosts or is a mongodb+srv:// name; Tutor's MONGODB_HOST takes one host, so set MONGODB_HOST and friends by hand (docs/cutover.md)", e.hosts);
+    }
+    // `host:port`, `[v6]:port` or a bare host (IPv6 hosts are bracketed in URIs).
+    let brackets = |h: &str| h.trim_matches(|c| c == '[' || c == ']').to_string();
+    let (host, port) = match e.hosts.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            (brackets(h), p.parse().unwrap_or(27017))
+        }
+        _ => (brackets(&e.hosts), 27017),
+    };
+    let option = |name: &str| {
+        e.options
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let on = |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    Ok(MongodbTarget {
+        host,
+        port,
+        username: e.user.clone().unwrap_or_default(),
+        password: e
+            .password
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .unwrap_or_default(),
+        use_ssl: on(option("tls")) || on(option("ssl")),
+        auth_source: option("authSource")
+            .or_else(|| e.path_db.clone())
+            .unwrap_or_else(|| "admin".into()),
+        auth_mechanism: option("authMechanism").unwrap_or_default(),
+        replica_set: option("replicaSet").unwrap_or_default(),
+    })
+}
 
 /// Which stores of the job passed verification, and why the others did not.
 fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(), String>)>> {
@@ -120,7 +159,25 @@ pub fn run_cutover(
                     plugin_users: Vec::new(),
                 }));
             }
-            other => bail!("cutover for {other} is not available in this version"),
+            StoreKind::Redis => {
+                let r = settings.redis.as_ref().context("the job has no Redis target")?;
+                targets.push(CutoverTarget::Redis(RedisTarget {
+                    host: r.target.host.clone(),
+                    port: r.target.port,
+                    username: r.target.username.clone().unwrap_or_default(),
+                    password: r
+                        .target
+                        .password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                }));
+            }
+            StoreKind::Mongodb => {
+                let m = settings.mongodb.as_ref().context("the job has no MongoDB target")?;
+                targets.push(CutoverTarget::Mongodb(mongodb_target(&m.target)?));
+            }
+            other => bail!("cutover for {other} is not available in this version: point config.yml at the new {other} by hand (docs/cutover.md lists the keys), or leave it out with --stores"),
         }
     }
     if targets.is_empty() {

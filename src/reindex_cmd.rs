@@ -139,8 +139,8 @@ fn mysql_endpoint(
 /// The MongoDB URL to read, from the flags or config.yml (source side).
 fn mongo_url(args: &ReindexArgs, tutor: Option<&TutorConfig>) -> Option<String> {
     match args.meilisearch_source {
-        MeilisearchSourceArg::Migrated => args.to_mongodb.clone(),
-        MeilisearchSourceArg::Source => args.from_mongodb.clone().or_else(|| {
+        MeilisearchSourceArg::Migrated => args.job.to_mongodb.clone(),
+        MeilisearchSourceArg::Source => args.job.from_mongodb.clone().or_else(|| {
             let cfg = tutor?;
             let host = config_text(cfg, "MONGODB_HOST")?;
             let port = config_text(cfg, "MONGODB_PORT").unwrap_or_else(|| "27017".into());
