@@ -153,22 +153,24 @@ pub async fn dump_group(
 const DUMP_SCRIPT: &str = r#"
 local big, budget, used = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
 local out = {}
-for i, k in ipairs(KEYS) do
+for _, k in ipairs(KEYS) do
   if used >= budget then
-    out[i] = {-3}
+    out[#out + 1] = -3
+    out[#out + 1] = false
   else
     local ttl = redis.call('PTTL', k)
+    out[#out + 1] = ttl
     if ttl == -2 then
-      out[i] = {-2}
+      out[#out + 1] = false
     else
       local size = redis.call('MEMORY', 'USAGE', k)
       if not size then size = 0 end
       if size > big then
-        out[i] = {ttl, size}
+        out[#out + 1] = size
       else
         local payload = redis.call('DUMP', k)
         used = used + #payload
-        out[i] = {ttl, payload}
+        out[#out + 1] = payload
       end
     end
   end
@@ -222,24 +224,29 @@ pub async fn dump_scripted(
         big: Vec::new(),
         unread: Vec::new(),
     };
-    for (key, item) in keys.into_iter().zip(items) {
-        let Value::Array(mut parts) = item else {
-            return Err(super::values::unexpected("a dump script entry"));
-        };
-        let second = (parts.len() > 1).then(|| parts.remove(1));
-        let pttl = int_of(parts.first().unwrap_or(&Value::Nil))?;
+    // Two entries a key (a flat array costs the server less than one table a key): the TTL
+    // (-3: not read), then the payload, the size of a big key, or nil for a key that is gone.
+    if items.len() != keys.len() * 2 {
+        return Err(super::values::unexpected("the dump script's reply"));
+    }
+    let mut items = items.into_iter();
+    for key in keys {
+        let (pttl, second) = (
+            int_of(&items.next().unwrap_or(Value::Nil))?,
+            items.next().unwrap_or(Value::Nil),
+        );
         match (pttl, second) {
             (-3, _) => out.unread.push(key),
-            (_, Some(Value::Int(_))) => out.big.push(key),
-            (_, Some(v)) => out.dumped.push(Dumped {
-                key,
-                pttl,
-                payload: Some(bytes_of(v)?),
-            }),
-            (_, None) => out.dumped.push(Dumped {
+            (_, Value::Int(_)) => out.big.push(key),
+            (_, Value::Nil) => out.dumped.push(Dumped {
                 key,
                 pttl,
                 payload: None,
+            }),
+            (_, v) => out.dumped.push(Dumped {
+                key,
+                pttl,
+                payload: Some(bytes_of(v)?),
             }),
         }
     }
