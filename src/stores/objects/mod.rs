@@ -8,10 +8,13 @@
 //! Tested against SeaweedFS on both sides; MinIO and AWS S3 specifics (virtual-hosted addressing,
 //! Block Public Access) are handled in code but untested here.
 
+#[macro_use]
+mod macros;
 mod admin;
 mod digest;
 mod endpoint;
 mod listing;
+mod multipart;
 mod ops;
 mod setup;
 mod transfer;
@@ -319,7 +322,7 @@ pub fn effective_part_size(size: u64, part_size: u64) -> u64 {
 struct CopyCursor {
     after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    upload: Option<ops::Upload>,
+    upload: Option<multipart::Upload>,
 }
 
 fn key_cursor(key: &str) -> Cursor {
@@ -505,7 +508,8 @@ impl Store for ObjectsStore {
             .map(decode_copy_cursor)
             .unwrap_or_default();
         if let Some(upload) = cursor.upload.clone() {
-            return ops::continue_upload(self, unit, &spec, cursor.after.clone(), upload).await;
+            return multipart::continue_upload(self, unit, &spec, cursor.after.clone(), upload)
+                .await;
         }
         let upto = unit.range.upto.as_ref().and_then(cursor_key);
         let (entries, more) = self
@@ -522,7 +526,7 @@ impl Store for ObjectsStore {
             return Ok(BatchOutcome::default());
         };
         if self.needs_parts(first) {
-            return ops::start_upload(self, &spec, cursor.after.clone(), first).await;
+            return multipart::start_upload(self, &spec, cursor.after.clone(), first).await;
         }
         let mut batch: Vec<Listed> = Vec::new();
         let mut size = 0u64;
