@@ -903,6 +903,11 @@ async fn occupied_target_is_refused_untouched_then_skip_and_replace() {
         1,
         "skipped"
     );
+    assert_eq!(
+        index_specs(&target_uri(), forum, "users").await.len(),
+        1,
+        "no indexes are built on a skipped collection"
+    );
     assert_exit(&offload(job.path(), &args("verify", &[], &[])), 1);
 
     assert_exit(
