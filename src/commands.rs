@@ -96,6 +96,7 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         mongodb_databases: args.mongodb_databases.clone(),
         mongodb_exclude: args.mongodb_exclude.clone(),
         mongodb_snapshot: args.mongodb_snapshot,
+        mongodb_split_bytes: args.mongodb_split_bytes,
     }
 }
 

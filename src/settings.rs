@@ -75,6 +75,7 @@ pub struct Inputs {
     pub mongodb_databases: Vec<String>,
     pub mongodb_exclude: Vec<String>,
     pub mongodb_snapshot: bool,
+    pub mongodb_split_bytes: u64,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -575,7 +576,7 @@ impl Settings {
                 platform_databases: platform,
                 optional_databases: forum,
                 batch_docs: inputs.batch_rows,
-                split_bytes: inputs.split_bytes.max(1),
+                split_bytes: inputs.mongodb_split_bytes.max(1),
                 snapshot,
                 ..MongoOptions::default()
             },
