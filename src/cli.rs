@@ -172,12 +172,18 @@ pub struct JobArgs {
     #[arg(long)]
     pub mongodb_snapshot: bool,
 
+    /// MongoDB collections larger than this many bytes are split into `_id` ranges that copy and
+    /// verify in parallel (each range costs the source one query, and its bounds one pass over the
+    /// `_id`s at plan time).
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
+    pub mongodb_split_bytes: u64,
+
     /// Units worked on at once, across all stores.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
 
-    /// Tables larger than this many bytes (with an integer key), and MongoDB collections larger
-    /// than this, are split into key ranges that copy and verify in parallel.
+    /// Tables larger than this many bytes (with an integer key) are split into key ranges that
+    /// copy and verify in parallel.
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub split_bytes: u64,
 

@@ -120,6 +120,7 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         part_size: args.part_size,
         object_transfers: args.object_transfers,
         deep: false,
+        mongodb_split_bytes: args.mongodb_split_bytes,
     }
 }
 

@@ -107,6 +107,7 @@ pub struct Inputs {
     pub part_size: Option<u64>,
     pub object_transfers: usize,
     pub deep: bool,
+    pub mongodb_split_bytes: u64,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -889,7 +890,7 @@ impl Settings {
                 platform_databases: platform,
                 optional_databases: forum,
                 batch_docs: inputs.batch_rows,
-                split_bytes: inputs.split_bytes.max(1),
+                split_bytes: inputs.mongodb_split_bytes.max(1),
                 snapshot,
                 ..MongoOptions::default()
             },

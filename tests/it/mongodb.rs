@@ -739,7 +739,7 @@ async fn kill_nine_at_three_points_then_resume() {
                 "150",
                 "--parallel",
                 "2",
-                "--split-bytes",
+                "--mongodb-split-bytes",
                 "60000",
             ],
         );

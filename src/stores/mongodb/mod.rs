@@ -64,7 +64,7 @@ impl Default for MongoOptions {
             batch_bytes: 16 * 1024 * 1024,
             batch_docs: None,
             insert_bytes: 4 * 1024 * 1024,
-            split_bytes: 64 * 1024 * 1024,
+            split_bytes: 1024 * 1024 * 1024,
             snapshot: false,
         }
     }
