@@ -268,78 +268,46 @@ impl Settings {
             wanted.push(kind);
         }
 
-        let recorded_mysql = recorded.and_then(|r| r.get("mysql"));
-        let has_mysql_target =
-            inputs.to_mysql.is_some() || targets.mysql.is_some() || recorded_mysql.is_some();
-        let mysql_selected = if wanted.is_empty() {
-            has_mysql_target
-        } else {
-            wanted.contains(&StoreKind::Mysql)
+        // A store takes part when --stores names it, or (without --stores) when it has a target.
+        let selected = |kind: StoreKind, has_target: bool| {
+            if wanted.is_empty() {
+                has_target
+            } else {
+                wanted.contains(&kind)
+            }
         };
-        let mysql = if mysql_selected {
-            Some(Self::resolve_mysql(
-                inputs,
-                &targets,
-                source_cfg,
-                recorded_mysql,
-            )?)
-        } else {
-            None
-        };
-        let recorded_redis = recorded.and_then(|r| r.get("redis"));
-        let has_redis_target =
-            inputs.to_redis.is_some() || targets.redis.is_some() || recorded_redis.is_some();
-        let redis_selected = if wanted.is_empty() {
-            has_redis_target
-        } else {
-            wanted.contains(&StoreKind::Redis)
-        };
-        let redis = if redis_selected {
-            Some(Self::resolve_redis(
-                inputs,
-                &targets,
-                tutor.as_ref(),
-                recorded_redis,
-            )?)
-        } else {
-            None
-        };
-        let recorded_mongodb = recorded.and_then(|r| r.get("mongodb"));
-        let has_mongodb_target =
-            inputs.to_mongodb.is_some() || targets.mongodb.is_some() || recorded_mongodb.is_some();
-        let mongodb_selected = if wanted.is_empty() {
-            has_mongodb_target
-        } else {
-            wanted.contains(&StoreKind::Mongodb)
-        };
-        let mongodb = if mongodb_selected {
-            Some(Self::resolve_mongodb(
-                inputs,
-                &targets,
-                tutor.as_ref(),
-                recorded_mongodb,
-            )?)
-        } else {
-            None
-        };
-        let recorded_objects = recorded.and_then(|r| r.get("objects"));
+        let record = |store: &str| recorded.and_then(|r| r.get(store));
+
+        let has_mysql = inputs.to_mysql.is_some() || targets.mysql.is_some();
+        let mysql = selected(StoreKind::Mysql, has_mysql || record("mysql").is_some())
+            .then(|| Self::resolve_mysql(inputs, &targets, source_cfg, record("mysql")))
+            .transpose()?;
+        let has_redis = inputs.to_redis.is_some() || targets.redis.is_some();
+        let redis = selected(StoreKind::Redis, has_redis || record("redis").is_some())
+            .then(|| Self::resolve_redis(inputs, &targets, source_cfg, record("redis")))
+            .transpose()?;
+        let has_mongodb = inputs.to_mongodb.is_some() || targets.mongodb.is_some();
+        let mongodb = selected(
+            StoreKind::Mongodb,
+            has_mongodb || record("mongodb").is_some(),
+        )
+        .then(|| Self::resolve_mongodb(inputs, &targets, source_cfg, record("mongodb")))
+        .transpose()?;
         let s3_target = inputs.to_s3.clone().or_else(|| targets.s3.clone());
-        let objects_selected = if wanted.is_empty() {
-            s3_target.is_some() || recorded_objects.is_some()
-        } else {
-            wanted.contains(&StoreKind::Objects)
-        };
-        let objects = if objects_selected {
-            Some(crate::stores::objects::resolve(
+        let objects = selected(
+            StoreKind::Objects,
+            s3_target.is_some() || record("objects").is_some(),
+        )
+        .then(|| {
+            crate::stores::objects::resolve(
                 inputs,
                 s3_target.as_deref(),
-                tutor.as_ref(),
+                source_cfg,
                 &tutor_root,
-                recorded_objects,
-            )?)
-        } else {
-            None
-        };
+                record("objects"),
+            )
+        })
+        .transpose()?;
         let settings = Settings {
             tutor_root,
             tutor,
