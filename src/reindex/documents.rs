@@ -374,7 +374,7 @@ pub struct CourseMode {
 pub fn course_mode_slugs(modes: &[CourseMode], now: Micros) -> Vec<String> {
     let mut live: Vec<&CourseMode> = modes
         .iter()
-        .filter(|m| m.expiration.map_or(true, |e| e >= now))
+        .filter(|m| m.expiration.is_none_or(|e| e >= now))
         .filter(|m| m.slug != "credit")
         .collect();
     live.sort_by(|a, b| (&a.slug, &a.currency).cmp(&(&b.slug, &b.currency)));

@@ -495,7 +495,7 @@ impl Writer {
                     self.indention = false;
                     start = end;
                 }
-            } else if ch.map_or(true, |c| c == ' ' || is_break(c)) {
+            } else if ch.is_none_or(|c| c == ' ' || is_break(c)) {
                 self.write_chars(&text[start..end]);
                 start = end;
             }
@@ -542,7 +542,7 @@ impl Writer {
                     self.write_breaks(&text[start..end]);
                     start = end;
                 }
-            } else if ch.map_or(true, |c| c == ' ' || c == '\'' || is_break(c)) && start < end {
+            } else if ch.is_none_or(|c| c == ' ' || c == '\'' || is_break(c)) && start < end {
                 self.write_chars(&text[start..end]);
                 start = end;
             }

@@ -279,7 +279,7 @@ pub async fn split_points(
         .map_err(|e| store.err(Side::Source, e))?
     {
         seen += 1;
-        if seen % step == 0 && (out.len() as u64) < parts - 1 && seen < rows {
+        if seen.is_multiple_of(step) && (out.len() as u64) < parts - 1 && seen < rows {
             if let Ok(id) = keys::id_of(cursor.current()) {
                 out.push(keys::encode(id));
             }

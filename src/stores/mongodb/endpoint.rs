@@ -315,7 +315,7 @@ pub fn map_error(side: &str, endpoint: &MongoEndpoint, e: DriverError) -> StoreE
                         .map(|w| format!("write concern error {}: {}", w.code, w.message))
                 })
                 .unwrap_or_else(|| text.clone());
-            let concern_only = m.write_errors.as_ref().map_or(true, |w| w.is_empty());
+            let concern_only = m.write_errors.as_ref().is_none_or(|w| w.is_empty());
             (
                 if concern_only {
                     ErrorKind::Transient

@@ -242,8 +242,8 @@ pub async fn abort_stale_uploads(
             let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                 continue;
             };
-            let in_range = after.as_deref().map_or(true, |a| key > a)
-                && upto.as_deref().map_or(true, |b| key <= b)
+            let in_range = after.as_deref().is_none_or(|a| key > a)
+                && upto.as_deref().is_none_or(|b| key <= b)
                 && spec.to.owns(key);
             if in_range && keep != Some(id) {
                 tracing::info!(store = "objects", bucket = %spec.to.bucket, key, upload = id, "aborting a stale multipart upload");
