@@ -82,6 +82,21 @@ pub struct Unit {
     pub spec: serde_json::Value,
 }
 
+impl Unit {
+    /// Names of the units whose (container, object) is in `objects`, e.g. the occupied tables
+    /// or collections a store found on its target.
+    pub fn names_within(
+        units: &[Unit],
+        objects: &std::collections::BTreeSet<(String, String)>,
+    ) -> Vec<String> {
+        units
+            .iter()
+            .filter(|u| objects.contains(&(u.container.clone(), u.object.clone())))
+            .map(|u| u.name.clone())
+            .collect()
+    }
+}
+
 /// What copying one batch did.
 #[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {

@@ -387,11 +387,7 @@ impl Store for MongoStore {
                 busy.insert((db, coll));
             }
         }
-        Ok(units
-            .iter()
-            .filter(|u| busy.contains(&(u.container.clone(), u.object.clone())))
-            .map(|u| u.name.clone())
-            .collect())
+        Ok(Unit::names_within(units, &busy))
     }
 
     async fn prepare_target(

@@ -914,11 +914,7 @@ impl Store for MysqlStore {
                 Err(e) => return Err(self.err(Side::Target, e)),
             }
         }
-        Ok(units
-            .iter()
-            .filter(|u| busy.contains(&(u.container.clone(), u.object.clone())))
-            .map(|u| u.name.clone())
-            .collect())
+        Ok(Unit::names_within(units, &busy))
     }
 
     async fn prepare_target(
