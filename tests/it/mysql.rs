@@ -47,10 +47,21 @@ async fn fixture_copies_and_verifies_clean() {
     db.drop_both().await;
 }
 
-/// Every awkward type, written by the test, read back from the target as the server renders it.
+/// Every awkward type, written by the test, read back from the target as the server renders it;
+/// rows stream through LOAD DATA LOCAL INFILE.
 #[tokio::test]
 async fn every_type_round_trips() {
-    let db = TestDb::new("types").await;
+    every_type_round_trips_with("types", &[]).await;
+}
+
+/// The same through multi-row REPLACE statements, the path for targets without LOCAL INFILE.
+#[tokio::test]
+async fn every_type_round_trips_through_replace_statements() {
+    every_type_round_trips_with("typesrep", &[("OFFLOAD_MYSQL_LOCAL_INFILE", "off")]).await;
+}
+
+async fn every_type_round_trips_with(tag: &str, env: &[(&str, &str)]) {
+    let db = TestDb::new(tag).await;
     let src = mysql_source();
     exec(
         &src,
@@ -103,11 +114,20 @@ async fn every_type_round_trips() {
          REPEAT('🎓', 100), REPEAT('x', 60000), 'ÿ', X'FFFFFFFF', X'00', REPEAT(X'00FF', 40000),
          'b', 'x,y,z', '\"just a string\"', NULL, -1)"
     )).await.unwrap();
+    // Text that looks like the LOAD DATA format's own markers: the word NULL, \N, tabs, line
+    // ends and backslashes, in text, binary and JSON columns.
+    c.query_drop(format!(
+        r#"INSERT INTO {table} (id, yr, vc, tx, l1, bn, vb, bl, st, js, hidden_col) VALUES
+        (5, 2000, 'NULL', '\\N', 'tab\there\\', X'5C000A09', X'5C4E', X'090A0D5C005C4E0D0A', 'y',
+         '["\\\\N", "a\\tb", "NULL"]', 5)"#
+    ))
+    .await
+    .unwrap();
     drop(c);
 
     let job = tempfile::tempdir().unwrap();
     let f = flags(&db.name);
-    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    assert_exit(&offload_env(job.path(), &args("copy", &f, &[]), env), 0);
     assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
 
     // Read both sides as the server renders them, with every float widened to DOUBLE (which
@@ -119,7 +139,7 @@ async fn every_type_round_trips() {
          FROM {table} ORDER BY id"
     );
     let (a, b) = (rows(&src, &q).await, rows(&mysql_target(), &q).await);
-    assert_eq!(a.len(), 4);
+    assert_eq!(a.len(), 5);
     assert_eq!(a, b, "a value changed on the way");
     // And the values are what the test wrote, not just equal on both sides.
     let row1 = &a[0];
@@ -152,6 +172,17 @@ async fn every_type_round_trips() {
         "NULLs stay NULL: {row3:?}"
     );
     assert_eq!(s(&b[1][31]), "1", "empty string stays empty, not NULL");
+    let row5 = &b[4];
+    let unhex = |v: &Value| hex::decode(s(v)).unwrap();
+    assert_eq!(unhex(&row5[16]), b"NULL", "the word NULL stays a string");
+    assert_eq!(unhex(&row5[17]), b"\\N", "\\N stays a string");
+    assert_eq!(unhex(&row5[18]), b"tab\there\\");
+    assert_eq!(s(&row5[19]), "5C000A09");
+    assert_eq!(s(&row5[20]), "5C4E");
+    assert_eq!(s(&row5[21]), "090A0D5C005C4E0D0A");
+    assert_eq!(s(&row5[24]), r#"["\\N", "a\tb", "NULL"]"#);
+    assert_eq!(s(&row5[15]), "2000", "YEAR 2000 is not YEAR 0");
+    assert_eq!(s(&b[3][15]), "0000", "YEAR 0 is not YEAR 2000");
 
     let (ddl_a, ddl_b) = (
         rows(&src, &format!("SHOW CREATE TABLE {table}")).await,
@@ -649,5 +680,152 @@ async fn ctrl_c_saves_the_checkpoint_and_exits_130() {
     assert_exit(&offload(job.path(), &resume), 0);
     assert_eq!(count(&mysql_target(), &name).await, 20_000);
     assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    db.drop_both().await;
+}
+
+/// A private MariaDB started with `--local-infile=0`, as some managed MySQL services run: the
+/// shared target cannot be switched without disturbing other tests. Killed when dropped.
+struct NoInfileServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NoInfileServer {
+    async fn start() -> NoInfileServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        // Its own tmpdir: a starting server deletes every `#sql*` file in its tmpdir, which in
+        // /tmp would include the shared servers' temporary tables.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let tmpdir = format!("--tmpdir={}", tmp.display());
+        let install = std::process::Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--innodb-log-file-size=8M",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(&tmpdir)
+            .output()
+            .expect("mariadb-install-db (installed by scripts/stack up)");
+        assert!(install.status.success(), "{}", text(&install));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = ["/usr/sbin/mariadbd", "mariadbd"]
+            .into_iter()
+            .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
+            .unwrap();
+        let child = std::process::Command::new(server)
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
+                "--innodb-buffer-pool-size=32M",
+                "--local-infile=0",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(&tmpdir)
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--log-error={}",
+                dir.path().join("server.log").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let mut server = NoInfileServer {
+            child,
+            url: format!("mysql://root@127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        // Ready when it accepts a connection; bounded, and a server that exits fails at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let opts = mysql_async::Opts::from_url(&server.url).unwrap();
+            if let Ok(c) = mysql_async::Conn::new(opts).await {
+                let _ = c.disconnect().await;
+                break;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("the private MariaDB exited early: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private MariaDB did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        server
+    }
+}
+
+impl Drop for NoInfileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A target that refuses LOCAL INFILE gets the rows as REPLACE statements, on its own: the plan
+/// says so beforehand, the copy summary afterwards, and the copy is exact.
+#[tokio::test]
+async fn target_without_local_infile_gets_replace_statements() {
+    let db = TestDb::new("noinfile").await;
+    db.load_fixture();
+    seed_bulk(&db, 3_000).await;
+    let target = NoInfileServer::start().await;
+    let job = tempfile::tempdir().unwrap();
+    let f = vec![
+        "--from-mysql".to_string(),
+        mysql_source(),
+        "--to-mysql".into(),
+        target.url.clone(),
+        "--databases".into(),
+        db.name.clone(),
+    ];
+    let plan = offload(job.path(), &args("plan", &f, &[]));
+    assert_exit(&plan, 0);
+    assert!(
+        text(&plan).contains("REPLACE statements") && text(&plan).contains("local_infile"),
+        "the plan names the slower path: {}",
+        text(&plan)
+    );
+    let copy = offload(
+        job.path(),
+        &args("copy", &f, &["--no-progress", "--batch-rows", "700"]),
+    );
+    assert_exit(&copy, 0);
+    assert!(
+        text(&copy).contains("refused LOAD DATA LOCAL INFILE"),
+        "the summary says rows went as statements: {}",
+        text(&copy)
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    assert_eq!(
+        dump(&mysql_source(), &db.name),
+        dump(&target.url, &db.name),
+        "source and target dumps differ"
+    );
+    let replaces = rows(&target.url, "SHOW GLOBAL STATUS LIKE 'Com_replace'").await;
+    let replaces: u64 = String::from_utf8(match &replaces[0][1] {
+        Value::Bytes(b) => b.clone(),
+        other => panic!("{other:?}"),
+    })
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!(replaces >= 5, "rows went as REPLACE statements: {replaces}");
     db.drop_both().await;
 }

@@ -33,6 +33,10 @@ pub struct Column {
     pub class: ColumnClass,
     /// Generated columns are read (for digests and keys) but never written.
     pub generated: bool,
+    /// Whether `LOAD DATA` must convert this column's value from utf8mb4 (the copy session's
+    /// character set) rather than store the bytes as they come: text in another character set,
+    /// and MySQL 8's JSON type, which refuses binary strings.
+    pub convert: bool,
 }
 
 /// A table's copy plan: the columns read, the key used to walk it, and the statement prefixes.
@@ -48,29 +52,38 @@ pub struct TableInfo {
     pub select_list: String,
     /// `REPLACE INTO db.t (writable columns) VALUES ` (or INSERT for keyless tables).
     pub insert_prefix: String,
+    /// `LOAD DATA LOCAL INFILE ... REPLACE INTO TABLE db.t ...` for the data [`push_field`]
+    /// writes (without REPLACE for keyless tables).
+    ///
+    /// [`push_field`]: super::values::push_field
+    pub load_sql: String,
 }
 
 impl TableInfo {
     /// Read a table's columns and best key from `information_schema`.
     pub async fn load(conn: &mut Conn, db: &str, table: &str) -> mysql_async::Result<TableInfo> {
-        let cols: Vec<(String, String, String)> = conn
+        let cols: Vec<(String, String, String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA FROM information_schema.COLUMNS
+                "SELECT COLUMN_NAME, DATA_TYPE, EXTRA, CHARACTER_SET_NAME FROM information_schema.COLUMNS
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
             .await?;
         let columns: Vec<Column> = cols
             .into_iter()
-            .map(|(name, data_type, extra)| {
+            .map(|(name, data_type, extra, charset)| {
                 let extra = extra.to_ascii_uppercase();
+                let class = ColumnClass::from_data_type(&data_type);
                 Column {
                     name,
-                    class: ColumnClass::from_data_type(&data_type),
+                    class,
                     generated: extra.contains("GENERATED")
                         || extra.contains("VIRTUAL")
                         || extra.contains("PERSISTENT")
                         || extra.contains("STORED"),
+                    convert: data_type.eq_ignore_ascii_case("json")
+                        || (class == ColumnClass::Text
+                            && !charset.as_deref().is_some_and(same_bytes_as_utf8mb4)),
                 }
             })
             .collect();
@@ -125,12 +138,14 @@ impl TableInfo {
             .join(", ");
         let verb = if key.is_empty() { "INSERT" } else { "REPLACE" };
         let insert_prefix = format!("{verb} INTO {qualified} ({writable}) VALUES ");
+        let load_sql = load_data_sql(&qualified, &columns, !key.is_empty());
         Ok(TableInfo {
             columns,
             key,
             qualified,
             select_list,
             insert_prefix,
+            load_sql,
         })
     }
 
@@ -237,9 +252,46 @@ impl TableInfo {
     }
 }
 
-/// A `CREATE TABLE` split for fast loading: the table with its primary and unique keys (which
-/// `REPLACE` and the copy walk rely on), and the secondary indexes and foreign keys, which InnoDB
-/// builds much faster in one sorted pass after the data than row by row during it.
+/// Character sets in which every value read through a utf8mb4 session has the same bytes, so
+/// `LOAD DATA ... CHARACTER SET binary` can store them unconverted.
+fn same_bytes_as_utf8mb4(charset: &str) -> bool {
+    matches!(
+        charset.to_ascii_lowercase().as_str(),
+        "utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary"
+    )
+}
+
+/// The `LOAD DATA LOCAL INFILE` statement for a table's writable columns. The file name is a
+/// placeholder: the data comes from the connection's infile handler, never from disk. Columns
+/// that need conversion go through a user variable and `SET col = CONVERT(@v USING utf8mb4)`.
+pub fn load_data_sql(qualified: &str, columns: &[Column], replace: bool) -> String {
+    let mut targets = Vec::new();
+    let mut sets = Vec::new();
+    for (i, c) in columns.iter().enumerate().filter(|(_, c)| !c.generated) {
+        if c.convert {
+            targets.push(format!("@v{i}"));
+            sets.push(format!("{} = CONVERT(@v{i} USING utf8mb4)", ident(&c.name)));
+        } else {
+            targets.push(ident(&c.name));
+        }
+    }
+    let mut sql = format!(
+        "LOAD DATA LOCAL INFILE 'offload-stream' {}INTO TABLE {qualified} CHARACTER SET binary \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        if replace { "REPLACE " } else { "" },
+        targets.join(", ")
+    );
+    if !sets.is_empty() {
+        sql.push_str(" SET ");
+        sql.push_str(&sets.join(", "));
+    }
+    sql
+}
+
+/// A `CREATE TABLE` split for fast loading: the table with its primary key (which `REPLACE` and
+/// the copy walk rely on; unique keys too when there is no primary key), and the secondary
+/// indexes and foreign keys, which InnoDB builds much faster in one sorted pass after the data
+/// than row by row during it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitTable {
     pub create: String,
@@ -293,6 +345,11 @@ pub fn split_secondary(ddl: &str) -> SplitTable {
             return keep_all;
         }
     }
+    // With a primary key, replaying a batch collides on it, so unique keys are not needed for
+    // REPLACE and are built after the data too; without one, the walk key is a unique key.
+    let has_primary = lines
+        .iter()
+        .any(|l| l.trim_start().starts_with("PRIMARY KEY "));
     let mut kept: Vec<String> = Vec::new();
     let mut indexes = Vec::new();
     let mut foreign_keys = Vec::new();
@@ -301,7 +358,8 @@ pub fn split_secondary(ddl: &str) -> SplitTable {
         let clause = t.trim_end_matches(',').to_string();
         let is_index = t.starts_with("KEY ")
             || t.starts_with("FULLTEXT KEY ")
-            || t.starts_with("SPATIAL KEY ");
+            || t.starts_with("SPATIAL KEY ")
+            || (has_primary && t.starts_with("UNIQUE KEY "));
         let is_fk = t.starts_with("CONSTRAINT ") && t.contains(" FOREIGN KEY ");
         if is_index {
             match first_ident(t) {
@@ -393,6 +451,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn load_data_statement_converts_only_what_needs_it() {
+        let col = |name: &str, generated: bool, convert: bool| Column {
+            name: name.into(),
+            class: ColumnClass::Text,
+            generated,
+            convert,
+        };
+        let cols = [
+            col("id", false, false),
+            col("g", true, false),
+            col("l`1", false, true),
+        ];
+        assert_eq!(
+            load_data_sql("`d`.`t`", &cols, true),
+            "LOAD DATA LOCAL INFILE 'offload-stream' REPLACE INTO TABLE `d`.`t` CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' (`id`, @v2) \
+             SET `l``1` = CONVERT(@v2 USING utf8mb4)"
+        );
+        let keyless = load_data_sql("`d`.`t`", &cols[..1], false);
+        assert!(keyless.contains("'offload-stream' INTO TABLE"), "{keyless}");
+        assert!(!keyless.contains(") SET "), "{keyless}");
+    }
+
+    #[test]
     fn auto_increment_is_not_shape() {
         let a = "CREATE TABLE `t` (\n `id` int\n) ENGINE=InnoDB AUTO_INCREMENT=42 DEFAULT CHARSET=utf8mb4";
         let b = "CREATE TABLE `t` (\n `id` int\n) ENGINE=InnoDB AUTO_INCREMENT=7 DEFAULT CHARSET=utf8mb4";
@@ -406,17 +488,32 @@ mod tests {
         let split = split_secondary(ddl);
         assert_eq!(
             split.create,
-            "CREATE TABLE `t` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `u` int(11) NOT NULL,\n  `body` text,\n  PRIMARY KEY (`id`),\n  UNIQUE KEY `uq` (`u`),\n  CONSTRAINT `chk` CHECK (`u` > 0)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4"
+            "CREATE TABLE `t` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `u` int(11) NOT NULL,\n  `body` text,\n  PRIMARY KEY (`id`),\n  CONSTRAINT `chk` CHECK (`u` > 0)\n) ENGINE=InnoDB AUTO_INCREMENT=5 DEFAULT CHARSET=utf8mb4"
         );
         assert_eq!(
             split.indexes,
             vec![
+                ("uq".to_string(), "UNIQUE KEY `uq` (`u`)".to_string()),
                 ("by`u".to_string(), "KEY `by``u` (`u`,`id`)".to_string()),
                 ("ft".to_string(), "FULLTEXT KEY `ft` (`body`)".to_string())
             ]
         );
         assert_eq!(split.foreign_keys.len(), 1);
         assert_eq!(split.foreign_keys[0].0, "fk_u");
+    }
+
+    #[test]
+    fn without_a_primary_key_unique_keys_stay() {
+        let ddl = "CREATE TABLE `t` (\n  `a` int NOT NULL,\n  `b` int,\n  UNIQUE KEY `a` (`a`),\n  KEY `b` (`b`)\n) ENGINE=InnoDB";
+        let split = split_secondary(ddl);
+        assert_eq!(
+            split.create,
+            "CREATE TABLE `t` (\n  `a` int NOT NULL,\n  `b` int,\n  UNIQUE KEY `a` (`a`)\n) ENGINE=InnoDB"
+        );
+        assert_eq!(
+            split.indexes,
+            vec![("b".to_string(), "KEY `b` (`b`)".to_string())]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Row values between the wire and SQL text: literals for multi-row REPLACE statements, cursor
-//! encoding for the catalog, readable keys for reports, and the canonical row digest that both
-//! sides compute identically.
+//! Row values between the wire and the target: fields of `LOAD DATA LOCAL INFILE` data and
+//! literals for multi-row REPLACE statements; cursor encoding for the catalog, readable keys for
+//! reports, and the canonical row digest that both sides compute identically.
 
 use std::fmt::Write as _;
 
@@ -22,6 +22,9 @@ pub enum ColumnClass {
     Date,
     /// DATETIME / TIMESTAMP.
     DateTime,
+    /// YEAR: an integer on the wire, but in `LOAD DATA` text `0` would mean 2000, so it is
+    /// written with four digits.
+    Year,
     /// Everything else (integers, floats, YEAR, TIME): formatted from the typed value.
     Other,
 }
@@ -40,6 +43,7 @@ impl ColumnClass {
             "decimal" | "numeric" => ColumnClass::Decimal,
             "date" => ColumnClass::Date,
             "datetime" | "timestamp" => ColumnClass::DateTime,
+            "year" => ColumnClass::Year,
             _ => ColumnClass::Other,
         }
     }
@@ -121,6 +125,81 @@ fn push_escaped(out: &mut String, bytes: &[u8]) {
         }
     }
     out.push('\'');
+}
+
+/// Append `value` as one field of `LOAD DATA ... CHARACTER SET binary FIELDS TERMINATED BY '\t'
+/// ESCAPED BY '\\' LINES TERMINATED BY '\n'` data (no enclosing quotes): `\N` for NULL, every
+/// other value as the bytes the server would print for it, with the escape character, tab,
+/// newline, carriage return and NUL escaped. Without `ENCLOSED BY` the text `NULL` stays a string,
+/// and an empty field is an empty string. Bytes are sent as they are (the load names the binary
+/// character set), so binary strings, BLOBs, BIT and spatial values are never reinterpreted.
+pub fn push_field(out: &mut Vec<u8>, value: &Value, class: ColumnClass) {
+    match value {
+        Value::NULL => out.extend_from_slice(b"\\N"),
+        Value::Bytes(b) => push_field_bytes(out, b),
+        Value::Date(y, mo, d, h, mi, s, us) => {
+            let _ = if class == ColumnClass::Date {
+                write!(Raw(out), "{y:04}-{mo:02}-{d:02}")
+            } else if *us == 0 {
+                write!(Raw(out), "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+            } else {
+                write!(
+                    Raw(out),
+                    "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"
+                )
+            };
+        }
+        Value::Time(neg, days, h, mi, s, us) => {
+            let hours = u64::from(*days) * 24 + u64::from(*h);
+            let sign = if *neg { "-" } else { "" };
+            let _ = if *us == 0 {
+                write!(Raw(out), "{sign}{hours}:{mi:02}:{s:02}")
+            } else {
+                write!(Raw(out), "{sign}{hours}:{mi:02}:{s:02}.{us:06}")
+            };
+        }
+        Value::Int(y) if class == ColumnClass::Year => {
+            let _ = write!(Raw(out), "{y:04}");
+        }
+        Value::UInt(y) if class == ColumnClass::Year => {
+            let _ = write!(Raw(out), "{y:04}");
+        }
+        // Numbers never contain a character that needs escaping.
+        other => {
+            let mut s = String::new();
+            push_literal(&mut s, other, class);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// `fmt::Write` straight into a byte buffer.
+struct Raw<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Raw<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn push_field_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 8);
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            0 => b"\\0",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 /// Encode key values for the catalog.
@@ -304,6 +383,69 @@ mod tests {
         assert_eq!(lit(zero, ColumnClass::Date), "'0000-00-00'");
         let t = Value::Time(true, 1, 2, 3, 4, 5);
         assert_eq!(lit(t, ColumnClass::Other), "'-26:03:04.000005'");
+    }
+
+    fn field(v: Value, class: ColumnClass) -> Vec<u8> {
+        let mut out = Vec::new();
+        push_field(&mut out, &v, class);
+        out
+    }
+
+    #[test]
+    fn load_data_fields_escape_exactly_what_the_server_interprets() {
+        assert_eq!(field(Value::NULL, ColumnClass::Text), b"\\N");
+        // The strings NULL and \N, and the empty string, stay strings.
+        assert_eq!(
+            field(Value::Bytes(b"NULL".to_vec()), ColumnClass::Text),
+            b"NULL"
+        );
+        assert_eq!(
+            field(Value::Bytes(b"\\N".to_vec()), ColumnClass::Text),
+            b"\\\\N"
+        );
+        assert_eq!(field(Value::Bytes(Vec::new()), ColumnClass::Text), b"");
+        let raw = b"a\tb\nc\rd\0e\\f'g\"h\x1a\xff\xfe".to_vec();
+        assert_eq!(
+            field(Value::Bytes(raw), ColumnClass::Binary),
+            b"a\\tb\\nc\\rd\\0e\\\\f'g\"h\x1a\xff\xfe"
+        );
+        let text = "Zoë 🎓 李".as_bytes().to_vec();
+        assert_eq!(field(Value::Bytes(text.clone()), ColumnClass::Text), text);
+        let dec = b"-12345678901234567890.123456789012345678901234567890".to_vec();
+        assert_eq!(field(Value::Bytes(dec.clone()), ColumnClass::Decimal), dec);
+    }
+
+    #[test]
+    fn load_data_fields_for_numbers_dates_and_times() {
+        assert_eq!(field(Value::Int(-5), ColumnClass::Other), b"-5");
+        assert_eq!(
+            field(Value::UInt(u64::MAX), ColumnClass::Other),
+            b"18446744073709551615"
+        );
+        assert_eq!(field(Value::Double(-0.0), ColumnClass::Other), b"-0e0");
+        assert_eq!(field(Value::Int(0), ColumnClass::Year), b"0000");
+        assert_eq!(field(Value::UInt(1901), ColumnClass::Year), b"1901");
+        let d: f64 = String::from_utf8(field(Value::Double(0.1), ColumnClass::Other))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(d, 0.1);
+        let zero = Value::Date(0, 0, 0, 0, 0, 0, 0);
+        assert_eq!(field(zero.clone(), ColumnClass::Date), b"0000-00-00");
+        assert_eq!(field(zero, ColumnClass::DateTime), b"0000-00-00 00:00:00");
+        let frac = Value::Date(2024, 2, 29, 23, 59, 59, 999_999);
+        assert_eq!(
+            field(frac, ColumnClass::DateTime),
+            b"2024-02-29 23:59:59.999999"
+        );
+        assert_eq!(
+            field(Value::Time(true, 34, 22, 59, 59, 0), ColumnClass::Other),
+            b"-838:59:59"
+        );
+        assert_eq!(
+            field(Value::Time(false, 0, 0, 0, 0, 1), ColumnClass::Other),
+            b"0:00:00.000001"
+        );
     }
 
     #[test]
