@@ -1233,3 +1233,239 @@ async fn snapshot_copy_from_a_replica_set() {
     );
     dbs.drop_both().await;
 }
+
+#[tokio::test]
+async fn delta_pass_brings_over_source_writes_with_unique_indexes_in_place() {
+    let dbs = TestDbs::new(&["delta", "deltaforum"]).await;
+    let (platform, forum) = (&dbs.names[0], &dbs.names[1]);
+    let seeded = seed(platform, forum);
+    let job = tempfile::tempdir().unwrap();
+    let f = mflags(&dbs);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    let (src, tgt) = (source_uri(), target_uri());
+    let sc = client(&src).await;
+
+    // The platform keeps writing: a definition edited, a forum user gone, a subscription added.
+    let defs = sc
+        .database(platform)
+        .collection::<Document>("modulestore.definitions");
+    let edited: Document = defs
+        .find_one(doc! {})
+        .sort(doc! {"_id": 1})
+        .skip(40)
+        .await
+        .unwrap()
+        .unwrap();
+    let edited_id = edited.get_object_id("_id").unwrap();
+    defs.update_one(
+        doc! {"_id": edited_id},
+        doc! {"$set": {"fields.data": "<p>edited after the copy</p>"}},
+    )
+    .await
+    .unwrap();
+    let users = sc.database(forum).collection::<Document>("users");
+    users.delete_one(doc! {"_id": "17"}).await.unwrap();
+    let added = ObjectId::new();
+    sc.database(forum)
+        .collection::<Document>("subscriptions")
+        .insert_one(doc! {"_id": added, "subscriber_id": "3", "source_id": "late-thread", "source_type": "CommentThread"})
+        .await
+        .unwrap();
+    // Two users swap their unique external_id: the first one copied again clashes with the
+    // other's stale copy on the target, whose unique index is in place.
+    for (id, ext) in [("12", "tmp"), ("35", "12"), ("12", "35")] {
+        users
+            .update_one(doc! {"_id": id}, doc! {"$set": {"external_id": ext}})
+            .await
+            .unwrap();
+    }
+    // An asset stored again under the same files_id, its chunks with `_id`s that sort before
+    // the old chunks: they clash on fs.chunks' unique (files_id, n) with the old ones, which a
+    // later range still holds on the target.
+    let script = r#"
+import sys, json, hashlib, pymongo, datetime
+from bson import SON, ObjectId, Binary
+c = pymongo.MongoClient(sys.argv[1])
+db = c[sys.argv[2]]
+a = json.loads(sys.argv[3])
+fid = SON([(k, a["id"][k]) for k in ("tag", "org", "course", "category", "name", "revision")])
+data = bytes((i * 7) % 251 for i in range(300_000))
+db["fs.chunks"].delete_many({"files_id": fid})
+size = 261_120
+chunks = [{"_id": ObjectId(bytes(11) + bytes([n + 1])), "files_id": fid, "n": n, "data": Binary(data[o:o + size])}
+          for n, o in enumerate(range(0, len(data), size))]
+db["fs.chunks"].insert_many(chunks)
+md5 = hashlib.md5(data).hexdigest()
+db["fs.files"].update_one({"_id": fid}, {"$set": {"length": len(data), "md5": md5,
+    "uploadDate": datetime.datetime(2030, 1, 1)}})
+print(json.dumps({"md5": md5, "chunks": len(chunks)}))
+"#;
+    // The last asset stored: its old chunks have the highest `_id`s, in the last range.
+    let asset = &seeded["assets"][3];
+    assert_eq!(asset["id"]["name"], "lecture-1.mp4");
+    let out = Command::new(python())
+        .args(["-c", script, &src, platform])
+        .arg(asset.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // Verify names each change.
+    let out = offload(job.path(), &args("verify", &[], &["--chunk-rows", "4"]));
+    assert_exit(&out, 1);
+    let report = text(&out);
+    for wanted in [
+        format!("differs: _id={{\"$oid\":\"{}\"}}", edited_id.to_hex()),
+        "extra on target: _id=\"17\"".to_string(),
+        format!("missing on target: _id={{\"$oid\":\"{}\"}}", added.to_hex()),
+        format!("DIFFERS mongodb {platform}.fs.chunks"),
+        format!("DIFFERS mongodb {platform}.fs.files"),
+    ] {
+        assert!(report.contains(&wanted), "{wanted} in:\n{report}");
+    }
+
+    // The delta pass, in chunks of four documents so the clashing ranges are copied separately
+    // and in `_id` order, with every index of the target left in place.
+    let indexes_before = index_specs(&tgt, forum, "users").await;
+    assert!(
+        indexes_before
+            .iter()
+            .any(|i| i.get_bool("unique").unwrap_or(false)),
+        "the copy built users' unique index"
+    );
+    let out = offload(
+        job.path(),
+        &args(
+            "migrate",
+            &f,
+            &[
+                "--resume",
+                "--delta",
+                "--no-cutover",
+                "--chunk-rows",
+                "4",
+                "-v",
+            ],
+        ),
+    );
+    assert_exit(&out, 0);
+    let report = text(&out);
+    assert!(
+        report.contains("Delta pass: 5 of") && report.contains("Safe to switch"),
+        "{report}"
+    );
+    // Both clashes happened and were resolved by removing the stale holder.
+    for unit in [format!("{forum}.users"), format!("{platform}.fs.chunks")] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.contains("holding a unique key") && l.contains(&unit)),
+            "a unique-key clash in {unit}: {report}"
+        );
+    }
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+
+    for (db, coll) in [
+        (platform, "modulestore.definitions"),
+        (platform, "modulestore.structures"),
+        (platform, "fs.files"),
+        (platform, "fs.chunks"),
+        (forum, "users"),
+        (forum, "subscriptions"),
+        (forum, "contents"),
+    ] {
+        let (a, b) = (
+            raw_docs(&src, db, coll).await,
+            raw_docs(&tgt, db, coll).await,
+        );
+        assert_eq!(a.len(), b.len(), "{coll}: no document lost or doubled");
+        assert!(a == b, "{db}.{coll}: byte-identical after the delta");
+        assert_eq!(
+            index_specs(&src, db, coll).await,
+            index_specs(&tgt, db, coll).await,
+            "{coll}: indexes intact"
+        );
+    }
+    let tc = client(&tgt).await;
+    assert!(tc
+        .database(forum)
+        .collection::<Document>("users")
+        .find_one(doc! {"_id": "17"})
+        .await
+        .unwrap()
+        .is_none());
+
+    // The asset stored again reads back whole from the target through GridFS.
+    let read = r#"
+import sys, json, hashlib, gridfs, pymongo
+from bson import SON
+a = json.loads(sys.argv[3])
+fs = gridfs.GridFS(pymongo.MongoClient(sys.argv[1])[sys.argv[2]], collection="fs")
+data = fs.get(SON([(k, a["id"][k]) for k in ("tag", "org", "course", "category", "name", "revision")])).read()
+print(hashlib.md5(data).hexdigest())
+"#;
+    let out = Command::new(python())
+        .args(["-c", read, &tgt, platform])
+        .arg(asset.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        stored["md5"].as_str().unwrap()
+    );
+    dbs.drop_both().await;
+}
+
+#[tokio::test]
+async fn sub_document_ids_stay_complete_across_a_resume() {
+    // SecantusDB walks its `_id` index in its own key order for sub-documents (shorter strings
+    // first: {x: "c"} before {x: "bb"}), not in the sort order `_id` range filters use; the
+    // contentstore's fs.files has such `_id`s. A crash after a first batch that was in order by
+    // itself must not lose what the walk had not reached yet.
+    let dbs = TestDbs::new(&["subid"]).await;
+    let db = &dbs.names[0];
+    let src = client(&source_uri()).await;
+    let docs: Vec<Document> = ["a", "c", "e", "bb", "dd", "fff", "gggg"]
+        .iter()
+        .map(|x| doc! {"_id": {"tag": "c4x", "x": *x}, "v": *x})
+        .collect();
+    src.database(db)
+        .collection::<Document>("fs.files")
+        .insert_many(docs)
+        .await
+        .unwrap();
+    let job = tempfile::tempdir().unwrap();
+    let f = mflags(&dbs);
+    let out = offload_env(
+        job.path(),
+        &args("copy", &f, &["--batch-rows", "2"]),
+        &[("OFFLOAD_FAILPOINT", "after-batch:1")],
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert_exit(
+        &offload(
+            job.path(),
+            &args("copy", &f, &["--resume", "--batch-rows", "2"]),
+        ),
+        0,
+    );
+    let v = offload(job.path(), &args("verify", &[], &["--chunk-rows", "2"]));
+    assert_exit(&v, 0);
+    let (a, b) = (
+        raw_docs(&source_uri(), db, "fs.files").await,
+        raw_docs(&target_uri(), db, "fs.files").await,
+    );
+    assert_eq!(b.len(), 7, "every document arrived once");
+    assert!(a == b, "byte-identical");
+    dbs.drop_both().await;
+}

@@ -1,84 +1,20 @@
-//! Moving and digesting documents: raw `find` cursors over `_id` ranges (kept open between
-//! batches, so a collection is read in one pass), batches written as raw BSON with idempotent
-//! replays, `_id` split points for big collections, and the digests verification compares.
+//! Moving documents: a source read per unit kept open between batches (so a collection is read
+//! in one pass), batches written as raw BSON into cleared space so a replay is harmless, and the
+//! clearing of a range for the delta pass.
 
-use mongodb::bson::{doc, Bson, Document, RawBson, RawDocumentBuf};
-use mongodb::Cursor as DriverCursor;
+use mongodb::bson::{Bson, RawBson, RawDocumentBuf};
+use mongodb::Collection;
+use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{keys, MongoStore};
-use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, RowDigest, Side, StoreError, StoreKind, Unit,
-};
+use super::read::{self, bad_cursor, decode, Fault, Query, Read};
+use super::{keys, unique, MongoStore};
+use crate::core::{BatchOutcome, Cursor, KeyRange, Side, StoreError, Unit};
 
-/// A source cursor left open after a batch, positioned just after `position` (raw cursor bytes).
+/// A source read left open after a batch, positioned just after `position` (raw cursor bytes).
 pub struct OpenRead {
     position: Option<Vec<u8>>,
-    cursor: DriverCursor<RawDocumentBuf>,
-}
-
-fn bad_cursor(store: &MongoStore, side: Side, c: &Cursor) -> StoreError {
-    StoreError::new(
-        StoreKind::Mongodb,
-        store.endpoint(side).address(),
-        ErrorKind::Input,
-        format!("unreadable cursor {}", c.0),
-        "the job folder was written by another version; start over with --restart",
-    )
-}
-
-fn decode(store: &MongoStore, side: Side, c: Option<&Cursor>) -> Result<Option<Bson>, StoreError> {
-    c.map(|c| keys::decode(c).ok_or_else(|| bad_cursor(store, side, c)))
-        .transpose()
-}
-
-fn malformed(store: &MongoStore, side: Side, unit: &Unit, why: String) -> StoreError {
-    StoreError::new(
-        StoreKind::Mongodb,
-        store.endpoint(side).address(),
-        ErrorKind::Query,
-        format!("{}.{}: {why}", unit.container, unit.object),
-        "offload copies only documents with an _id; report this collection",
-    )
-    .in_unit(&unit.name)
-}
-
-/// Open a raw `find` over `filter` in `_id` order on one side.
-async fn open(
-    store: &MongoStore,
-    side: Side,
-    unit: &Unit,
-    filter: Document,
-    limit: Option<u64>,
-    batch: u64,
-    snapshot: bool,
-) -> Result<DriverCursor<RawDocumentBuf>, StoreError> {
-    let clustered = unit.spec["clustered"].as_bool().unwrap_or(false);
-    let unfiltered = filter.is_empty();
-    let mut cmd = doc! {"find": unit.object.clone(), "filter": filter, "sort": {"_id": 1}};
-    if unfiltered && !clustered {
-        cmd.insert("hint", doc! {"_id": 1});
-    }
-    if let Some(l) = limit {
-        cmd.insert("limit", l as i64);
-    }
-    let batch = batch.clamp(1, 100_000) as u32;
-    cmd.insert("batchSize", batch as i32);
-    if snapshot && side == Side::Source {
-        if let Some(t) = *store.snapshot_time.lock().expect("snapshot time") {
-            cmd.insert(
-                "readConcern",
-                doc! {"level": "snapshot", "atClusterTime": t},
-            );
-        }
-    }
-    let db = store.db(side, &unit.container).await?;
-    let cursor = db
-        .run_cursor_command(cmd)
-        .batch_size(batch)
-        .await
-        .map_err(|e| store.err(side, e).in_unit(&unit.name))?;
-    Ok(cursor.with_type::<RawDocumentBuf>())
+    read: Read,
 }
 
 fn batch_docs(store: &MongoStore, unit: &Unit) -> u64 {
@@ -94,14 +30,36 @@ fn avg_bytes(unit: &Unit) -> u64 {
     unit.spec["avg_bytes"].as_u64().unwrap_or(512).max(16)
 }
 
-/// Copy the next batch of a unit after `after`: make sure the target holds nothing of the unit
-/// past `after` (a crashed attempt may have left some), then stream documents from the source
-/// cursor into inserts on the target, reading the next insert while the previous one is written.
+/// Copy the next batch of a unit after `after`. When the source walked the collection out of
+/// `_id` order, the unit starts over from its beginning, read sorted: what was written in walk
+/// order may be missing documents that sort before the cursor.
 pub async fn copy_batch(
     store: &MongoStore,
     unit: &Unit,
     after: Option<&Cursor>,
 ) -> Result<BatchOutcome, StoreError> {
+    match copy_once(store, unit, after).await {
+        Ok(outcome) => Ok(outcome),
+        Err(Fault::Store(e)) => Err(e),
+        Err(Fault::Disorder) => {
+            read::mark_sorted(store, Side::Source, &unit.container, &unit.object);
+            tracing::info!(store = "mongodb", unit = %unit.name, "copying this unit again from its start, reading the source sorted by _id");
+            read::sorted_on_disorder(store, Side::Source, unit, || {
+                copy_once(store, unit, unit.range.after.as_ref())
+            })
+            .await
+        }
+    }
+}
+
+/// One batch: make sure the target holds nothing of the unit past `after` (a crashed attempt
+/// may have left some), then stream documents from the source read into inserts on the
+/// target, reading the next insert while the previous one is written.
+async fn copy_once(
+    store: &MongoStore,
+    unit: &Unit,
+    after: Option<&Cursor>,
+) -> Result<BatchOutcome, Fault> {
     let after = after.or(unit.range.after.as_ref());
     let position = after
         .map(|c| keys::cursor_bytes(c).ok_or_else(|| bad_cursor(store, Side::Source, c)))
@@ -114,13 +72,29 @@ pub async fn copy_batch(
         .collection::<RawDocumentBuf>(&unit.object);
 
     // Idempotence: the target's part of this range past the cursor is cleared unless this
-    // process wrote up to exactly here itself. A replayed batch then inserts into empty space.
+    // process wrote up to exactly here itself (or cleared it). A replayed batch then inserts
+    // into empty space.
+    let slot = range_slot(unit);
     let known_clean = store
         .clean
         .lock()
         .expect("clean map")
-        .remove(&unit.name)
+        .remove(&slot)
         .is_some_and(|p| p == position);
+    let open_read = store
+        .reads
+        .lock()
+        .await
+        .remove(&slot)
+        .filter(|o| o.position == position);
+    // A position an earlier process reached by walking the index, at a sub-document `_id`: the
+    // walk's order may not have been the server's sort order, so what precedes it is in doubt.
+    if open_read.is_none()
+        && after.is_some_and(|c| c.0["walk"] == json!(true))
+        && matches!(after_id, Some(Bson::Document(_)))
+    {
+        return Err(Fault::Disorder);
+    }
     if !known_clean {
         let removed = target
             .delete_many(keys::range_filter(after_id.as_ref(), upto_id.as_ref()))
@@ -134,24 +108,21 @@ pub async fn copy_batch(
     let limit = batch_docs(store, unit);
     let insert_bytes = store.options.insert_bytes;
     let max_bytes = store.options.batch_bytes.saturating_mul(2);
-    let open_read = store
-        .reads
-        .lock()
-        .await
-        .remove(&unit.name)
-        .filter(|o| o.position == position);
-    let mut cursor = match open_read {
-        Some(o) => o.cursor,
+    let mut source = match open_read {
+        Some(o) => o.read,
         None => {
             let per_fetch = (insert_bytes as u64 / avg_bytes(unit)).clamp(100, limit.max(100));
-            open(
+            read::open(
                 store,
                 Side::Source,
                 unit,
-                keys::range_filter(after_id.as_ref(), upto_id.as_ref()),
-                None,
-                per_fetch,
-                store.options.snapshot,
+                Query {
+                    filter: keys::range_filter(after_id.as_ref(), upto_id.as_ref()),
+                    limit: None,
+                    batch: per_fetch,
+                    projection: None,
+                    snapshot: store.options.snapshot,
+                },
             )
             .await?
         }
@@ -159,22 +130,19 @@ pub async fn copy_batch(
 
     let (tx, mut rx) = mpsc::channel::<Vec<RawDocumentBuf>>(1);
     let reader = async {
+        let tx = tx; // dropped when reading ends, however it ends: the writer then stops
         let (mut rows, mut bytes) = (0u64, 0u64);
         let mut last: Option<RawBson> = None;
         let mut exhausted = false;
         let mut chunk: Vec<RawDocumentBuf> = Vec::new();
         let mut chunk_bytes = 0usize;
         while rows < limit && bytes < max_bytes {
-            let more = cursor
-                .advance()
-                .await
-                .map_err(|e| store.err(Side::Source, e).in_unit(&unit.name))?;
-            if !more {
+            if !source.advance(store, Side::Source, unit).await? {
                 exhausted = true;
                 break;
             }
-            let doc = cursor.current();
-            let id = keys::id_of(doc).map_err(|w| malformed(store, Side::Source, unit, w))?;
+            let doc = source.current();
+            let id = keys::id_of(doc).map_err(|w| read::malformed(store, Side::Source, unit, w))?;
             last = Some(id.to_raw_bson());
             rows += 1;
             bytes += doc.as_bytes().len() as u64;
@@ -190,176 +158,135 @@ pub async fn copy_batch(
         if !chunk.is_empty() {
             let _ = tx.send(chunk).await;
         }
-        drop(tx);
-        Ok::<_, StoreError>((rows, bytes, last, exhausted))
+        Ok::<_, Fault>((rows, bytes, last, exhausted))
     };
     let writer = async {
         while let Some(chunk) = rx.recv().await {
-            target
-                .insert_many(chunk)
-                .ordered(true)
-                .bypass_document_validation(true)
-                .await
-                .map_err(|e| store.err(Side::Target, e).in_unit(&unit.name))?;
+            insert(store, &target, unit, chunk).await?;
         }
         Ok::<(), StoreError>(())
     };
     let (read, written) = tokio::join!(reader, writer);
-    written?;
     let (rows, bytes, last, exhausted) = read?;
-    if exhausted {
-        return Ok(BatchOutcome {
-            rows,
-            bytes,
-            next: None,
-            ..BatchOutcome::default()
-        });
-    }
-    let next = match last {
-        Some(id) => keys::encode(id.as_raw_bson_ref()),
-        // Nothing read and not exhausted cannot happen with a positive limit; be safe.
-        None => {
-            return Ok(BatchOutcome {
-                rows,
-                bytes,
-                next: None,
-                ..BatchOutcome::default()
-            })
-        }
+    written?;
+    let done = BatchOutcome {
+        rows,
+        bytes,
+        next: None,
+        ..BatchOutcome::default()
     };
+    // Nothing read and not exhausted cannot happen with a positive limit; be safe.
+    let (false, Some(id)) = (exhausted, last) else {
+        return Ok(done);
+    };
+    let mut next = keys::encode(id.as_raw_bson_ref());
+    if source.walk {
+        next.0["walk"] = json!(true);
+    }
     let next_position = keys::cursor_bytes(&next);
     store
         .clean
         .lock()
         .expect("clean map")
-        .insert(unit.name.clone(), next_position.clone());
+        .insert(slot.clone(), next_position.clone());
     store.reads.lock().await.insert(
-        unit.name.clone(),
+        slot,
         OpenRead {
             position: next_position,
-            cursor,
+            read: source,
         },
     );
     Ok(BatchOutcome {
-        rows,
-        bytes,
         next: Some(next),
-        ..BatchOutcome::default()
+        ..done
     })
 }
 
-/// `_id` values that cut a collection into `parts` ranges of about equal document counts, read
-/// in one pass over the `_id`s.
-pub async fn split_points(
+/// Where a unit's open read and clean mark are kept: by name and end of range, so a part of a
+/// unit (the delta pass copies one chunk at a time) never picks up a read meant for another end.
+fn range_slot(unit: &Unit) -> String {
+    let upto = unit.range.upto.as_ref().and_then(keys::cursor_bytes);
+    format!(
+        "{}|{}",
+        unit.name,
+        upto.map(hex::encode).unwrap_or_default()
+    )
+}
+
+/// Insert documents in order. A unique-key clash with a target document outside the range being
+/// written (the delta pass copies a range again while the target's unique indexes stay) removes
+/// that stale document and goes on; its own range differs from the source then and is copied
+/// again when the pass reaches it. Any other failure stops the batch.
+async fn insert(
     store: &MongoStore,
-    db: &str,
-    coll: &str,
-    rows: u64,
-    parts: u64,
-    clustered: bool,
-) -> Result<Vec<Cursor>, StoreError> {
-    let step = (rows / parts.max(1)).max(1);
-    let mut cmd = doc! {"find": coll, "filter": {}, "sort": {"_id": 1}, "projection": {"_id": 1}, "batchSize": 50_000};
-    if !clustered {
-        cmd.insert("hint", doc! {"_id": 1});
-    }
-    let mut cursor = store
-        .db(Side::Source, db)
-        .await?
-        .run_cursor_command(cmd)
-        .batch_size(50_000)
-        .await
-        .map_err(|e| store.err(Side::Source, e))?
-        .with_type::<RawDocumentBuf>();
-    let mut out = Vec::new();
-    let mut seen = 0u64;
-    while cursor
-        .advance()
-        .await
-        .map_err(|e| store.err(Side::Source, e))?
-    {
-        seen += 1;
-        if seen.is_multiple_of(step) && (out.len() as u64) < parts - 1 && seen < rows {
-            if let Ok(id) = keys::id_of(cursor.current()) {
-                out.push(keys::encode(id));
-            }
+    target: &Collection<RawDocumentBuf>,
+    unit: &Unit,
+    mut docs: Vec<RawDocumentBuf>,
+) -> Result<(), StoreError> {
+    let mut rounds = 0usize;
+    loop {
+        let e = match target
+            .insert_many(&docs)
+            .ordered(true)
+            .bypass_document_validation(true)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let clash = unique::duplicate_at(&e).filter(|i| *i < docs.len());
+        let (Some(at), true) = (clash, rounds < docs.len() + 8) else {
+            return Err(store.err(Side::Target, e).in_unit(&unit.name));
+        };
+        let removed = unique::remove_holders(store, unit, &docs[at]).await?;
+        if removed == 0 {
+            return Err(store.err(Side::Target, e).in_unit(&unit.name));
         }
+        tracing::info!(store = "mongodb", unit = %unit.name, removed, "removed target documents holding a unique key that a copied document now has; their range is compared and copied again by the delta pass");
+        // An ordered insert wrote everything before the clash.
+        docs.drain(..at);
+        rounds += 1;
     }
-    Ok(out)
 }
 
-/// Count and ordered digest of the raw documents of an `_id` range on one side.
-pub async fn digest_range(
+/// Delete the target's documents of an `_id` range (after, upto], so the delta pass can copy the
+/// range afresh; documents deleted on the source go with them. Safe to repeat.
+pub async fn clear_range(
     store: &MongoStore,
-    side: Side,
     unit: &Unit,
     after: Option<&Cursor>,
     upto: Option<&Cursor>,
-    limit: Option<u64>,
-) -> Result<ChunkDigest, StoreError> {
+) -> Result<(), StoreError> {
+    let part = Unit {
+        range: KeyRange {
+            after: after.cloned(),
+            upto: upto.cloned(),
+        },
+        ..unit.clone()
+    };
+    let slot = range_slot(&part);
+    store.clean.lock().expect("clean map").remove(&slot);
+    store.reads.lock().await.remove(&slot);
     let filter = keys::range_filter(
-        decode(store, side, after)?.as_ref(),
-        decode(store, side, upto)?.as_ref(),
+        decode(store, Side::Target, after)?.as_ref(),
+        decode(store, Side::Target, upto)?.as_ref(),
     );
-    let batch = limit.unwrap_or(10_000).min(10_000);
-    let mut cursor = open(store, side, unit, filter, limit, batch, false).await?;
-    let mut hasher = blake3::Hasher::new();
-    let (mut rows, mut bytes) = (0u64, 0u64);
-    let mut last: Option<RawBson> = None;
-    while cursor
-        .advance()
+    let removed = store
+        .db(Side::Target, &unit.container)
+        .await?
+        .collection::<RawDocumentBuf>(&unit.object)
+        .delete_many(filter)
         .await
-        .map_err(|e| store.err(side, e).in_unit(&unit.name))?
-    {
-        let doc = cursor.current();
-        let raw = doc.as_bytes();
-        hasher.update(&(raw.len() as u64).to_le_bytes());
-        hasher.update(raw);
-        rows += 1;
-        bytes += raw.len() as u64;
-        last = Some(
-            keys::id_of(doc)
-                .map_err(|w| malformed(store, side, unit, w))?
-                .to_raw_bson(),
-        );
-    }
-    Ok(ChunkDigest {
-        rows,
-        bytes,
-        digest: hex::encode(&hasher.finalize().as_bytes()[..16]),
-        last: last.map(|id| keys::encode(id.as_raw_bson_ref())),
-    })
-}
-
-/// One digest per document of an `_id` range, named by its `_id`.
-pub async fn row_digests(
-    store: &MongoStore,
-    side: Side,
-    unit: &Unit,
-    after: Option<&Cursor>,
-    upto: Option<&Cursor>,
-    cap: usize,
-) -> Result<Vec<RowDigest>, StoreError> {
-    let filter = keys::range_filter(
-        decode(store, side, after)?.as_ref(),
-        decode(store, side, upto)?.as_ref(),
-    );
-    let mut cursor = open(store, side, unit, filter, Some(cap as u64), 10_000, false).await?;
-    let mut out = Vec::new();
-    while cursor
-        .advance()
-        .await
-        .map_err(|e| store.err(side, e).in_unit(&unit.name))?
-    {
-        let doc = cursor.current();
-        let id = keys::id_of(doc).map_err(|w| malformed(store, side, unit, w))?;
-        let key = Bson::try_from(id)
-            .map(|b| format!("_id={}", keys::show(&b)))
-            .unwrap_or_else(|_| "_id=(unreadable)".into());
-        out.push(RowDigest {
-            key,
-            digest: keys::doc_digest(doc),
-        });
-    }
-    Ok(out)
+        .map_err(|e| store.err(Side::Target, e).in_unit(&unit.name))?;
+    tracing::debug!(store = "mongodb", unit = %unit.name, removed = removed.deleted_count, "cleared a range on the target");
+    // The first batch of the range need not clear it again.
+    let position = after
+        .map(|c| keys::cursor_bytes(c).ok_or_else(|| bad_cursor(store, Side::Target, c)))
+        .transpose()?;
+    store
+        .clean
+        .lock()
+        .expect("clean map")
+        .insert(slot, position);
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! of its raw bytes, so a resume compares the same value), how `_id` ranges become query filters
 //! that hold across BSON types, and how keys and documents are named and digested.
 
+use std::cmp::Ordering;
+
 use mongodb::bson::spec::ElementType;
 use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
 use serde_json::json;
@@ -118,6 +120,82 @@ pub fn range_filter(after: Option<&Bson>, upto: Option<&Bson>) -> Document {
     }
 }
 
+/// Whether `cur` fails to sort strictly after `prev` in the server's `_id` order, as far as a
+/// walk of the `_id` index needs checking: across type brackets, and between sub-documents
+/// (SecantusDB's index walk orders sub-documents by its own key encoding, e.g. `{x: "b"}` before
+/// `{x: "aa"}`; scalars it orders right, as does every mongod). A pair of sub-documents this
+/// cannot rank counts as out of order, which only costs a sorted read.
+pub fn out_of_order(prev: RawBsonRef<'_>, cur: RawBsonRef<'_>) -> bool {
+    let (a, b) = (bracket(prev.element_type()), bracket(cur.element_type()));
+    if a != b {
+        return a > b;
+    }
+    match (prev, cur) {
+        (RawBsonRef::Document(p), RawBsonRef::Document(c)) => {
+            compare_documents(p, c) != Some(Ordering::Less)
+        }
+        _ => false,
+    }
+}
+
+/// The server's order of two documents: element by element, type bracket, then field name,
+/// then value; a prefix sorts first. `None` where a value is of a kind this does not rank.
+fn compare_documents(a: &RawDocument, b: &RawDocument) -> Option<Ordering> {
+    let (mut a, mut b) = (a.iter(), b.iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return Some(Ordering::Equal),
+            (None, Some(_)) => return Some(Ordering::Less),
+            (Some(_), None) => return Some(Ordering::Greater),
+            (Some(x), Some(y)) => {
+                let ((kx, vx), (ky, vy)) = (x.ok()?, y.ok()?);
+                let by_type = bracket(vx.element_type()).cmp(&bracket(vy.element_type()));
+                let mut order = by_type.then_with(|| kx.as_bytes().cmp(ky.as_bytes()));
+                if order == Ordering::Equal {
+                    order = compare_values(vx, vy)?;
+                }
+                if order != Ordering::Equal {
+                    return Some(order);
+                }
+            }
+        }
+    }
+}
+
+/// The server's order of two values of one type bracket, for the kinds an `_id` is made of.
+fn compare_values(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Option<Ordering> {
+    use RawBsonRef as R;
+    let exact = |v: RawBsonRef<'_>| -> Option<f64> {
+        match v {
+            R::Int32(n) => Some(n as f64),
+            R::Int64(n) if n.unsigned_abs() <= 1 << 53 => Some(n as f64),
+            R::Double(d) if !d.is_nan() => Some(d),
+            _ => None,
+        }
+    };
+    Some(match (a, b) {
+        (R::Int32(x), R::Int32(y)) => x.cmp(&y),
+        (R::Int64(x), R::Int64(y)) => x.cmp(&y),
+        (R::Int32(x), R::Int64(y)) => i64::from(x).cmp(&y),
+        (R::Int64(x), R::Int32(y)) => x.cmp(&i64::from(y)),
+        (x, y) if exact(x).is_some() && exact(y).is_some() => exact(x)?.partial_cmp(&exact(y)?)?,
+        (R::String(x), R::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (R::Document(x), R::Document(y)) => compare_documents(x, y)?,
+        (R::Binary(x), R::Binary(y)) => x
+            .bytes
+            .len()
+            .cmp(&y.bytes.len())
+            .then(u8::from(x.subtype).cmp(&u8::from(y.subtype)))
+            .then(x.bytes.cmp(y.bytes)),
+        (R::ObjectId(x), R::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
+        (R::Boolean(x), R::Boolean(y)) => x.cmp(&y),
+        (R::DateTime(x), R::DateTime(y)) => x.timestamp_millis().cmp(&y.timestamp_millis()),
+        (R::Timestamp(x), R::Timestamp(y)) => (x.time, x.increment).cmp(&(y.time, y.increment)),
+        (R::Null, R::Null) | (R::MinKey, R::MinKey) | (R::MaxKey, R::MaxKey) => Ordering::Equal,
+        _ => return None,
+    })
+}
+
 /// 16 bytes of BLAKE3 over a document's raw bytes.
 pub fn doc_digest(d: &RawDocument) -> [u8; 16] {
     let mut out = [0u8; 16];
@@ -155,6 +233,69 @@ mod tests {
             assert_eq!(back, v);
             assert_eq!(back.element_type(), v.element_type(), "the type survives");
         }
+    }
+
+    #[test]
+    fn sub_documents_are_ranked_as_the_server_sorts_them() {
+        let id = |v: Bson| {
+            let mut d = RawDocumentBuf::new();
+            d.append("_id", mongodb::bson::RawBson::try_from(v).unwrap());
+            d
+        };
+        let ordered = |a: Bson, b: Bson| {
+            let (a, b) = (id(a), id(b));
+            !out_of_order(
+                a.get("_id").unwrap().unwrap(),
+                b.get("_id").unwrap().unwrap(),
+            )
+        };
+        // What SecantusDB's index walk gets wrong: the shorter string inside is not first.
+        assert!(ordered(
+            Bson::Document(doc! {"x": "aa"}),
+            Bson::Document(doc! {"x": "b"})
+        ));
+        assert!(!ordered(
+            Bson::Document(doc! {"x": "b"}),
+            Bson::Document(doc! {"x": "aa"})
+        ));
+        // Field names before values, a prefix first, numbers across their types.
+        assert!(ordered(
+            Bson::Document(doc! {"a": 9}),
+            Bson::Document(doc! {"b": 1})
+        ));
+        assert!(ordered(
+            Bson::Document(doc! {"a": 1}),
+            Bson::Document(doc! {"a": 1, "b": 0})
+        ));
+        assert!(ordered(
+            Bson::Document(doc! {"a": 1.5}),
+            Bson::Document(doc! {"a": 2i64})
+        ));
+        assert!(ordered(
+            Bson::Document(doc! {"a": 1}),
+            Bson::Document(doc! {"a": "1"})
+        ));
+        // The contentstore's asset keys.
+        assert!(ordered(
+            Bson::Document(doc! {"tag": "c4x", "name": "handout é.txt", "revision": Bson::Null}),
+            Bson::Document(doc! {"tag": "c4x", "name": "logo.png", "revision": Bson::Null})
+        ));
+        // Across brackets: strings before documents before ObjectIds; equal is out of order.
+        assert!(ordered(Bson::String("z".into()), Bson::Document(doc! {})));
+        assert!(!ordered(Bson::Document(doc! {}), Bson::String("z".into())));
+        assert!(!ordered(
+            Bson::Document(doc! {"a": 1}),
+            Bson::Document(doc! {"a": 1})
+        ));
+        // Unranked kinds inside a sub-document count as out of order.
+        assert!(!ordered(
+            Bson::Document(
+                doc! {"a": Bson::Decimal128(mongodb::bson::Decimal128::from_bytes([0; 16]))}
+            ),
+            Bson::Document(
+                doc! {"a": Bson::Decimal128(mongodb::bson::Decimal128::from_bytes([1; 16]))}
+            )
+        ));
     }
 
     #[test]

@@ -7,12 +7,15 @@
 //! is used by the tests when `OFFLOAD_TEST_MONGODB_URL` / `OFFLOAD_TEST_MONGODB_TARGET_URL` are set.
 
 mod copy;
+mod digest;
 mod endpoint;
 mod keys;
+mod read;
 mod shape;
 mod survey;
+mod unique;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -79,12 +82,15 @@ pub struct MongoStore {
     parallel: usize,
     source_client: tokio::sync::OnceCell<Client>,
     target_client: tokio::sync::OnceCell<Client>,
-    /// Source cursors left open between batches of a unit, by unit name.
+    /// Source cursors left open between batches of a unit, by unit name and end of range.
     reads: tokio::sync::Mutex<HashMap<String, copy::OpenRead>>,
-    /// Per unit, the position after which this process knows the target range is empty.
+    /// Per unit (name and end of range), the position after which this process knows the target
+    /// range is empty.
     clean: Mutex<HashMap<String, Option<Vec<u8>>>>,
     /// The cluster time every source read uses, with `--mongodb-snapshot`.
     snapshot_time: Mutex<Option<Timestamp>>,
+    /// Collections (by side) whose `_id` index walk is out of order: read sorted.
+    sorted_only: Mutex<HashSet<String>>,
     /// Collections left alone by `--if-exists skip`: no indexes are built on them.
     skipped: Mutex<BTreeSet<(String, String)>>,
 }
@@ -106,6 +112,7 @@ impl MongoStore {
             reads: tokio::sync::Mutex::new(HashMap::new()),
             clean: Mutex::new(HashMap::new()),
             snapshot_time: Mutex::new(None),
+            sorted_only: Mutex::new(HashSet::new()),
             skipped: Mutex::new(BTreeSet::new()),
         }
     }
@@ -282,7 +289,7 @@ impl MongoStore {
         if bytes > self.options.split_bytes && !spec.capped() && rows > 1 {
             let parts = bytes.div_ceil(self.options.split_bytes).min(32);
             boundaries =
-                copy::split_points(self, db, &spec.name, rows, parts, spec.clustered()).await?;
+                digest::split_points(self, db, &spec.name, rows, parts, spec.clustered()).await?;
         }
         if boundaries.is_empty() {
             return Ok(vec![Unit {
@@ -470,6 +477,15 @@ impl Store for MongoStore {
         copy::copy_batch(self, unit, after).await
     }
 
+    async fn clear_range(
+        &self,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        upto: Option<&Cursor>,
+    ) -> Result<(), StoreError> {
+        copy::clear_range(self, unit, after, upto).await
+    }
+
     async fn finish_target(&self) -> Result<Vec<String>, StoreError> {
         let mut notes = Vec::new();
         for (db, specs) in self.source_layout().await? {
@@ -527,7 +543,7 @@ impl Store for MongoStore {
         upto: Option<&Cursor>,
         limit: Option<u64>,
     ) -> Result<ChunkDigest, StoreError> {
-        copy::digest_range(self, side, unit, after, upto, limit).await
+        digest::digest_range(self, side, unit, after, upto, limit).await
     }
 
     async fn row_digests(
@@ -538,7 +554,7 @@ impl Store for MongoStore {
         upto: Option<&Cursor>,
         cap: usize,
     ) -> Result<Vec<RowDigest>, StoreError> {
-        copy::row_digests(self, side, unit, after, upto, cap).await
+        digest::row_digests(self, side, unit, after, upto, cap).await
     }
 
     async fn compare_shape(&self, units: &[Unit]) -> Result<Vec<ShapeDifference>, StoreError> {
