@@ -15,7 +15,7 @@ use super::digest::{self, Meta};
 use super::endpoint::{classify, Failure};
 use super::listing::Listed;
 use super::ops::folder_meta;
-use super::{cursor_key, From, ObjectSource, ObjectsStore, Spec};
+use super::{range_keys, From, ObjectSource, ObjectsStore, Spec};
 use crate::core::store::{Check, ShapeDifference, Survey};
 use crate::core::{ErrorKind, Side, StoreError, StoreKind, Unit};
 
@@ -218,8 +218,7 @@ pub async fn abort_stale_uploads(
     spec: &Spec,
     keep: Option<&str>,
 ) -> Result<(), StoreError> {
-    let after = unit.range.after.as_ref().and_then(cursor_key);
-    let upto = unit.range.upto.as_ref().and_then(cursor_key);
+    let (after, upto) = range_keys(&unit.range);
     let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
     loop {
         let mut req = store
@@ -269,21 +268,25 @@ pub async fn abort_stale_uploads(
     }
 }
 
-/// Under `--if-exists replace`: delete the target objects of a unit's range that the source
-/// does not have (the rest is overwritten or found identical by the copy).
+/// Delete the target objects of a key range (keys after `after`, up to `upto`) that the source
+/// does not have; the rest is overwritten or found identical by the copy. `why` names the reason
+/// in the log (`--if-exists replace`, the delta pass). Returns how many were deleted.
 pub async fn delete_extras(
     store: &ObjectsStore,
     unit: &Unit,
     spec: &Spec,
-) -> Result<(), StoreError> {
-    let upto = unit.range.upto.as_ref().and_then(cursor_key);
-    let mut after = unit.range.after.as_ref().and_then(cursor_key);
+    after: Option<String>,
+    upto: Option<String>,
+    why: &str,
+) -> Result<u64, StoreError> {
+    let mut after = after;
+    let mut deleted = 0u64;
     loop {
         let (targets, more) = store
             .list(Side::Target, spec, after.as_deref(), upto.as_deref(), 1000)
             .await?;
         let Some(last) = targets.last().map(|t| t.key.clone()) else {
-            return Ok(());
+            return Ok(deleted);
         };
         let (sources, _) = store
             .list(
@@ -301,13 +304,14 @@ pub async fn delete_extras(
             .filter_map(|t| ObjectIdentifier::builder().key(&t.key).build().ok())
             .collect();
         if !extra.is_empty() {
-            tracing::info!(store = "objects", bucket = %spec.to.bucket, count = extra.len(), "deleting target objects the source does not have (--if-exists replace)");
+            let asked = extra.len() as u64;
+            tracing::info!(store = "objects", bucket = %spec.to.bucket, count = extra.len(), reason = why, "deleting target objects the source does not have");
             let delete = Delete::builder()
                 .set_objects(Some(extra))
                 .quiet(true)
                 .build()
                 .expect("objects set");
-            store
+            let out = store
                 .target_client
                 .delete_objects()
                 .bucket(&spec.to.bucket)
@@ -326,16 +330,36 @@ pub async fn delete_extras(
                         _ => unreachable!("bucket-level calls fail fatally"),
                     }
                 })?;
+            // Quiet mode reports only the keys that could not be deleted.
+            if let Some(err) = out.errors().first() {
+                return Err(StoreError::new(
+                    StoreKind::Objects,
+                    store.target.address(),
+                    ErrorKind::Query,
+                    format!(
+                        "deleting {}/{} on the target, which the source no longer has, failed: {} ({} of {} objects not deleted)",
+                        spec.to.bucket,
+                        err.key().unwrap_or(""),
+                        err.message().or(err.code()).unwrap_or("no reason given"),
+                        out.errors().len(),
+                        asked,
+                    ),
+                    "give the target credentials s3:DeleteObject on the bucket, then run the command again",
+                )
+                .in_unit(&unit.name));
+            }
+            deleted += asked;
         }
         if !more {
-            return Ok(());
+            return Ok(deleted);
         }
         after = Some(last);
     }
 }
 
-/// The digest of every listed object on one side, in order: key, size, content digest (the
-/// ETag the copy gives it, or with `--deep` the MD5 of all its bytes) and metadata.
+/// The digest of every listed object on one side, in order: key, size and content digest (the
+/// ETag the copy gives it), taken from the listing where the listing shows it; with `--deep`, the
+/// MD5 of all its bytes and its metadata (one GET and one HEAD per object).
 pub async fn object_digests(
     store: &ObjectsStore,
     side: Side,
@@ -362,7 +386,6 @@ async fn digest_one(
     spec: &Spec,
     e: &Listed,
 ) -> Result<[u8; 16], StoreError> {
-    let _permit = store.permits.acquire().await.expect("semaphore open");
     let (content, meta) = match describe(store, side, spec, e).await {
         Ok(v) => v,
         Err(Failure::Fatal(err)) => return Err(err),
@@ -375,7 +398,8 @@ async fn digest_one(
     Ok(digest::object_digest(&e.key, e.size, &content, &meta))
 }
 
-/// (content digest, metadata text) of one object on one side.
+/// (content digest, metadata text) of one object on one side. Without `--deep` the metadata
+/// text is empty (not compared): the copy sets it from the very response it read the bytes from.
 async fn describe(
     store: &ObjectsStore,
     side: Side,
@@ -385,52 +409,56 @@ async fn describe(
     if let Some(p) = &e.problem {
         return Err(Failure::Object(p.clone()));
     }
-    let deep = store.options.deep;
-    match (side, &spec.from) {
+    let etag = || format!("etag:{}", e.etag.clone().unwrap_or_default());
+    if !store.options.deep {
+        let listed = match (side, &spec.from) {
+            (Side::Target, _) => true,
+            (Side::Source, From::S3 { .. }) => {
+                e.etag
+                    .as_deref()
+                    .and_then(digest::multipart_parts)
+                    .is_some()
+                    || e.size <= store.options.part_size
+            }
+            (Side::Source, From::Folder(_)) => false,
+        };
+        if listed {
+            return Ok((etag(), String::new()));
+        }
+        // The copy gives this object a multipart ETag of uniform parts (or, for a file, the
+        // MD5 of its bytes): compute the same from the source's bytes.
+        let _permit = store.permits.acquire().await.expect("semaphore open");
+        let parts = if e.size <= store.options.part_size {
+            vec![e.size]
+        } else {
+            store.parts_for(e.size)
+        };
+        let (_, etag) = store.hash_source(spec, e, parts).await?;
+        return Ok((format!("etag:{etag}"), String::new()));
+    }
+    let _permit = store.permits.acquire().await.expect("semaphore open");
+    let meta: Meta = match (side, &spec.from) {
         (Side::Target, _) => {
-            let (meta, _, _) = store
+            store
                 .target_head(&spec.to.bucket, &e.key)
                 .await?
-                .ok_or(Failure::Gone)?;
-            let content = if deep {
-                full_md5_target(store, spec, e).await?
-            } else {
-                format!("etag:{}", e.etag.clone().unwrap_or_default())
-            };
-            Ok((content, meta.canonical()))
+                .ok_or(Failure::Gone)?
+                .0
         }
-        (Side::Source, From::S3 { .. }) => {
-            let (meta, _) = store.source_head(spec, e).await?;
-            let etag = e.etag.clone().unwrap_or_default();
-            let content = if deep {
-                let (md5, _) = store.hash_source(spec, e, vec![e.size]).await?;
-                format!("md5:{}", hex::encode(md5))
-            } else if digest::multipart_parts(&etag).is_some() || e.size <= store.options.part_size
-            {
-                format!("etag:{etag}")
-            } else {
-                let (_, etag) = store.hash_source(spec, e, store.parts_for(e.size)).await?;
-                format!("etag:{etag}")
-            };
-            Ok((content, meta.canonical()))
-        }
+        (Side::Source, From::S3 { .. }) => store.source_head(spec, e).await?.0,
         (Side::Source, From::Folder(f)) => {
             let path = e.file.as_ref().ok_or(Failure::Gone)?;
-            let meta: Meta = folder_meta(f.layout, &e.key, path).await;
-            let parts = if deep || e.size <= store.options.part_size {
-                vec![e.size]
-            } else {
-                store.parts_for(e.size)
-            };
-            let (md5, etag) = store.hash_source(spec, e, parts).await?;
-            let content = if deep {
-                format!("md5:{}", hex::encode(md5))
-            } else {
-                format!("etag:{etag}")
-            };
-            Ok((content, meta.canonical()))
+            folder_meta(f.layout, &e.key, path).await
         }
-    }
+    };
+    let content = match side {
+        Side::Target => full_md5_target(store, spec, e).await?,
+        Side::Source => {
+            let (md5, _) = store.hash_source(spec, e, vec![e.size]).await?;
+            format!("md5:{}", hex::encode(md5))
+        }
+    };
+    Ok((content, meta.canonical()))
 }
 
 async fn full_md5_target(store: &ObjectsStore, spec: &Spec, e: &Listed) -> Result<String, Failure> {

@@ -2,8 +2,9 @@
 //! an S3-compatible target. Objects stream from source to target (never staged on disk), many at
 //! once; large ones go in parts whose upload survives a crash (the upload id is checkpointed
 //! before the first part, and ListParts tells what is already there); re-running skips objects
-//! already identical; verification compares key listings, content digests (ETags computed the
-//! way the copy produces them, or full MD5s with `--deep`) and metadata.
+//! already identical; verification compares key listings and content digests (ETags computed the
+//! way the copy produces them), or with `--deep` full MD5s and metadata; the delta pass deletes
+//! what the source no longer has and copies a changed key range again, skipping identical objects.
 //!
 //! Tested against SeaweedFS on both sides; MinIO and AWS S3 specifics (virtual-hosted addressing,
 //! Block Public Access) are handled in code but untested here.
@@ -325,6 +326,14 @@ struct CopyCursor {
     upload: Option<multipart::Upload>,
 }
 
+/// The first and last keys of a range, as keys.
+fn range_keys(range: &KeyRange) -> (Option<String>, Option<String>) {
+    (
+        range.after.as_ref().and_then(cursor_key),
+        range.upto.as_ref().and_then(cursor_key),
+    )
+}
+
 fn key_cursor(key: &str) -> Cursor {
     Cursor(json!(key))
 }
@@ -447,10 +456,7 @@ impl Store for ObjectsStore {
         let mut out = Vec::new();
         for u in units {
             let spec = self.spec(u)?;
-            let (after, upto) = (
-                u.range.after.as_ref().and_then(cursor_key),
-                u.range.upto.as_ref().and_then(cursor_key),
-            );
+            let (after, upto) = range_keys(&u.range);
             let (found, _) = self
                 .list(Side::Target, &spec, after.as_deref(), upto.as_deref(), 1)
                 .await?;
@@ -479,7 +485,9 @@ impl Store for ObjectsStore {
         }
         if policy == IfExists::Replace {
             for u in units.iter().filter(|u| occupied.contains(&u.name)) {
-                ops::delete_extras(self, u, &self.spec(u)?).await?;
+                let (after, upto) = range_keys(&u.range);
+                ops::delete_extras(self, u, &self.spec(u)?, after, upto, "--if-exists replace")
+                    .await?;
             }
         }
         Ok(())
@@ -487,7 +495,7 @@ impl Store for ObjectsStore {
 
     async fn begin_copy(&self, _workers: usize) -> Result<String, StoreError> {
         Ok(format!(
-            "objects: each key range is copied as listed when it is reached ({} objects at once, parts of {} MiB); objects written to the source after that are caught by running copy again with --restart --if-exists replace",
+            "objects: each key range is copied as listed when it is reached ({} objects at once, parts of {} MiB); objects written to the source after that are caught by the delta pass (offload migrate --resume --delta)",
             self.options.transfers,
             self.options.part_size / (1024 * 1024)
         ))
@@ -659,6 +667,25 @@ impl Store for ObjectsStore {
 
     async fn compare_shape(&self, units: &[Unit]) -> Result<Vec<ShapeDifference>, StoreError> {
         ops::compare_public_read(self, units).await
+    }
+
+    /// The delta pass: remove only the target objects of the range that the source no longer
+    /// has. Objects that differ are replaced by the copy that follows, which skips those already
+    /// identical (size, content digest, metadata), so unchanged large objects are not sent again.
+    async fn clear_range(
+        &self,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        upto: Option<&Cursor>,
+    ) -> Result<(), StoreError> {
+        let spec = self.spec(unit)?;
+        let range = self.render_range(unit, after, upto);
+        let (after, upto) = (after.and_then(cursor_key), upto.and_then(cursor_key));
+        let deleted = ops::delete_extras(self, unit, &spec, after, upto, "delta pass").await?;
+        if deleted > 0 {
+            tracing::info!(store = "objects", unit = %unit.name, range = %range, deleted, "delta pass: removed target objects deleted from the source");
+        }
+        Ok(())
     }
 
     fn render_range(&self, unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {

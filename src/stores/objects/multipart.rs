@@ -363,6 +363,9 @@ pub async fn continue_upload(
         From::S3 { .. } => up.source.etag.clone(),
         From::Folder(_) => None,
     };
+    // Parts that mirror the source's are checked all at once before completing (the MD5s of the
+    // target's parts must give the source's ETag), so offload need not hash them as they pass.
+    let hash_parts = !(up.mirror && if_match.is_some());
     let results: Vec<Result<(i32, String, u64), Failure>> = futures_util::stream::iter(now)
         .map(|(n, offset, len)| {
             let (entry, up, bucket, if_match) = (&entry, &up, &bucket, if_match.as_deref());
@@ -376,7 +379,11 @@ pub async fn continue_upload(
                         "part {n}: the source returned {got} bytes for a range of {len}"
                     )));
                 }
-                let (body, report) = HashingBody::stream(feed, len);
+                let (body, report) = if hash_parts {
+                    HashingBody::stream(feed, len)
+                } else {
+                    HashingBody::counted(feed, len)
+                };
                 let res = store
                     .target_client
                     .upload_part()
@@ -399,12 +406,12 @@ pub async fn continue_upload(
                     }
                 };
                 let md5 = match sent {
-                    Some(Ok((md5, _))) => hex::encode(md5),
+                    Some(Ok(md5)) => md5.map(hex::encode),
                     Some(Err(msg)) => return Err(Failure::Object(msg)),
                     None => return Err(Failure::Object(format!("part {n} was not sent whole"))),
                 };
                 let etag = res.e_tag().map(clean_etag).unwrap_or_default();
-                if etag != md5 {
+                if let Some(md5) = md5.filter(|m| *m != etag) {
                     return Err(Failure::Object(format!(
                         "part {n}: the target stored other bytes than were sent (ETag {etag}, MD5 {md5})"
                     )));
@@ -468,6 +475,22 @@ pub async fn continue_upload(
         }
         md5s.push(d);
     }
+    if up.mirror {
+        let expected = digest::multipart_etag(&md5s);
+        if up.source.etag.as_deref() != Some(expected.as_str()) {
+            abort().await;
+            return Ok(outcome_skip(
+                &up.key,
+                Some((
+                    label,
+                    format!(
+                        "the parts the target received give ETag {expected}, not the source's {}: the bytes changed on the way; run the copy again (--resume) to send the object afresh",
+                        up.source.etag.as_deref().unwrap_or("")
+                    ),
+                )),
+            ));
+        }
+    }
     let completed = store
         .target_client
         .complete_multipart_upload()
@@ -514,6 +537,16 @@ pub async fn continue_upload(
     } else {
         None
     };
+    if problem.is_some() {
+        // Leave no torn object behind: the copy of this object did not happen.
+        let _ = store
+            .target_client
+            .delete_object()
+            .bucket(&bucket)
+            .key(&up.key)
+            .send()
+            .await;
+    }
     tracing::debug!(store = "objects", bucket = %bucket, key = %up.key, etag = %etag, "multipart upload completed");
     Ok(BatchOutcome {
         rows: if problem.is_none() { 1 } else { 0 },

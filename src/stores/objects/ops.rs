@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
 use super::digest::{self, Meta};
@@ -261,21 +262,46 @@ pub async fn copy_one(
         (None, Some(m)) => m,
         (None, None) => Meta::default(),
     };
-    let (body, report) = HashingBody::stream(feed, len);
+    // An S3 source whose ETag is an MD5 says what the bytes must hash to: the target checks
+    // them against it (Content-MD5) and offload need not hash them again. Otherwise offload
+    // hashes what it sends and compares with the target's ETag afterwards.
+    let source_md5 = source_etag.filter(|e| digest::is_md5(e));
+    let content_md5 = source_md5.as_deref().and_then(|e| {
+        let mut raw = [0u8; 16];
+        hex::decode_to_slice(e, &mut raw).ok()?;
+        Some(aws_smithy_types::base64::encode(raw))
+    });
+    let (body, report) = if content_md5.is_some() {
+        HashingBody::counted(feed, len)
+    } else {
+        HashingBody::stream(feed, len)
+    };
     let req = store
         .target_client
         .put_object()
         .bucket(&spec.to.bucket)
         .key(key)
         .content_length(len as i64)
+        .set_content_md5(content_md5)
         .body(body);
     let put = with_meta!(req, &meta).send().await;
     let sent = body_result(&report);
+    let changed = |src: &str, read: &str| {
+        format!(
+            "the bytes read do not match the source's ETag ({src}{read}): it changed during the copy, or its ETag is not an MD5 (then use verify --deep)"
+        )
+    };
     let put = match put {
         Ok(p) => p,
         Err(e) => {
             if let Some(Err(msg)) = sent {
                 return Err(Failure::Object(msg));
+            }
+            if matches!(e.code(), Some("BadDigest" | "InvalidDigest")) {
+                return Err(Failure::Object(changed(
+                    source_md5.as_deref().unwrap_or(""),
+                    "; the target refused them",
+                )));
             }
             return Err(classify(
                 "target",
@@ -286,11 +312,13 @@ pub async fn copy_one(
             ));
         }
     };
-    let md5 = match sent {
-        Some(Ok((md5, _))) => hex::encode(md5),
-        Some(Err(msg)) => return Err(Failure::Object(msg)),
-        None if len == 0 => "d41d8cd98f00b204e9800998ecf8427e".to_string(),
-        None => {
+    let md5 = match (sent, &source_md5) {
+        (Some(Ok(Some(md5))), _) => hex::encode(md5),
+        // Counted only: the target accepted the bytes against the source's MD5.
+        (Some(Ok(None)), Some(src)) => src.clone(),
+        (Some(Err(msg)), _) => return Err(Failure::Object(msg)),
+        (None, _) if len == 0 => "d41d8cd98f00b204e9800998ecf8427e".to_string(),
+        _ => {
             return Err(Failure::Object(
                 "the upload finished before the whole object was sent".into(),
             ))
@@ -302,12 +330,8 @@ pub async fn copy_one(
         problem = Some(format!(
             "the target stored other bytes than were sent (its ETag {stored}, MD5 of the data {md5})"
         ));
-    } else if let Some(src) = source_etag.filter(|e| digest::is_md5(e)) {
-        if src != md5 {
-            problem = Some(format!(
-                "the bytes read do not match the source's ETag ({src}, read {md5}): it changed during the copy, or its ETag is not an MD5 (then use verify --deep)"
-            ));
-        }
+    } else if let Some(src) = source_md5.filter(|src| *src != md5) {
+        problem = Some(changed(&src, &format!(", read {md5}")));
     } else if let Some((_, fp_before)) = &before {
         let path = entry.file.as_ref().expect("a file");
         let after = file_fingerprint(path).await.ok();
@@ -329,5 +353,6 @@ pub async fn copy_one(
             .await;
         return Err(Failure::Object(p));
     }
+    tracing::debug!(store = "objects", bucket = %spec.to.bucket, key = %key, bytes = len, "object copied");
     Ok(Done::Copied)
 }

@@ -76,14 +76,16 @@ impl Feed {
     }
 }
 
-/// What a body saw once it ended: the MD5 of everything and the upload ETag, or why it failed.
-pub type BodyReport = Arc<Mutex<Option<Result<([u8; 16], String), String>>>>;
+/// What a body saw once it ended: the MD5 of everything (`None` when it only counted), or why
+/// it failed.
+pub type BodyReport = Arc<Mutex<Option<Result<Option<[u8; 16]>, String>>>>;
 
-/// A request body that passes a [`Feed`] through, counting and hashing it, and fails the request
-/// when the source yields more or fewer bytes than announced.
+/// A request body that passes a [`Feed`] through, counting (and, when asked, hashing) it, and
+/// fails the request when the source yields more or fewer bytes than announced.
 pub struct HashingBody {
     feed: Feed,
     hasher: Option<PartHasher>,
+    finished: bool,
     seen: u64,
     expect: u64,
     report: BodyReport,
@@ -92,10 +94,22 @@ pub struct HashingBody {
 impl HashingBody {
     /// A body of exactly `expect` bytes, hashed as one part.
     pub fn stream(feed: Feed, expect: u64) -> (ByteStream, BodyReport) {
+        Self::build(feed, expect, true)
+    }
+
+    /// A body of exactly `expect` bytes, counted but not hashed: for uploads whose bytes the
+    /// target checks itself (a Content-MD5 header, or part ETags that must add up to the
+    /// source's ETag), so the MD5 would be computed twice.
+    pub fn counted(feed: Feed, expect: u64) -> (ByteStream, BodyReport) {
+        Self::build(feed, expect, false)
+    }
+
+    fn build(feed: Feed, expect: u64, hash: bool) -> (ByteStream, BodyReport) {
         let report: BodyReport = Arc::new(Mutex::new(None));
         let body = HashingBody {
             feed,
-            hasher: Some(PartHasher::new(vec![expect])),
+            hasher: hash.then(|| PartHasher::new(vec![expect])),
+            finished: false,
             seen: 0,
             expect,
             report: report.clone(),
@@ -103,8 +117,16 @@ impl HashingBody {
         (ByteStream::new(SdkBody::from_body_1_x(body)), report)
     }
 
+    /// Record that the body is complete.
+    fn finish(&mut self) {
+        self.finished = true;
+        let md5 = self.hasher.take().map(|h| h.finish().0);
+        *self.report.lock().expect("body report") = Some(Ok(md5));
+    }
+
     fn fail(&mut self, msg: String) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         *self.report.lock().expect("body report") = Some(Err(msg.clone()));
+        self.finished = true;
         self.hasher = None;
         Poll::Ready(Some(Err(msg.into())))
     }
@@ -119,12 +141,11 @@ impl http_body::Body for HashingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.hasher.is_none() {
+        if this.finished {
             return Poll::Ready(None);
         }
         if this.expect == 0 {
-            let done = this.hasher.take().map(PartHasher::finish);
-            *this.report.lock().expect("body report") = done.map(Ok);
+            this.finish();
             return Poll::Ready(None);
         }
         match this.feed.poll_chunk(cx) {
@@ -142,8 +163,7 @@ impl http_body::Body for HashingBody {
                 }
                 if this.seen == this.expect {
                     // The client may stop polling once the announced length is sent: record now.
-                    let done = this.hasher.take().map(PartHasher::finish);
-                    *this.report.lock().expect("body report") = done.map(Ok);
+                    this.finish();
                 }
                 Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
             }
@@ -155,15 +175,14 @@ impl http_body::Body for HashingBody {
                         "the source ended after {seen} of {expect} bytes: it changed while being read"
                     ));
                 }
-                let done = this.hasher.take().map(PartHasher::finish);
-                *this.report.lock().expect("body report") = done.map(Ok);
+                this.finish();
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.hasher.is_none()
+        self.finished
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -172,6 +191,6 @@ impl http_body::Body for HashingBody {
 }
 
 /// The outcome a body recorded, if it finished.
-pub fn body_result(report: &BodyReport) -> Option<Result<([u8; 16], String), String>> {
+pub fn body_result(report: &BodyReport) -> Option<Result<Option<[u8; 16]>, String>> {
     report.lock().expect("body report").clone()
 }
