@@ -196,6 +196,11 @@ pub struct JobArgs {
     #[arg(long, value_name = "FILE")]
     pub to_meilisearch_key_file: Option<PathBuf>,
 
+    /// The target Meilisearch as browsers reach it, written to MEILISEARCH_PUBLIC_URL at
+    /// cutover (the learners' search requests go there directly), e.g. https://search.example.org.
+    #[arg(long, value_name = "URL")]
+    pub meilisearch_public_url: Option<String>,
+
     /// The old Meilisearch (copy mode and comparisons) [default: MEILISEARCH_URL in config.yml].
     #[arg(long, value_name = "URL")]
     pub from_meilisearch: Option<String>,
@@ -276,16 +281,28 @@ pub struct CopyArgs {
     /// Attempts after the first for a retryable error (connection dropped, deadlock).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
+
+    /// After the copy, copy again only the key ranges whose source changed since the job copied
+    /// them (the short final pass of a maintenance window): MySQL key ranges, MongoDB collection
+    /// ranges, Redis databases and object prefixes whose digests differ.
+    #[arg(long)]
+    pub delta: bool,
+
+    /// Hold the source's writers off while this run works, and always release them at the end,
+    /// also on errors and Ctrl-C: MySQL `read_only`, Redis `CLIENT PAUSE WRITE` (6.2+). MongoDB
+    /// and object storage cannot be held off by offload: stop the platform first.
+    #[arg(long)]
+    pub freeze_source: bool,
+
+    /// Rows per compared chunk in the delta pass (and in migrate's verify).
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    pub chunk_rows: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
     pub copy: CopyArgs,
-
-    /// Rows per compared chunk in verify (and in the delta pass).
-    #[arg(long, default_value_t = 20_000, value_name = "N")]
-    pub chunk_rows: u64,
 
     /// Plan and check only, and print the maintenance-window runbook; writes nothing anywhere.
     #[arg(long)]
@@ -294,16 +311,6 @@ pub struct MigrateArgs {
     /// Stop after verify; leave config.yml alone.
     #[arg(long)]
     pub no_cutover: bool,
-
-    /// After the copy, copy again only the key ranges whose source changed since the job copied
-    /// them (the short final pass of a maintenance window).
-    #[arg(long)]
-    pub delta: bool,
-
-    /// Hold the source's writers off while this run copies and verifies (MySQL read_only), and
-    /// always release them at the end, also on errors and Ctrl-C.
-    #[arg(long)]
-    pub freeze_source: bool,
 
     /// Also write the verification report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, CopyArgs, IfExistsArg, JobArgs, StatusArgs, VerifyArgs};
 use crate::core::catalog::Catalog;
+use crate::core::delta::{delta, DeltaSummary};
 use crate::core::plan::make_plan;
 use crate::core::progress::{Reporter, SilentReporter};
 use crate::core::runner::{RunOptions, Runner};
@@ -121,6 +122,9 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         object_transfers: args.object_transfers,
         deep: false,
         mongodb_split_bytes: args.mongodb_split_bytes,
+        to_meilisearch: args.to_meilisearch.clone(),
+        to_meilisearch_key_file: args.to_meilisearch_key_file.clone(),
+        meilisearch_public_url: args.meilisearch_public_url.clone(),
     }
 }
 
@@ -141,16 +145,18 @@ fn names_endpoints(args: &JobArgs) -> bool {
         || args.from_mongodb.is_some()
         || args.to_s3.is_some()
         || args.from_s3.is_some()
+        || args.to_meilisearch.is_some()
 }
 
 async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
     let meilisearch = crate::reindex_cmd::plan_section(&args).await?;
+    let settings = match Settings::resolve(&inputs(&args, false), None) {
+        // An Elasticsearch platform with no target yet: the note on what offload does is the plan.
+        Err(crate::settings::SettingsError::NothingToDo) if meilisearch.is_some() => None,
+        other => Some(other?),
+    };
     if let Some(m) = &meilisearch {
-        let only_meilisearch = matches!(
-            Settings::resolve(&inputs(&args, false), None),
-            Err(crate::settings::SettingsError::NothingToDo)
-        );
-        if only_meilisearch {
+        if settings.as_ref().is_none_or(|s| s.stores().is_empty()) {
             out.emit(&serde_json::json!({ "meilisearch": m }), || {
                 crate::reindex_cmd::render_plan(m)
             });
@@ -161,7 +167,7 @@ async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
             });
         }
     }
-    let settings = Settings::resolve(&inputs(&args, false), None)?;
+    let settings = settings.expect("settings resolved when a store has a target");
     let stores = settings.stores();
     let plan = make_plan(&stores).await?;
     out.emit(&plan, || print::plan(&plan));
@@ -273,21 +279,126 @@ async fn copy(args: CopyArgs, out: Output, cancel: CancellationToken) -> anyhow:
         out.json,
     )
     .await?;
-    let (job_dir, catalog, stores) = (job.dir, job.catalog, job.stores);
+    let mut notes = Vec::new();
+    let frozen = if args.freeze_source {
+        freeze_sources(&job.stores, &mut notes).await?
+    } else {
+        Vec::new()
+    };
+    let result = copy_and_delta(&args, &job, out, &cancel).await;
+    thaw_sources(&frozen).await;
+    let (mut summary, delta) = result?;
+    job.catalog.event("info", None, None, "copy finished")?;
+    summary.notes.extend(notes);
+    let output = CopyOutput { summary, delta };
+    out.emit(&output, || {
+        let mut text = print::copy_summary(&output.summary, &job.dir);
+        if let Some(d) = &output.delta {
+            text.push_str(&print::delta_summary(d));
+        }
+        text
+    });
+    Ok(Outcome::Clean)
+}
+
+/// What `offload copy` reports: the copy, and the delta pass when one ran.
+#[derive(serde::Serialize)]
+struct CopyOutput {
+    #[serde(flatten)]
+    summary: crate::core::runner::CopySummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta: Option<DeltaSummary>,
+}
+
+async fn copy_and_delta(
+    args: &CopyArgs,
+    job: &OpenJob,
+    out: Output,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(crate::core::runner::CopySummary, Option<DeltaSummary>)> {
     let runner = Runner {
-        catalog: catalog.clone(),
+        catalog: job.catalog.clone(),
         reporter: out.reporter(),
-        cancel,
+        cancel: cancel.clone(),
         options: RunOptions {
             parallel: args.job.parallel.max(1),
             retries: args.retries,
             if_exists: if_exists(args.if_exists),
         },
     };
-    let summary = runner.copy(&stores).await?;
-    catalog.event("info", None, None, "copy finished")?;
-    out.emit(&summary, || print::copy_summary(&summary, &job_dir));
-    Ok(Outcome::Clean)
+    let summary = runner.copy(&job.stores).await?;
+    let delta = if args.delta {
+        Some(delta_pass(args, job, out.reporter(), cancel).await?)
+    } else {
+        None
+    };
+    Ok((summary, delta))
+}
+
+/// The delta pass of a job whose copy is complete, recorded as the job's `delta` phase.
+pub async fn delta_pass(
+    args: &CopyArgs,
+    job: &OpenJob,
+    reporter: Arc<dyn Reporter>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<DeltaSummary> {
+    job.catalog.phase_start("job", "delta")?;
+    let d = delta(
+        &job.stores,
+        job.catalog.clone(),
+        args.chunk_rows,
+        args.job.parallel.max(1),
+        args.retries,
+        reporter,
+        cancel,
+    )
+    .await?;
+    job.catalog.phase_done(
+        "job",
+        "delta",
+        &format!("{} unit(s) changed", d.units_changed),
+    )?;
+    Ok(d)
+}
+
+/// Hold the sources' writers off where the server allows it (`--freeze-source`). Returns the
+/// stores to thaw; a store that cannot be held off adds a note instead. On an error, what was
+/// already frozen is released before returning.
+pub async fn freeze_sources(
+    stores: &[Arc<dyn Store>],
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Arc<dyn Store>>> {
+    let mut frozen: Vec<Arc<dyn Store>> = Vec::new();
+    for store in stores {
+        match store.freeze_source().await {
+            Ok(Some(note)) => {
+                notes.push(note);
+                frozen.push(store.clone());
+            }
+            Ok(None) => notes.push(format!(
+                "{}: offload cannot hold writers off on this source; stop the platform's writers yourself",
+                store.kind()
+            )),
+            Err(e) => {
+                thaw_sources(&frozen).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(frozen)
+}
+
+/// Release what [`freeze_sources`] held; a failure is reported with what to run by hand.
+pub async fn thaw_sources(stores: &[Arc<dyn Store>]) {
+    for s in stores {
+        if let Err(e) = s.thaw_source().await {
+            tracing::error!(store = %s.kind(), error = %e, "could not let the source's writers in again");
+            eprintln!(
+                "ERROR: {e}. The {} source may still refuse writes.",
+                s.kind()
+            );
+        }
+    }
 }
 
 async fn verify_cmd(

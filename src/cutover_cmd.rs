@@ -8,9 +8,14 @@ use crate::cli::{CutoverArgs, RollbackArgs};
 use crate::commands::{inputs_for_cutover, Outcome};
 use crate::core::catalog::Catalog;
 use crate::core::StoreKind;
+use crate::reindex::setup::MeilisearchSettings;
 use crate::settings::{tutor_root, Settings};
 use crate::stores::mongodb::MongoEndpoint;
-use crate::tutor::{self, CutoverTarget, MongodbTarget, MysqlTarget, RedisTarget, TutorConfig};
+use crate::stores::objects::{ObjectSource, ObjectsSettings};
+use crate::tutor::{
+    self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target,
+    TutorConfig,
+};
 
 /// Tutor's MongoDB keys for a target URI: one host, authentication and TLS as separate settings.
 fn mongodb_target(e: &MongoEndpoint) -> anyhow::Result<MongodbTarget> {
@@ -50,6 +55,81 @@ fn mongodb_target(e: &MongoEndpoint) -> anyhow::Result<MongodbTarget> {
     })
 }
 
+/// tutor-contrib-s3's settings for the job's object-storage target: the endpoint and keys, and
+/// each bucket the platform uses under the name it has on the target.
+fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> anyhow::Result<S3Target> {
+    let t = &o.target;
+    let (host, port, use_ssl) = match &t.url {
+        None => (String::new(), None, true),
+        Some(u) => {
+            let parsed = url::Url::parse(u).context("the job's S3 target URL")?;
+            (
+                parsed.host_str().unwrap_or_default().to_string(),
+                parsed.port_or_known_default(),
+                parsed.scheme() == "https",
+            )
+        }
+    };
+    // The source buckets the platform uses, as the minio plugin names them (a filesystem source
+    // is copied into buckets with these default names).
+    let minio = matches!(o.source, ObjectSource::S3 { .. });
+    let source_bucket = |key: &str, default: &str| {
+        minio
+            .then(|| crate::settings::config_text(cfg, key))
+            .flatten()
+            .filter(|b| !b.is_empty() && !b.contains('{'))
+            .unwrap_or_else(|| default.to_string())
+    };
+    let on_target = |b: String| o.options.bucket_map.get(&b).cloned().unwrap_or(b);
+    let storage = on_target(source_bucket("MINIO_BUCKET_NAME", "openedx"));
+    Ok(S3Target {
+        host,
+        port,
+        use_ssl,
+        region: if t.region.is_empty() {
+            "us-east-1".into()
+        } else {
+            t.region.clone()
+        },
+        file_upload_bucket: on_target(source_bucket(
+            "MINIO_FILE_UPLOAD_BUCKET_NAME",
+            "openedxuploads",
+        )),
+        grade_bucket: on_target(source_bucket("MINIO_GRADES_BUCKET_NAME", "openedxgrades")),
+        // Profile images were copied into the storage bucket, where the minio plugin keeps them.
+        profile_image_bucket: storage.clone(),
+        storage_bucket: storage,
+        addressing_style: if t.url.is_none() {
+            "auto".into()
+        } else if t.path_style {
+            "path".into()
+        } else {
+            "virtual".into()
+        },
+        access_key: t.access_key.clone().unwrap_or_default(),
+        secret_key: t
+            .secret_key
+            .as_ref()
+            .map(|k| k.expose().to_string())
+            .unwrap_or_default(),
+    })
+}
+
+/// Tutor's Meilisearch settings for the job's target; the public URL is the operator's to give.
+fn meilisearch_target(m: &MeilisearchSettings) -> anyhow::Result<MeilisearchTarget> {
+    let public_url = m.public_url.clone().context(
+        "Meilisearch needs the address browsers reach it at (MEILISEARCH_PUBLIC_URL): pass --meilisearch-public-url URL, e.g. https://search.example.org",
+    )?;
+    let master_key = m.master_key.as_ref().map(|k| k.expose().to_string()).context(
+        "the target Meilisearch's master key is needed for MEILISEARCH_MASTER_KEY: put it in --to-meilisearch-key-file FILE or OFFLOAD_TO_MEILISEARCH_KEY",
+    )?;
+    Ok(MeilisearchTarget {
+        url: m.url.clone(),
+        public_url,
+        master_key,
+    })
+}
+
 /// Which stores of the job passed verification, and why the others did not.
 fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(), String>)>> {
     let job_verify_clean = catalog
@@ -79,6 +159,22 @@ fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(
         out.push((kind, verdict));
     }
     Ok(out)
+}
+
+/// Whether the job's search indexes were rebuilt and verified on the target.
+fn reindexed(catalog: &Catalog) -> anyhow::Result<Result<(), String>> {
+    let phases = catalog.phases()?;
+    let last = phases
+        .iter()
+        .rfind(|p| p.store == "meilisearch" && p.phase == "reindex");
+    Ok(match last {
+        Some(p) if p.done_at.is_some() && p.detail.as_deref() == Some("clean") => Ok(()),
+        Some(p) if p.done_at.is_some() => {
+            Err("the last reindex found differences in the rebuilt indexes".into())
+        }
+        Some(_) => Err("the last reindex did not finish".into()),
+        None => Err("the search indexes were not rebuilt on the target yet (offload reindex, or offload migrate)".into()),
+    })
 }
 
 pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
@@ -128,8 +224,12 @@ pub fn run_cutover(
         }
     }
 
+    let mut verdicts = verified_stores(catalog)?;
+    if settings.meilisearch.is_some() {
+        verdicts.push((StoreKind::Meilisearch, reindexed(catalog)?));
+    }
     let mut targets = Vec::new();
-    for (kind, verdict) in verified_stores(catalog)? {
+    for (kind, verdict) in verdicts {
         if let Err(why) = &verdict {
             if !force {
                 bail!("{kind} is not safe to switch: {why}. Run `offload verify --job {}` and fix what it reports; --force overrides this at the risk of losing data", job_dir.display());
@@ -160,7 +260,10 @@ pub fn run_cutover(
                 }));
             }
             StoreKind::Redis => {
-                let r = settings.redis.as_ref().context("the job has no Redis target")?;
+                let r = settings
+                    .redis
+                    .as_ref()
+                    .context("the job has no Redis target")?;
                 targets.push(CutoverTarget::Redis(RedisTarget {
                     host: r.target.host.clone(),
                     port: r.target.port,
@@ -174,10 +277,26 @@ pub fn run_cutover(
                 }));
             }
             StoreKind::Mongodb => {
-                let m = settings.mongodb.as_ref().context("the job has no MongoDB target")?;
+                let m = settings
+                    .mongodb
+                    .as_ref()
+                    .context("the job has no MongoDB target")?;
                 targets.push(CutoverTarget::Mongodb(mongodb_target(&m.target)?));
             }
-            other => bail!("cutover for {other} is not available in this version: point config.yml at the new {other} by hand (docs/cutover.md lists the keys), or leave it out with --stores"),
+            StoreKind::Objects => {
+                let o = settings
+                    .objects
+                    .as_ref()
+                    .context("the job has no object-storage target")?;
+                targets.push(CutoverTarget::S3(s3_target(o, &cfg)?));
+            }
+            StoreKind::Meilisearch => {
+                let m = settings
+                    .meilisearch
+                    .as_ref()
+                    .context("the job has no Meilisearch target")?;
+                targets.push(CutoverTarget::Meilisearch(meilisearch_target(m)?));
+            }
         }
     }
     if targets.is_empty() {
@@ -235,4 +354,102 @@ pub fn rollback(args: RollbackArgs, json: bool) -> anyhow::Result<Outcome> {
         );
     }
     Ok(Outcome::Clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::{Secret, SecretSource};
+    use crate::stores::objects::{ObjectsOptions, S3Endpoint};
+
+    fn config(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yml"), text).unwrap();
+        let cfg = TutorConfig::load(dir.path()).unwrap();
+        (dir, cfg)
+    }
+
+    fn objects(url: &str, minio: bool, map: &[(&str, &str)]) -> ObjectsSettings {
+        let mut target = S3Endpoint::parse(url).unwrap();
+        target.access_key = Some("AK".into());
+        target.secret_key = Some(Secret::new("SK"));
+        let source = if minio {
+            ObjectSource::S3 {
+                endpoint: S3Endpoint::parse("http://minio:9000").unwrap(),
+                buckets: Vec::new(),
+            }
+        } else {
+            ObjectSource::Media {
+                root: "/t".into(),
+                folders: Vec::new(),
+            }
+        };
+        ObjectsSettings {
+            source,
+            target,
+            options: ObjectsOptions {
+                bucket_map: map
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
+                ..ObjectsOptions::default()
+            },
+        }
+    }
+
+    #[test]
+    fn s3_settings_name_the_target_buckets_the_platform_uses() {
+        let (_d, cfg) = config("MINIO_BUCKET_NAME: site-media\nMINIO_GRADES_BUCKET_NAME: site-grades\nPLUGINS:\n- minio\n");
+        let t = s3_target(
+            &objects(
+                "http://s3.internal:9000",
+                true,
+                &[("site-media", "prod-media")],
+            ),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.use_ssl),
+            ("s3.internal", Some(9000), false)
+        );
+        assert_eq!(t.storage_bucket, "prod-media");
+        assert_eq!(t.profile_image_bucket, "prod-media");
+        assert_eq!(t.grade_bucket, "site-grades");
+        assert_eq!(t.file_upload_bucket, "openedxuploads");
+        assert_eq!(t.addressing_style, "path");
+        assert_eq!((t.access_key.as_str(), t.secret_key.as_str()), ("AK", "SK"));
+
+        // Filesystem media land in buckets with the plugin's default names, whatever
+        // config.yml's unused MINIO_* settings say.
+        let t = s3_target(&objects("aws", false, &[]), &cfg).unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.use_ssl), ("", None, true));
+        assert_eq!(t.storage_bucket, "openedx");
+        assert_eq!(t.grade_bucket, "openedxgrades");
+        assert_eq!(
+            (t.addressing_style.as_str(), t.region.as_str()),
+            ("auto", "us-east-1")
+        );
+    }
+
+    #[test]
+    fn meilisearch_needs_a_public_url_and_a_master_key() {
+        let mut m = MeilisearchSettings {
+            url: "http://search.internal:7700".into(),
+            master_key: Some(Secret::new("mk")),
+            key_source: SecretSource::None,
+            public_url: None,
+            prefix: "tutor_".into(),
+            api_key_uid: None,
+        };
+        let err = meilisearch_target(&m).unwrap_err().to_string();
+        assert!(err.contains("--meilisearch-public-url"), "{err}");
+        m.public_url = Some("https://search.example.org".into());
+        m.master_key = None;
+        let err = meilisearch_target(&m).unwrap_err().to_string();
+        assert!(err.contains("--to-meilisearch-key-file"), "{err}");
+        m.master_key = Some(Secret::new("mk"));
+        let t = meilisearch_target(&m).unwrap();
+        assert_eq!(t.public_url, "https://search.example.org");
+    }
 }

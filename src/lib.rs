@@ -13,6 +13,7 @@ pub mod tutor;
 
 pub mod cli;
 pub mod commands;
+pub mod cross_checks;
 pub mod cutover_cmd;
 pub mod migrate_cmd;
 pub mod reindex_cmd;

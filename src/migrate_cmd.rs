@@ -1,5 +1,5 @@
-//! `offload migrate`: plan, copy, (delta), verify and cutover as one resumable job, stopping
-//! before cutover when anything differs, with one report for the whole platform.
+//! `offload migrate`: plan, copy, (delta), verify, reindex and cutover as one resumable job,
+//! stopping before cutover when anything differs, with one report for the whole platform.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,12 +9,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::MigrateArgs;
-use crate::commands::{if_exists, open_job, JobRequest, Outcome, Output};
-use crate::core::delta::delta;
+use crate::commands::{
+    delta_pass, freeze_sources, if_exists, open_job, thaw_sources, JobRequest, Outcome, Output,
+};
 use crate::core::plan::make_plan;
 use crate::core::runner::{RunOptions, Runner};
 use crate::core::verify::{verify, UnitVerify, VerifyOptions, VerifyReport};
-use crate::core::Store;
 use crate::settings::Settings;
 use crate::ui::html::{self, CrossCheck};
 use crate::ui::print;
@@ -56,11 +56,6 @@ pub fn write_report(
     std::fs::write(path, page).with_context(|| format!("writing the report {}", path.display()))
 }
 
-/// Checks that span stores; each applies only when its stores are part of the job.
-pub async fn cross_checks(_settings: &Settings) -> Vec<CrossCheck> {
-    Vec::new()
-}
-
 pub async fn migrate(
     args: MigrateArgs,
     out: Output,
@@ -72,11 +67,23 @@ pub async fn migrate(
         let inputs = crate::commands::inputs_for_cutover(&copy.job);
         let settings = Settings::resolve(&inputs, None)?;
         let plan = make_plan(&settings.stores()).await?;
+        let search = match settings.meilisearch {
+            Some(_) => crate::reindex_cmd::plan_section(&copy.job).await?,
+            None => None,
+        };
         out.emit(
-            &json!({"plan": plan, "runbook": maintenance_runbook()}),
-            || format!("{}\n{}", print::plan(&plan), maintenance_runbook()),
+            &json!({"plan": plan, "meilisearch": search, "runbook": maintenance_runbook()}),
+            || {
+                let search = search.as_ref().map(crate::reindex_cmd::render_plan);
+                format!(
+                    "{}{}\n{}",
+                    print::plan(&plan),
+                    search.unwrap_or_default(),
+                    maintenance_runbook()
+                )
+            },
         );
-        if !plan.checks_pass() {
+        if !plan.checks_pass() || !search.as_ref().is_none_or(crate::reindex_cmd::plan_ok) {
             anyhow::bail!("some prerequisite checks failed (see above); fix them before migrating");
         }
         return Ok(Outcome::Clean);
@@ -97,28 +104,14 @@ pub async fn migrate(
     catalog.event("info", None, None, "migrate started")?;
 
     // Writers are held off for the whole run when asked, and always released.
-    let mut frozen: Vec<Arc<dyn Store>> = Vec::new();
     let mut notes = Vec::new();
-    if args.freeze_source {
-        for store in &job.stores {
-            match store.freeze_source().await {
-                Ok(Some(note)) => {
-                    notes.push(note);
-                    frozen.push(store.clone());
-                }
-                Ok(None) => notes.push(format!(
-                    "{}: cannot hold writers off on this server; stop them yourself",
-                    store.kind()
-                )),
-                Err(e) => {
-                    thaw(&frozen).await;
-                    return Err(e.into());
-                }
-            }
-        }
-    }
+    let frozen = if args.copy.freeze_source {
+        freeze_sources(&job.stores, &mut notes).await?
+    } else {
+        Vec::new()
+    };
     let result = run_phases(&args, &job, out, &cancel, &mut notes).await;
-    thaw(&frozen).await;
+    thaw_sources(&frozen).await;
     let _ = catalog.event(
         "info",
         None,
@@ -129,15 +122,6 @@ pub async fn migrate(
         ),
     );
     result
-}
-
-async fn thaw(stores: &[Arc<dyn Store>]) {
-    for s in stores {
-        if let Err(e) = s.thaw_source().await {
-            tracing::error!(store = %s.kind(), error = %e, "could not let the source's writers in again; do it by hand (MySQL: SET GLOBAL read_only = OFF)");
-            eprintln!("ERROR: {e}. The source may still refuse writes: release it by hand (MySQL: SET GLOBAL read_only = OFF)");
-        }
-    }
 }
 
 async fn run_phases(
@@ -168,24 +152,8 @@ async fn run_phases(
     catalog.phase_done("job", "copy", "")?;
     notes.extend(summary.notes.iter().cloned());
 
-    let delta_summary = if args.delta {
-        catalog.phase_start("job", "delta")?;
-        let d = delta(
-            &job.stores,
-            catalog.clone(),
-            args.chunk_rows,
-            parallel,
-            copy.retries,
-            reporter.clone(),
-            cancel,
-        )
-        .await?;
-        catalog.phase_done(
-            "job",
-            "delta",
-            &format!("{} unit(s) changed", d.units_changed),
-        )?;
-        Some(d)
+    let delta_summary = if copy.delta {
+        Some(delta_pass(copy, job, reporter.clone(), cancel).await?)
     } else {
         None
     };
@@ -211,7 +179,7 @@ async fn run_phases(
     catalog.phase_start("job", "verify")?;
     let options = VerifyOptions {
         parallel,
-        chunk_rows: args.chunk_rows.max(1),
+        chunk_rows: copy.chunk_rows.max(1),
         ..VerifyOptions::default()
     };
     let units = todo.into_iter().map(|r| r.unit).collect();
@@ -226,8 +194,16 @@ async fn run_phases(
     .await?;
     let verified_now = report.units.len();
     report.units.extend(already.iter().cloned());
-    let cross = cross_checks(&job.settings).await;
-    let clean = report.clean() && cross.iter().all(|c| c.ok);
+
+    // Reindex: the search indexes are rebuilt from the migrated data once it is proven equal.
+    let copied_now =
+        summary.units_copied_now > 0 || delta_summary.as_ref().is_some_and(|d| d.units_changed > 0);
+    let reindexed =
+        reindex_phase(job, catalog, report.clean(), copied_now, reporter, notes).await?;
+    let reindex_clean = reindexed.as_ref().is_none_or(|r| r.clean());
+
+    let cross = crate::cross_checks::run(&job.settings, reindexed.as_ref()).await;
+    let clean = report.clean() && reindex_clean && cross.iter().all(|c| c.ok);
     catalog.phase_done("job", "verify", if clean { "clean" } else { "differs" })?;
     if let Some(path) = &args.report {
         write_report(path, &report, &cross, &job.dir)?;
@@ -258,6 +234,7 @@ async fn run_phases(
         "verify": report,
         "verified_now": verified_now,
         "verified_earlier": already.len(),
+        "reindex": reindexed,
         "cross_checks": cross,
         "clean": clean,
         "cutover": cutover.as_ref().map(|c| &c.value),
@@ -279,14 +256,10 @@ async fn run_phases(
             text.push_str(&format!("  {n}\n"));
         }
         if let Some(d) = &delta_summary {
-            text.push_str(&format!(
-                "Delta pass: {} of {} unit(s) had changed; {} key range(s), {} row(s) copied again{}.\n",
-                d.units_changed,
-                d.units_checked,
-                d.chunks_recopied,
-                d.rows_recopied,
-                if d.changed.is_empty() { String::new() } else { format!(" ({})", d.changed.join(", ")) }
-            ));
+            text.push_str(&print::delta_summary(d));
+        }
+        if let Some(r) = &reindexed {
+            text.push_str(&crate::reindex_cmd::render(r, &job.dir));
         }
         for c in &cross {
             text.push_str(&format!("{} {}: {}\n", if c.ok { "ok    " } else { "FAILED" }, c.name, c.detail));
@@ -307,4 +280,43 @@ async fn run_phases(
     } else {
         Outcome::Differs
     })
+}
+
+/// Rebuild the search indexes when the job has a Meilisearch target and the data verified equal.
+/// Skipped, and said so, when an earlier run of the job rebuilt them cleanly and nothing was
+/// copied since.
+async fn reindex_phase(
+    job: &crate::commands::OpenJob,
+    catalog: &crate::core::catalog::Catalog,
+    data_clean: bool,
+    copied_now: bool,
+    reporter: Arc<dyn crate::core::progress::Reporter>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Option<crate::reindex::ReindexReport>> {
+    if job.settings.meilisearch.is_none() {
+        return Ok(None);
+    }
+    if !data_clean {
+        notes.push("reindex skipped: the data differs, and the indexes are built from it".into());
+        return Ok(None);
+    }
+    let done_before = catalog.phases()?.iter().any(|p| {
+        p.store == "meilisearch"
+            && p.phase == "reindex"
+            && p.done_at.is_some()
+            && p.detail.as_deref() == Some("clean")
+    });
+    if job.resumed && done_before && !copied_now {
+        notes.push("reindex skipped: an earlier run rebuilt and verified every index, and nothing was copied since".into());
+        return Ok(None);
+    }
+    crate::core::failpoint::reached("before-reindex");
+    catalog.phase_start("meilisearch", "reindex")?;
+    let report = crate::reindex_cmd::reindex_in_job(&job.settings, reporter).await?;
+    catalog.phase_done(
+        "meilisearch",
+        "reindex",
+        if report.clean() { "clean" } else { "differs" },
+    )?;
+    Ok(Some(report))
 }

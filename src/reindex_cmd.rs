@@ -17,12 +17,13 @@ use crate::reindex::source::SourceReader;
 use crate::reindex::specs::IndexKind;
 use crate::reindex::{self, Mode, ReindexJob, ReindexReport};
 use crate::secret::{read_secret_file, Secret};
-use crate::settings::{config_text, default_job_dir, find_password, tutor_root, PasswordLookup};
-use crate::stores::mysql::{MysqlEndpoint, TlsMode};
+use crate::settings::{
+    config_text, default_job_dir, find_password, tutor_root, PasswordLookup, Settings,
+};
+use crate::stores::mysql::MysqlEndpoint;
 use crate::tutor::TutorConfig;
 
-/// Environment variable holding the target's master key.
-pub const TO_KEY_ENV: &str = "OFFLOAD_TO_MEILISEARCH_KEY";
+use crate::reindex::setup::TO_KEY_ENV;
 /// Environment variable holding the old server's master key.
 pub const FROM_KEY_ENV: &str = "OFFLOAD_FROM_MEILISEARCH_KEY";
 
@@ -112,15 +113,7 @@ fn mysql_endpoint(
     let mut endpoint = match url {
         Some(u) => MysqlEndpoint::parse(&u).map_err(|d| anyhow!("MySQL URL: {d}"))?,
         None => match (args.meilisearch_source, tutor) {
-            (MeilisearchSourceArg::Source, Some(cfg)) => MysqlEndpoint {
-                host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
-                port: config_text(cfg, "MYSQL_PORT")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(3306),
-                user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
-                password: None,
-                tls: TlsMode::Disabled,
-            },
+            (MeilisearchSourceArg::Source, Some(cfg)) => crate::settings::mysql_from_tutor(cfg),
             _ => return Ok(None),
         },
     };
@@ -302,6 +295,60 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
     })
 }
 
+/// The platform's MySQL database, from config.yml or Tutor's default.
+fn platform_database(tutor: Option<&TutorConfig>, key: &str) -> String {
+    tutor
+        .and_then(|t| config_text(t, key))
+        .unwrap_or_else(|| "openedx".into())
+}
+
+/// Where a job reads the source of truth: the migrated MySQL and MongoDB when the job moves them
+/// (so the indexes match what the platform uses after cutover), else the servers config.yml names.
+pub async fn job_source(settings: &Settings) -> anyhow::Result<SourceReader> {
+    let tutor = settings.tutor.as_ref();
+    let mysql = match &settings.mysql {
+        Some(m) => m.target.clone(),
+        None => bail!("the Meilisearch indexes are built from the platform's MySQL, and this job does not migrate it: add mysql to --stores, or run `offload reindex --meilisearch-source source` on its own"),
+    };
+    let database = platform_database(tutor, "OPENEDX_MYSQL_DATABASE");
+    let mongo = match &settings.mongodb {
+        Some(m) => {
+            let client = m.target.client("target", 2).await?;
+            let db = platform_database(tutor, "MONGODB_DATABASE");
+            Some((client.database(&db), m.target.address()))
+        }
+        None => None,
+    };
+    Ok(SourceReader::with_mongo(&mysql, &database, mongo))
+}
+
+/// The reindex phase of a job (`offload migrate`): rebuild every index on the job's target from
+/// the job's source of truth, swap, verify, and provision the platform's API key.
+pub async fn reindex_in_job(
+    settings: &Settings,
+    reporter: Arc<dyn Reporter>,
+) -> anyhow::Result<ReindexReport> {
+    let m = settings
+        .meilisearch
+        .as_ref()
+        .context("the job has no Meilisearch target")?;
+    let target = MeilisearchClient::new(&m.url, m.master_key.clone(), "target")?;
+    reindex::check_target(&target).await?;
+    let source = job_source(settings).await?;
+    let job = ReindexJob {
+        target,
+        old: None,
+        master_key: m.master_key.clone(),
+        prefix: m.prefix.clone(),
+        mode: Mode::Rebuild,
+        indexes: IndexKind::ALL.to_vec(),
+        api_key_uid: m.api_key_uid.clone(),
+        options: RebuildOptions::default(),
+        now: now_micros(),
+    };
+    Ok(reindex::run(&job, Some(&source), reporter).await?)
+}
+
 /// The human report.
 pub fn render(report: &ReindexReport, _job: &Path) -> String {
     let mut out = format!(
@@ -390,26 +437,37 @@ pub async fn plan_section(args: &JobArgs) -> anyhow::Result<Option<serde_json::V
             })
             .unwrap_or_else(|| "openedx".into());
         let source = SourceReader::connect(&endpoint, &database, None).await?;
-        let overviews = source.course_overviews().await?;
-        let courses = source
-            .course_index()
-            .await?
-            .iter()
-            .filter(|e| !e.published_version.is_empty() && overviews.contains_key(&e.course_id))
-            .count() as u64;
-        counts.insert(IndexKind::CourseInfo, courses);
-        counts.insert(
-            IndexKind::CommentThreads,
-            source.count("forum_commentthread").await?,
-        );
-        counts.insert(IndexKind::Comments, source.count("forum_comment").await?);
+        // Before the copy the migrated MySQL holds no platform tables yet: then the counts come
+        // while `reindex` builds the indexes.
+        if source.has_table("course_overviews_courseoverview").await? {
+            let overviews = source.course_overviews().await?;
+            let courses = source
+                .course_index()
+                .await?
+                .iter()
+                .filter(|e| !e.published_version.is_empty() && overviews.contains_key(&e.course_id))
+                .count() as u64;
+            counts.insert(IndexKind::CourseInfo, courses);
+            counts.insert(
+                IndexKind::CommentThreads,
+                source.count("forum_commentthread").await?,
+            );
+            counts.insert(IndexKind::Comments, source.count("forum_comment").await?);
+        }
     }
     let indexes: Vec<serde_json::Value> = IndexKind::ALL
         .iter()
         .map(|k| serde_json::json!({"index": reindex::index_uid(&prefix, *k), "from": k.source(), "documents": counts.get(k)}))
         .collect();
+    // Browsers query Meilisearch directly: the cutover needs the address they reach it at.
+    let public_url = match (&args.meilisearch_public_url, &target) {
+        (Some(u), _) => Some(format!("browsers will reach it at {u} (MEILISEARCH_PUBLIC_URL after cutover)")),
+        (None, Some(_)) => Some("the cutover needs the address browsers reach it at: pass --meilisearch-public-url URL (MEILISEARCH_PUBLIC_URL)".to_string()),
+        (None, None) => None,
+    };
     Ok(Some(serde_json::json!({
         "checks": checks,
+        "public_url": public_url,
         "indexes": indexes,
         "elasticsearch": es,
         "note": "document counts are computed while `offload reindex` builds each index and checked against the live index after the swap",
@@ -434,6 +492,9 @@ pub fn render_plan(section: &serde_json::Value) -> String {
             c["name"].as_str().unwrap_or(""),
             c["detail"].as_str().unwrap_or("")
         ));
+    }
+    if let Some(p) = section["public_url"].as_str() {
+        out.push_str(&format!("  {p}\n"));
     }
     for i in section["indexes"].as_array().into_iter().flatten() {
         let count = match i["documents"].as_u64() {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::core::catalog::Setup;
 use crate::core::{Store, StoreKind};
+use crate::reindex::setup::MeilisearchSettings;
 use crate::secret::{read_secret_file, Secret, SecretSource};
 use crate::stores::mongodb::{MongoEndpoint, MongoOptions, MongoStore};
 use crate::stores::mysql::{AppUser, MysqlEndpoint, MysqlOptions, MysqlStore};
@@ -25,6 +26,7 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     pub mongodb: Option<MongoSettings>,
     pub objects: Option<ObjectsSettings>,
+    pub meilisearch: Option<MeilisearchSettings>,
     pub parallel: usize,
 }
 
@@ -108,6 +110,9 @@ pub struct Inputs {
     pub object_transfers: usize,
     pub deep: bool,
     pub mongodb_split_bytes: u64,
+    pub to_meilisearch: Option<String>,
+    pub to_meilisearch_key_file: Option<PathBuf>,
+    pub meilisearch_public_url: Option<String>,
 }
 
 /// Why settings could not be resolved; every message says what to do.
@@ -119,7 +124,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI, --to-redis URL or --to-s3 URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI, --to-redis URL, --to-s3 URL or --to-meilisearch URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"
@@ -191,12 +196,8 @@ pub const AVAILABLE: &[StoreKind] = &[
     StoreKind::Mongodb,
     StoreKind::Redis,
     StoreKind::Objects,
+    StoreKind::Meilisearch,
 ];
-
-const FROM_ENV: &str = "OFFLOAD_FROM_MYSQL_PASSWORD";
-const TO_ENV: &str = "OFFLOAD_TO_MYSQL_PASSWORD";
-const FROM_REDIS_ENV: &str = "OFFLOAD_FROM_REDIS_PASSWORD";
-const TO_REDIS_ENV: &str = "OFFLOAD_TO_REDIS_PASSWORD";
 
 impl Settings {
     /// Resolve settings from flags; `recorded` is the endpoint record of an existing job, used when
@@ -308,6 +309,20 @@ impl Settings {
             )
         })
         .transpose()?;
+        let meilisearch = if selected(
+            StoreKind::Meilisearch,
+            inputs.to_meilisearch.is_some() || record("meilisearch").is_some(),
+        ) {
+            let m = crate::reindex::setup::resolve(inputs, source_cfg, record("meilisearch"))?;
+            if m.is_none() {
+                return Err(SettingsError::NoTarget {
+                    store: "meilisearch".into(),
+                });
+            }
+            m
+        } else {
+            None
+        };
         let settings = Settings {
             tutor_root,
             tutor,
@@ -316,6 +331,7 @@ impl Settings {
             redis,
             mongodb,
             objects,
+            meilisearch,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -330,6 +346,7 @@ impl Settings {
             && self.mongodb.is_none()
             && self.redis.is_none()
             && self.objects.is_none()
+            && self.meilisearch.is_none()
     }
 
     fn resolve_redis(
@@ -338,90 +355,41 @@ impl Settings {
         tutor: Option<&TutorConfig>,
         recorded: Option<&serde_json::Value>,
     ) -> Result<RedisSettings, SettingsError> {
-        let recorded_end = |side: &str| -> Option<EndpointRecord> {
-            recorded
-                .and_then(|r| r.get(side))
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-        };
-        let reopen_redis = |rec: &EndpointRecord, side: &str| {
-            let mut e = RedisEndpoint::parse(&rec.url)
-                .map_err(|d| invalid(format!("the job's {side} Redis URL"), d))?;
-            let env = if side == "source" {
-                FROM_REDIS_ENV
-            } else {
-                TO_REDIS_ENV
-            };
-            e.password = recover_password(&rec.secret, "Redis", side, env, tutor)?;
-            Ok::<_, SettingsError>((e, rec.secret.clone()))
-        };
         // Source: the flag, else the job's record, else config.yml (REDIS_HOST, ...).
-        let (source, source_secret) = if let Some(url) = &inputs.from_redis {
-            let mut e = RedisEndpoint::parse(url).map_err(|d| invalid("--from-redis", d))?;
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: FROM_REDIS_ENV,
-                    file: inputs.from_redis_password_file.as_deref(),
-                    file_flag: "--from-redis-password-file",
-                    tutor: None,
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("source") {
-            reopen_redis(&rec, "source")?
-        } else {
-            let cfg = tutor.ok_or_else(|| {
-                invalid("source Redis", "no config.yml found in the Tutor root and no --from-redis given; pass --tutor-root DIR or --from-redis URL")
-            })?;
-            let host = config_text(cfg, "REDIS_HOST").unwrap_or_else(|| "redis".into());
-            let port = config_text(cfg, "REDIS_PORT")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(6379);
-            let username = config_text(cfg, "REDIS_USERNAME").filter(|u| !u.is_empty());
-            let mut e = RedisEndpoint {
-                host,
-                port,
-                username,
-                password: None,
-                tls: None,
-                db: None,
-            };
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: FROM_REDIS_ENV,
-                    file: inputs.from_redis_password_file.as_deref(),
-                    file_flag: "--from-redis-password-file",
-                    tutor: Some((cfg, "REDIS_PASSWORD")),
-                },
-            )?;
-            (e, secret)
-        };
-
-        let target_url = inputs.to_redis.clone().or_else(|| targets.redis.clone());
-        let (target, target_secret) = if let Some(url) = target_url {
-            let mut e = RedisEndpoint::parse(&url).map_err(|d| invalid("--to-redis", d))?;
-            let file = inputs
-                .to_redis_password_file
-                .clone()
-                .or_else(|| targets.redis_password_file.clone());
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: TO_REDIS_ENV,
-                    file: file.as_deref(),
-                    file_flag: "--to-redis-password-file",
-                    tutor: None,
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("target") {
-            reopen_redis(&rec, "target")?
-        } else {
-            return Err(SettingsError::NoTarget {
-                store: "redis".into(),
-            });
-        };
+        let (source, source_secret) = resolve_side(
+            SideSpec {
+                side: "source",
+                url: inputs.from_redis.clone(),
+                password_file: inputs.from_redis_password_file.clone(),
+                tutor_password: tutor.map(|t| (t, "REDIS_PASSWORD")),
+                from_config: tutor.map(|cfg| RedisEndpoint {
+                    host: config_text(cfg, "REDIS_HOST").unwrap_or_else(|| "redis".into()),
+                    port: config_text(cfg, "REDIS_PORT")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(6379),
+                    username: config_text(cfg, "REDIS_USERNAME").filter(|u| !u.is_empty()),
+                    password: None,
+                    tls: None,
+                    db: None,
+                }),
+            },
+            recorded,
+            tutor,
+        )?;
+        let (target, target_secret) = resolve_side::<RedisEndpoint>(
+            SideSpec {
+                side: "target",
+                url: inputs.to_redis.clone().or_else(|| targets.redis.clone()),
+                password_file: inputs
+                    .to_redis_password_file
+                    .clone()
+                    .or_else(|| targets.redis_password_file.clone()),
+                tutor_password: None,
+                from_config: None,
+            },
+            recorded,
+            tutor,
+        )?;
 
         let dbs_text: Vec<String> = if inputs.redis_dbs.is_empty() {
             recorded
@@ -501,78 +469,32 @@ impl Settings {
         tutor: Option<&TutorConfig>,
         recorded: Option<&serde_json::Value>,
     ) -> Result<MysqlSettings, SettingsError> {
-        let recorded_end = |side: &str| -> Option<EndpointRecord> {
-            recorded
-                .and_then(|r| r.get(side))
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-        };
         // Source: the flag, else the job's record, else config.yml.
-        let (source, source_secret) = if let Some(url) = &inputs.from_mysql {
-            let mut e = MysqlEndpoint::parse(url).map_err(|d| invalid("--from-mysql", d))?;
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: FROM_ENV,
-                    file: inputs.from_mysql_password_file.as_deref(),
-                    file_flag: "--from-mysql-password-file",
-                    tutor: tutor.map(|t| (t, "MYSQL_ROOT_PASSWORD")),
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("source") {
-            reopen(&rec, tutor, "source")?
-        } else {
-            let cfg = tutor.ok_or_else(|| {
-                invalid("source MySQL", "no config.yml found in the Tutor root and no --from-mysql given; pass --tutor-root DIR or --from-mysql URL")
-            })?;
-            let host = config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into());
-            let port = config_text(cfg, "MYSQL_PORT")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(3306);
-            let user = config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into());
-            let mut e = MysqlEndpoint {
-                host,
-                port,
-                user,
-                password: None,
-                tls: crate::stores::mysql::TlsMode::Disabled,
-            };
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: FROM_ENV,
-                    file: inputs.from_mysql_password_file.as_deref(),
-                    file_flag: "--from-mysql-password-file",
-                    tutor: Some((cfg, "MYSQL_ROOT_PASSWORD")),
-                },
-            )?;
-            (e, secret)
-        };
-
-        let target_url = inputs.to_mysql.clone().or_else(|| targets.mysql.clone());
-        let (target, target_secret) = if let Some(url) = target_url {
-            let mut e = MysqlEndpoint::parse(&url).map_err(|d| invalid("--to-mysql", d))?;
-            let file = inputs
-                .to_mysql_password_file
-                .clone()
-                .or_else(|| targets.mysql_password_file.clone());
-            let secret = find_password(
-                &mut e.password,
-                &PasswordLookup {
-                    env: TO_ENV,
-                    file: file.as_deref(),
-                    file_flag: "--to-mysql-password-file",
-                    tutor: None,
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("target") {
-            reopen(&rec, tutor, "target")?
-        } else {
-            return Err(SettingsError::NoTarget {
-                store: "mysql".into(),
-            });
-        };
+        let (source, source_secret) = resolve_side(
+            SideSpec {
+                side: "source",
+                url: inputs.from_mysql.clone(),
+                password_file: inputs.from_mysql_password_file.clone(),
+                tutor_password: tutor.map(|t| (t, "MYSQL_ROOT_PASSWORD")),
+                from_config: tutor.map(mysql_from_tutor),
+            },
+            recorded,
+            tutor,
+        )?;
+        let (target, target_secret) = resolve_side::<MysqlEndpoint>(
+            SideSpec {
+                side: "target",
+                url: inputs.to_mysql.clone().or_else(|| targets.mysql.clone()),
+                password_file: inputs
+                    .to_mysql_password_file
+                    .clone()
+                    .or_else(|| targets.mysql_password_file.clone()),
+                tutor_password: None,
+                from_config: None,
+            },
+            recorded,
+            tutor,
+        )?;
 
         let recorded_list = |key: &str| -> Vec<String> {
             recorded
@@ -707,6 +629,10 @@ impl Settings {
         if let Some(o) = &self.objects {
             endpoints.insert("objects".into(), o.record());
         }
+        if let Some(m) = &self.meilisearch {
+            endpoints.insert("meilisearch".into(), m.record());
+            guard.insert("meilisearch".into(), m.identity());
+        }
         endpoints.insert(
             "tutor_root".into(),
             json!(self.tutor_root.display().to_string()),
@@ -740,9 +666,6 @@ fn planned_config(root: &Path, digest: &str) -> Option<TutorConfig> {
         .find(|cfg| cfg.digest() == digest)
 }
 
-const FROM_MONGODB_ENV: &str = "OFFLOAD_FROM_MONGODB_PASSWORD";
-const TO_MONGODB_ENV: &str = "OFFLOAD_TO_MONGODB_PASSWORD";
-
 impl Settings {
     fn resolve_mongodb(
         inputs: &Inputs,
@@ -750,70 +673,35 @@ impl Settings {
         tutor: Option<&TutorConfig>,
         recorded: Option<&serde_json::Value>,
     ) -> Result<MongoSettings, SettingsError> {
-        let recorded_end = |side: &str| -> Option<EndpointRecord> {
-            recorded
-                .and_then(|r| r.get(side))
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-        };
         // Source: the flag, else the job's record, else config.yml with Tutor's defaults.
-        let (source, source_secret) = if let Some(uri) = &inputs.from_mongodb {
-            let mut e = MongoEndpoint::parse(uri).map_err(|d| invalid("--from-mongodb", d))?;
-            let secret = mongodb_password(
-                &mut e,
-                &PasswordLookup {
-                    env: FROM_MONGODB_ENV,
-                    file: inputs.from_mongodb_password_file.as_deref(),
-                    file_flag: "--from-mongodb-password-file",
-                    tutor: tutor.map(|t| (t, "MONGODB_PASSWORD")),
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("source") {
-            reopen_mongodb(&rec, tutor, "source")?
-        } else {
-            let cfg = tutor.ok_or_else(|| {
-                invalid("source MongoDB", "no config.yml found in the Tutor root and no --from-mongodb given; pass --tutor-root DIR or --from-mongodb URI")
-            })?;
-            let mut e = mongodb_from_tutor(cfg);
-            let secret = mongodb_password(
-                &mut e,
-                &PasswordLookup {
-                    env: FROM_MONGODB_ENV,
-                    file: inputs.from_mongodb_password_file.as_deref(),
-                    file_flag: "--from-mongodb-password-file",
-                    tutor: Some((cfg, "MONGODB_PASSWORD")),
-                },
-            )?;
-            (e, secret)
-        };
-
-        let target_uri = inputs
-            .to_mongodb
-            .clone()
-            .or_else(|| targets.mongodb.clone());
-        let (target, target_secret) = if let Some(uri) = target_uri {
-            let mut e = MongoEndpoint::parse(&uri).map_err(|d| invalid("--to-mongodb", d))?;
-            let file = inputs
-                .to_mongodb_password_file
-                .clone()
-                .or_else(|| targets.mongodb_password_file.clone());
-            let secret = mongodb_password(
-                &mut e,
-                &PasswordLookup {
-                    env: TO_MONGODB_ENV,
-                    file: file.as_deref(),
-                    file_flag: "--to-mongodb-password-file",
-                    tutor: None,
-                },
-            )?;
-            (e, secret)
-        } else if let Some(rec) = recorded_end("target") {
-            reopen_mongodb(&rec, tutor, "target")?
-        } else {
-            return Err(SettingsError::NoTarget {
-                store: "mongodb".into(),
-            });
-        };
+        let (source, source_secret) = resolve_side(
+            SideSpec {
+                side: "source",
+                url: inputs.from_mongodb.clone(),
+                password_file: inputs.from_mongodb_password_file.clone(),
+                tutor_password: tutor.map(|t| (t, "MONGODB_PASSWORD")),
+                from_config: tutor.map(mongodb_from_tutor),
+            },
+            recorded,
+            tutor,
+        )?;
+        let (target, target_secret) = resolve_side::<MongoEndpoint>(
+            SideSpec {
+                side: "target",
+                url: inputs
+                    .to_mongodb
+                    .clone()
+                    .or_else(|| targets.mongodb.clone()),
+                password_file: inputs
+                    .to_mongodb_password_file
+                    .clone()
+                    .or_else(|| targets.mongodb_password_file.clone()),
+                tutor_password: None,
+                from_config: None,
+            },
+            recorded,
+            tutor,
+        )?;
 
         let recorded_list = |key: &str| -> Option<Vec<String>> {
             recorded
@@ -866,6 +754,20 @@ impl Settings {
     }
 }
 
+/// The source MySQL as Tutor's config.yml describes it (`MYSQL_*`, with Tutor's defaults), without
+/// its password.
+pub fn mysql_from_tutor(cfg: &TutorConfig) -> MysqlEndpoint {
+    MysqlEndpoint {
+        host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
+        port: config_text(cfg, "MYSQL_PORT")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(3306),
+        user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
+        password: None,
+        tls: crate::stores::mysql::TlsMode::Disabled,
+    }
+}
+
 /// The source MongoDB as Tutor's config.yml describes it (`MONGODB_*`, with Tutor's defaults).
 pub fn mongodb_from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
     let text = |k: &str| config_text(cfg, k).filter(|v| !v.is_empty());
@@ -893,34 +795,6 @@ pub fn mongodb_from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
         e.set_option("replicaSet", &rs);
     }
     e
-}
-
-/// Complete a MongoDB endpoint's password when it names a user; says where it came from.
-fn mongodb_password(
-    e: &mut MongoEndpoint,
-    lookup: &PasswordLookup,
-) -> Result<SecretSource, SettingsError> {
-    if e.user.is_none() {
-        return Ok(SecretSource::None);
-    }
-    find_password(&mut e.password, lookup)
-}
-
-/// Rebuild a MongoDB endpoint recorded in a job, finding its password where it came from.
-fn reopen_mongodb(
-    rec: &EndpointRecord,
-    tutor: Option<&TutorConfig>,
-    side: &str,
-) -> Result<(MongoEndpoint, SecretSource), SettingsError> {
-    let mut e =
-        MongoEndpoint::parse(&rec.url).map_err(|d| invalid(format!("the job's {side} URI"), d))?;
-    let env = if side == "source" {
-        FROM_MONGODB_ENV
-    } else {
-        TO_MONGODB_ENV
-    };
-    e.password = recover_password(&rec.secret, "MongoDB", side, env, tutor)?;
-    Ok((e, rec.secret.clone()))
 }
 
 /// Where to look for one endpoint's password when its URL has none, in this order: an environment
@@ -1008,17 +882,119 @@ pub fn recover_password(
     })
 }
 
-/// Rebuild a MySQL endpoint recorded in a job, finding its password where it came from.
-fn reopen(
-    rec: &EndpointRecord,
+/// One store's endpoint type, as the shared source/target resolution sees it.
+trait StoreEndpoint: Sized {
+    /// For messages: `MySQL`.
+    const STORE: &'static str;
+    /// In flag and variable names: `mysql` gives `--to-mysql`, `OFFLOAD_TO_MYSQL_PASSWORD`.
+    const NAME: &'static str;
+    fn parse_url(url: &str) -> Result<Self, String>;
+    /// Where the password goes; `None` when this endpoint takes none (MongoDB without a user).
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>>;
+}
+
+impl StoreEndpoint for MysqlEndpoint {
+    const STORE: &'static str = "MySQL";
+    const NAME: &'static str = "mysql";
+    fn parse_url(url: &str) -> Result<Self, String> {
+        MysqlEndpoint::parse(url)
+    }
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>> {
+        Some(&mut self.password)
+    }
+}
+
+impl StoreEndpoint for RedisEndpoint {
+    const STORE: &'static str = "Redis";
+    const NAME: &'static str = "redis";
+    fn parse_url(url: &str) -> Result<Self, String> {
+        RedisEndpoint::parse(url)
+    }
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>> {
+        Some(&mut self.password)
+    }
+}
+
+impl StoreEndpoint for MongoEndpoint {
+    const STORE: &'static str = "MongoDB";
+    const NAME: &'static str = "mongodb";
+    fn parse_url(url: &str) -> Result<Self, String> {
+        MongoEndpoint::parse(url)
+    }
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>> {
+        self.user.is_some().then_some(&mut self.password)
+    }
+}
+
+/// Where one side of a store may come from, in this order: a URL (flag or targets file), the
+/// job's record, config.yml (sources only).
+struct SideSpec<'a, E> {
+    /// `source` or `target`.
+    side: &'static str,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    /// The config.yml key of the password, used when neither URL, variable nor file has one.
+    tutor_password: Option<(&'a TutorConfig, &'a str)>,
+    /// The endpoint config.yml describes, for a source no flag or record names.
+    from_config: Option<E>,
+}
+
+/// Resolve one side of a store and where its password came from. `record` is the store's part
+/// of a job's record.
+fn resolve_side<E: StoreEndpoint>(
+    spec: SideSpec<'_, E>,
+    record: Option<&serde_json::Value>,
     tutor: Option<&TutorConfig>,
-    side: &str,
-) -> Result<(MysqlEndpoint, SecretSource), SettingsError> {
-    let mut e =
-        MysqlEndpoint::parse(&rec.url).map_err(|d| invalid(format!("the job's {side} URL"), d))?;
-    let env = if side == "source" { FROM_ENV } else { TO_ENV };
-    e.password = recover_password(&rec.secret, "MySQL", side, env, tutor)?;
-    Ok((e, rec.secret.clone()))
+) -> Result<(E, SecretSource), SettingsError> {
+    let direction = if spec.side == "source" { "from" } else { "to" };
+    let flag = format!("--{direction}-{}", E::NAME);
+    let env = format!(
+        "OFFLOAD_{}_{}_PASSWORD",
+        direction.to_uppercase(),
+        E::NAME.to_uppercase()
+    );
+    let file_flag = format!("{flag}-password-file");
+    let complete = |e: &mut E| match e.password_slot() {
+        None => Ok(SecretSource::None),
+        Some(slot) => find_password(
+            slot,
+            &PasswordLookup {
+                env: &env,
+                file: spec.password_file.as_deref(),
+                file_flag: &file_flag,
+                tutor: spec.tutor_password,
+            },
+        ),
+    };
+    if let Some(url) = &spec.url {
+        let mut e = E::parse_url(url).map_err(|d| invalid(&flag, d))?;
+        let secret = complete(&mut e)?;
+        return Ok((e, secret));
+    }
+    let recorded: Option<EndpointRecord> = record
+        .and_then(|r| r.get(spec.side))
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if let Some(rec) = recorded {
+        let mut e = E::parse_url(&rec.url)
+            .map_err(|d| invalid(format!("the job's {} {} URL", spec.side, E::STORE), d))?;
+        if let Some(slot) = e.password_slot() {
+            *slot = recover_password(&rec.secret, E::STORE, spec.side, &env, tutor)?;
+        }
+        return Ok((e, rec.secret));
+    }
+    match spec.from_config {
+        Some(mut e) => {
+            let secret = complete(&mut e)?;
+            Ok((e, secret))
+        }
+        None if spec.side == "target" => Err(SettingsError::NoTarget {
+            store: E::NAME.into(),
+        }),
+        None => Err(invalid(
+            format!("source {}", E::STORE),
+            format!("no config.yml found in the Tutor root and no {flag} given; pass --tutor-root DIR or {flag} URL"),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,18 @@ impl StoreKind {
         }
     }
 
+    /// What the store's containers' parts and its records are called, for people:
+    /// `("tables", "rows")` for MySQL.
+    pub fn nouns(self) -> (&'static str, &'static str) {
+        match self {
+            StoreKind::Mysql => ("tables", "rows"),
+            StoreKind::Mongodb => ("collections", "documents"),
+            StoreKind::Redis => ("databases", "keys"),
+            StoreKind::Objects => ("key ranges", "objects"),
+            StoreKind::Meilisearch => ("indexes", "documents"),
+        }
+    }
+
     pub fn parse(name: &str) -> Option<StoreKind> {
         StoreKind::ALL
             .into_iter()

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod documents;
 pub mod rebuild;
+pub mod setup;
 pub mod source;
 pub mod specs;
 

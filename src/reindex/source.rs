@@ -48,11 +48,6 @@ impl SourceReader {
         database: &str,
         mongo: Option<(&str, &str)>,
     ) -> Result<SourceReader, StoreError> {
-        let setup = vec![
-            "SET NAMES utf8mb4".to_string(),
-            "SET time_zone = '+00:00'".to_string(),
-        ];
-        let pool = Pool::new(mysql.opts(setup, 2));
         let mongo = match mongo {
             Some((url, db)) => {
                 let address = mongo_address(url);
@@ -63,12 +58,25 @@ impl SourceReader {
             }
             None => None,
         };
-        Ok(SourceReader {
-            pool,
+        Ok(SourceReader::with_mongo(mysql, database, mongo))
+    }
+
+    /// Open MySQL, with a MongoDB database already connected (and its address for messages).
+    pub fn with_mongo(
+        mysql: &MysqlEndpoint,
+        database: &str,
+        mongo: Option<(mongodb::Database, String)>,
+    ) -> SourceReader {
+        let setup = vec![
+            "SET NAMES utf8mb4".to_string(),
+            "SET time_zone = '+00:00'".to_string(),
+        ];
+        SourceReader {
+            pool: Pool::new(mysql.opts(setup, 2)),
             mysql_address: mysql.address(),
             database: database.to_string(),
             mongo,
-        })
+        }
     }
 
     /// `host:port` of MySQL and MongoDB, for reports.
@@ -126,26 +134,18 @@ impl SourceReader {
 
     /// Courses (not libraries) of the split modulestore's course index, by course id.
     pub async fn course_index(&self) -> Result<Vec<CourseIndexEntry>, StoreError> {
-        let rows = self
-            .rows(
-                format!(
-                    "SELECT course_id, published_version, draft_version FROM {} WHERE course_id LIKE 'course-v1:%' ORDER BY course_id",
-                    self.table("split_modulestore_django_splitmodulestorecourseindex")
-                ),
-                vec![],
-            )
-            .await?;
-        Ok(rows
+        Ok(self
+            .course_index_versions()
+            .await?
             .into_iter()
-            .map(|r| {
-                let (course_id, published_version, draft_version): (String, String, String) =
-                    mysql_async::from_row(r);
-                CourseIndexEntry {
+            .filter(|(id, _)| id.starts_with("course-v1:"))
+            .map(
+                |(course_id, [draft_version, published_version, _])| CourseIndexEntry {
                     course_id,
                     published_version,
                     draft_version,
-                }
-            })
+                },
+            )
             .collect())
     }
 
@@ -269,6 +269,67 @@ impl SourceReader {
                 }
             })
             .collect())
+    }
+
+    /// Every entry of the split modulestore's course index (courses and libraries) with its
+    /// `(draft, published, library)` versions, `""` where a branch is absent.
+    pub async fn course_index_versions(&self) -> Result<Vec<(String, [String; 3])>, StoreError> {
+        let rows = self
+            .rows(
+                format!(
+                    "SELECT course_id, draft_version, published_version, library_version FROM {} ORDER BY course_id",
+                    self.table("split_modulestore_django_splitmodulestorecourseindex")
+                ),
+                vec![],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                type Versions = (String, Option<String>, Option<String>, Option<String>);
+                let (id, draft, published, library): Versions = mysql_async::from_row(r);
+                let v = |x: Option<String>| x.unwrap_or_default();
+                (id, [v(draft), v(published), v(library)])
+            })
+            .collect())
+    }
+
+    /// MongoDB's `modulestore.active_versions`: `(org, course, run)` to the
+    /// `(draft-branch, published-branch, library)` versions in hex, `""` where absent.
+    pub async fn active_versions(
+        &self,
+    ) -> Result<HashMap<(String, String, String), [String; 3]>, StoreError> {
+        let (db, address) = self.mongo()?;
+        let mut cursor = db
+            .collection::<Document>("modulestore.active_versions")
+            .find(doc! {})
+            .projection(doc! {"org": 1, "course": 1, "run": 1, "versions": 1})
+            .await
+            .map_err(|e| mongo_error(address, e))?;
+        let mut out = HashMap::new();
+        while let Some(d) = cursor
+            .try_next()
+            .await
+            .map_err(|e| mongo_error(address, e))?
+        {
+            let text = |k: &str| d.get_str(k).unwrap_or_default().to_string();
+            let versions = d.get_document("versions").ok();
+            let version = |branch: &str| {
+                versions
+                    .and_then(|v| v.get_object_id(branch).ok())
+                    .map(|o| o.to_hex())
+                    .unwrap_or_default()
+            };
+            out.insert(
+                (text("org"), text("course"), text("run")),
+                [
+                    version("draft-branch"),
+                    version("published-branch"),
+                    version("library"),
+                ],
+            );
+        }
+        Ok(out)
     }
 
     /// Row count of a table (forum tables), for plans and checks.

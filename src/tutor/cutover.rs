@@ -566,9 +566,10 @@ fn plan_s3(
                 .filter(|b| !b.contains('{'))
                 .unwrap_or_else(|| "discoveryuploads".to_owned());
             warnings.push(format!(
-                "MinIO bucket {bucket:?} ({what}, {key}) has no tutor-contrib-s3 setting: \
-                 offload writes nothing for it; copy it if you need it and configure Open edX \
-                 for it yourself"
+                "MinIO bucket {bucket:?} ({what}, {key}) has no tutor-contrib-s3 setting, so \
+                 config.yml gets none for it: its objects are on the target only if the job \
+                 copied that bucket (offload copies every MinIO bucket unless --buckets narrows \
+                 it); point Open edX at it yourself if the platform uses it"
             ));
         }
         if t.profile_image_bucket.is_empty() {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::core::catalog::{PhaseRecord, UnitRecord};
+use crate::core::delta::DeltaSummary;
 use crate::core::plan::Plan;
 use crate::core::runner::CopySummary;
 use crate::core::verify::{DiffKind, VerifyReport};
@@ -27,6 +28,7 @@ pub fn bytes(n: u64) -> String {
 pub fn plan(plan: &Plan) -> String {
     let mut out = String::new();
     for s in &plan.stores {
+        let (parts, records) = s.store.nouns();
         let _ = writeln!(out, "{}: {} -> {}", s.store, s.source, s.target);
         let _ = writeln!(out, "  source server: {}", s.survey.source_version);
         let _ = writeln!(out, "  target server: {}", s.survey.target_version);
@@ -55,7 +57,7 @@ pub fn plan(plan: &Plan) -> String {
             let size: u64 = objects.values().map(|o| o.1).sum();
             let _ = writeln!(
                 out,
-                "  {container}: {} tables, ~{rows} rows, ~{}",
+                "  {container}: {} {parts}, ~{rows} {records}, ~{}",
                 objects.len(),
                 bytes(size)
             );
@@ -67,14 +69,14 @@ pub fn plan(plan: &Plan) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "    {object:<48} ~{rows:>10} rows  ~{:>10}{split}",
+                    "    {object:<48} ~{rows:>10} {records}  ~{:>10}{split}",
                     bytes(*size)
                 );
             }
         }
         let _ = writeln!(
             out,
-            "  total: {} units, ~{} rows, ~{}",
+            "  total: {} units, ~{} {records}, ~{}",
             s.units.len(),
             s.total_rows,
             bytes(s.total_bytes)
@@ -101,7 +103,7 @@ pub fn copy_summary(s: &CopySummary, job: &std::path::Path) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Copied {} unit(s) now ({} rows, {} of data), {} already done earlier, {} skipped, of {}.",
+        "Copied {} unit(s) now ({} records, {} of data), {} already done earlier, {} skipped, of {}.",
         s.units_copied_now,
         s.rows,
         bytes(s.bytes),
@@ -117,6 +119,19 @@ pub fn copy_summary(s: &CopySummary, job: &std::path::Path) -> String {
     out
 }
 
+/// One line on what the delta pass found and copied again.
+pub fn delta_summary(d: &DeltaSummary) -> String {
+    let changed = if d.changed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", d.changed.join(", "))
+    };
+    format!(
+        "Delta pass: {} of {} unit(s) had changed; {} key range(s), {} record(s) copied again{changed}.\n",
+        d.units_changed, d.units_checked, d.chunks_recopied, d.rows_recopied
+    )
+}
+
 pub fn verify_report(r: &VerifyReport) -> String {
     let mut out = String::new();
     for u in &r.units {
@@ -129,8 +144,14 @@ pub fn verify_report(r: &VerifyReport) -> String {
         }
         let _ = writeln!(
             out,
-            "DIFFERS {} {}: source {} rows, target {} rows, {} of {} chunk(s) differ",
-            u.store, u.unit, u.source_rows, u.target_rows, u.chunks_differ, u.chunks
+            "DIFFERS {} {}: source {} {records}, target {} {records}, {} of {} chunk(s) differ",
+            u.store,
+            u.unit,
+            u.source_rows,
+            u.target_rows,
+            u.chunks_differ,
+            u.chunks,
+            records = u.store.nouns().1
         );
         for d in &u.differences {
             let kind = match d.kind {
@@ -162,7 +183,7 @@ pub fn verify_report(r: &VerifyReport) -> String {
     if r.clean() {
         let _ = writeln!(
             out,
-            "Verified: all {} unit(s) match ({rows} rows compared by content digest). Safe to switch.",
+            "Verified: all {} unit(s) match ({rows} records compared by content digest). Safe to switch.",
             r.units.len()
         );
     } else {
@@ -193,7 +214,7 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     } else {
         100.0
     };
-    let mut line = format!("Copy: {done} of ~{total} rows ({percent:.0}%)");
+    let mut line = format!("Copy: {done} of ~{total} records ({percent:.0}%)");
     let running = phases
         .iter()
         .filter(|p| p.phase == "copy" && p.store != "job" && p.done_at.is_none())
@@ -202,7 +223,7 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     if let Some(elapsed) = running.and_then(seconds_since).filter(|s| *s > 0.0) {
         let rate = done as f64 / elapsed;
         line.push_str(&format!(
-            ", running for {:.0} s, {rate:.0} rows/s on average",
+            ", running for {:.0} s, {rate:.0} records/s on average",
             elapsed
         ));
         if rate > 0.0 && total > done {

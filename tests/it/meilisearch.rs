@@ -20,14 +20,14 @@ use crate::common::*;
 use crate::support::meili_standin::{MeiliStandin, StandinConfig};
 
 /// The server the tests use: a real one when configured, else a stand-in.
-struct TestMeili {
-    url: String,
-    key: String,
-    label: String,
+pub(crate) struct TestMeili {
+    pub(crate) url: String,
+    pub(crate) key: String,
+    pub(crate) label: String,
     _standin: Option<MeiliStandin>,
 }
 
-fn server() -> TestMeili {
+pub(crate) fn server() -> TestMeili {
     match (
         std::env::var("OFFLOAD_TEST_MEILISEARCH_URL"),
         std::env::var("OFFLOAD_TEST_MEILISEARCH_KEY"),
@@ -53,7 +53,7 @@ fn standin(config: StandinConfig) -> TestMeili {
 }
 
 impl TestMeili {
-    fn client(&self) -> MeilisearchClient {
+    pub(crate) fn client(&self) -> MeilisearchClient {
         MeilisearchClient::new(&self.url, Some(Secret::new(self.key.clone())), "target").unwrap()
     }
 }
@@ -68,7 +68,7 @@ fn mongo_source() -> String {
 }
 
 /// Load the modulestore fixture into a fresh database on the source MongoDB.
-async fn load_modulestore(db: &str) {
+pub(crate) async fn load_modulestore(db: &str) {
     let url = format!("{}/?directConnection=true", mongo_source());
     let client = mongodb::Client::with_uri_str(&url).await.unwrap();
     let database = client.database(db);

@@ -23,7 +23,7 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 }
 
 /// Tests that touch every database or server settings run alone.
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn exclusive() -> RwLockWriteGuard<'static, ()> {
     SERVERS.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -1156,4 +1156,132 @@ fn tutor_platform_copies_and_verifies_clean() {
     for url in [source(), target()] {
         let _: () = ::redis::cmd("FLUSHALL").query(&mut conn(&url, 0)).unwrap();
     }
+}
+
+impl OwnRedis {
+    /// A redis-server of the stack's own version (7.0, Debian), alone on a free port.
+    fn current() -> OwnRedis {
+        let port = free_port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = ::redis::Client::open(url.as_str()).unwrap();
+        OwnRedis::start(
+            "redis-server",
+            tempfile::tempdir().unwrap(),
+            &["--port".into(), port.to_string()],
+            url,
+        )
+        .wait(|| client.get_connection().is_ok())
+    }
+
+    /// Clients the server holds waiting (a paused write counts as one).
+    fn blocked_clients(&self) -> u64 {
+        let info: String = ::redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut conn(&self.url, 0))
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO clients has blocked_clients")
+    }
+
+    /// Wait until `want` holds of the server (at most 10 s): a condition, not a sleep.
+    fn wait_until(&self, what: &str, want: impl Fn(&OwnRedis) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !want(self) {
+            assert!(std::time::Instant::now() < deadline, "waited for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// `SET key value` from another client, in a thread; the receiver gets its result.
+    fn set_in_background(&self, key: &str) -> std::sync::mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (url, key) = (self.url.clone(), key.to_string());
+        std::thread::spawn(move || {
+            let result = ::redis::cmd("SET")
+                .arg(&key)
+                .arg("written while offload held writers off")
+                .query::<()>(&mut conn(&url, 0))
+                .map_err(|e| e.to_string());
+            let _ = tx.send(result);
+        });
+        rx
+    }
+}
+
+/// `--freeze-source` pauses the source's writes (CLIENT PAUSE WRITE) for the run, the pause
+/// outlives a killed offload only until it lapses, Ctrl-C and a normal end lift it at once, and
+/// the write held off meanwhile is then caught by verify and brought over by `copy --delta`.
+#[test]
+fn freeze_source_holds_writes_until_offload_ends_then_delta_brings_them_over() {
+    let source = OwnRedis::current();
+    let target = OwnRedis::current();
+    let mut s = conn(&source.url, 0);
+    let mut pipe = ::redis::pipe();
+    for i in 0..6_000 {
+        pipe.cmd("SET").arg(format!("key:{i:05}")).arg(i).ignore();
+    }
+    let _: () = pipe.query(&mut s).unwrap();
+    let f = vec![
+        "--from-redis".to_string(),
+        source.url.clone(),
+        "--to-redis".to_string(),
+        target.url.clone(),
+        "--redis-dbs".to_string(),
+        "0".to_string(),
+    ];
+    let job = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], point: Option<&str>| {
+        let env: Vec<(&str, &str)> = point
+            .map(|p| vec![("OFFLOAD_FAILPOINT", p)])
+            .unwrap_or_default();
+        offload_env(job.path(), &args("copy", &f, extra), &env)
+    };
+    let small = ["--batch-rows", "1000", "--freeze-source"];
+
+    // Killed while frozen: the pause is still in force, so a write waits.
+    let out = run(&small, Some("after-batch:1"));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    let late = source.set_in_background("late:key");
+    source.wait_until("the write to be held", |r| r.blocked_clients() == 1);
+    assert!(late.try_recv().is_err(), "the write has not gone through");
+
+    // Ctrl-C while frozen: offload lifts the pause before it exits.
+    let resume: Vec<&str> = ["--resume"].iter().chain(small.iter()).copied().collect();
+    let out = run(&resume, Some("sigint-after-batch:1"));
+    assert_exit(&out, 130);
+    let written = late
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the held write went through once offload let go");
+    assert_eq!(written, Ok(()));
+    assert_eq!(source.blocked_clients(), 0);
+
+    // A whole run: writes wait while it works, and go through when it ends.
+    let out = run(&resume, None);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("CLIENT PAUSE WRITE"),
+        "the summary says the source was held: {}",
+        text(&out)
+    );
+    let _: () = ::redis::cmd("SET")
+        .arg("after:key")
+        .arg("x")
+        .query(&mut s)
+        .unwrap();
+
+    // The keys written after their database was copied are named, then brought over.
+    let out = offload(job.path(), &["verify"]);
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("after:key"), "{}", text(&out));
+    let out = run(&["--resume", "--delta"], None);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("Delta pass: 1 of 1 unit(s) had changed"),
+        "{}",
+        text(&out)
+    );
+    assert_exit(&offload(job.path(), &["verify"]), 0);
+    assert_eq!(dbsize(&target.url, 0), 6_002);
 }

@@ -1,7 +1,9 @@
 //! The Redis store: copies every selected database key by key, following the SCAN cursor, with
 //! pipelined DUMP/RESTORE ... REPLACE and the remaining TTL (typed rebuilds in pieces for big
 //! keys and for targets that cannot restore the source's payloads), and verifies per database
-//! with an order-independent sum of per-key digests. One unit per database.
+//! with an order-independent sum of per-key digests. One unit per database; the delta pass
+//! empties and copies again a database whose digest changed, and `--freeze-source` pauses the
+//! source's writers.
 //!
 //! Tested against Debian's redis-server 7.0 on both sides, TLS, and a redis-server 6.2 target.
 
@@ -9,6 +11,7 @@ mod batch;
 mod copy;
 mod digest;
 mod endpoint;
+mod freeze;
 mod pass;
 mod survey;
 mod values;
@@ -148,6 +151,8 @@ pub struct RedisStore {
     cutoffs: Mutex<HashMap<String, Cutoff>>,
     source_has_expiretime: Mutex<Option<bool>>,
     run_id: Mutex<Option<String>>,
+    /// The pause of the source's writers this process holds (`--freeze-source`).
+    pause: Mutex<Option<freeze::HeldPause>>,
 }
 
 fn side_key(side: Side) -> bool {
@@ -171,6 +176,7 @@ impl RedisStore {
             cutoffs: Mutex::new(HashMap::new()),
             source_has_expiretime: Mutex::new(None),
             run_id: Mutex::new(None),
+            pause: Mutex::new(None),
         }
     }
 
@@ -526,6 +532,34 @@ impl Store for RedisStore {
     async fn compare_shape(&self, _units: &[Unit]) -> Result<Vec<ShapeDifference>, StoreError> {
         // A Redis database has no shape apart from its keys; types and TTLs are in the digests.
         Ok(Vec::new())
+    }
+
+    async fn clear_range(
+        &self,
+        unit: &Unit,
+        _after: Option<&Cursor>,
+        _upto: Option<&Cursor>,
+    ) -> Result<(), StoreError> {
+        // The whole database is the unit's only range (see digest_range), and the target
+        // database holds nothing but this unit's keys.
+        let db = Self::dbs_of(unit).target;
+        let mut c = self.conn(Side::Target, db).await?;
+        tracing::info!(store = "redis", unit = %unit.name, database = db, "emptying the target database (FLUSHDB) to copy it again");
+        let flushed = redis::cmd("FLUSHDB").query_async::<()>(&mut c).await;
+        if let Err(e) = flushed {
+            let err = self.err(Side::Target, &e).in_unit(&unit.name);
+            self.forget(Side::Target, db, &err).await;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+        self.freeze().await
+    }
+
+    async fn thaw_source(&self) -> Result<(), StoreError> {
+        self.thaw().await
     }
 
     fn render_range(&self, unit: &Unit, _after: Option<&Cursor>, _upto: Option<&Cursor>) -> String {
