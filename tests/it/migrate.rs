@@ -396,22 +396,7 @@ fn s3(side: (&str, &str)) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-async fn drop_bucket(c: &aws_sdk_s3::Client, b: &str) {
-    while let Ok(page) = c.list_objects_v2().bucket(b).send().await {
-        if page.contents().is_empty() {
-            break;
-        }
-        for o in page.contents() {
-            c.delete_object()
-                .bucket(b)
-                .key(o.key().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    let _ = c.delete_bucket().bucket(b).send().await;
-}
+use crate::objects::drop_bucket;
 
 async fn put_object(b: &str, key: &str, body: &[u8]) {
     s3(S3_SOURCE)

@@ -5,8 +5,8 @@
 
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -394,19 +394,8 @@ async fn every_bson_type_is_byte_identical_across_a_resume() {
     // range with a filter after an `_id` whose type differs from what follows.
     let job = tempfile::tempdir().unwrap();
     let f = mflags(&dbs);
-    let out = offload_env(
-        job.path(),
-        &args("copy", &f, &["--batch-rows", "2"]),
-        &[("OFFLOAD_FAILPOINT", "after-batch:3")],
-    );
-    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
-    assert_exit(
-        &offload(
-            job.path(),
-            &args("copy", &f, &["--resume", "--batch-rows", "2"]),
-        ),
-        0,
-    );
+    copy_killed_at(job.path(), &f, "2", "after-batch:3");
+    assert_exit(&copy_resumed(job.path(), &f, "2"), 0);
     // Chunks of three documents, each range bounded by `_id`s of different types.
     let v = offload(job.path(), &args("verify", &[], &["--chunk-rows", "3"]));
     assert_exit(&v, 0);
@@ -833,12 +822,7 @@ async fn a_replayed_batch_replaces_what_a_crash_left() {
         .unwrap();
     let job = tempfile::tempdir().unwrap();
     let f = mflags(&dbs);
-    let out = offload_env(
-        job.path(),
-        &args("copy", &f, &["--batch-rows", "10"]),
-        &[("OFFLOAD_FAILPOINT", "after-batch:2")],
-    );
-    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    copy_killed_at(job.path(), &f, "10", "after-batch:2");
     // Leftovers of an unrecorded batch past the cursor (as a crash between write and checkpoint
     // leaves them), and a source change inside that range.
     let tc = client(&target_uri()).await;
@@ -850,13 +834,7 @@ async fn a_replayed_batch_replaces_what_a_crash_left() {
     coll.update_one(doc! {"_id": 22}, doc! {"$set": {"v": "new"}})
         .await
         .unwrap();
-    assert_exit(
-        &offload(
-            job.path(),
-            &args("copy", &f, &["--resume", "--batch-rows", "10"]),
-        ),
-        0,
-    );
+    assert_exit(&copy_resumed(job.path(), &f, "10"), 0);
     assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
     let target = tc.database(db).collection::<Document>("c");
     assert_eq!(target.count_documents(doc! {}).await.unwrap(), 40);
@@ -1446,19 +1424,8 @@ async fn sub_document_ids_stay_complete_across_a_resume() {
         .unwrap();
     let job = tempfile::tempdir().unwrap();
     let f = mflags(&dbs);
-    let out = offload_env(
-        job.path(),
-        &args("copy", &f, &["--batch-rows", "2"]),
-        &[("OFFLOAD_FAILPOINT", "after-batch:1")],
-    );
-    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
-    assert_exit(
-        &offload(
-            job.path(),
-            &args("copy", &f, &["--resume", "--batch-rows", "2"]),
-        ),
-        0,
-    );
+    copy_killed_at(job.path(), &f, "2", "after-batch:1");
+    assert_exit(&copy_resumed(job.path(), &f, "2"), 0);
     let v = offload(job.path(), &args("verify", &[], &["--chunk-rows", "2"]));
     assert_exit(&v, 0);
     let (a, b) = (
@@ -1468,4 +1435,19 @@ async fn sub_document_ids_stay_complete_across_a_resume() {
     assert_eq!(b.len(), 7, "every document arrived once");
     assert!(a == b, "byte-identical");
     dbs.drop_both().await;
+}
+
+/// `offload copy` in batches of `batch` documents, killed (SIGKILL) at failpoint `point`.
+fn copy_killed_at(job: &Path, f: &[String], batch: &str, point: &str) {
+    let out = offload_env(
+        job,
+        &args("copy", f, &["--batch-rows", batch]),
+        &[("OFFLOAD_FAILPOINT", point)],
+    );
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+}
+
+/// `offload copy --resume` in batches of `batch` documents.
+fn copy_resumed(job: &Path, f: &[String], batch: &str) -> Output {
+    offload(job, &args("copy", f, &["--resume", "--batch-rows", batch]))
 }

@@ -60,7 +60,7 @@ fn bucket(tag: &str) -> String {
 }
 
 /// Remove a bucket with everything in it (objects and unfinished uploads), if it exists.
-async fn drop_bucket(c: &Client, b: &str) {
+pub(crate) async fn drop_bucket(c: &Client, b: &str) {
     if let Ok(list) = c.list_multipart_uploads().bucket(b).send().await {
         for u in list.uploads() {
             let _ = c
@@ -528,17 +528,22 @@ async fn awkward_keys_and_metadata_survive() {
     drop_bucket(&tgt(), &b).await;
 }
 
+/// A fresh source bucket with 30 small assets and one 11 MiB object, and no target bucket.
+async fn seed_assets_and_lecture(b: &str) {
+    fresh_source_bucket(b).await;
+    drop_bucket(&tgt(), b).await;
+    for i in 0..30 {
+        put(b, &format!("asset/{i:03}.png"), noise(1000 + i, i as u64)).await;
+    }
+    put(b, "big/lecture.mp4", noise(11 * 1024 * 1024, 99)).await;
+}
+
 #[tokio::test]
 async fn a_changed_object_is_named() {
     let b = bucket("diff");
-    fresh_source_bucket(&b).await;
-    drop_bucket(&tgt(), &b).await;
-    for i in 0..30 {
-        put(&b, &format!("asset/{i:03}.png"), noise(1000 + i, i as u64)).await;
-    }
-    // One object bigger than the part size, stored whole on the source: the target gets it in
-    // parts, and verify must recompute its multipart ETag from the source's bytes.
-    put(&b, "big/lecture.mp4", noise(11 * 1024 * 1024, 99)).await;
+    // big/lecture.mp4 is stored whole on the source and reaches the target in parts: verify must
+    // recompute its multipart ETag from the source's bytes.
+    seed_assets_and_lecture(&b).await;
     let job = tempfile::tempdir().unwrap();
     let f = s3_flags(&[&b], &["--part-size", "5242880"]);
     assert_exit(&run(job.path(), "copy", &f), 0);
@@ -773,14 +778,9 @@ async fn past_second(t: &aws_sdk_s3::primitives::DateTime) {
 #[tokio::test]
 async fn delta_copies_only_what_changed_on_an_s3_source() {
     let b = bucket("delta");
-    fresh_source_bucket(&b).await;
-    drop_bucket(&tgt(), &b).await;
-    for i in 0..30 {
-        put(&b, &format!("asset/{i:03}.png"), noise(1000 + i, i as u64)).await;
-    }
-    // Stored whole on the source, copied in 3 parts: the delta must recognise it unchanged from
-    // its bytes rather than upload it again.
-    put(&b, "big/lecture.mp4", noise(11 * 1024 * 1024, 99)).await;
+    // big/lecture.mp4, stored whole on the source and copied in 3 parts: the delta must recognise
+    // it unchanged from its bytes rather than upload it again.
+    seed_assets_and_lecture(&b).await;
     let job = tempfile::tempdir().unwrap();
     let f = s3_flags(&[&b], &["--part-size", "5242880"]);
     assert_exit(&run(job.path(), "copy", &f), 0);

@@ -356,13 +356,7 @@ impl MysqlStore {
             });
             Ok(data.boxed())
         });
-        let writable: Vec<(usize, values::ColumnClass)> = table
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.generated)
-            .map(|(i, c)| (i, c.class))
-            .collect();
+        let writable = table.writable();
 
         let reader = async {
             let mut rows = 0u64;
@@ -509,13 +503,7 @@ impl MysqlStore {
         // buffers instead of allocating (and fragmenting the heap with) one per statement.
         let (recycle_tx, mut recycle_rx) = mpsc::channel::<String>(4);
         let statement_bytes = self.options.statement_bytes;
-        let writable: Vec<(usize, values::ColumnClass)> = table
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.generated)
-            .map(|(i, c)| (i, c.class))
-            .collect();
+        let writable = table.writable();
 
         // Rows become statements as they stream in; a full statement goes to the writer at once,
         // so reading the source and writing the target overlap.

@@ -60,6 +60,16 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// Position and class of every column the copy writes (all but generated ones).
+    pub fn writable(&self) -> Vec<(usize, ColumnClass)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.generated)
+            .map(|(i, c)| (i, c.class))
+            .collect()
+    }
+
     /// Read a table's columns and best key from `information_schema`.
     pub async fn load(conn: &mut Conn, db: &str, table: &str) -> mysql_async::Result<TableInfo> {
         let cols: Vec<(String, String, String, Option<String>)> = conn
