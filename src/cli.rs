@@ -329,8 +329,10 @@ pub struct VerifyArgs {
     /// Also write the report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Objects: read every object fully on both sides and compare MD5s of all bytes, instead of
-    /// ETags (for targets whose ETags are not MD5s, e.g. SSE-KMS).
+    /// Objects: read every object fully on both sides and compare MD5s of all bytes instead of
+    /// ETags (for targets whose ETags are not MD5s, e.g. SSE-KMS), and compare each object's
+    /// metadata (Content-Type, Cache-Control, user metadata) too; the default compares key, size
+    /// and ETag from the listings.
     #[arg(long)]
     pub deep: bool,
 }

@@ -170,12 +170,21 @@ async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
     let settings = settings.expect("settings resolved when a store has a target");
     let stores = settings.stores();
     let plan = make_plan(&stores).await?;
-    out.emit(&plan, || print::plan(&plan));
+    let mut json = serde_json::to_value(&plan).expect("serializable plan");
     if let Some(m) = &meilisearch {
-        if !out.json {
-            print!("{}", crate::reindex_cmd::render_plan(m));
-        }
+        json["meilisearch"] = serde_json::to_value(m).expect("serializable plan");
     }
+    let runbook = crate::migrate_cmd::maintenance_runbook();
+    json["runbook"] = runbook.clone().into();
+    out.emit(&json, || {
+        let mut text = print::plan(&plan);
+        if let Some(m) = &meilisearch {
+            text.push_str(&crate::reindex_cmd::render_plan(m));
+        }
+        text.push('\n');
+        text.push_str(&runbook);
+        text
+    });
     if !plan.checks_pass() {
         bail!("some prerequisite checks failed (see above); fix them before copying");
     }

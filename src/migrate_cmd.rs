@@ -23,9 +23,10 @@ use crate::ui::print;
 pub fn maintenance_runbook() -> String {
     "Maintenance window, step by step:\n\
      1. Copy while the platform runs:        offload migrate --no-cutover (same flags)\n\
-     2. Stop the platform's writers:         tutor local stop lms cms lms-worker cms-worker\n\
-        (Kubernetes: tutor k8s stop lms cms lms-worker cms-worker)\n\
-     3. Let the Celery queues drain, then stop the workers (queued tasks live in Redis DB 0)\n\
+     2. Stop the web apps (no new tasks):    tutor local stop lms cms\n\
+        (Kubernetes: tutor k8s stop lms cms)\n\
+     3. Let the workers drain the Celery queues (queued tasks live in Redis DB 0; `offload plan`\n\
+        counts them), then stop them:        tutor local stop lms-worker cms-worker\n\
      4. Final pass, writers held off:        offload migrate --resume --delta --freeze-source\n\
         (copies only what changed since step 1, verifies everything, then rewrites config.yml)\n\
      5. Start on the new servers:            tutor config save && tutor local start -d\n\

@@ -139,7 +139,7 @@ impl fmt::Display for Side {
 }
 
 /// Count and content digest of the rows of one key range, computed the same way on both sides.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChunkDigest {
     pub rows: u64,
     pub bytes: u64,
@@ -147,6 +147,8 @@ pub struct ChunkDigest {
     pub digest: String,
     /// The last key read, when the store orders by a key; `None` for an empty range or a keyless unit.
     pub last: Option<Cursor>,
+    /// Rows by kind, for stores whose records come in kinds (Redis key types); empty otherwise.
+    pub kinds: std::collections::BTreeMap<String, u64>,
 }
 
 /// The digest of one row (or document, key, object), named by its key for reports.

@@ -2,7 +2,7 @@
 //! range on both sides, and where a chunk differs, narrow it to named rows (missing, extra,
 //! different). Reads only; the two sides are never written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,30 @@ pub struct UnitVerify {
     pub unnamed: u64,
     pub differences: Vec<Difference>,
     pub error: Option<String>,
+    /// Records by kind on both sides (Redis: keys per type), for stores that count them so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<KindCount>,
+}
+
+/// How many records of one kind each side holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCount {
+    pub kind: String,
+    pub source: u64,
+    pub target: u64,
+}
+
+/// Per-kind counts of both sides, every kind either side has, in name order.
+fn kind_counts(source: &BTreeMap<String, u64>, target: &BTreeMap<String, u64>) -> Vec<KindCount> {
+    let names: std::collections::BTreeSet<&String> = source.keys().chain(target.keys()).collect();
+    names
+        .into_iter()
+        .map(|k| KindCount {
+            kind: k.clone(),
+            source: source.get(k).copied().unwrap_or(0),
+            target: target.get(k).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 impl UnitVerify {
@@ -169,6 +193,7 @@ pub async fn verify(
                     unnamed: 0,
                     differences: Vec::new(),
                     error: Some(e.to_string()),
+                    kinds: Vec::new(),
                 },
             };
             let outcome = if uv.matched() {
@@ -225,7 +250,9 @@ async fn verify_unit(
         unnamed: 0,
         differences: Vec::new(),
         error: None,
+        kinds: Vec::new(),
     };
+    let (mut source_kinds, mut target_kinds) = (BTreeMap::new(), BTreeMap::new());
     let retries = options.retries;
     let limit = options.chunk_rows.max(1);
     let digest = |side: Side, after: Option<Cursor>, upto: Option<Cursor>, limit: Option<u64>| async move {
@@ -279,6 +306,11 @@ async fn verify_unit(
         uv.chunks += 1;
         uv.source_rows += source.rows;
         uv.target_rows += target.rows;
+        for (kinds, chunk) in [(&mut source_kinds, &source), (&mut target_kinds, &target)] {
+            for (k, n) in &chunk.kinds {
+                *kinds.entry(k.clone()).or_insert(0u64) += n;
+            }
+        }
         reporter.on_batch(Phase::Verify, unit, source.rows, source.bytes);
         if source.rows != target.rows || source.digest != target.digest {
             uv.chunks_differ += 1;
@@ -303,6 +335,7 @@ async fn verify_unit(
             None => break,
         }
     }
+    uv.kinds = kind_counts(&source_kinds, &target_kinds);
     Ok(uv)
 }
 

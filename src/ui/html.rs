@@ -109,6 +109,13 @@ pub fn render(
                 }
                 diffs.push_str("</ul>");
             }
+            if !u.kinds.is_empty() {
+                let _ = write!(
+                    diffs,
+                    "<small>by type: {}</small>",
+                    esc(&crate::ui::print::kinds_line(&u.kinds))
+                );
+            }
             let _ = write!(
                 h,
                 "<tr class=\"{class}\"><td><code>{}</code></td><td class=\"{class}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{diffs}</td></tr>",

@@ -7,7 +7,7 @@ use crate::core::catalog::{PhaseRecord, UnitRecord};
 use crate::core::delta::DeltaSummary;
 use crate::core::plan::Plan;
 use crate::core::runner::CopySummary;
-use crate::core::verify::{DiffKind, VerifyReport};
+use crate::core::verify::{DiffKind, KindCount, VerifyReport};
 
 /// Bytes with a binary unit.
 pub fn bytes(n: u64) -> String {
@@ -132,6 +132,21 @@ pub fn delta_summary(d: &DeltaSummary) -> String {
     )
 }
 
+/// Counts by kind, `string 10, hash 2` when both sides agree, `string 10 -> 9` where not.
+pub fn kinds_line(kinds: &[KindCount]) -> String {
+    kinds
+        .iter()
+        .map(|k| {
+            if k.source == k.target {
+                format!("{} {}", k.kind, k.source)
+            } else {
+                format!("{} {} -> {}", k.kind, k.source, k.target)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn verify_report(r: &VerifyReport) -> String {
     let mut out = String::new();
     for u in &r.units {
@@ -171,6 +186,24 @@ pub fn verify_report(r: &VerifyReport) -> String {
         if u.unnamed > 0 {
             let _ = writeln!(out, "          ... and {} more", u.unnamed);
         }
+        if !u.kinds.is_empty() {
+            let _ = writeln!(out, "          by type: {}", kinds_line(&u.kinds));
+        }
+    }
+    for u in r
+        .units
+        .iter()
+        .filter(|u| u.matched() && !u.kinds.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "ok      {} {}: {} {} ({})",
+            u.store,
+            u.unit,
+            u.source_rows,
+            u.store.nouns().1,
+            kinds_line(&u.kinds)
+        );
     }
     for (store, d) in &r.shape {
         let _ = writeln!(

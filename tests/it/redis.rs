@@ -465,7 +465,43 @@ fn a_changed_value_is_named() {
         !report.contains("string:empty"),
         "unchanged keys are not named: {report}"
     );
+    // Keys per type on each side, as the servers' own TYPE counts them.
+    let out = offload(job.path(), &["verify", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: BTreeMap<String, (u64, u64)> = json["units"][0]["kinds"]
+        .as_array()
+        .expect("per-type counts in the report")
+        .iter()
+        .map(|k| {
+            (
+                k["kind"].as_str().unwrap().to_string(),
+                (k["source"].as_u64().unwrap(), k["target"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    let (src, tgt) = (type_counts(&source(), db), type_counts(&target(), db));
+    assert_eq!(src.get("set").copied(), tgt.get("set").map(|n| n + 1));
+    let names: std::collections::BTreeSet<&String> = src.keys().chain(tgt.keys()).collect();
+    for name in names {
+        let want = (
+            src.get(name).copied().unwrap_or(0),
+            tgt.get(name).copied().unwrap_or(0),
+        );
+        assert_eq!(kinds.get(name).copied(), Some(want), "{name}: {kinds:?}");
+    }
     flush(db);
+}
+
+/// Keys per type in one database, from KEYS and TYPE.
+fn type_counts(url: &str, db: i64) -> BTreeMap<String, u64> {
+    let mut c = conn(url, db);
+    let keys: Vec<Vec<u8>> = ::redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let t: String = ::redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
+        *out.entry(t).or_insert(0) += 1;
+    }
+    out
 }
 
 #[test]
@@ -1153,6 +1189,16 @@ fn tutor_platform_copies_and_verifies_clean() {
     );
     assert_eq!(assert_same(0, 0, 1_000), 10);
     assert_eq!(assert_same(1, 1, 1_000), 163);
+    // Each database's keys, by type, as the servers count them.
+    for db in [0, 1] {
+        let line = type_counts(&source(), db)
+            .iter()
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let want = format!("redis db{db}: {} keys ({line})", dbsize(&source(), db));
+        assert!(text(&verify).contains(&want), "{want}: {}", text(&verify));
+    }
     for url in [source(), target()] {
         let _: () = ::redis::cmd("FLUSHALL").query(&mut conn(&url, 0)).unwrap();
     }

@@ -107,6 +107,7 @@ pub async fn digest_range(
             bytes,
             digest: hex::encode(&hasher.finalize().as_bytes()[..16]),
             last: last.map(|id| keys::encode(id.as_raw_bson_ref())),
+            ..ChunkDigest::default()
         })
     })
     .await

@@ -1562,6 +1562,7 @@ impl Store for MysqlStore {
             bytes,
             digest: digest_hex(sum),
             last: last.map(|k| encode_cursor(&k)),
+            ..ChunkDigest::default()
         })
     }
 

@@ -637,6 +637,7 @@ impl Store for ObjectsStore {
             bytes: entries.iter().map(|e| e.size).sum(),
             digest: h.finalize().to_hex().to_string(),
             last: entries.last().map(|e| key_cursor(&e.key)),
+            ..ChunkDigest::default()
         })
     }
 

@@ -72,6 +72,8 @@ pub struct KeyDigest {
     pub key: Vec<u8>,
     pub digest: [u8; 16],
     pub bytes: u64,
+    /// The key's type as TYPE names it (`string`, `hash`, a module's name).
+    pub kind: &'static str,
 }
 
 struct Probe {
@@ -464,6 +466,7 @@ impl DigestPass {
                 key: p.key.clone(),
                 digest,
                 bytes: bytes + p.key.len() as u64,
+                kind: p.kind.type_name(),
             });
         }
         Ok(out)

@@ -494,10 +494,12 @@ impl Store for RedisStore {
         // Keys have no common order on two servers: the whole database is one chunk, and its
         // digest is the order-free sum of the key digests.
         let (mut rows, mut bytes, mut sum) = (0u64, 0u64, 0u128);
+        let mut kinds: HashMap<&'static str, u64> = HashMap::new();
         self.digest_side(side, unit, |d| {
             rows += 1;
             bytes += d.bytes;
             sum = sum.wrapping_add(u128::from_le_bytes(d.digest));
+            *kinds.entry(d.kind).or_insert(0) += 1;
             true
         })
         .await?;
@@ -506,6 +508,7 @@ impl Store for RedisStore {
             bytes,
             digest: digest_hex(sum),
             last: None,
+            kinds: kinds.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
         })
     }
 

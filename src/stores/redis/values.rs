@@ -54,6 +54,20 @@ impl KeyType {
         }
     }
 
+    /// The type's name for per-type counts: as TYPE says, with every module type as `module`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::List => "list",
+            KeyType::Set => "set",
+            KeyType::Zset => "zset",
+            KeyType::Hash => "hash",
+            KeyType::Stream => "stream",
+            KeyType::Other(_) => "module",
+            KeyType::None => "none",
+        }
+    }
+
     /// The O(1) command that tells the number of elements (bytes for a string).
     pub fn size_command(&self) -> Option<&'static str> {
         Some(match self {
