@@ -289,13 +289,9 @@ async fn copy(args: CopyArgs, out: Output, cancel: CancellationToken) -> anyhow:
     )
     .await?;
     let mut notes = Vec::new();
-    let frozen = if args.freeze_source {
-        freeze_sources(&job.stores, &mut notes).await?
-    } else {
-        Vec::new()
-    };
+    let frozen = freeze_sources(&job, args.freeze_source, &mut notes).await?;
     let result = copy_and_delta(&args, &job, out, &cancel).await;
-    thaw_sources(&frozen).await;
+    thaw_sources(&job.catalog, &frozen).await;
     let (mut summary, delta) = result?;
     job.catalog.event("info", None, None, "copy finished")?;
     summary.notes.extend(notes);
@@ -370,17 +366,39 @@ pub async fn delta_pass(
     Ok(d)
 }
 
-/// Hold the sources' writers off where the server allows it (`--freeze-source`). Returns the
-/// stores to thaw; a store that cannot be held off adds a note instead. On an error, what was
-/// already frozen is released before returning.
+/// Hold the sources' writers off where the server allows it (`freeze`: `--freeze-source`).
+/// Returns the stores to thaw; a store that cannot be held off adds a note instead. On an error,
+/// what was already frozen is released before returning. Each freeze is recorded in the catalog
+/// (phase `freeze`) until released, so a run after a killed one knows whose freeze it finds, and
+/// a run without `--freeze-source` says that the source may still be held.
 pub async fn freeze_sources(
-    stores: &[Arc<dyn Store>],
+    job: &OpenJob,
+    freeze: bool,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Arc<dyn Store>>> {
+    let held: Vec<String> = job
+        .catalog
+        .phases()?
+        .into_iter()
+        .filter(|p| p.phase == "freeze" && p.done_at.is_none())
+        .map(|p| p.store)
+        .collect();
     let mut frozen: Vec<Arc<dyn Store>> = Vec::new();
-    for store in stores {
-        match store.freeze_source().await {
+    for store in &job.stores {
+        let earlier = held.iter().any(|s| s == store.kind().as_str());
+        if !freeze {
+            if earlier {
+                tracing::warn!(store = %store.kind(), "an earlier run of this job held the source's writers off and was stopped before letting them in");
+                notes.push(format!(
+                    "{}: an earlier run of this job held the source's writers off and was stopped before letting them in; run again with --freeze-source to finish and release them, or release them by hand (MySQL: SET GLOBAL read_only = OFF; Redis: CLIENT UNPAUSE, or wait two minutes)",
+                    store.kind()
+                ));
+            }
+            continue;
+        }
+        match store.freeze_source(earlier).await {
             Ok(Some(note)) => {
+                job.catalog.phase_start(store.kind().as_str(), "freeze")?;
                 notes.push(note);
                 frozen.push(store.clone());
             }
@@ -389,7 +407,7 @@ pub async fn freeze_sources(
                 store.kind()
             )),
             Err(e) => {
-                thaw_sources(&frozen).await;
+                thaw_sources(&job.catalog, &frozen).await;
                 return Err(e.into());
             }
         }
@@ -398,14 +416,19 @@ pub async fn freeze_sources(
 }
 
 /// Release what [`freeze_sources`] held; a failure is reported with what to run by hand.
-pub async fn thaw_sources(stores: &[Arc<dyn Store>]) {
+pub async fn thaw_sources(catalog: &Catalog, stores: &[Arc<dyn Store>]) {
     for s in stores {
-        if let Err(e) = s.thaw_source().await {
-            tracing::error!(store = %s.kind(), error = %e, "could not let the source's writers in again");
-            eprintln!(
-                "ERROR: {e}. The {} source may still refuse writes.",
-                s.kind()
-            );
+        match s.thaw_source().await {
+            Ok(()) => {
+                let _ = catalog.phase_done(s.kind().as_str(), "freeze", "released");
+            }
+            Err(e) => {
+                tracing::error!(store = %s.kind(), error = %e, "could not let the source's writers in again");
+                eprintln!(
+                    "ERROR: {e}. The {} source may still refuse writes.",
+                    s.kind()
+                );
+            }
         }
     }
 }

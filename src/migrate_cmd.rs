@@ -106,13 +106,9 @@ pub async fn migrate(
 
     // Writers are held off for the whole run when asked, and always released.
     let mut notes = Vec::new();
-    let frozen = if args.copy.freeze_source {
-        freeze_sources(&job.stores, &mut notes).await?
-    } else {
-        Vec::new()
-    };
+    let frozen = freeze_sources(&job, args.copy.freeze_source, &mut notes).await?;
     let result = run_phases(&args, &job, out, &cancel, &mut notes).await;
-    thaw_sources(&frozen).await;
+    thaw_sources(&catalog, &frozen).await;
     let _ = catalog.event(
         "info",
         None,

@@ -307,8 +307,13 @@ pub trait Store: Send + Sync {
     }
 
     /// Hold the source's writers off (for the final pass); returns what was done, or `None` when
-    /// the server offers no way. Must be undone by [`Store::thaw_source`].
-    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+    /// the server offers no way. Must be undone by [`Store::thaw_source`]. `left_by_earlier_run`:
+    /// a run of this job held them off and was stopped before letting them in, so a source found
+    /// held off is this job's to release, not the operator's.
+    async fn freeze_source(
+        &self,
+        _left_by_earlier_run: bool,
+    ) -> Result<Option<String>, StoreError> {
         Ok(None)
     }
 

@@ -127,6 +127,7 @@ fn offload_at(job: &Path, args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn one_shot_then_delta_fixes_source_writes_and_cuts_over() {
+    let _freeze = mysql_source_freeze_lock().await;
     let p = Platform::new("mig").await;
     let before = p.config();
     let out = p.migrate(&["--no-cutover"], &[]);
@@ -420,6 +421,7 @@ struct WholePlatform {
     meili: TestMeili,
     prefix: String,
     _redis: std::sync::RwLockWriteGuard<'static, ()>,
+    _freeze: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// `modulestore.active_versions` documents for every entry of the MySQL course index.
@@ -464,6 +466,7 @@ impl WholePlatform {
     // awaits only keeps them (and the other whole-platform test) waiting meanwhile.
     #[allow(clippy::await_holding_lock)]
     async fn new(tag: &str) -> WholePlatform {
+        let freeze_lock = mysql_source_freeze_lock().await;
         let redis_lock = crate::redis::exclusive();
         let p = Platform::new(tag).await;
         let pid = std::process::id();
@@ -553,6 +556,7 @@ impl WholePlatform {
             meili: meilisearch_server(),
             prefix,
             _redis: redis_lock,
+            _freeze: freeze_lock,
         }
     }
 

@@ -834,3 +834,75 @@ async fn target_without_local_infile_gets_replace_statements() {
     assert!(replaces >= 5, "rows went as REPLACE statements: {replaces}");
     db.drop_both().await;
 }
+
+/// `--freeze-source` sets the source read_only for the run and sets it back on Ctrl-C and at the
+/// end; after a kill the source stays read_only, the next run without the flag says so, and the
+/// next run with it knows the freeze is this job's and releases it.
+#[tokio::test]
+async fn freeze_source_is_released_on_ctrl_c_and_after_a_killed_run() {
+    let _freeze = mysql_source_freeze_lock().await;
+    let _writable = WritableAtEnd;
+    let db = TestDb::new("freeze").await;
+    db.load_fixture();
+    seed_bulk(&db, 5_000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    let copy = |extra: &[&str], point: Option<&str>| {
+        let mut a = args("copy", &f, &["--batch-rows", "500", "--freeze-source"]);
+        a.extend_from_slice(extra);
+        let env: Vec<(&str, &str)> = point
+            .map(|p| vec![("OFFLOAD_FAILPOINT", p)])
+            .unwrap_or_default();
+        offload_env(job.path(), &a, &env)
+    };
+    assert!(!mysql_source_read_only().await, "the test starts writable");
+
+    let out = copy(&[], Some("sigint-after-batch:1"));
+    assert_exit(&out, 130);
+    assert!(
+        !mysql_source_read_only().await,
+        "Ctrl-C lets the writers in again"
+    );
+
+    let out = copy(&["--resume"], Some("after-batch:1"));
+    assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    assert!(
+        mysql_source_read_only().await,
+        "a killed run leaves the source read_only"
+    );
+
+    let plain = offload(
+        job.path(),
+        &args("copy", &f, &["--resume", "--batch-rows", "500"]),
+    );
+    let said = text(&plain);
+    assert!(
+        said.contains("was stopped before letting them in") && said.contains("read_only = OFF"),
+        "a run without --freeze-source says the source may still be held: {said}"
+    );
+    assert!(mysql_source_read_only().await, "and leaves it as it is");
+
+    let out = copy(&["--resume"], None);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out).contains("earlier run of this job"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !mysql_source_read_only().await,
+        "the run that found its own job's freeze released it"
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    db.drop_both().await;
+}
+
+/// Sets the shared source writable again however the test ends, so a failure here cannot leave
+/// it read_only for the tests that follow.
+struct WritableAtEnd;
+
+impl Drop for WritableAtEnd {
+    fn drop(&mut self) {
+        mariadb_client(&mysql_source(), None, "SET GLOBAL read_only = OFF;");
+    }
+}

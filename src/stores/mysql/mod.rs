@@ -1733,15 +1733,25 @@ impl Store for MysqlStore {
         Ok(())
     }
 
-    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+    async fn freeze_source(&self, left_by_earlier_run: bool) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn(Side::Source).await?;
         let was: Option<Option<String>> = conn
             .query_first("SELECT @@GLOBAL.read_only")
             .await
             .map_err(|e| self.err(Side::Source, e))?;
         let was_on = matches!(was.flatten().as_deref(), Some("1") | Some("ON"));
+        if was_on && left_by_earlier_run {
+            *self.frozen.lock().expect("freeze flag") = true;
+            return Ok(Some(format!(
+                "mysql: source {} is still read_only from an earlier run of this job that was stopped; this run sets it back when it ends",
+                self.source.address()
+            )));
+        }
         if was_on {
-            return Ok(Some("mysql: the source was already read_only".into()));
+            return Ok(Some(
+                "mysql: the source was already read_only before offload (left so at the end)"
+                    .into(),
+            ));
         }
         conn.query_drop("SET GLOBAL read_only = ON")
             .await
@@ -1765,7 +1775,14 @@ impl Store for MysqlStore {
         let _ = conn.query_drop("SET GLOBAL super_read_only = OFF").await;
         conn.query_drop("SET GLOBAL read_only = OFF")
             .await
-            .map_err(|e| self.err(Side::Source, e))?;
+            .map_err(|e| {
+                let mut err = self.err(Side::Source, e);
+                err.hint = format!(
+                    "run SET GLOBAL read_only = OFF on the source ({}) as an administrator",
+                    self.source.address()
+                );
+                err
+            })?;
         tracing::info!(store = "mysql", host = %self.source.address(), "source writable again");
         Ok(())
     }

@@ -557,7 +557,10 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn freeze_source(&self) -> Result<Option<String>, StoreError> {
+    async fn freeze_source(
+        &self,
+        _left_by_earlier_run: bool,
+    ) -> Result<Option<String>, StoreError> {
         self.freeze().await
     }
 

@@ -253,3 +253,16 @@ pub fn tutor(root: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 from tutor")
 }
+
+/// Held by the tests that set the MySQL source's global `read_only` (`--freeze-source`), so one
+/// such test never sees another's freeze.
+pub async fn mysql_source_freeze_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// The MySQL source's global `read_only`.
+pub async fn mysql_source_read_only() -> bool {
+    let v = rows(&mysql_source(), "SELECT @@GLOBAL.read_only").await;
+    v[0][0] == Value::Int(1) || v[0][0] == Value::Bytes(b"1".to_vec())
+}
