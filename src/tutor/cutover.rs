@@ -20,6 +20,7 @@ use sha2::Sha256;
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
 use super::{
     is_secret_key, pyyaml, text_digest, Redacted, TutorConfig, TutorError, CONFIG_FILENAME,
+    KNOWN_TUTOR_MAJORS,
 };
 
 /// The external MySQL server that replaces Tutor's `mysql` container.
@@ -588,11 +589,47 @@ fn plan_s3(
     Ok(())
 }
 
+/// Refuse a root rendered by a Tutor whose settings offload does not know: before Olive (15) the
+/// keys it writes were different, a release after the newest known one may have changed them,
+/// and Meilisearch replaced Elasticsearch only in Sumac (19).
+fn check_tutor_version(version: &str, targets: &[CutoverTarget]) -> Result<(), TutorError> {
+    let unknown = |why: String| TutorError::UnknownVersion {
+        version: version.to_string(),
+        why,
+    };
+    let major = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .ok_or_else(|| unknown("that is not a version offload can read".into()))?;
+    if !KNOWN_TUTOR_MAJORS.contains(&major) {
+        return Err(unknown(format!(
+            "offload writes the settings of Tutor {} to {} only",
+            KNOWN_TUTOR_MAJORS.start(),
+            KNOWN_TUTOR_MAJORS.end()
+        )));
+    }
+    if major < 19
+        && targets
+            .iter()
+            .any(|t| matches!(t, CutoverTarget::Meilisearch(_)))
+    {
+        return Err(unknown(
+            "Tutor runs Meilisearch only from release 19 (Sumac) on; before it the search index is Elasticsearch".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Works out the `config.yml` edits for moving `targets` off Tutor.
 pub fn plan_cutover(
     cfg: &TutorConfig,
     targets: &[CutoverTarget],
 ) -> Result<CutoverPlan, TutorError> {
+    if let Some(version) = cfg.tutor_version_hint() {
+        check_tutor_version(&version, targets)?;
+    }
     let mut edits = ConfigEdits::new();
     let mut warnings = Vec::new();
     let mut stores = Vec::new();

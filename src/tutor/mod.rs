@@ -25,6 +25,10 @@ pub use rewrite::{apply_edits, ConfigEdits};
 /// The file Tutor keeps its settings in, inside the project root.
 pub const CONFIG_FILENAME: &str = "config.yml";
 
+/// Tutor major releases whose settings offload reads and writes: Olive (15) to the newest it was
+/// tested with (22). Only 22 is tested; earlier ones have the same keys for what offload changes.
+pub const KNOWN_TUTOR_MAJORS: std::ops::RangeInclusive<u32> = 15..=22;
+
 /// Everything that can go wrong reading or rewriting Tutor's configuration.
 ///
 /// Messages name the file and say what to do; they never contain setting values.
@@ -92,6 +96,15 @@ pub enum TutorError {
         path.display()
     )]
     Changed { path: PathBuf },
+
+    #[error(
+        "this Tutor root was last rendered by Tutor {version}, and {why}; nothing was written. \
+         offload knows Tutor {}.x to {}.x: use a newer offload for a newer Tutor, upgrade an older \
+         platform first, or make the change by hand",
+        KNOWN_TUTOR_MAJORS.start(),
+        KNOWN_TUTOR_MAJORS.end()
+    )]
+    UnknownVersion { version: String, why: String },
 
     #[error("cannot write {}: {source}; {CONFIG_FILENAME} was left as it was", path.display())]
     Write {

@@ -604,3 +604,33 @@ fn a_root_under_a_regular_file_is_refused() {
     assert!(matches!(err, TutorError::Read { .. }), "{err:?}");
     assert_eq!(read(dir.path(), "not-a-folder"), "x");
 }
+
+/// A root last rendered by a Tutor release offload does not know, or one without Meilisearch when
+/// Meilisearch is to be cut over, is refused before anything is written; a known one is accepted.
+#[test]
+fn an_unknown_tutor_version_is_refused_and_the_file_left_alone() {
+    let root = fixture_root();
+    std::fs::create_dir_all(root.path().join("env")).unwrap();
+    let cases: [(&str, Vec<CutoverTarget>, bool); 5] = [
+        ("12.2.0", vec![mysql()], false),
+        ("23.0.0", vec![mysql()], false),
+        ("nightly", vec![mysql()], false),
+        ("18.1.4", vec![meilisearch()], false),
+        ("18.1.4", vec![mysql()], true),
+    ];
+    for (version, targets, accepted) in cases {
+        std::fs::write(root.path().join("env/version"), format!("{version}\n")).unwrap();
+        let cfg = TutorConfig::load_with_env(root.path(), []).unwrap();
+        match plan_cutover(&cfg, &targets) {
+            Ok(_) => assert!(accepted, "Tutor {version} was accepted"),
+            Err(err) => {
+                assert!(!accepted, "Tutor {version}: {err}");
+                assert!(matches!(err, TutorError::UnknownVersion { .. }), "{err:?}");
+                let message = err.to_string();
+                assert!(message.contains(version), "{message}");
+                assert!(message.contains("nothing was written"), "{message}");
+            }
+        }
+        assert_eq!(read(root.path(), "config.yml"), fixture_text());
+    }
+}
