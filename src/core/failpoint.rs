@@ -31,9 +31,13 @@ pub fn reached(point: &str) {
     }
 }
 
-/// Counts recorded batches; `after-batch:N` dies once the N-th batch of this process is recorded.
-pub fn batch_recorded() {
+/// Counts recorded batches; `after-batch:N` dies once the N-th batch of this process is recorded,
+/// and `after-partial-batch:N` once the N-th batch that leaves its unit part-way is (so a test
+/// can stop inside a unit whatever order the units run in). `mid_unit`: the unit goes on after
+/// this batch.
+pub fn batch_recorded(mid_unit: bool) {
     static BATCHES: AtomicU64 = AtomicU64::new(0);
+    static PARTIAL: AtomicU64 = AtomicU64::new(0);
     let Some(spec) = configured() else {
         return;
     };
@@ -44,6 +48,12 @@ pub fn batch_recorded() {
     };
     if limit("after-batch:").is_some_and(|l| n >= l) {
         die(spec);
+    }
+    if mid_unit {
+        let partial = PARTIAL.fetch_add(1, Ordering::SeqCst) + 1;
+        if limit("after-partial-batch:").is_some_and(|l| partial >= l) {
+            die(spec);
+        }
     }
     // `sigint-after-batch:N`: Ctrl-C, once, as a terminal would send it.
     if limit("sigint-after-batch:") == Some(n) {

@@ -357,7 +357,7 @@ async fn copy_unit(
             first_skipped.get_or_insert(msg);
         }
         skipped += batch.failed.len();
-        super::failpoint::batch_recorded();
+        super::failpoint::batch_recorded(batch.next.is_some());
         reporter.on_batch(Phase::Copy, unit, batch.rows, batch.bytes);
         rows += batch.rows;
         bytes += batch.bytes;

@@ -749,7 +749,10 @@ async fn kill_nine_at_three_points_then_resume() {
         );
     };
     killed(&copy(false, Some("after-prepare")));
-    killed(&copy(true, Some("after-batch:25")));
+    // Bulk ranges of 500 documents take 4 batches of 150 (3 or 4 of them leave the range
+    // part-way), every other unit one: at the 13th batch that leaves a range part-way, one range is
+    // stopped mid-way and at least two of the four or more touched (two at a time) are complete.
+    killed(&copy(true, Some("after-partial-batch:13")));
     let status = offload(job.path(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let bulk: Vec<&serde_json::Value> = status["units"]
