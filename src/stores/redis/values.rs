@@ -43,14 +43,8 @@ impl KeyType {
 
     pub fn as_str(&self) -> &str {
         match self {
-            KeyType::String => "string",
-            KeyType::List => "list",
-            KeyType::Set => "set",
-            KeyType::Zset => "zset",
-            KeyType::Hash => "hash",
-            KeyType::Stream => "stream",
             KeyType::Other(s) => s,
-            KeyType::None => "none",
+            known => known.type_name(),
         }
     }
 
