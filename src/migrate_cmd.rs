@@ -256,7 +256,7 @@ async fn run_phases(
             text.push_str(&print::delta_summary(d));
         }
         if let Some(r) = &reindexed {
-            text.push_str(&crate::reindex_cmd::render(r, &job.dir));
+            text.push_str(&crate::reindex_cmd::render(r));
         }
         for c in &cross {
             text.push_str(&format!("{} {}: {}\n", if c.ok { "ok    " } else { "FAILED" }, c.name, c.detail));

@@ -2,7 +2,6 @@
 //! and the source of truth (MySQL, MongoDB) are, runs the rebuild, prints the outcome, and records
 //! the reindex phase in the job folder when there is one. Also the Meilisearch part of `plan`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -286,7 +285,7 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&report, &job_dir));
+        print!("{}", render(&report));
     }
     Ok(if report.clean() {
         Outcome::Clean
@@ -350,7 +349,7 @@ pub async fn reindex_in_job(
 }
 
 /// The human report.
-pub fn render(report: &ReindexReport, _job: &Path) -> String {
+pub fn render(report: &ReindexReport) -> String {
     let mut out = format!(
         "Meilisearch {} at {}, documents from {}\n",
         report.server_version, report.target, report.source

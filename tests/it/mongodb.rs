@@ -626,23 +626,7 @@ async fn a_changed_document_is_named_with_its_range() {
 
     // One field of one definition changed; one user gone; one subscription added.
     let tc = client(&target_uri()).await;
-    let defs = tc
-        .database(platform)
-        .collection::<Document>("modulestore.definitions");
-    let victim: Document = defs
-        .find_one(doc! {})
-        .sort(doc! {"_id": 1})
-        .skip(77)
-        .await
-        .unwrap()
-        .unwrap();
-    let victim_id = victim.get_object_id("_id").unwrap();
-    defs.update_one(
-        doc! {"_id": victim_id},
-        doc! {"$set": {"fields.data": "<p>changed by hand</p>"}},
-    )
-    .await
-    .unwrap();
+    let victim_id = edit_definition(&tc, platform, 77, "<p>changed by hand</p>").await;
     tc.database(forum)
         .collection::<Document>("users")
         .delete_one(doc! {"_id": "17"})
@@ -1227,23 +1211,7 @@ async fn delta_pass_brings_over_source_writes_with_unique_indexes_in_place() {
     let sc = client(&src).await;
 
     // The platform keeps writing: a definition edited, a forum user gone, a subscription added.
-    let defs = sc
-        .database(platform)
-        .collection::<Document>("modulestore.definitions");
-    let edited: Document = defs
-        .find_one(doc! {})
-        .sort(doc! {"_id": 1})
-        .skip(40)
-        .await
-        .unwrap()
-        .unwrap();
-    let edited_id = edited.get_object_id("_id").unwrap();
-    defs.update_one(
-        doc! {"_id": edited_id},
-        doc! {"$set": {"fields.data": "<p>edited after the copy</p>"}},
-    )
-    .await
-    .unwrap();
+    let edited_id = edit_definition(&sc, platform, 40, "<p>edited after the copy</p>").await;
     let users = sc.database(forum).collection::<Document>("users");
     users.delete_one(doc! {"_id": "17"}).await.unwrap();
     let added = ObjectId::new();
@@ -1453,4 +1421,23 @@ fn copy_killed_at(job: &Path, f: &[String], batch: &str, point: &str) {
 /// `offload copy --resume` in batches of `batch` documents.
 fn copy_resumed(job: &Path, f: &[String], batch: &str) -> Output {
     offload(job, &args("copy", f, &["--resume", "--batch-rows", batch]))
+}
+
+/// Set `fields.data` of the definition at position `nth` in `_id` order; returns its `_id`.
+async fn edit_definition(c: &Client, db: &str, nth: u64, data: &str) -> ObjectId {
+    let defs = c
+        .database(db)
+        .collection::<Document>("modulestore.definitions");
+    let found: Document = defs
+        .find_one(doc! {})
+        .sort(doc! {"_id": 1})
+        .skip(nth)
+        .await
+        .unwrap()
+        .unwrap();
+    let id = found.get_object_id("_id").unwrap();
+    defs.update_one(doc! {"_id": id}, doc! {"$set": {"fields.data": data}})
+        .await
+        .unwrap();
+    id
 }

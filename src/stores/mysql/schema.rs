@@ -163,6 +163,11 @@ impl TableInfo {
         self.key.is_empty()
     }
 
+    /// The walk key's values in a row (all its columns), `None` for a keyless table.
+    pub fn key_of(&self, row: &[mysql_async::Value]) -> Option<Vec<mysql_async::Value>> {
+        (!self.keyless()).then(|| self.key.iter().map(|&k| row[k].clone()).collect())
+    }
+
     fn key_name(&self, i: usize) -> String {
         ident(&self.columns[self.key[i]].name)
     }
