@@ -186,6 +186,8 @@ async fn delta_unit(
     Ok((chunks, rows))
 }
 
+/// Clear a range on the target and copy it again. Returns the records written: those the
+/// target already held identical (the objects store skips them) are not counted.
 async fn recopy(
     store: &dyn Store,
     unit: &Unit,
@@ -215,7 +217,7 @@ async fn recopy(
             || store.copy_batch(&part, cursor.as_ref()),
         )
         .await?;
-        rows += batch.rows;
+        rows += batch.rows.saturating_sub(batch.unchanged);
         match batch.next {
             Some(next) => cursor = Some(next),
             None => return Ok(rows),

@@ -119,6 +119,9 @@ pub struct BatchOutcome {
     /// Items of this batch the store could not copy and skipped, as (key, why): the rest went
     /// on, and the runner leaves the unit incomplete so a later run tries them again.
     pub failed: Vec<(String, String)>,
+    /// Of `rows`, the items the target already held identical, so nothing was written (the
+    /// objects store skips those); the delta pass reports only the rest as copied again.
+    pub unchanged: u64,
 }
 
 /// Which side of the migration an operation reads.

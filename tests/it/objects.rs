@@ -838,6 +838,12 @@ async fn delta_copies_only_what_changed_on_an_s3_source() {
         ["asset/007.png", "asset/500-new.png"],
         "only the changed and the new object were written:\n{report}"
     );
+    // The summary counts what was written, not the identical objects the recopy passed over.
+    let written = written_keys(&out).len();
+    assert!(
+        report.contains(&format!("{written} record(s) copied again")),
+        "the summary counts the {written} objects written:\n{report}"
+    );
     let big_after = tgt()
         .head_object()
         .bucket(&b)

@@ -580,7 +580,10 @@ impl Store for ObjectsStore {
                     out.rows += 1;
                     out.bytes += e.size;
                 }
-                Ok(ops::Done::Same) => out.rows += 1,
+                Ok(ops::Done::Same) => {
+                    out.rows += 1;
+                    out.unchanged += 1;
+                }
                 Err(endpoint::Failure::Object(msg)) => {
                     out.failed
                         .push((format!("{}/{}", spec.to.bucket, e.key), msg));

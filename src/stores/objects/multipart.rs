@@ -95,6 +95,7 @@ fn outcome_skip(key: &str, failed: Option<(String, String)>) -> BatchOutcome {
         bytes: 0,
         next: Some(key_cursor(key)),
         failed: failed.into_iter().collect(),
+        unchanged: 0,
     }
 }
 
@@ -145,6 +146,7 @@ pub async fn start_upload(
                     bytes: 0,
                     next: Some(key_cursor(key)),
                     failed: Vec::new(),
+                    unchanged: 1,
                 });
             }
         }
@@ -455,7 +457,7 @@ pub async fn continue_upload(
                 after,
                 upload: Some(up),
             })),
-            failed: Vec::new(),
+            ..BatchOutcome::default()
         });
     }
     // Every part is there: complete, and check the ETag the target computed.
@@ -553,5 +555,6 @@ pub async fn continue_upload(
         bytes,
         next: Some(key_cursor(&up.key)),
         failed: problem.map(|p| (label, p)).into_iter().collect(),
+        unchanged: 0,
     })
 }
