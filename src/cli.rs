@@ -123,6 +123,12 @@ pub struct JobArgs {
     #[arg(long)]
     pub redis_typed: bool,
 
+    /// Read the Redis source key by key with SCAN, resumable mid-database, instead of from a
+    /// snapshot the source streams as to a new replica (PSYNC), which is what offload does where
+    /// the source allows it.
+    #[arg(long)]
+    pub redis_scan: bool,
+
     /// Source MongoDB, overriding what config.yml says (MONGODB_HOST, MONGODB_PORT, MONGODB_USERNAME,
     /// MONGODB_AUTH_SOURCE, MONGODB_USE_SSL, MONGODB_REPLICA_SET...):
     /// mongodb://user[:password]@host:port/?authSource=admin, or mongodb+srv://user@name. The

@@ -103,6 +103,7 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         to_redis_password_file: args.to_redis_password_file.clone(),
         redis_dbs: args.redis_dbs.clone(),
         redis_typed: args.redis_typed,
+        redis_scan: args.redis_scan,
         from_mongodb: args.from_mongodb.clone(),
         from_mongodb_password_file: args.from_mongodb_password_file.clone(),
         to_mongodb: args.to_mongodb.clone(),

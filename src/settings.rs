@@ -91,6 +91,7 @@ pub struct Inputs {
     /// `N` or `SOURCE:TARGET` database numbers.
     pub redis_dbs: Vec<String>,
     pub redis_typed: bool,
+    pub redis_scan: bool,
     pub from_mongodb: Option<String>,
     pub from_mongodb_password_file: Option<PathBuf>,
     pub to_mongodb: Option<String>,
@@ -458,6 +459,7 @@ impl Settings {
                 } else {
                     CopyMode::Auto
                 },
+                snapshot: !inputs.redis_scan,
                 ..RedisOptions::default()
             },
         })

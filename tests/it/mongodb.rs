@@ -204,12 +204,7 @@ async fn fixture_copies_and_verifies_clean_with_gridfs_readable() {
         0,
     );
     let verify = offload(job.path(), &args("verify", &[], &[]));
-    assert_exit(&verify, 0);
-    assert!(
-        text(&verify).contains("Safe to switch"),
-        "{}",
-        text(&verify)
-    );
+    assert_safe_to_switch(&verify);
 
     // Independent witness: the driver reads both sides; every document's bytes are equal and the
     // counts are what the fixture script wrote.

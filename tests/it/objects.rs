@@ -13,7 +13,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use md5::{Digest, Md5};
 
-use crate::common::{assert_exit, env_or, text};
+use crate::common::{assert_exit, assert_safe_to_switch, env_or, text};
 
 fn source_url() -> String {
     env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333")
@@ -442,12 +442,7 @@ async fn minio_buckets_from_config_copy_and_verify_clean() {
     );
 
     let verify = offload(job.path(), &root, &["verify"], &[]);
-    assert_exit(&verify, 0);
-    assert!(
-        text(&verify).contains("Safe to switch"),
-        "{}",
-        text(&verify)
-    );
+    assert_safe_to_switch(&verify);
 
     // Re-running over the full target copies nothing again: every object is found identical.
     let again = offload(

@@ -1,11 +1,13 @@
-//! The Redis store: copies every selected database key by key, following the SCAN cursor, with
-//! pipelined DUMP/RESTORE ... REPLACE and the remaining TTL (typed rebuilds in pieces for big
-//! keys and for targets that cannot restore the source's payloads), and verifies per database
-//! with an order-independent sum of per-key digests. One unit per database; the delta pass
-//! empties and copies again a database whose digest changed, and `--freeze-source` pauses the
-//! source's writers.
+//! The Redis store: copies every selected database from a snapshot the source streams as to a
+//! new replica (cut into DUMP payloads), or key by key following the SCAN cursor where the
+//! source gives none; writes with pipelined RESTORE ... REPLACE and the remaining TTL (typed
+//! rebuilds in pieces for big keys and for targets that cannot restore the source's payloads),
+//! and verifies per database with an order-independent sum of per-key digests. One unit per
+//! database; the delta pass empties and copies again a database whose digest changed, and
+//! `--freeze-source` pauses the source's writers.
 //!
-//! Tested against Debian's redis-server 7.0 on both sides, TLS, and a redis-server 6.2 target.
+//! Tested against Debian's redis-server 7.0 on both sides, TLS, and redis-server 6.2 as target and
+//! as source.
 
 mod batch;
 mod copy;
@@ -13,6 +15,9 @@ mod digest;
 mod endpoint;
 mod freeze;
 mod pass;
+mod rdb;
+mod replica;
+mod snapshot;
 mod survey;
 mod values;
 
@@ -109,6 +114,9 @@ pub struct RedisOptions {
     pub mode: CopyMode,
     /// Read keys with a server-side script (EVAL) where the source allows it.
     pub scripts: bool,
+    /// Read each database from a snapshot the source streams as to a new replica (PSYNC),
+    /// where it allows that; otherwise (and when false) live with SCAN.
+    pub snapshot: bool,
     /// Largest accepted difference between a key's remaining TTL on both sides.
     pub ttl_tolerance_ms: i64,
 }
@@ -124,6 +132,7 @@ impl Default for RedisOptions {
             group_bytes: 2 * 1024 * 1024,
             mode: CopyMode::Auto,
             scripts: true,
+            snapshot: true,
             ttl_tolerance_ms: 2_000,
         }
     }
@@ -145,6 +154,12 @@ pub struct RedisStore {
     typed_keys: AtomicU64,
     /// Whether the source runs the server-side read script (cleared on the first refusal).
     scripts: AtomicBool,
+    /// Whether databases are read from snapshots (cleared when the source refuses one).
+    snapshot: AtomicBool,
+    /// Snapshots being read, per unit, between the batches of that unit.
+    feeds: tokio::sync::Mutex<HashMap<String, replica::SnapshotFeed>>,
+    /// Why the source gave no snapshot, once it did not (for the copy's summary).
+    no_snapshot: Mutex<Option<String>>,
     /// The same for verification reads, per side (source, target).
     digest_scripts: [Arc<AtomicBool>; 2],
     /// Per unit: keys expiring before this are left out of verification.
@@ -164,6 +179,9 @@ impl RedisStore {
         RedisStore {
             typed: AtomicBool::new(options.mode == CopyMode::Typed),
             scripts: AtomicBool::new(options.scripts),
+            snapshot: AtomicBool::new(options.snapshot && options.mode != CopyMode::Typed),
+            feeds: tokio::sync::Mutex::new(HashMap::new()),
+            no_snapshot: Mutex::new(None),
             digest_scripts: [
                 Arc::new(AtomicBool::new(options.scripts)),
                 Arc::new(AtomicBool::new(options.scripts)),
@@ -404,7 +422,12 @@ impl Store for RedisStore {
     }
 
     async fn begin_copy(&self, _workers: usize) -> Result<String, StoreError> {
-        Ok("redis: keys are read live with SCAN (Redis has no snapshot to read from): keys written while the copy runs may or may not be in it; stop the platform's writers for an exact copy".to_string())
+        Ok(if self.snapshot.load(Ordering::SeqCst) {
+            "redis: each database is read from a snapshot the source makes for a new replica (PSYNC; where the source refuses, live with SCAN): keys written after it are not in the copy; stop the platform's writers for an exact copy"
+        } else {
+            "redis: keys are read live with SCAN: keys written while the copy runs may or may not be in it; stop the platform's writers for an exact copy"
+        }
+        .to_string())
     }
 
     async fn prepare(&self, unit: &Unit) -> Result<(), StoreError> {
@@ -420,8 +443,17 @@ impl Store for RedisStore {
         after: Option<&Cursor>,
     ) -> Result<BatchOutcome, StoreError> {
         let run_id = self.source_run_id().await?;
+        let from_snapshot = after.is_some_and(|c| c.0.get("snapshot").is_some());
+        if self.snapshot.load(Ordering::SeqCst) && (after.is_none() || from_snapshot) {
+            if let Some(outcome) = self.copy_snapshot_batch(unit, after, &run_id).await? {
+                return Ok(outcome);
+            }
+        }
         let start = match after {
             None => 0,
+            // A snapshot was being read, and now the database is read with SCAN: from its
+            // start (harmless: RESTORE ... REPLACE).
+            Some(_) if from_snapshot => 0,
             Some(c) => {
                 let cursor = decode_cursor(c).ok_or_else(|| {
                     StoreError::new(
@@ -472,13 +504,18 @@ impl Store for RedisStore {
 
     async fn finish_target(&self) -> Result<Vec<String>, StoreError> {
         let typed = self.typed_keys.load(Ordering::Relaxed);
-        Ok(if typed > 0 {
-            vec![format!(
+        let mut notes = Vec::new();
+        if let Some(reason) = self.no_snapshot.lock().expect("no snapshot").as_ref() {
+            notes.push(format!(
+                "redis: keys were read live with SCAN, not from a snapshot ({reason}); keys written during the copy may or may not be in it"
+            ));
+        }
+        if typed > 0 {
+            notes.push(format!(
                 "redis: {typed} key(s) were rebuilt with typed commands (big keys, or a target that cannot restore the source's DUMP payloads)"
-            )]
-        } else {
-            Vec::new()
-        })
+            ));
+        }
+        Ok(notes)
     }
 
     async fn end_copy(&self) {}

@@ -189,6 +189,16 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// Assert that a verify run found both sides equal and said it is safe to switch.
+pub fn assert_safe_to_switch(verify: &Output) {
+    assert_exit(verify, 0);
+    assert!(
+        text(verify).contains("Safe to switch"),
+        "verify did not say it is safe to switch:\n{}",
+        text(verify)
+    );
+}
+
 /// Assert an exit code, showing the output when it is not.
 pub fn assert_exit(out: &Output, code: i32) {
     assert_eq!(

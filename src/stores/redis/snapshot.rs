@@ -1,0 +1,215 @@
+//! Copying one batch of a database from its snapshot ([`super::replica`]): keys restored in
+//! pipelined groups, several in flight, big ones rebuilt in pieces from the live source. A
+//! batch ends when all its keys are written; the snapshot stays open for the next batch, and a
+//! new process (a resume) reads the database again from a new snapshot.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::aio::MultiplexedConnection;
+use redis::RedisResult;
+use serde_json::json;
+
+use super::copy::{self, Dumped, SideError};
+use super::replica::{FeedError, SnapshotFeed};
+use super::values::display_key;
+use super::RedisStore;
+use crate::core::{BatchOutcome, Cursor, ErrorKind, Side, StoreError, StoreKind, Unit};
+
+/// RESTORE pipelines in flight at once per database.
+const RESTORES_IN_FLIGHT: usize = 4;
+
+/// Why a batch from a snapshot stopped.
+enum Stop {
+    Feed(FeedError),
+    Side(SideError),
+}
+
+/// (keys restored, payload bytes, whether the database is finished)
+type Copied = (u64, u64, bool);
+
+impl RedisStore {
+    /// Copy the next batch of `unit` from its snapshot, opening one when this process has
+    /// none. `Ok(None)` when the source gives no usable snapshot: the caller reads the database
+    /// with SCAN from its start.
+    pub(super) async fn copy_snapshot_batch(
+        &self,
+        unit: &Unit,
+        after: Option<&Cursor>,
+        run_id: &str,
+    ) -> Result<Option<BatchOutcome>, StoreError> {
+        let dbs = Self::dbs_of(unit);
+        let open = self.feeds.lock().await.remove(&unit.name);
+        let mut feed = match open {
+            Some(f) => f,
+            None => {
+                if after.is_some() {
+                    tracing::info!(store = "redis", unit = %unit.name, "the snapshot this database was being read from belonged to an earlier run; reading the database again from a new one");
+                }
+                let opened = SnapshotFeed::open(
+                    &self.source,
+                    dbs.source,
+                    usize::try_from(self.options.big_key_bytes).unwrap_or(usize::MAX),
+                    usize::try_from(self.options.group_bytes).unwrap_or(usize::MAX),
+                )
+                .await;
+                match opened {
+                    Ok(f) => f,
+                    Err(e) => return self.without_snapshot(unit, e).map(|()| None),
+                }
+            }
+        };
+        let src = self.conn(Side::Source, dbs.source).await?;
+        let tgt = self.conn(Side::Target, dbs.target).await?;
+        match self.restore_from_feed(&mut feed, src, tgt).await {
+            Ok((rows, bytes, done)) => {
+                let next = if done {
+                    None
+                } else {
+                    let c = Cursor(json!({"snapshot": feed.handed, "run_id": run_id}));
+                    self.feeds.lock().await.insert(unit.name.clone(), feed);
+                    Some(c)
+                };
+                Ok(Some(BatchOutcome {
+                    rows,
+                    bytes,
+                    next,
+                    ..BatchOutcome::default()
+                }))
+            }
+            Err(Stop::Feed(e)) => self.without_snapshot(unit, e).map(|()| None),
+            Err(Stop::Side(e)) => {
+                let (side, db) = if e.0 == Side::Source {
+                    (Side::Source, dbs.source)
+                } else {
+                    (Side::Target, dbs.target)
+                };
+                let err = self.side_err(e).in_unit(&unit.name);
+                self.forget(side, db, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// A snapshot could not be opened or read on: fall back to SCAN for good, or fail the
+    /// batch when the connection broke (the runner retries it with a new snapshot).
+    fn without_snapshot(&self, unit: &Unit, e: FeedError) -> Result<(), StoreError> {
+        if let FeedError::Refused(reason) | FeedError::Corrupt(reason) = &e {
+            self.no_snapshot
+                .lock()
+                .expect("no snapshot")
+                .get_or_insert_with(|| reason.clone());
+        }
+        match e {
+            FeedError::Refused(reason) => {
+                if self.snapshot.swap(false, Ordering::SeqCst) {
+                    tracing::info!(store = "redis", unit = %unit.name, %reason, "no snapshot from the source; reading keys live with SCAN");
+                }
+                Ok(())
+            }
+            FeedError::Corrupt(reason) => {
+                if self.snapshot.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(store = "redis", unit = %unit.name, %reason, "the source's snapshot could not be read; reading keys live with SCAN from the start of the database");
+                }
+                Ok(())
+            }
+            FeedError::Io(io) => Err(StoreError::new(
+                StoreKind::Redis,
+                self.source.address(),
+                ErrorKind::Transient,
+                format!("the snapshot stream from the source broke off: {io}"),
+                "offload retries with a new snapshot; if this keeps happening, check the source server's log, or read keys live with --redis-scan",
+            )
+            .in_unit(&unit.name)),
+        }
+    }
+
+    /// Restore keys from the feed until a batch's worth are written or the database ends.
+    async fn restore_from_feed(
+        &self,
+        feed: &mut SnapshotFeed,
+        mut src: MultiplexedConnection,
+        mut tgt: MultiplexedConnection,
+    ) -> Result<Copied, Stop> {
+        let batch_keys = self.options.batch_keys.max(1);
+        let (mut seen, mut rows, mut bytes) = (0u64, 0u64, 0u64);
+        let mut big: Vec<Vec<u8>> = Vec::new();
+        let mut done = false;
+        let mut in_flight = FuturesUnordered::new();
+        while seen < batch_keys {
+            let Some(chunk) = feed.next().await else {
+                done = true;
+                break;
+            };
+            let chunk = chunk.map_err(Stop::Feed)?;
+            seen += chunk.len() as u64;
+            let read_at = Instant::now();
+            let typed = self.typed.load(Ordering::SeqCst);
+            let mut group = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                match k.payload {
+                    Some(payload) if !typed => group.push(Dumped {
+                        pttl: feed.pttl(k.expire_at_ms),
+                        key: k.key,
+                        payload: Some(payload),
+                    }),
+                    _ => big.push(k.key),
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            if in_flight.len() >= RESTORES_IN_FLIGHT {
+                if let Some(r) = in_flight.next().await {
+                    self.settle(r, &mut rows, &mut bytes, &mut big)?;
+                }
+            }
+            let mut t = tgt.clone();
+            in_flight.push(async move {
+                let r = copy::restore_group(&mut t, &group, read_at).await;
+                (group, r)
+            });
+        }
+        while let Some(r) = in_flight.next().await {
+            self.settle(r, &mut rows, &mut bytes, &mut big)?;
+        }
+        for k in &big {
+            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
+            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k)
+                .await
+                .map_err(Stop::Side)?
+            {
+                rows += 1;
+                bytes += b;
+                self.typed_keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((rows, bytes, done))
+    }
+
+    /// Account for one finished RESTORE pipeline; keys the target cannot restore are rebuilt.
+    fn settle(
+        &self,
+        (group, result): (Vec<Dumped>, RedisResult<(u64, u64)>),
+        rows: &mut u64,
+        bytes: &mut u64,
+        big: &mut Vec<Vec<u8>>,
+    ) -> Result<(), Stop> {
+        match result {
+            Ok((r, b)) => {
+                *rows += r;
+                *bytes += b;
+                Ok(())
+            }
+            Err(e) if copy::payload_rejected(&e) => {
+                if !self.typed.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
+                }
+                big.extend(group.into_iter().map(|d| d.key));
+                Ok(())
+            }
+            Err(e) => Err(Stop::Side(SideError(Side::Target, e))),
+        }
+    }
+}
