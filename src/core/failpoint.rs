@@ -68,6 +68,12 @@ pub fn batch_recorded(mid_unit: bool) {
     }
 }
 
+/// Whether `OFFLOAD_FAILPOINT` names `point`, for faults a store simulates itself instead of
+/// dying (`redis-snapshot-break`: the snapshot stream breaks off after its first chunk).
+pub fn active(point: &str) -> bool {
+    configured() == Some(point)
+}
+
 /// Counts events a store names (`after-part` for each uploaded part of a multipart object);
 /// `NAME:N` dies once the N-th such event of this process happened.
 pub fn counted(name: &str) {

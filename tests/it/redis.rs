@@ -532,21 +532,7 @@ fn kill_nine_then_resume_from_the_scan_cursor() {
 /// checkpoint of the part-way unit is a cursor of the kind named (`snapshot` or `scan`).
 fn kill_nine_then_resume(from: &str, to: &str, db: i64, extra: &[&str], cursor_kind: &str) {
     load(from, db, "types.redis");
-    let mut s = conn(from, db);
-    let mut pipe = ::redis::pipe();
-    for i in 0..30_000 {
-        pipe.cmd("SET")
-            .arg(format!("bulk:{i:05}"))
-            .arg(format!("value {i}"))
-            .ignore();
-        if i % 3 == 0 {
-            pipe.cmd("PEXPIRE")
-                .arg(format!("bulk:{i:05}"))
-                .arg(7_200_000)
-                .ignore();
-        }
-    }
-    let _: () = pipe.query(&mut s).unwrap();
+    seed_bulk(from, db);
     let total = dbsize(from, db);
     let job = tempfile::tempdir().unwrap();
     let mut f = flags_between(from, to, &db.to_string());
@@ -1055,6 +1041,88 @@ fn an_older_source_snapshot_restores_on_a_newer_target() {
     let db = 2;
     seed_encodings(&from.url, db);
     copy_from_one_snapshot(&from.url, &to.url, db, &["length", "last-generated-id"]);
+}
+
+/// 30,000 small keys in database `db` of `url`, a third with a TTL.
+fn seed_bulk(url: &str, db: i64) {
+    let mut pipe = ::redis::pipe();
+    for i in 0..30_000 {
+        pipe.cmd("SET")
+            .arg(format!("bulk:{i:05}"))
+            .arg(format!("value {i}"))
+            .ignore();
+        if i % 3 == 0 {
+            pipe.cmd("PEXPIRE")
+                .arg(format!("bulk:{i:05}"))
+                .arg(7_200_000)
+                .ignore();
+        }
+    }
+    let _: () = pipe.query(&mut conn(url, db)).unwrap();
+}
+
+/// A snapshot stream that breaks off part-way (simulated: the reader fails after its first
+/// chunk) is not trusted again: the runner's retry reads the database with SCAN from its start,
+/// the copy ends complete, and its summary says why there was no snapshot.
+#[test]
+fn a_broken_snapshot_stream_is_read_again_with_scan() {
+    let (from, to) = (OwnRedis::current(), OwnRedis::current());
+    let db = 1;
+    load(&from.url, db, "types.redis");
+    seed_bulk(&from.url, db);
+    let f = flags_between(&from.url, &to.url, &db.to_string());
+    let job = tempfile::tempdir().unwrap();
+    let copy = offload_env(
+        job.path(),
+        &args("copy", &f, &["--batch-rows", "2000"]),
+        &[("OFFLOAD_FAILPOINT", "redis-snapshot-break")],
+    );
+    assert_exit(&copy, 0);
+    assert!(
+        text(&copy).contains("not from a snapshot (the snapshot stream broke off"),
+        "{}",
+        text(&copy)
+    );
+    assert_eq!(full_syncs(&from.url), 1, "one snapshot, not trusted again");
+    assert_safe_to_switch(&offload(job.path(), &args("verify", &f, &[])));
+    assert_same_at(&from.url, &to.url, db, db, 2_000, &STREAM_FIELDS_7);
+}
+
+/// A job stopped part-way through a snapshot can be resumed with `--redis-scan`: the database
+/// is read again with SCAN from its start.
+#[test]
+fn a_snapshot_checkpoint_resumes_with_scan() {
+    let (from, to) = (OwnRedis::current(), OwnRedis::current());
+    let db = 1;
+    seed_bulk(&from.url, db);
+    let f = flags_between(&from.url, &to.url, &db.to_string());
+    let job = tempfile::tempdir().unwrap();
+    let killed = offload_env(
+        job.path(),
+        &args("copy", &f, &["--batch-rows", "2000"]),
+        &[("OFFLOAD_FAILPOINT", "after-partial-batch:2")],
+    );
+    assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
+    let status = offload(job.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        !status["units"][0]["cursor"]["snapshot"].is_null(),
+        "{status}"
+    );
+    let part = dbsize(&to.url, db);
+    assert!(part > 0 && part < 30_000, "part copied: {part}");
+    let resumed = offload(
+        job.path(),
+        &args(
+            "copy",
+            &f,
+            &["--resume", "--redis-scan", "--batch-rows", "2000"],
+        ),
+    );
+    assert_exit(&resumed, 0);
+    assert_eq!(full_syncs(&from.url), 1, "the resume reads no snapshot");
+    assert_safe_to_switch(&offload(job.path(), &args("verify", &f, &[])));
+    assert_same_at(&from.url, &to.url, db, db, 2_000, &STREAM_FIELDS_7);
 }
 
 /// A 7.0 source into a 6.2 target: RESTORE rejects the newer payload format, and offload rebuilds

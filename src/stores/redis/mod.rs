@@ -449,6 +449,10 @@ impl Store for RedisStore {
                 return Ok(outcome);
             }
         }
+        if from_snapshot {
+            // A snapshot still open for this database is not read on (it stops its reader).
+            self.feeds.lock().await.remove(&unit.name);
+        }
         let start = match after {
             None => 0,
             // A snapshot was being read, and now the database is read with SCAN: from its

@@ -98,7 +98,14 @@ impl SnapshotFeed {
                         return Ok(());
                     }
                     let mut rdb = RdbReader::new(reader, limit)?.only_db(db);
+                    let mut sent = 0u64;
                     loop {
+                        if sent == 1 && crate::core::failpoint::active("redis-snapshot-break") {
+                            return Err(FeedError::Io(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                "OFFLOAD_FAILPOINT redis-snapshot-break",
+                            )));
+                        }
                         let mut chunk = Vec::with_capacity(64);
                         let mut bytes = 0usize;
                         let mut end = false;
@@ -117,6 +124,7 @@ impl SnapshotFeed {
                         if !chunk.is_empty() && tx.blocking_send(Event::Keys(chunk)).is_err() {
                             return Ok(()); // the copy stopped listening
                         }
+                        sent += 1;
                         if end {
                             return Ok(());
                         }

@@ -92,15 +92,19 @@ impl RedisStore {
         }
     }
 
-    /// A snapshot could not be opened or read on: fall back to SCAN for good, or fail the
-    /// batch when the connection broke (the runner retries it with a new snapshot).
+    /// A snapshot could not be opened or read on: read with SCAN from now on. When the
+    /// connection broke, the batch also fails, and the runner's retry reads the database with
+    /// SCAN from its start (a source that drops its replica once, for an output buffer limit or
+    /// a timeout, may well do it again).
     fn without_snapshot(&self, unit: &Unit, e: FeedError) -> Result<(), StoreError> {
-        if let FeedError::Refused(reason) | FeedError::Corrupt(reason) = &e {
-            self.no_snapshot
-                .lock()
-                .expect("no snapshot")
-                .get_or_insert_with(|| reason.clone());
-        }
+        let reason = match &e {
+            FeedError::Refused(r) | FeedError::Corrupt(r) => r.clone(),
+            FeedError::Io(io) => format!("the snapshot stream broke off: {io}"),
+        };
+        self.no_snapshot
+            .lock()
+            .expect("no snapshot")
+            .get_or_insert(reason);
         match e {
             FeedError::Refused(reason) => {
                 if self.snapshot.swap(false, Ordering::SeqCst) {
@@ -114,14 +118,19 @@ impl RedisStore {
                 }
                 Ok(())
             }
-            FeedError::Io(io) => Err(StoreError::new(
-                StoreKind::Redis,
-                self.source.address(),
-                ErrorKind::Transient,
-                format!("the snapshot stream from the source broke off: {io}"),
-                "offload retries with a new snapshot; if this keeps happening, check the source server's log, or read keys live with --redis-scan",
-            )
-            .in_unit(&unit.name)),
+            FeedError::Io(io) => {
+                if self.snapshot.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(store = "redis", unit = %unit.name, error = %io, "the snapshot stream broke off; reading keys live with SCAN from the start of the database");
+                }
+                Err(StoreError::new(
+                    StoreKind::Redis,
+                    self.source.address(),
+                    ErrorKind::Transient,
+                    format!("the snapshot stream from the source broke off: {io}"),
+                    "offload retries, reading keys live with SCAN; if the source is unreachable, check it and run the copy again with --resume",
+                )
+                .in_unit(&unit.name))
+            }
         }
     }
 
