@@ -999,6 +999,14 @@ const STREAM_FIELDS_7: [&str; 4] = [
 fn copy_from_one_snapshot(from: &str, to: &str, db: i64, stream_fields: &[&str]) {
     let f = flags_between(from, to, &db.to_string());
     let job = tempfile::tempdir().unwrap();
+    let plan = offload(job.path(), &args("plan", &f, &[]));
+    assert_exit(&plan, 0);
+    assert!(
+        text(&plan).contains("read path: each database is read from a snapshot")
+            && text(&plan).contains("(1 fork(s)"),
+        "the plan says the source will fork:\n{}",
+        text(&plan)
+    );
     let before = full_syncs(from);
     let copy = offload(job.path(), &args("copy", &f, &["--if-exists", "replace"]));
     assert_exit(&copy, 0);
@@ -1111,6 +1119,12 @@ fn a_snapshot_checkpoint_resumes_with_scan() {
     );
     let part = dbsize(&to.url, db);
     assert!(part > 0 && part < 30_000, "part copied: {part}");
+    let plan = offload(job.path(), &args("plan", &f, &["--redis-scan"]));
+    assert!(
+        text(&plan).contains("read path: keys are read live with SCAN"),
+        "{}",
+        text(&plan)
+    );
     let resumed = offload(
         job.path(),
         &args(

@@ -147,6 +147,30 @@ async fn other_clients(conn: &mut MultiplexedConnection) -> RedisResult<Vec<Stri
         .collect())
 }
 
+/// How the copy will read the source, and what a snapshot costs it: a fork per database, whose
+/// copy-on-write pages can take up to the source's resident memory again while it is written.
+fn read_path(store: &RedisStore, source_memory: &str, databases: usize) -> String {
+    if !store.snapshot.load(std::sync::atomic::Ordering::SeqCst) {
+        return "keys are read live with SCAN (--redis-scan, or --redis-typed)".to_string();
+    }
+    if store.source.tls.is_some() {
+        return "keys are read live with SCAN: snapshots are read over plain TCP only, and the source uses TLS".to_string();
+    }
+    let rss = info_u64(source_memory, "used_memory_rss").unwrap_or(0);
+    let machine = info_u64(source_memory, "total_system_memory").unwrap_or(0);
+    let tight = machine > 0 && rss.saturating_mul(2) > machine;
+    format!(
+        "{}each database is read from a snapshot the source makes as for a new replica ({databases} fork(s), as BGSAVE does; where the source refuses, keys are read live with SCAN). While a fork writes its snapshot, pages changed on the source are copied: up to {} more in the worst case{}; --redis-scan reads without forking",
+        if tight { "warning: " } else { "" },
+        mib(rss),
+        if machine > 0 {
+            format!(", on a machine of {}", mib(machine))
+        } else {
+            String::new()
+        }
+    )
+}
+
 pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
     let mut survey = Survey::default();
     let err = |side: Side| move |e: redis::RedisError| store.err(side, &e);
@@ -258,6 +282,12 @@ pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
                 if others.len() > 5 { ", ..." } else { "" }
             )
         },
+    ));
+
+    survey.checks.push(Check::new(
+        "read path",
+        true,
+        read_path(store, &source_memory, selected.len()),
     ));
 
     for (choice, keys) in &selected {
