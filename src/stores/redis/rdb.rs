@@ -476,7 +476,8 @@ impl<R: Read> RdbReader<R> {
 /// Expand an LZF block (the compression RDB uses for strings) to `plain` bytes.
 fn lzf_decompress(packed: &[u8], plain: usize) -> Result<Vec<u8>, RdbError> {
     let bad = || RdbError::Corrupt("a compressed string does not expand".into());
-    let mut out = Vec::with_capacity(plain);
+    // The stated size is only trusted as far as a reasonable reservation goes.
+    let mut out = Vec::with_capacity(plain.min(64 << 20));
     let mut i = 0;
     while i < packed.len() {
         let ctrl = usize::from(packed[i]);
