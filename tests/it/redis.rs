@@ -560,12 +560,10 @@ fn kill_nine_then_resume(from: &str, to: &str, db: i64, extra: &[&str], cursor_k
     killed(&copy(true, Some("after-batch:3")));
     let part = dbsize(to, db);
     assert!(part > 0 && part < total, "part copied: {part} of {total}");
-    let status = offload(job.path(), &["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let unit = &status["units"][0];
+    let cursor = first_unit_cursor(job.path());
     assert!(
-        !unit["cursor"][cursor_kind].is_null(),
-        "the checkpoint is a {cursor_kind} cursor: {unit}"
+        !cursor[cursor_kind].is_null(),
+        "the checkpoint is a {cursor_kind} cursor: {cursor}"
     );
     killed(&copy(true, Some("before-finish")));
     assert_eq!(dbsize(to, db), total, "all keys before finish");
@@ -1051,6 +1049,13 @@ fn an_older_source_snapshot_restores_on_a_newer_target() {
     copy_from_one_snapshot(&from.url, &to.url, db, &["length", "last-generated-id"]);
 }
 
+/// The checkpoint of the job's first unit, as `offload status --json` shows it.
+fn first_unit_cursor(job: &Path) -> serde_json::Value {
+    let status = offload(job, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    status["units"][0]["cursor"].clone()
+}
+
 /// 30,000 small keys in database `db` of `url`, a third with a TTL.
 fn seed_bulk(url: &str, db: i64) {
     let mut pipe = ::redis::pipe();
@@ -1111,12 +1116,8 @@ fn a_snapshot_checkpoint_resumes_with_scan() {
         &[("OFFLOAD_FAILPOINT", "after-partial-batch:2")],
     );
     assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
-    let status = offload(job.path(), &["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert!(
-        !status["units"][0]["cursor"]["snapshot"].is_null(),
-        "{status}"
-    );
+    let cursor = first_unit_cursor(job.path());
+    assert!(!cursor["snapshot"].is_null(), "{cursor}");
     let part = dbsize(&to.url, db);
     assert!(part > 0 && part < 30_000, "part copied: {part}");
     let plan = offload(job.path(), &args("plan", &f, &["--redis-scan"]));

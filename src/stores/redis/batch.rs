@@ -74,19 +74,15 @@ impl RedisStore {
         mut tgt: MultiplexedConnection,
         keys: Vec<Vec<u8>>,
     ) -> Result<(u64, u64), SideError> {
-        let (mut rows, mut bytes) = (0u64, 0u64);
         if keys.is_empty() {
             return Ok((0, 0));
         }
         if self.typed.load(Ordering::SeqCst) {
-            for k in &keys {
-                if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
-                    rows += 1;
-                    bytes += b;
-                    self.typed_keys.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            return Ok((rows, bytes));
+            let all = Written {
+                big: keys,
+                ..Written::default()
+            };
+            return self.rebuild_typed(&mut src, &mut tgt, all).await;
         }
         if self.scripts.load(Ordering::SeqCst) {
             match self
@@ -104,11 +100,11 @@ impl RedisStore {
         let sizes = copy::probe_sizes(&mut src, &keys).await.on(Side::Source)?;
         let mut groups: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
         let mut group_bytes = 0u64;
-        let mut big = Vec::new();
+        let mut w = Written::default();
         for (key, size) in keys.into_iter().zip(sizes) {
             let size = size.unwrap_or(0);
             if size > self.options.big_key_bytes {
-                big.push(key);
+                w.big.push(key);
                 continue;
             }
             if group_bytes >= self.options.group_bytes {
@@ -120,23 +116,58 @@ impl RedisStore {
         }
         for group in groups.into_iter().filter(|g| !g.is_empty()) {
             let (dumped, read_at) = copy::dump_group(&mut src, group).await.on(Side::Source)?;
-            match copy::restore_group(&mut tgt, &dumped, read_at).await {
-                Ok((r, b)) => {
-                    rows += r;
-                    bytes += b;
-                }
-                Err(e) if copy::payload_rejected(&e) => {
-                    if !self.typed.swap(true, Ordering::SeqCst) {
-                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                    }
-                    big.extend(dumped.into_iter().map(|d| d.key));
-                }
-                Err(e) => return Err(SideError(Side::Target, e)),
-            }
+            let restored = copy::restore_group(&mut tgt, &dumped, read_at).await;
+            self.settle_restore(&mut w, dumped, restored)?;
         }
-        for k in &big {
+        self.rebuild_typed(&mut src, &mut tgt, w).await
+    }
+}
+
+/// What a batch has written so far, and the keys it leaves to the typed rebuild.
+#[derive(Default)]
+pub(super) struct Written {
+    pub rows: u64,
+    pub bytes: u64,
+    pub big: Vec<Vec<u8>>,
+}
+
+impl RedisStore {
+    /// Account for one RESTORE pipeline of `dumped`. Keys the target cannot restore (an older
+    /// server) join the typed rebuild, which every later key then takes too.
+    pub(super) fn settle_restore(
+        &self,
+        w: &mut Written,
+        dumped: Vec<copy::Dumped>,
+        restored: redis::RedisResult<(u64, u64)>,
+    ) -> Result<(), SideError> {
+        match restored {
+            Ok((r, b)) => {
+                w.rows += r;
+                w.bytes += b;
+                Ok(())
+            }
+            Err(e) if copy::payload_rejected(&e) => {
+                if !self.typed.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
+                }
+                w.big.extend(dumped.into_iter().map(|d| d.key));
+                Ok(())
+            }
+            Err(e) => Err(SideError(Side::Target, e)),
+        }
+    }
+
+    /// Rebuild `w.big` in pieces with typed commands; returns the batch's (rows, bytes).
+    pub(super) async fn rebuild_typed(
+        &self,
+        src: &mut MultiplexedConnection,
+        tgt: &mut MultiplexedConnection,
+        w: Written,
+    ) -> Result<(u64, u64), SideError> {
+        let (mut rows, mut bytes) = (w.rows, w.bytes);
+        for k in &w.big {
             tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
-            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k).await? {
+            if let Some(b) = copy::copy_key_typed(src, tgt, k).await? {
                 rows += 1;
                 bytes += b;
                 self.typed_keys.fetch_add(1, Ordering::Relaxed);
@@ -154,8 +185,7 @@ impl RedisStore {
         tgt: &mut MultiplexedConnection,
         mut keys: Vec<Vec<u8>>,
     ) -> Result<(u64, u64), SideError> {
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        let mut big = Vec::new();
+        let mut w = Written::default();
         while !keys.is_empty() {
             let read = copy::dump_scripted(
                 src,
@@ -166,30 +196,11 @@ impl RedisStore {
             .await
             .on(Side::Source)?;
             keys = read.unread;
-            big.extend(read.big);
-            match copy::restore_group(tgt, &read.dumped, read.read_at).await {
-                Ok((r, b)) => {
-                    rows += r;
-                    bytes += b;
-                }
-                Err(e) if copy::payload_rejected(&e) => {
-                    if !self.typed.swap(true, Ordering::SeqCst) {
-                        tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                    }
-                    big.extend(read.dumped.into_iter().map(|d| d.key));
-                }
-                Err(e) => return Err(SideError(Side::Target, e)),
-            }
+            w.big.extend(read.big);
+            let restored = copy::restore_group(tgt, &read.dumped, read.read_at).await;
+            self.settle_restore(&mut w, read.dumped, restored)?;
         }
-        for k in &big {
-            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
-            if let Some(b) = copy::copy_key_typed(src, tgt, k).await? {
-                rows += 1;
-                bytes += b;
-                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok((rows, bytes))
+        self.rebuild_typed(src, tgt, w).await
     }
 }
 

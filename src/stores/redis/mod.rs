@@ -220,6 +220,20 @@ impl RedisStore {
         self.err(e.0, &e.1)
     }
 
+    /// A batch of `unit` failed on one side: the error to return, after forgetting that side's
+    /// connection when a retry should open a fresh one.
+    async fn batch_failed(&self, unit: &Unit, dbs: DbChoice, e: SideError) -> StoreError {
+        let side = e.0;
+        let db = if side == Side::Source {
+            dbs.source
+        } else {
+            dbs.target
+        };
+        let err = self.side_err(e).in_unit(&unit.name);
+        self.forget(side, db, &err).await;
+        err
+    }
+
     /// A pipelining connection to one database of one side (shared; reopened after an error).
     async fn conn(&self, side: Side, db: i64) -> Result<MultiplexedConnection, StoreError> {
         let mut conns = self.conns.lock().await;
@@ -492,17 +506,7 @@ impl Store for RedisStore {
                     .then(|| Cursor(json!({"scan": next.to_string(), "run_id": run_id}))),
                 ..BatchOutcome::default()
             }),
-            Err(e) => {
-                let db = if e.0 == Side::Source {
-                    dbs.source
-                } else {
-                    dbs.target
-                };
-                let side = e.0;
-                let err = self.side_err(e).in_unit(&unit.name);
-                self.forget(side, db, &err).await;
-                Err(err)
-            }
+            Err(e) => Err(self.batch_failed(unit, dbs, e).await),
         }
     }
 

@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
-use redis::RedisResult;
 use serde_json::json;
 
+use super::batch::Written;
 use super::copy::{self, Dumped, SideError};
 use super::replica::{FeedError, SnapshotFeed};
-use super::values::display_key;
 use super::RedisStore;
 use crate::core::{BatchOutcome, Cursor, ErrorKind, Side, StoreError, StoreKind, Unit};
 
@@ -79,16 +78,7 @@ impl RedisStore {
                 }))
             }
             Err(Stop::Feed(e)) => self.without_snapshot(unit, e).map(|()| None),
-            Err(Stop::Side(e)) => {
-                let (side, db) = if e.0 == Side::Source {
-                    (Side::Source, dbs.source)
-                } else {
-                    (Side::Target, dbs.target)
-                };
-                let err = self.side_err(e).in_unit(&unit.name);
-                self.forget(side, db, &err).await;
-                Err(err)
-            }
+            Err(Stop::Side(e)) => Err(self.batch_failed(unit, dbs, e).await),
         }
     }
 
@@ -142,8 +132,8 @@ impl RedisStore {
         mut tgt: MultiplexedConnection,
     ) -> Result<Copied, Stop> {
         let batch_keys = self.options.batch_keys.max(1);
-        let (mut seen, mut rows, mut bytes) = (0u64, 0u64, 0u64);
-        let mut big: Vec<Vec<u8>> = Vec::new();
+        let mut seen = 0u64;
+        let mut w = Written::default();
         let mut done = false;
         let mut in_flight = FuturesUnordered::new();
         while seen < batch_keys {
@@ -163,15 +153,16 @@ impl RedisStore {
                         key: k.key,
                         payload: Some(payload),
                     }),
-                    _ => big.push(k.key),
+                    _ => w.big.push(k.key),
                 }
             }
             if group.is_empty() {
                 continue;
             }
             if in_flight.len() >= RESTORES_IN_FLIGHT {
-                if let Some(r) = in_flight.next().await {
-                    self.settle(r, &mut rows, &mut bytes, &mut big)?;
+                if let Some((group, restored)) = in_flight.next().await {
+                    self.settle_restore(&mut w, group, restored)
+                        .map_err(Stop::Side)?;
                 }
             }
             let mut t = tgt.clone();
@@ -180,45 +171,14 @@ impl RedisStore {
                 (group, r)
             });
         }
-        while let Some(r) = in_flight.next().await {
-            self.settle(r, &mut rows, &mut bytes, &mut big)?;
+        while let Some((group, restored)) = in_flight.next().await {
+            self.settle_restore(&mut w, group, restored)
+                .map_err(Stop::Side)?;
         }
-        for k in &big {
-            tracing::debug!(store = "redis", key = %display_key(k), "copied in pieces with typed commands");
-            if let Some(b) = copy::copy_key_typed(&mut src, &mut tgt, k)
-                .await
-                .map_err(Stop::Side)?
-            {
-                rows += 1;
-                bytes += b;
-                self.typed_keys.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let (rows, bytes) = self
+            .rebuild_typed(&mut src, &mut tgt, w)
+            .await
+            .map_err(Stop::Side)?;
         Ok((rows, bytes, done))
-    }
-
-    /// Account for one finished RESTORE pipeline; keys the target cannot restore are rebuilt.
-    fn settle(
-        &self,
-        (group, result): (Vec<Dumped>, RedisResult<(u64, u64)>),
-        rows: &mut u64,
-        bytes: &mut u64,
-        big: &mut Vec<Vec<u8>>,
-    ) -> Result<(), Stop> {
-        match result {
-            Ok((r, b)) => {
-                *rows += r;
-                *bytes += b;
-                Ok(())
-            }
-            Err(e) if copy::payload_rejected(&e) => {
-                if !self.typed.swap(true, Ordering::SeqCst) {
-                    tracing::warn!(store = "redis", error = %e, "the target cannot restore the source's DUMP payloads (an older server?); rebuilding values with typed commands from now on");
-                }
-                big.extend(group.into_iter().map(|d| d.key));
-                Ok(())
-            }
-            Err(e) => Err(Stop::Side(SideError(Side::Target, e))),
-        }
     }
 }
