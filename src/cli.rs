@@ -184,6 +184,13 @@ pub struct JobArgs {
     #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
     pub mongodb_split_bytes: u64,
 
+    /// How long the plan waits for a MongoDB source to size one collection (`collStats`, which
+    /// `mongod` answers from metadata and some servers only by scanning the collection). A
+    /// collection not sized in time is copied whole, never split, and counted as it copies.
+    /// 0 waits as long as it takes.
+    #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = seconds)]
+    pub mongodb_size_timeout: std::time::Duration,
+
     /// Units worked on at once, across all stores.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
@@ -445,4 +452,14 @@ pub enum IfExistsArg {
     Refuse,
     Skip,
     Replace,
+}
+
+/// A number of seconds, fractions allowed (`2`, `0.5`), at most a day.
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0 to 86400 (e.g. 2 or 0.5)"
+        )),
+    }
 }

@@ -111,6 +111,9 @@ pub struct Inputs {
     pub object_transfers: usize,
     pub deep: bool,
     pub mongodb_split_bytes: u64,
+    /// Longest wait for the source to size one collection; `None` keeps the default, zero waits
+    /// as long as it takes.
+    pub mongodb_size_timeout: Option<std::time::Duration>,
     pub to_meilisearch: Option<String>,
     pub to_meilisearch_key_file: Option<PathBuf>,
     pub meilisearch_public_url: Option<String>,
@@ -749,6 +752,9 @@ impl Settings {
                 optional_databases: forum,
                 batch_docs: inputs.batch_rows,
                 split_bytes: inputs.mongodb_split_bytes.max(1),
+                size_timeout: inputs
+                    .mongodb_size_timeout
+                    .unwrap_or(MongoOptions::default().size_timeout),
                 snapshot,
                 ..MongoOptions::default()
             },

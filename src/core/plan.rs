@@ -41,8 +41,9 @@ impl Plan {
 pub async fn make_plan(stores: &[Arc<dyn Store>]) -> Result<Plan, CoreError> {
     let mut out = Vec::new();
     for store in stores {
-        let survey = store.survey().await?;
+        let mut survey = store.survey().await?;
         let units = store.inventory().await?;
+        survey.notes.extend(store.inventory_notes());
         let occupied = store.occupied(&units).await?;
         let identity = store.identity();
         let name = |side: &str| {

@@ -160,7 +160,8 @@ impl Runner {
 
         super::failpoint::reached("after-prepare");
 
-        // The work: every unit not yet copied, biggest first so the tail is short.
+        // The work: every unit not yet copied, biggest first so the tail is short (a unit its store
+        // could not size is taken to be big).
         let mut work = Vec::new();
         let (mut total_rows, mut total_bytes, mut done_rows, mut done_bytes) = (0, 0, 0, 0);
         for kind in by_kind.keys() {
@@ -183,7 +184,7 @@ impl Runner {
                 }
             }
         }
-        work.sort_by_key(|r| std::cmp::Reverse(r.unit.est_bytes));
+        work.sort_by_key(|r| std::cmp::Reverse((!r.unit.size_known(), r.unit.est_bytes)));
         self.reporter.on_phase_start(
             Phase::Copy,
             summary.units_total as u64,

@@ -95,6 +95,13 @@ pub struct Unit {
 }
 
 impl Unit {
+    /// Whether the store knows this unit's size. A store that could not size a unit in time sets
+    /// `"sized": false` in its spec and leaves the estimates at zero: the runner then takes it to
+    /// be large (it starts first), and the plan says it was not sized.
+    pub fn size_known(&self) -> bool {
+        self.spec.get("sized") != Some(&serde_json::Value::Bool(false))
+    }
+
     /// Names of the units whose (container, object) is in `objects`, e.g. the occupied tables
     /// or collections a store found on its target.
     pub fn names_within(
@@ -227,6 +234,12 @@ pub trait Store: Send + Sync {
 
     /// The units of work on the source, with size estimates.
     async fn inventory(&self) -> Result<Vec<Unit>, StoreError>;
+
+    /// What the last [`Store::inventory`] has to tell the operator about its sizes (units it could
+    /// not size); shown with the plan.
+    fn inventory_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Names of the units whose target already holds data.
     async fn occupied(&self, units: &[Unit]) -> Result<Vec<String>, StoreError>;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::core::catalog::{PhaseRecord, UnitRecord};
+use crate::core::catalog::{PhaseRecord, UnitRecord, UnitState};
 use crate::core::delta::DeltaSummary;
 use crate::core::plan::Plan;
 use crate::core::runner::CopySummary;
@@ -25,6 +25,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// One table's or collection's line of the plan: its units (key ranges) folded together.
+#[derive(Default)]
+struct ObjectTotals {
+    rows: u64,
+    bytes: u64,
+    parts: usize,
+    /// Whether every unit of it was sized.
+    sized: bool,
+}
+
 pub fn plan(plan: &Plan) -> String {
     let mut out = String::new();
     for s in &plan.stores {
@@ -41,45 +51,66 @@ pub fn plan(plan: &Plan) -> String {
             let _ = writeln!(out, "  {n}");
         }
         // Per container, then per object (ranges of one table folded together).
-        let mut containers: BTreeMap<&str, BTreeMap<&str, (u64, u64, usize)>> = BTreeMap::new();
+        let mut containers: BTreeMap<&str, BTreeMap<&str, ObjectTotals>> = BTreeMap::new();
         for u in &s.units {
             let e = containers
                 .entry(u.container.as_str())
                 .or_default()
                 .entry(u.object.as_str())
-                .or_default();
-            e.0 += u.est_rows;
-            e.1 += u.est_bytes;
-            e.2 += 1;
+                .or_insert(ObjectTotals {
+                    sized: true,
+                    ..ObjectTotals::default()
+                });
+            e.rows += u.est_rows;
+            e.bytes += u.est_bytes;
+            e.parts += 1;
+            e.sized &= u.size_known();
         }
         for (container, objects) in &containers {
-            let rows: u64 = objects.values().map(|o| o.0).sum();
-            let size: u64 = objects.values().map(|o| o.1).sum();
+            let rows: u64 = objects.values().map(|o| o.rows).sum();
+            let size: u64 = objects.values().map(|o| o.bytes).sum();
+            let unknown = objects.values().filter(|o| !o.sized).count();
             let _ = writeln!(
                 out,
-                "  {container}: {} {parts}, ~{rows} {records}, ~{}",
+                "  {container}: {} {parts}, ~{rows} {records}, ~{}{}",
                 objects.len(),
-                bytes(size)
+                bytes(size),
+                if unknown > 0 {
+                    format!(" and {unknown} not sized")
+                } else {
+                    String::new()
+                }
             );
-            for (object, (rows, size, parts)) in objects {
-                let split = if *parts > 1 {
-                    format!(", in {parts} key ranges")
+            for (object, o) in objects {
+                if !o.sized {
+                    let _ = writeln!(out, "    {object:<48} {:>38}", "not sized");
+                    continue;
+                }
+                let split = if o.parts > 1 {
+                    format!(", in {} key ranges", o.parts)
                 } else {
                     String::new()
                 };
                 let _ = writeln!(
                     out,
-                    "    {object:<48} ~{rows:>10} {records}  ~{:>10}{split}",
-                    bytes(*size)
+                    "    {object:<48} ~{:>10} {records}  ~{:>10}{split}",
+                    o.rows,
+                    bytes(o.bytes)
                 );
             }
         }
+        let not_sized = s.units.iter().filter(|u| !u.size_known()).count();
         let _ = writeln!(
             out,
-            "  total: {} units, ~{} {records}, ~{}",
+            "  total: {} units, ~{} {records}, ~{}{}",
             s.units.len(),
             s.total_rows,
-            bytes(s.total_bytes)
+            bytes(s.total_bytes),
+            if not_sized > 0 {
+                format!(", plus {not_sized} unit(s) not sized")
+            } else {
+                String::new()
+            }
         );
         if !s.occupied.is_empty() {
             let _ = writeln!(
@@ -248,6 +279,16 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
         100.0
     };
     let mut line = format!("Copy: {done} of ~{total} records ({percent:.0}%)");
+    // A unit not sized counts only what it has copied so far: no share of it is known to be left.
+    let unsized_left = units
+        .iter()
+        .filter(|u| !u.unit.size_known() && u.state != UnitState::Copied)
+        .count();
+    if unsized_left > 0 {
+        line.push_str(&format!(
+            ", plus whatever remains of {unsized_left} unit(s) not sized"
+        ));
+    }
     let running = phases
         .iter()
         .filter(|p| p.phase == "copy" && p.store != "job" && p.done_at.is_none())
@@ -259,7 +300,7 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
             ", running for {:.0} s, {rate:.0} records/s on average",
             elapsed
         ));
-        if rate > 0.0 && total > done {
+        if rate > 0.0 && total > done && unsized_left == 0 {
             line.push_str(&format!(
                 ", about {:.0} s left",
                 (total - done) as f64 / rate
@@ -299,7 +340,11 @@ pub fn status(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
             u.unit.name,
             format!("{:?}", u.state).to_lowercase(),
             u.rows_done,
-            u.unit.est_rows,
+            if u.unit.size_known() {
+                u.unit.est_rows.to_string()
+            } else {
+                "not sized".into()
+            },
             bytes(u.bytes_done),
             u.verify_state.as_deref().unwrap_or("-")
         );

@@ -709,6 +709,9 @@ async fn kill_nine_at_three_points_then_resume() {
                 "2",
                 "--mongodb-split-bytes",
                 "60000",
+                // Sized however long it takes, so the split never depends on the machine's speed.
+                "--mongodb-size-timeout",
+                "0",
             ],
         );
         if resume {
@@ -787,6 +790,91 @@ async fn kill_nine_at_three_points_then_resume() {
         index_specs(&t, platform, "modulestore.definitions_bulk").await,
         "indexes built after the last resume"
     );
+    dbs.drop_both().await;
+}
+
+#[tokio::test]
+async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() {
+    if std::env::var("OFFLOAD_TEST_MONGODB_URL").is_ok() {
+        // mongod answers collStats from metadata, within any limit: nothing to provoke.
+        eprintln!("skipped: a real mongod sizes a collection at once");
+        return;
+    }
+    let dbs = TestDbs::new(&["notsized"]).await;
+    let db = &dbs.names[0];
+    // SecantusDB scans a collection to size it: 3,000 documents take it about 100 ms, far over
+    // the 1 ms allowed here.
+    seed_bulk(db, 3000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = mflags(&dbs);
+    let tight = [
+        "--mongodb-size-timeout",
+        "0.001",
+        "--mongodb-split-bytes",
+        "60000",
+    ];
+
+    let plan = offload(job.path(), &args("plan", &f, &tight));
+    assert_exit(&plan, 0);
+    let shown = text(&plan);
+    assert!(
+        shown.contains("not sized")
+            && shown.contains(&format!("{db}.modulestore.definitions_bulk"))
+            && shown.contains("--mongodb-size-timeout"),
+        "the plan names the collection it could not size and the flag to size it: {shown}"
+    );
+    let plan = offload(
+        job.path(),
+        &args("plan", &f, &[&tight[..], &["--json"]].concat()),
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let bulk: Vec<&serde_json::Value> = plan["stores"][0]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["object"] == "modulestore.definitions_bulk")
+        .collect();
+    assert_eq!(
+        bulk.len(),
+        1,
+        "not split into ranges without a size, whatever --mongodb-split-bytes says: {bulk:?}"
+    );
+    assert_eq!(bulk[0]["spec"]["sized"], false);
+    assert_eq!(bulk[0]["est_bytes"], 0, "no size is made up");
+
+    // Given time, the same collection is sized and split: the limit is what made the difference.
+    let sized = offload(
+        job.path(),
+        &args(
+            "plan",
+            &f,
+            &[
+                "--mongodb-size-timeout",
+                "0",
+                "--mongodb-split-bytes",
+                "60000",
+                "--json",
+            ],
+        ),
+    );
+    let sized: serde_json::Value = serde_json::from_slice(&sized.stdout).unwrap();
+    let ranges = sized["stores"][0]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["object"] == "modulestore.definitions_bulk")
+        .count();
+    assert!(ranges > 1, "sized without a limit, it splits: {ranges}");
+
+    let copy = offload(job.path(), &args("copy", &f, &tight));
+    assert_exit(&copy, 0);
+    assert_safe_to_switch(&offload(job.path(), &args("verify", &[], &[])));
+    let (a, b) = (
+        raw_docs(&source_uri(), db, "modulestore.definitions_bulk").await,
+        raw_docs(&target_uri(), db, "modulestore.definitions_bulk").await,
+    );
+    assert_eq!(b.len(), 3000, "every document counted and copied");
+    assert!(a == b, "identical, byte for byte");
     dbs.drop_both().await;
 }
 

@@ -241,6 +241,14 @@ fn tls_hint(e: &MongoEndpoint) -> String {
 }
 
 /// Turn a driver error into a [`StoreError`] that says what to do.
+/// The server's error code of a failed command, if the server answered with one.
+pub fn error_code(e: &DriverError) -> Option<i32> {
+    match &*e.kind {
+        DriverKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
 pub fn map_error(side: &str, endpoint: &MongoEndpoint, e: DriverError) -> StoreError {
     let address = endpoint.address();
     let auth_hint = || {

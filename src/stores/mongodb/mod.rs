@@ -13,6 +13,7 @@ mod keys;
 mod read;
 mod shape;
 mod survey;
+mod turns;
 mod unique;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -35,6 +36,9 @@ use crate::core::{
 /// Databases never copied: the server's own.
 const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
 
+/// The server's code for a command stopped by its `maxTimeMS`.
+const MAX_TIME_EXPIRED: i32 = 50;
+
 /// Choices for a MongoDB migration.
 #[derive(Debug, Clone)]
 pub struct MongoOptions {
@@ -54,6 +58,8 @@ pub struct MongoOptions {
     pub insert_bytes: usize,
     /// Collections larger than this are split into `_id` ranges copied in parallel.
     pub split_bytes: u64,
+    /// Longest wait for the source to size one collection; zero waits as long as it takes.
+    pub size_timeout: std::time::Duration,
     /// Read the whole source at one cluster time (needs a replica set).
     pub snapshot: bool,
 }
@@ -69,6 +75,7 @@ impl Default for MongoOptions {
             batch_docs: None,
             insert_bytes: 4 * 1024 * 1024,
             split_bytes: 1024 * 1024 * 1024,
+            size_timeout: std::time::Duration::from_secs(2),
             snapshot: false,
         }
     }
@@ -93,6 +100,10 @@ pub struct MongoStore {
     sorted_only: Mutex<HashSet<String>>,
     /// Collections left alone by `--if-exists skip`: no indexes are built on them.
     skipped: Mutex<BTreeSet<(String, String)>>,
+    /// Collections (`db.coll`) the source did not size within `size_timeout`.
+    not_sized: Mutex<BTreeSet<String>>,
+    /// Per side, whose turn it is to open a query (see [`turns`]).
+    turns: [turns::Turns; 2],
 }
 
 impl MongoStore {
@@ -114,6 +125,8 @@ impl MongoStore {
             snapshot_time: Mutex::new(None),
             sorted_only: Mutex::new(HashSet::new()),
             skipped: Mutex::new(BTreeSet::new()),
+            not_sized: Mutex::new(BTreeSet::new()),
+            turns: Default::default(),
         }
     }
 
@@ -122,6 +135,13 @@ impl MongoStore {
             Side::Source => &self.source,
             Side::Target => &self.target,
         }
+    }
+
+    fn turns(&self, side: Side) -> &turns::Turns {
+        &self.turns[match side {
+            Side::Source => 0,
+            Side::Target => 1,
+        }]
     }
 
     fn err(&self, side: Side, e: mongodb::error::Error) -> StoreError {
@@ -251,8 +271,10 @@ impl MongoStore {
         self.command(side, "admin", doc! {"hello": 1}).await
     }
 
-    /// Size and count of a collection: `collStats` where the server has it, else a count.
-    async fn stats(&self, db: &str, coll: &str) -> Result<(u64, u64), StoreError> {
+    /// Count and size of a collection from `collStats`, or from a count where the server has no
+    /// `collStats`; `None` when the source did not answer within `size_timeout` (a server that
+    /// scans the collection to size it).
+    async fn stats(&self, db: &str, coll: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let d = self.db(Side::Source, db).await?;
         let num = |v: Option<&Bson>| match v {
             Some(Bson::Int32(n)) => *n as u64,
@@ -260,22 +282,41 @@ impl MongoStore {
             Some(Bson::Double(n)) => *n as u64,
             _ => 0,
         };
-        match d.run_command(doc! {"collStats": coll}).await {
-            Ok(s) => Ok((num(s.get("count")), num(s.get("size")))),
+        let limit = self.options.size_timeout;
+        let mut cmd = doc! {"collStats": coll};
+        if !limit.is_zero() {
+            cmd.insert(
+                "maxTimeMS",
+                limit.as_millis().clamp(1, i32::MAX as u128) as i64,
+            );
+        }
+        match d.run_command(cmd).await {
+            Ok(s) => Ok(Some((num(s.get("count")), num(s.get("size"))))),
+            Err(e) if endpoint::error_code(&e) == Some(MAX_TIME_EXPIRED) => {
+                tracing::info!(store = "mongodb", database = %db, collection = %coll, limit_ms = limit.as_millis() as u64, "the source did not size this collection in time; it is copied whole and counted as it copies");
+                Ok(None)
+            }
             Err(_) => {
                 let n = d
                     .collection::<Document>(coll)
                     .estimated_document_count()
                     .await
                     .map_err(|e| self.err(Side::Source, e))?;
-                Ok((n, 0))
+                Ok(Some((n, 0)))
             }
         }
     }
 
     /// Units of one collection: whole, or `_id` ranges of about `split_bytes` each.
     async fn units_of(&self, db: &str, spec: &CollectionSpec) -> Result<Vec<Unit>, StoreError> {
-        let (rows, bytes) = self.stats(db, &spec.name).await?;
+        let sized = self.stats(db, &spec.name).await?;
+        if sized.is_none() {
+            self.not_sized
+                .lock()
+                .expect("not-sized set")
+                .insert(format!("{db}.{}", spec.name));
+        }
+        let (rows, bytes) = sized.unwrap_or((0, 0));
         let avg = bytes.checked_div(rows).map_or(512, |a| a.max(16));
         let batch_docs = (self.options.batch_bytes / avg).clamp(100, 100_000);
         let unit_spec = json!({
@@ -283,6 +324,7 @@ impl MongoStore {
             "avg_bytes": avg,
             "capped": spec.capped(),
             "clustered": spec.clustered(),
+            "sized": sized.is_some(),
         });
         let name = format!("{db}.{}", spec.name);
         let mut boundaries = Vec::new();
@@ -377,6 +419,24 @@ impl Store for MongoStore {
             }
         }
         Ok(units)
+    }
+
+    fn inventory_notes(&self) -> Vec<String> {
+        let not_sized = self.not_sized.lock().expect("not-sized set");
+        if not_sized.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<&str> = not_sized.iter().map(String::as_str).collect();
+        let limit = self.options.size_timeout;
+        let limit = if limit.as_millis() < 1000 {
+            format!("{} ms", limit.as_millis())
+        } else {
+            format!("{:.1} s", limit.as_secs_f64())
+        };
+        vec![format!(
+            "not sized: {} (the source did not answer collStats within {limit}; some servers scan the whole collection to answer it). Copied whole, never split into _id ranges, and counted as copied; to size and split, plan again with a longer --mongodb-size-timeout (0 waits as long as it takes)",
+            names.join(", "),
+        )]
     }
 
     async fn occupied(&self, units: &[Unit]) -> Result<Vec<String>, StoreError> {

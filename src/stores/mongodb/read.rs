@@ -2,7 +2,8 @@
 //! (a `hint`), which SecantusDB answers about ten times faster than a sort; but SecantusDB walks
 //! sub-document `_id`s in its own key order, not the server's sort order that `_id` range
 //! filters use. So every walk is checked as it goes, and a collection whose walk is out of order
-//! is read sorted from then on. A range (a filter) is always read sorted.
+//! is read sorted from then on. A range (a filter) is always read sorted. Reads of one server
+//! take turns at asking for their first reply (see `turns`).
 
 use std::future::Future;
 
@@ -204,11 +205,19 @@ pub async fn open(
         }
     }
     let db = store.db(side, &unit.container).await?;
-    let cursor = db
-        .run_cursor_command(cmd)
-        .batch_size(batch)
-        .await
-        .map_err(|e| store.err(side, e).in_unit(&unit.name))?;
+    // The largest collection first; one not sized in time is taken to be large.
+    let weight = if unit.size_known() {
+        unit.est_bytes
+    } else {
+        u64::MAX
+    };
+    let cursor = {
+        let _turn = store.turns(side).take(weight).await;
+        db.run_cursor_command(cmd)
+            .batch_size(batch)
+            .await
+            .map_err(|e| store.err(side, e).in_unit(&unit.name))?
+    };
     Ok(Read {
         cursor: cursor.with_type::<RawDocumentBuf>(),
         walk,
