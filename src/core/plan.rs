@@ -43,7 +43,7 @@ pub async fn make_plan(stores: &[Arc<dyn Store>]) -> Result<Plan, CoreError> {
     for store in stores {
         let mut survey = store.survey().await?;
         let units = store.inventory().await?;
-        survey.notes.extend(store.inventory_notes());
+        survey.notes.extend(store.inventory_notes(&units));
         let occupied = store.occupied(&units).await?;
         let identity = store.identity();
         let name = |side: &str| {

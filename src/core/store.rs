@@ -235,9 +235,9 @@ pub trait Store: Send + Sync {
     /// The units of work on the source, with size estimates.
     async fn inventory(&self) -> Result<Vec<Unit>, StoreError>;
 
-    /// What the last [`Store::inventory`] has to tell the operator about its sizes (units it could
-    /// not size); shown with the plan.
-    fn inventory_notes(&self) -> Vec<String> {
+    /// What the operator should know about these units from [`Store::inventory`] (units it could
+    /// not size, and how to size them); shown with the plan.
+    fn inventory_notes(&self, _units: &[Unit]) -> Vec<String> {
         Vec::new()
     }
 

@@ -823,17 +823,13 @@ async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() 
             && shown.contains("--mongodb-size-timeout"),
         "the plan names the collection it could not size and the flag to size it: {shown}"
     );
-    let plan = offload(
-        job.path(),
-        &args("plan", &f, &[&tight[..], &["--json"]].concat()),
+    let bulk = planned_units(
+        &offload(
+            job.path(),
+            &args("plan", &f, &[&tight[..], &["--json"]].concat()),
+        ),
+        "modulestore.definitions_bulk",
     );
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let bulk: Vec<&serde_json::Value> = plan["stores"][0]["units"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["object"] == "modulestore.definitions_bulk")
-        .collect();
     assert_eq!(
         bulk.len(),
         1,
@@ -843,27 +839,24 @@ async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() 
     assert_eq!(bulk[0]["est_bytes"], 0, "no size is made up");
 
     // Given time, the same collection is sized and split: the limit is what made the difference.
-    let sized = offload(
-        job.path(),
-        &args(
-            "plan",
-            &f,
-            &[
-                "--mongodb-size-timeout",
-                "0",
-                "--mongodb-split-bytes",
-                "60000",
-                "--json",
-            ],
+    let ranges = planned_units(
+        &offload(
+            job.path(),
+            &args(
+                "plan",
+                &f,
+                &[
+                    "--mongodb-size-timeout",
+                    "0",
+                    "--mongodb-split-bytes",
+                    "60000",
+                    "--json",
+                ],
+            ),
         ),
-    );
-    let sized: serde_json::Value = serde_json::from_slice(&sized.stdout).unwrap();
-    let ranges = sized["stores"][0]["units"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["object"] == "modulestore.definitions_bulk")
-        .count();
+        "modulestore.definitions_bulk",
+    )
+    .len();
     assert!(ranges > 1, "sized without a limit, it splits: {ranges}");
 
     let copy = offload(job.path(), &args("copy", &f, &tight));

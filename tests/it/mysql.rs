@@ -361,18 +361,14 @@ async fn big_tables_split_into_key_ranges() {
     let job = tempfile::tempdir().unwrap();
     // A tiny split size forces the bulk table into ranges that copy and verify separately.
     let f = flags(&db.name);
-    let plan = offload(
-        job.path(),
-        &args("plan", &f, &["--json", "--split-bytes", "262144"]),
-    );
-    assert_exit(&plan, 0);
-    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let ranges = plan["stores"][0]["units"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["object"] == "bulk")
-        .count();
+    let ranges = planned_units(
+        &offload(
+            job.path(),
+            &args("plan", &f, &["--json", "--split-bytes", "262144"]),
+        ),
+        "bulk",
+    )
+    .len();
     assert!(ranges > 1, "the bulk table is split: {ranges} unit(s)");
     assert_exit(
         &offload(

@@ -100,8 +100,6 @@ pub struct MongoStore {
     sorted_only: Mutex<HashSet<String>>,
     /// Collections left alone by `--if-exists skip`: no indexes are built on them.
     skipped: Mutex<BTreeSet<(String, String)>>,
-    /// Collections (`db.coll`) the source did not size within `size_timeout`.
-    not_sized: Mutex<BTreeSet<String>>,
     /// Per side, whose turn it is to open a query (see [`turns`]).
     turns: [turns::Turns; 2],
 }
@@ -125,7 +123,6 @@ impl MongoStore {
             snapshot_time: Mutex::new(None),
             sorted_only: Mutex::new(HashSet::new()),
             skipped: Mutex::new(BTreeSet::new()),
-            not_sized: Mutex::new(BTreeSet::new()),
             turns: Default::default(),
         }
     }
@@ -310,12 +307,6 @@ impl MongoStore {
     /// Units of one collection: whole, or `_id` ranges of about `split_bytes` each.
     async fn units_of(&self, db: &str, spec: &CollectionSpec) -> Result<Vec<Unit>, StoreError> {
         let sized = self.stats(db, &spec.name).await?;
-        if sized.is_none() {
-            self.not_sized
-                .lock()
-                .expect("not-sized set")
-                .insert(format!("{db}.{}", spec.name));
-        }
         let (rows, bytes) = sized.unwrap_or((0, 0));
         let avg = bytes.checked_div(rows).map_or(512, |a| a.max(16));
         let batch_docs = (self.options.batch_bytes / avg).clamp(100, 100_000);
@@ -421,12 +412,15 @@ impl Store for MongoStore {
         Ok(units)
     }
 
-    fn inventory_notes(&self) -> Vec<String> {
-        let not_sized = self.not_sized.lock().expect("not-sized set");
-        if not_sized.is_empty() {
+    fn inventory_notes(&self, units: &[Unit]) -> Vec<String> {
+        let names: Vec<String> = units
+            .iter()
+            .filter(|u| !u.size_known())
+            .map(|u| format!("{}.{}", u.container, u.object))
+            .collect();
+        if names.is_empty() {
             return Vec::new();
         }
-        let names: Vec<&str> = not_sized.iter().map(String::as_str).collect();
         let limit = self.options.size_timeout;
         let limit = if limit.as_millis() < 1000 {
             format!("{} ms", limit.as_millis())

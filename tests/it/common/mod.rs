@@ -221,6 +221,19 @@ pub fn flags(db: &str) -> Vec<String> {
     ]
 }
 
+/// The units a `plan --json` run lists for one table or collection (one per key range).
+pub fn planned_units(plan: &Output, object: &str) -> Vec<serde_json::Value> {
+    assert_exit(plan, 0);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    plan["stores"][0]["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["object"] == object)
+        .cloned()
+        .collect()
+}
+
 pub fn args<'a>(cmd: &'a str, flags: &'a [String], extra: &'a [&'a str]) -> Vec<&'a str> {
     let mut v = vec![cmd];
     v.extend(flags.iter().map(|s| s.as_str()));
