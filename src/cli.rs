@@ -191,6 +191,13 @@ pub struct JobArgs {
     #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = seconds)]
     pub mongodb_size_timeout: std::time::Duration,
 
+    /// Bytes of documents the copy may hold ahead of the target MongoDB, shared by all the
+    /// collections it reads at once: the target keeps inserting while the source is busy, for
+    /// example computing the next collection's result. At least one insert's worth (4 MiB) is
+    /// always held.
+    #[arg(long, default_value_t = 128 * 1024 * 1024, value_name = "BYTES")]
+    pub mongodb_read_ahead: u64,
+
     /// Units worked on at once, across all stores.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,

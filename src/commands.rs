@@ -124,6 +124,7 @@ fn inputs_with(args: &JobArgs, create_users: bool, batch_rows: Option<u64>) -> I
         deep: false,
         mongodb_split_bytes: args.mongodb_split_bytes,
         mongodb_size_timeout: Some(args.mongodb_size_timeout),
+        mongodb_read_ahead: Some(args.mongodb_read_ahead),
         to_meilisearch: args.to_meilisearch.clone(),
         to_meilisearch_key_file: args.to_meilisearch_key_file.clone(),
         meilisearch_public_url: args.meilisearch_public_url.clone(),

@@ -114,6 +114,9 @@ pub struct Inputs {
     /// Longest wait for the source to size one collection; `None` keeps the default, zero waits
     /// as long as it takes.
     pub mongodb_size_timeout: Option<std::time::Duration>,
+    /// Bytes the copy's MongoDB source reads may hold ahead of the target; `None` keeps the
+    /// default.
+    pub mongodb_read_ahead: Option<u64>,
     pub to_meilisearch: Option<String>,
     pub to_meilisearch_key_file: Option<PathBuf>,
     pub meilisearch_public_url: Option<String>,
@@ -756,6 +759,9 @@ impl Settings {
                     .mongodb_size_timeout
                     .unwrap_or(MongoOptions::default().size_timeout),
                 snapshot,
+                read_ahead_bytes: inputs
+                    .mongodb_read_ahead
+                    .unwrap_or(MongoOptions::default().read_ahead_bytes),
                 ..MongoOptions::default()
             },
         })

@@ -96,8 +96,8 @@ pub struct Unit {
 
 impl Unit {
     /// Whether the store knows this unit's size. A store that could not size a unit in time sets
-    /// `"sized": false` in its spec and leaves the estimates at zero: the runner then takes it to
-    /// be large (it starts first), and the plan says it was not sized.
+    /// `"sized": false` in its spec and leaves the estimates at zero: the runner starts it after
+    /// the sized units, and the plan says it was not sized.
     pub fn size_known(&self) -> bool {
         self.spec.get("sized") != Some(&serde_json::Value::Bool(false))
     }

@@ -872,6 +872,62 @@ async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() 
 }
 
 #[tokio::test]
+async fn collections_read_at_once_through_a_full_read_ahead_budget_arrive_whole() {
+    // Three collections of about 5 MiB each, copied at once with the smallest read-ahead budget
+    // (one insert, 4 MiB) and batches of 600 documents: the budget fills, reads hand their turn
+    // on and wait, and reads parked between batches hold part of it. Every document must still
+    // arrive, once, byte for byte.
+    let dbs = TestDbs::new(&["readahead"]).await;
+    let db = &dbs.names[0];
+    let c = client(&source_uri()).await;
+    let names = ["ahead_a", "ahead_b", "ahead_c"];
+    for (k, name) in names.iter().enumerate() {
+        let docs: Vec<Document> = (0..2500)
+            .map(|i| doc! {"_id": i, "k": k as i32, "body": format!("{i:06}").repeat(340)})
+            .collect();
+        c.database(db)
+            .collection::<Document>(name)
+            .insert_many(docs)
+            .await
+            .unwrap();
+    }
+    let job = tempfile::tempdir().unwrap();
+    let f = mflags(&dbs);
+    let copy = offload_env(
+        job.path(),
+        &args(
+            "copy",
+            &f,
+            &[
+                "--mongodb-read-ahead",
+                "0",
+                "--batch-rows",
+                "600",
+                "--parallel",
+                "3",
+            ],
+        ),
+        &[("OFFLOAD_LOG", "offload=debug")],
+    );
+    assert_exit(&copy, 0);
+    let log = String::from_utf8_lossy(&copy.stderr);
+    assert!(
+        log.contains("read-ahead budget full"),
+        "the budget filled, so the test exercised a full budget: {log}"
+    );
+    assert_safe_to_switch(&offload(job.path(), &args("verify", &[], &[])));
+    for name in names {
+        let (a, b) = (
+            raw_docs(&source_uri(), db, name).await,
+            raw_docs(&target_uri(), db, name).await,
+        );
+        assert_eq!(b.len(), 2500, "{name}: every document, once");
+        assert!(a == b, "{name}: identical, byte for byte");
+    }
+    dbs.drop_both().await;
+}
+
+#[tokio::test]
 async fn a_replayed_batch_replaces_what_a_crash_left() {
     // A crash after the target took documents whose batch was never recorded: the next run
     // clears that part of the range and copies it again, so a document changed on the source in

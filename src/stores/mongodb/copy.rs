@@ -2,19 +2,22 @@
 //! in one pass), batches written as raw BSON into cleared space so a replay is harmless, and the
 //! clearing of a range for the delta pass.
 
+use std::time::{Duration, Instant};
+
 use mongodb::bson::{Bson, RawBson, RawDocumentBuf};
 use mongodb::Collection;
 use serde_json::json;
-use tokio::sync::mpsc;
 
-use super::read::{self, bad_cursor, decode, Fault, Query, Read};
+use super::ahead::{Cuts, Next, ReadAhead};
+use super::read::{self, bad_cursor, decode, Fault, Query};
 use super::{keys, unique, MongoStore};
-use crate::core::{BatchOutcome, Cursor, KeyRange, Side, StoreError, Unit};
+use crate::core::{BatchOutcome, Cursor, ErrorKind, KeyRange, Side, StoreError, StoreKind, Unit};
 
-/// A source read left open after a batch, positioned just after `position` (raw cursor bytes).
+/// A source read left open after a batch, positioned just after `position` (raw cursor bytes);
+/// it goes on reading ahead meanwhile.
 pub struct OpenRead {
     position: Option<Vec<u8>>,
-    read: Read,
+    read: ReadAhead,
 }
 
 fn batch_docs(store: &MongoStore, unit: &Unit) -> u64 {
@@ -53,8 +56,8 @@ pub async fn copy_batch(
 }
 
 /// One batch: make sure the target holds nothing of the unit past `after` (a crashed attempt
-/// may have left some), then stream documents from the source read into inserts on the
-/// target, reading the next insert while the previous one is written.
+/// may have left some), then write into the target what the source read holds, in inserts of
+/// about `insert_bytes`, while the read goes on reading ahead (see `ahead`).
 async fn copy_once(
     store: &MongoStore,
     unit: &Unit,
@@ -107,12 +110,11 @@ async fn copy_once(
 
     let limit = batch_docs(store, unit);
     let insert_bytes = store.options.insert_bytes;
-    let max_bytes = store.options.batch_bytes.saturating_mul(2);
     let mut source = match open_read {
         Some(o) => o.read,
         None => {
             let per_fetch = (insert_bytes as u64 / avg_bytes(unit)).clamp(100, limit.max(100));
-            read::open(
+            let (read, turn) = read::open_in_turn(
                 store,
                 Side::Source,
                 unit,
@@ -124,58 +126,49 @@ async fn copy_once(
                     snapshot: store.options.snapshot,
                 },
             )
-            .await?
+            .await?;
+            let cuts = Cuts {
+                insert_bytes: insert_bytes as u64,
+                batch_docs: limit,
+                batch_bytes: store.options.batch_bytes.saturating_mul(2),
+            };
+            ReadAhead::start(read, turn, &store.ahead, cuts, &unit.name)
         }
     };
 
-    let (tx, mut rx) = mpsc::channel::<Vec<RawDocumentBuf>>(1);
-    let reader = async {
-        let tx = tx; // dropped when reading ends, however it ends: the writer then stops
-        let (mut rows, mut bytes) = (0u64, 0u64);
-        let mut last: Option<RawBson> = None;
-        let mut exhausted = false;
-        let mut chunk: Vec<RawDocumentBuf> = Vec::new();
-        let mut chunk_bytes = 0usize;
-        while rows < limit && bytes < max_bytes {
-            if !source.advance(store, Side::Source, unit).await? {
-                exhausted = true;
-                break;
-            }
-            let doc = source.current();
-            let id = keys::id_of(doc).map_err(|w| read::malformed(store, Side::Source, unit, w))?;
-            last = Some(id.to_raw_bson());
-            rows += 1;
-            bytes += doc.as_bytes().len() as u64;
-            chunk_bytes += doc.as_bytes().len();
-            chunk.push(doc.to_raw_document_buf());
-            if chunk_bytes >= insert_bytes {
-                chunk_bytes = 0;
-                if tx.send(std::mem::take(&mut chunk)).await.is_err() {
-                    break; // the writer failed; its error is reported
-                }
-            }
+    // Write what the read holds until its batch ends or the read does.
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    let mut last: Option<RawBson> = None;
+    let (mut waited, mut writing) = (Duration::ZERO, Duration::ZERO);
+    let exhausted = loop {
+        let asked = Instant::now();
+        let next = source.next().await;
+        waited += asked.elapsed();
+        let chunk = match next {
+            Next::Chunk(chunk) => chunk,
+            Next::End => break true,
+            Next::Stop(stop) => return Err(stop.into_fault(store, Side::Source, unit)),
+            Next::Lost => return Err(Fault::Store(lost_read(store, unit))),
+        };
+        rows += chunk.docs.len() as u64;
+        bytes += chunk.bytes;
+        let started = Instant::now();
+        insert(store, &target, unit, chunk.docs).await?;
+        writing += started.elapsed();
+        drop(chunk.share);
+        last = Some(chunk.last);
+        if chunk.ends_batch {
+            break false;
         }
-        if !chunk.is_empty() {
-            let _ = tx.send(chunk).await;
-        }
-        Ok::<_, Fault>((rows, bytes, last, exhausted))
     };
-    let writer = async {
-        while let Some(chunk) = rx.recv().await {
-            insert(store, &target, unit, chunk).await?;
-        }
-        Ok::<(), StoreError>(())
-    };
-    let (read, written) = tokio::join!(reader, writer);
-    let (rows, bytes, last, exhausted) = read?;
-    written?;
+    tracing::debug!(store = "mongodb", unit = %unit.name, rows, bytes, waited_ms = waited.as_millis() as u64, writing_ms = writing.as_millis() as u64, "batch written");
     let done = BatchOutcome {
         rows,
         bytes,
         next: None,
         ..BatchOutcome::default()
     };
-    // Nothing read and not exhausted cannot happen with a positive limit; be safe.
+    // A batch that ends holds at least one document; be safe.
     let (false, Some(id)) = (exhausted, last) else {
         return Ok(done);
     };
@@ -200,6 +193,21 @@ async fn copy_once(
         next: Some(next),
         ..done
     })
+}
+
+/// A read that ended without saying how: retried, from the last checkpoint.
+fn lost_read(store: &MongoStore, unit: &Unit) -> StoreError {
+    StoreError::new(
+        StoreKind::Mongodb,
+        store.endpoint(Side::Source).address(),
+        ErrorKind::Transient,
+        format!(
+            "{}.{}: the source read stopped unexpectedly",
+            unit.container, unit.object
+        ),
+        "the batch is copied again from the last checkpoint; if this repeats, rerun with OFFLOAD_LOG=offload=debug and report it",
+    )
+    .in_unit(&unit.name)
 }
 
 /// Where a unit's open read and clean mark are kept: by name and end of range, so a part of a

@@ -6,6 +6,7 @@
 //! Tested against SecantusDB (MongoDB wire protocol, reports 8.2) on both sides; a real `mongod`
 //! is used by the tests when `OFFLOAD_TEST_MONGODB_URL` / `OFFLOAD_TEST_MONGODB_TARGET_URL` are set.
 
+mod ahead;
 mod copy;
 mod digest;
 mod endpoint;
@@ -17,7 +18,7 @@ mod turns;
 mod unique;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
@@ -62,6 +63,8 @@ pub struct MongoOptions {
     pub size_timeout: std::time::Duration,
     /// Read the whole source at one cluster time (needs a replica set).
     pub snapshot: bool,
+    /// Bytes of documents the copy's source reads may hold between them ahead of the target.
+    pub read_ahead_bytes: u64,
 }
 
 impl Default for MongoOptions {
@@ -77,6 +80,7 @@ impl Default for MongoOptions {
             split_bytes: 1024 * 1024 * 1024,
             size_timeout: std::time::Duration::from_secs(2),
             snapshot: false,
+            read_ahead_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -101,7 +105,9 @@ pub struct MongoStore {
     /// Collections left alone by `--if-exists skip`: no indexes are built on them.
     skipped: Mutex<BTreeSet<(String, String)>>,
     /// Per side, whose turn it is to open a query (see [`turns`]).
-    turns: [turns::Turns; 2],
+    turns: [Arc<turns::Turns>; 2],
+    /// What the copy's source reads may hold ahead of the target (see [`ahead`]).
+    ahead: ahead::Budget,
 }
 
 impl MongoStore {
@@ -114,7 +120,6 @@ impl MongoStore {
         MongoStore {
             source,
             target,
-            options,
             parallel: parallel.max(1),
             source_client: tokio::sync::OnceCell::new(),
             target_client: tokio::sync::OnceCell::new(),
@@ -124,6 +129,8 @@ impl MongoStore {
             sorted_only: Mutex::new(HashSet::new()),
             skipped: Mutex::new(BTreeSet::new()),
             turns: Default::default(),
+            ahead: ahead::Budget::new(options.read_ahead_bytes, options.insert_bytes as u64),
+            options,
         }
     }
 
@@ -134,7 +141,7 @@ impl MongoStore {
         }
     }
 
-    fn turns(&self, side: Side) -> &turns::Turns {
+    fn turns(&self, side: Side) -> &Arc<turns::Turns> {
         &self.turns[match side {
             Side::Source => 0,
             Side::Target => 1,
@@ -287,7 +294,10 @@ impl MongoStore {
                 limit.as_millis().clamp(1, i32::MAX as u128) as i64,
             );
         }
-        match d.run_command(cmd).await {
+        let asked = std::time::Instant::now();
+        let answer = d.run_command(cmd).await;
+        tracing::debug!(store = "mongodb", database = %db, collection = %coll, ms = asked.elapsed().as_millis() as u64, "collStats answered");
+        match answer {
             Ok(s) => Ok(Some((num(s.get("count")), num(s.get("size"))))),
             Err(e) if endpoint::error_code(&e) == Some(MAX_TIME_EXPIRED) => {
                 tracing::info!(store = "mongodb", database = %db, collection = %coll, limit_ms = limit.as_millis() as u64, "the source did not size this collection in time; it is copied whole and counted as it copies");

@@ -10,6 +10,7 @@ use std::future::Future;
 use mongodb::bson::{doc, Bson, Document, RawBson, RawBsonRef, RawDocument, RawDocumentBuf};
 use mongodb::Cursor as DriverCursor;
 
+use super::turns::Turn;
 use super::{keys, MongoStore};
 use crate::core::{Cursor, ErrorKind, Side, StoreError, StoreKind, Unit};
 
@@ -118,6 +119,25 @@ pub struct Read {
     prev: Option<RawBson>,
 }
 
+/// Why a read stopped, before it is put in a store's words (a read that runs in a task of its
+/// own has no store at hand).
+pub enum ReadStop {
+    Driver(mongodb::error::Error),
+    Disorder,
+    /// A document without a usable `_id`: why.
+    Malformed(String),
+}
+
+impl ReadStop {
+    pub fn into_fault(self, store: &MongoStore, side: Side, unit: &Unit) -> Fault {
+        match self {
+            ReadStop::Driver(e) => Fault::Store(store.err(side, e).in_unit(&unit.name)),
+            ReadStop::Disorder => Fault::Disorder,
+            ReadStop::Malformed(why) => Fault::Store(malformed(store, side, unit, why)),
+        }
+    }
+}
+
 impl Read {
     /// The next document; `false` at the end. On a walk, `Disorder` when it is not after the
     /// previous one.
@@ -127,17 +147,19 @@ impl Read {
         side: Side,
         unit: &Unit,
     ) -> Result<bool, Fault> {
-        let more = self
-            .cursor
-            .advance()
+        self.next()
             .await
-            .map_err(|e| store.err(side, e).in_unit(&unit.name))?;
+            .map_err(|stop| stop.into_fault(store, side, unit))
+    }
+
+    /// [`Read::advance`] without a store: why it stopped, unworded.
+    pub async fn next(&mut self) -> Result<bool, ReadStop> {
+        let more = self.cursor.advance().await.map_err(ReadStop::Driver)?;
         if more && self.walk {
-            let id =
-                keys::id_of(self.cursor.current()).map_err(|w| malformed(store, side, unit, w))?;
+            let id = keys::id_of(self.cursor.current()).map_err(ReadStop::Malformed)?;
             if let Some(prev) = &self.prev {
                 if keys::out_of_order(prev.as_raw_bson_ref(), id) {
-                    return Err(Fault::Disorder);
+                    return Err(ReadStop::Disorder);
                 }
             }
             self.prev = Some(id.to_raw_bson());
@@ -180,6 +202,17 @@ pub async fn open(
     unit: &Unit,
     q: Query,
 ) -> Result<Read, StoreError> {
+    Ok(open_in_turn(store, side, unit, q).await?.0)
+}
+
+/// [`open`], handing back the turn it took so the caller can keep it a while (a read that reads
+/// ahead keeps it until it holds its share of documents).
+pub async fn open_in_turn(
+    store: &MongoStore,
+    side: Side,
+    unit: &Unit,
+    q: Query,
+) -> Result<(Read, Turn), StoreError> {
     let clustered = unit.spec["clustered"].as_bool().unwrap_or(false);
     let walk = q.filter.is_empty()
         && !clustered
@@ -205,22 +238,25 @@ pub async fn open(
         }
     }
     let db = store.db(side, &unit.container).await?;
-    // The largest collection first; one not sized in time is taken to be large.
-    let weight = if unit.size_known() {
+    // The smallest collection first; one not sized in time is taken to be large.
+    let size = if unit.size_known() {
         unit.est_bytes
     } else {
         u64::MAX
     };
-    let cursor = {
-        let _turn = store.turns(side).take(weight).await;
-        db.run_cursor_command(cmd)
-            .batch_size(batch)
-            .await
-            .map_err(|e| store.err(side, e).in_unit(&unit.name))?
-    };
-    Ok(Read {
+    let asked = std::time::Instant::now();
+    let turn = store.turns(side).take(size).await;
+    let waited = asked.elapsed();
+    let cursor = db
+        .run_cursor_command(cmd)
+        .batch_size(batch)
+        .await
+        .map_err(|e| store.err(side, e).in_unit(&unit.name))?;
+    tracing::debug!(store = "mongodb", %side, unit = %unit.name, turn_ms = waited.as_millis() as u64, reply_ms = (asked.elapsed() - waited).as_millis() as u64, "first reply of a read");
+    let read = Read {
         cursor: cursor.with_type::<RawDocumentBuf>(),
         walk,
         prev: None,
-    })
+    };
+    Ok((read, turn))
 }

@@ -1,28 +1,31 @@
 //! Turns at opening a query, one server at a time: a read waits for its turn before it asks for
-//! its first reply, and the largest collection goes first.
+//! its first reply, and among waiting reads the smallest collection goes first.
 //!
 //! Why: a server such as SecantusDB computes a query's whole result before its first reply and
 //! shares one core between the queries it works on, so reads opened together all wait for the
 //! last of them (measured: three collections opened at once answered together after 31 s, where
 //! the first alone answers in under a second). Taking turns lets each collection's documents
-//! flow as soon as its own result is ready. On `mongod` a first reply comes from the index at
-//! once, so a turn costs nothing there.
+//! flow as soon as its own result is ready; smallest first, because the time such a server takes
+//! grows with the collection, so the target gets documents soonest and the largest
+//! collection's computation comes last, while the target works through what the others read
+//! ahead (see `ahead`, which also says when a copy's read lets its turn go). On `mongod` a first
+//! reply comes from the index at once, so a turn costs nothing there.
 
 use std::collections::BinaryHeap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-/// One waiting read: larger `weight` first, then the earlier arrival.
+/// One waiting read: the smaller collection (in bytes) first, then the earlier arrival.
 struct Waiter {
-    weight: u64,
+    size: u64,
     seq: u64,
     wake: oneshot::Sender<()>,
 }
 
 impl PartialEq for Waiter {
     fn eq(&self, other: &Self) -> bool {
-        (self.weight, self.seq) == (other.weight, other.seq)
+        (self.size, self.seq) == (other.size, other.seq)
     }
 }
 impl Eq for Waiter {}
@@ -33,8 +36,10 @@ impl PartialOrd for Waiter {
 }
 impl Ord for Waiter {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.weight
-            .cmp(&other.weight)
+        // The heap pops its greatest: make that the smallest size, then the lowest `seq`.
+        other
+            .size
+            .cmp(&self.size)
             .then_with(|| other.seq.cmp(&self.seq))
     }
 }
@@ -52,14 +57,16 @@ pub struct Turns {
     state: Mutex<State>,
 }
 
-/// Holding a turn; the next waiter goes when it is dropped.
-pub struct Turn<'a> {
-    turns: &'a Turns,
+/// Holding a turn; the next waiter goes when it is dropped. A read that reads ahead keeps it
+/// until its documents are in hand (see `ahead`).
+pub struct Turn {
+    turns: Arc<Turns>,
 }
 
 impl Turns {
-    /// Wait for a turn; among waiting reads the heaviest goes first.
-    pub async fn take(&self, weight: u64) -> Turn<'_> {
+    /// Wait for a turn for a read of a collection of `size` bytes; among waiting reads the
+    /// smallest goes first.
+    pub async fn take(self: &Arc<Self>, size: u64) -> Turn {
         let wait = {
             let mut s = self.state.lock().expect("turns lock");
             if !s.busy {
@@ -69,7 +76,7 @@ impl Turns {
                 let (wake, woken) = oneshot::channel();
                 s.seq += 1;
                 let seq = s.seq;
-                s.waiting.push(Waiter { weight, seq, wake });
+                s.waiting.push(Waiter { size, seq, wake });
                 Some(woken)
             }
         };
@@ -78,7 +85,9 @@ impl Turns {
             // while `Turns` lives, since only `release` removes waiters.
             let _ = woken.await;
         }
-        Turn { turns: self }
+        Turn {
+            turns: self.clone(),
+        }
     }
 
     fn release(&self) {
@@ -93,7 +102,7 @@ impl Turns {
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         self.turns.release();
     }
@@ -106,18 +115,18 @@ mod tests {
     use std::sync::Arc;
 
     #[tokio::test]
-    async fn waiting_reads_go_heaviest_first_and_one_at_a_time() {
+    async fn waiting_reads_go_smallest_first_and_one_at_a_time() {
         let turns = Arc::new(Turns::default());
         let first = turns.take(1).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let holding = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for weight in [5u64, 50, 7, 50] {
+        for (arrival, size) in [50u64, 5, 70, 5].into_iter().enumerate() {
             let (mine, order, holding) = (turns.clone(), order.clone(), holding.clone());
             tasks.push(tokio::spawn(async move {
-                let _t = mine.take(weight).await;
+                let _t = mine.take(size).await;
                 let others = holding.fetch_add(1, Ordering::SeqCst);
-                order.lock().unwrap().push((weight, others));
+                order.lock().unwrap().push((size, arrival, others));
                 tokio::task::yield_now().await;
                 holding.fetch_sub(1, Ordering::SeqCst);
             }));
@@ -130,10 +139,10 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        // Heaviest first, equal weights in arrival order, and nobody held a turn alongside.
+        // Smallest first, equal sizes in arrival order, and nobody held a turn alongside.
         assert_eq!(
             *order.lock().unwrap(),
-            vec![(50, 0), (50, 0), (7, 0), (5, 0)]
+            vec![(5, 1, 0), (5, 3, 0), (50, 0, 0), (70, 2, 0)]
         );
         assert!(!turns.state.lock().unwrap().busy);
     }
