@@ -160,8 +160,7 @@ impl Runner {
 
         super::failpoint::reached("after-prepare");
 
-        // The work: every unit not yet copied, biggest first so the tail is short (a unit its store
-        // could not size is taken to be big).
+        // The work: every unit not yet copied, in the order sorted below.
         let mut work = Vec::new();
         let (mut total_rows, mut total_bytes, mut done_rows, mut done_bytes) = (0, 0, 0, 0);
         for kind in by_kind.keys() {

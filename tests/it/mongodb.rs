@@ -126,6 +126,16 @@ async fn raw_docs(uri: &str, db: &str, coll: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// The target's `db.coll` holds `n` documents, each once, byte-identical to the source's.
+async fn assert_copied_whole(db: &str, coll: &str, n: usize) {
+    let (a, b) = (
+        raw_docs(&source_uri(), db, coll).await,
+        raw_docs(&target_uri(), db, coll).await,
+    );
+    assert_eq!(b.len(), n, "{coll}: every document, once");
+    assert!(a == b, "{coll}: identical, byte for byte");
+}
+
 async fn collection_names(uri: &str, db: &str) -> Vec<String> {
     let mut names = client(uri)
         .await
@@ -862,12 +872,7 @@ async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() 
     let copy = offload(job.path(), &args("copy", &f, &tight));
     assert_exit(&copy, 0);
     assert_safe_to_switch(&offload(job.path(), &args("verify", &[], &[])));
-    let (a, b) = (
-        raw_docs(&source_uri(), db, "modulestore.definitions_bulk").await,
-        raw_docs(&target_uri(), db, "modulestore.definitions_bulk").await,
-    );
-    assert_eq!(b.len(), 3000, "every document counted and copied");
-    assert!(a == b, "identical, byte for byte");
+    assert_copied_whole(db, "modulestore.definitions_bulk", 3000).await;
     dbs.drop_both().await;
 }
 
@@ -933,12 +938,7 @@ async fn collections_read_at_once_through_a_full_read_ahead_budget_arrive_whole(
     );
     assert_safe_to_switch(&offload(job.path(), &args("verify", &[], &[])));
     for name in names {
-        let (a, b) = (
-            raw_docs(&source_uri(), db, name).await,
-            raw_docs(&target_uri(), db, name).await,
-        );
-        assert_eq!(b.len(), 2500, "{name}: every document, once");
-        assert!(a == b, "{name}: identical, byte for byte");
+        assert_copied_whole(db, name, 2500).await;
     }
     dbs.drop_both().await;
 }
@@ -1547,12 +1547,7 @@ async fn sub_document_ids_stay_complete_across_a_resume() {
     assert_exit(&copy_resumed(job.path(), &f, "2"), 0);
     let v = offload(job.path(), &args("verify", &[], &["--chunk-rows", "2"]));
     assert_exit(&v, 0);
-    let (a, b) = (
-        raw_docs(&source_uri(), db, "fs.files").await,
-        raw_docs(&target_uri(), db, "fs.files").await,
-    );
-    assert_eq!(b.len(), 7, "every document arrived once");
-    assert!(a == b, "byte-identical");
+    assert_copied_whole(db, "fs.files", 7).await;
     dbs.drop_both().await;
 }
 

@@ -240,7 +240,6 @@ fn tls_hint(e: &MongoEndpoint) -> String {
     }
 }
 
-/// Turn a driver error into a [`StoreError`] that says what to do.
 /// The server's error code of a failed command, if the server answered with one.
 pub fn error_code(e: &DriverError) -> Option<i32> {
     match &*e.kind {
@@ -249,6 +248,7 @@ pub fn error_code(e: &DriverError) -> Option<i32> {
     }
 }
 
+/// Turn a driver error into a [`StoreError`] that says what to do.
 pub fn map_error(side: &str, endpoint: &MongoEndpoint, e: DriverError) -> StoreError {
     let address = endpoint.address();
     let auth_hint = || {
