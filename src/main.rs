@@ -1,6 +1,7 @@
 //! The `offload` binary: parse arguments, set up logging, run the command, turn the outcome into
 //! an exit code (0 ok, 1 differences found, 2 error, 130 interrupted). The only place that exits.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,9 +20,14 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("OFFLOAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("offload={level},warn")));
+    // Colour only for a person at a terminal who has not asked for none (NO_COLOR set and not
+    // empty): logs sent to a file or a pipe stay plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }

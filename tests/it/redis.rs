@@ -661,6 +661,28 @@ fn a_database_can_land_under_another_number() {
     flush(10);
 }
 
+/// Logs that go to a file or a pipe are plain text: no terminal colour codes in them.
+#[test]
+fn logs_sent_to_a_file_carry_no_colour_codes() {
+    let _servers = shared();
+    let db = 12;
+    flush(db);
+    load(&source(), db, "celery.redis");
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.to_string());
+    let out = offload_env(
+        job.path(),
+        &args("copy", &f, &[]),
+        // The helper sets NO_COLOR; empty, it asks for nothing, so only the pipe decides.
+        &[("OFFLOAD_LOG", "offload=debug"), ("NO_COLOR", "")],
+    );
+    assert_exit(&out, 0);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("unit copied"), "debug lines logged: {log}");
+    assert!(!log.contains('\x1b'), "no escape codes: {log:?}");
+    flush(db);
+}
+
 /// Wrong password, unknown ACL user, unreachable host, TLS against a plain server: exit 2, a
 /// message that says what to do, no secret in it, and nothing written.
 #[test]
