@@ -14,7 +14,8 @@
 //! checkpoint) ends, by the same counts a batch read in place would use. A read whose copy has
 //! taken everything it held does not wait for the budget: a read parked between batches (an
 //! interrupted unit's, say) can hold the budget, never stop another copy. Memory is bounded by
-//! the budget plus about three inserts per read (one written, one ready, one being read).
+//! the budget plus about four inserts per read (one written, one ready, one being cut, and the
+//! driver's current reply), as `docs/mongodb.md` says.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
