@@ -1,8 +1,15 @@
-//! Command-line arguments (clap definitions only; long doc comments become `--help`).
+//! Command-line arguments (clap definitions only; long doc comments become `--help`). Each
+//! store's own flags are defined beside it (its `settings` module) and flattened in here.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::search::settings::SearchArgs;
+use crate::stores::mongodb::settings::MongoArgs;
+use crate::stores::mysql::settings::MysqlArgs;
+use crate::stores::objects::ObjectsArgs;
+use crate::stores::redis::settings::RedisArgs;
 
 /// Move a Tutor-run Open edX platform's data stores to external servers, and prove nothing was lost.
 ///
@@ -74,201 +81,29 @@ pub struct JobArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub stores: Vec<String>,
 
-    /// Source MySQL, overriding what config.yml says: mysql://user[:password]@host:port.
-    /// The password may instead come from OFFLOAD_FROM_MYSQL_PASSWORD or --from-mysql-password-file.
-    #[arg(long, value_name = "URL")]
-    pub from_mysql: Option<String>,
-
-    /// File whose first line is the source MySQL password.
-    #[arg(long, value_name = "FILE")]
-    pub from_mysql_password_file: Option<PathBuf>,
-
-    /// Target MySQL: mysql://user[:password]@host:port[?ssl-mode=required]. The password may
-    /// instead come from OFFLOAD_TO_MYSQL_PASSWORD or --to-mysql-password-file.
-    #[arg(long, value_name = "URL")]
-    pub to_mysql: Option<String>,
-
-    /// File whose first line is the target MySQL password.
-    #[arg(long, value_name = "FILE")]
-    pub to_mysql_password_file: Option<PathBuf>,
-
-    /// Source Redis, overriding config.yml's REDIS_HOST/REDIS_PORT/REDIS_USERNAME/REDIS_PASSWORD:
-    /// redis://[user[:password]@]host:port[/db] (rediss:// for TLS). The password may instead come
-    /// from OFFLOAD_FROM_REDIS_PASSWORD or --from-redis-password-file.
-    #[arg(long, value_name = "URL")]
-    pub from_redis: Option<String>,
-
-    /// File whose first line is the source Redis password.
-    #[arg(long, value_name = "FILE")]
-    pub from_redis_password_file: Option<PathBuf>,
-
-    /// Target Redis: redis://[user[:password]@]host:port[/db], or rediss://...[?ca=FILE |
-    /// ?insecure=true] for TLS. The password may instead come from OFFLOAD_TO_REDIS_PASSWORD or
-    /// --to-redis-password-file.
-    #[arg(long, value_name = "URL")]
-    pub to_redis: Option<String>,
-
-    /// File whose first line is the target Redis password.
-    #[arg(long, value_name = "FILE")]
-    pub to_redis_password_file: Option<PathBuf>,
-
-    /// Redis databases to copy, comma-separated: N, or SRC:DST to land source database SRC in
-    /// target database DST [default: every database that holds keys]. Tutor uses 0 for the Celery
-    /// broker and 1 for the Django cache, which is safe to leave out (`--redis-dbs 0`).
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub redis_dbs: Vec<String>,
-
-    /// Rebuild Redis values with typed commands instead of DUMP/RESTORE (what offload does by
-    /// itself when the target cannot restore the source's payloads, e.g. an older server).
-    #[arg(long)]
-    pub redis_typed: bool,
-
-    /// Read the Redis source key by key with SCAN, resumable mid-database, instead of from a
-    /// snapshot the source streams as to a new replica (PSYNC), which is what offload does where
-    /// the source allows it.
-    #[arg(long)]
-    pub redis_scan: bool,
-
-    /// Source MongoDB, overriding what config.yml says (MONGODB_HOST, MONGODB_PORT, MONGODB_USERNAME,
-    /// MONGODB_AUTH_SOURCE, MONGODB_USE_SSL, MONGODB_REPLICA_SET...):
-    /// mongodb://user[:password]@host:port/?authSource=admin, or mongodb+srv://user@name. The
-    /// password may instead come from OFFLOAD_FROM_MONGODB_PASSWORD or --from-mongodb-password-file.
-    #[arg(long, value_name = "URI")]
-    pub from_mongodb: Option<String>,
-
-    /// File whose first line is the source MongoDB password.
-    #[arg(long, value_name = "FILE")]
-    pub from_mongodb_password_file: Option<PathBuf>,
-
-    /// Target MongoDB: mongodb://user[:password]@host:port/?authSource=admin[&tls=true], or
-    /// mongodb+srv://user@name. The password may instead come from OFFLOAD_TO_MONGODB_PASSWORD or
-    /// --to-mongodb-password-file.
-    #[arg(long, value_name = "URI")]
-    pub to_mongodb: Option<String>,
-
-    /// File whose first line is the target MongoDB password.
-    #[arg(long, value_name = "FILE")]
-    pub to_mongodb_password_file: Option<PathBuf>,
-
     /// YAML file of targets, e.g. `mysql: mysql://root@db.internal:3306` (and `mysql_password_file:`,
     /// `mongodb:`, `mongodb_password_file:`, `redis:`, `redis_password_file:`), instead of --to-* flags.
     #[arg(long, value_name = "FILE")]
     pub targets: Option<PathBuf>,
 
-    /// MySQL databases to copy, comma-separated [default: every non-system database].
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub databases: Vec<String>,
-
-    /// MySQL databases to leave out, comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub exclude: Vec<String>,
-
-    /// MongoDB databases to copy, comma-separated [default: MONGODB_DATABASE (openedx), plus the
-    /// forum's cs_comments_service when the source has it].
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub mongodb_databases: Vec<String>,
-
-    /// MongoDB databases to leave out, comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub mongodb_exclude: Vec<String>,
-
-    /// Read the whole source MongoDB at one point in time (snapshot read concern at one cluster
-    /// time). Needs a replica set (a one-node one will do) and a copy shorter than the source's
-    /// minSnapshotHistoryWindowInSeconds. Without it, stop the platform's writers for an exact copy.
-    #[arg(long)]
-    pub mongodb_snapshot: bool,
-
-    /// MongoDB collections larger than this many bytes are split into `_id` ranges that copy and
-    /// verify in parallel (each range costs the source one query, and its bounds one pass over the
-    /// `_id`s at plan time).
-    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
-    pub mongodb_split_bytes: u64,
-
-    /// How long the plan waits for a MongoDB source to size one collection (`collStats`, which
-    /// `mongod` answers from metadata and some servers only by scanning the collection). A
-    /// collection not sized in time is copied whole, never split, and counted as it copies.
-    /// 0 waits as long as it takes.
-    #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = seconds)]
-    pub mongodb_size_timeout: std::time::Duration,
-
-    /// Bytes of documents the copy may hold ahead of the target MongoDB, shared by all the
-    /// collections it reads at once: the target keeps inserting while the source is busy, for
-    /// example computing the next collection's result. At least one insert's worth (4 MiB) is
-    /// always held.
-    #[arg(long, default_value_t = 128 * 1024 * 1024, value_name = "BYTES")]
-    pub mongodb_read_ahead: u64,
-
     /// Units worked on at once, across all stores.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: usize,
 
-    /// Tables larger than this many bytes (with an integer key) are split into key ranges that
-    /// copy and verify in parallel.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
-    pub split_bytes: u64,
+    #[command(flatten)]
+    pub mysql: MysqlArgs,
 
-    /// Target Meilisearch, e.g. http://search.internal:7700. Its master key comes from
-    /// --to-meilisearch-key-file or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
-    #[arg(long, value_name = "URL")]
-    pub to_meilisearch: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
-    /// File whose first line is the target Meilisearch's master key.
-    #[arg(long, value_name = "FILE")]
-    pub to_meilisearch_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub mongodb: MongoArgs,
 
-    /// The target Meilisearch as browsers reach it, written to MEILISEARCH_PUBLIC_URL at
-    /// cutover (the learners' search requests go there directly), e.g. https://search.example.org.
-    #[arg(long, value_name = "URL")]
-    pub meilisearch_public_url: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
 
-    /// The old Meilisearch (copy mode and comparisons) [default: MEILISEARCH_URL in config.yml].
-    #[arg(long, value_name = "URL")]
-    pub from_meilisearch: Option<String>,
-    /// Source S3 endpoint (MinIO), overriding what config.yml says (`http(s)://MINIO_HOST`):
-    /// http(s)://[access-key:secret-key@]host:port. Keys may instead come from
-    /// OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY or config.yml.
-    #[arg(long, value_name = "URL")]
-    pub from_s3: Option<String>,
-
-    /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
-    /// Keys may instead come from OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY,
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile (--s3-profile, AWS_PROFILE).
-    #[arg(long, value_name = "URL")]
-    pub to_s3: Option<String>,
-
-    /// Region of the target S3 [default: AWS_REGION, the profile's region, else us-east-1].
-    #[arg(long, value_name = "REGION")]
-    pub s3_region: Option<String>,
-
-    /// How to address target buckets: path (http://host/bucket), virtual (http://bucket.host),
-    /// or auto [default: path for a URL, virtual for `aws`].
-    #[arg(long, value_name = "STYLE")]
-    pub s3_addressing: Option<String>,
-
-    /// AWS shared-credentials profile holding the target's keys.
-    #[arg(long, value_name = "NAME")]
-    pub s3_profile: Option<String>,
-
-    /// Source buckets to copy, comma-separated [default: the MinIO buckets named in config.yml].
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub buckets: Vec<String>,
-
-    /// Target bucket names where they differ from the source's: openedx=prod-openedx,...
-    #[arg(long, value_delimiter = ',', value_name = "MAP")]
-    pub bucket_map: Vec<String>,
-
-    /// Create target buckets that do not exist (otherwise a missing bucket stops the job).
-    #[arg(long)]
-    pub create_buckets: bool,
-
-    /// Part size for objects copied in parts (larger objects; multipart source objects keep
-    /// their own parts) [default: 64 MiB, at least 5 MiB].
-    #[arg(long, value_name = "BYTES")]
-    pub part_size: Option<u64>,
-
-    /// Objects (or parts of objects) moved at once.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub object_transfers: usize,
+    #[command(flatten)]
+    pub objects: ObjectsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -459,14 +294,4 @@ pub enum IfExistsArg {
     Refuse,
     Skip,
     Replace,
-}
-
-/// A number of seconds, fractions allowed (`2`, `0.5`), at most a day.
-fn seconds(text: &str) -> Result<std::time::Duration, String> {
-    match text.trim().parse::<f64>() {
-        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
-        _ => Err(format!(
-            "`{text}` is not a number of seconds from 0 to 86400 (e.g. 2 or 0.5)"
-        )),
-    }
 }

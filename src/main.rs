@@ -8,8 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use offload::cli::Cli;
-use offload::commands::{run, Outcome};
-use offload::core::CoreError;
+use offload::commands::{interrupted, run, Outcome};
 
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
@@ -92,7 +91,7 @@ fn main() -> ExitCode {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Differs) => ExitCode::from(1),
         Err(e) => {
-            let interrupted = matches!(e.downcast_ref::<CoreError>(), Some(CoreError::Interrupted));
+            let interrupted = interrupted(&e);
             if json {
                 println!(
                     "{}",

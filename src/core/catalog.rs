@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::error::CoreError;
+use super::progress::Phase;
 use super::store::{Cursor, StoreKind, Unit};
 
 pub const CATALOG_FILE: &str = "catalog.sqlite";
@@ -70,6 +71,58 @@ pub struct UnitRecord {
     /// The unit's last verification, as JSON.
     pub verify_detail: Option<String>,
     pub updated_at: Option<String>,
+}
+
+/// Whose a phase is: the whole job's, or one store's (Meilisearch's reindex included). Stored
+/// as `job` or the store's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseOwner {
+    Job,
+    Store(StoreKind),
+}
+
+impl PhaseOwner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseOwner::Job => "job",
+            PhaseOwner::Store(kind) => kind.as_str(),
+        }
+    }
+}
+
+impl From<StoreKind> for PhaseOwner {
+    fn from(kind: StoreKind) -> Self {
+        PhaseOwner::Store(kind)
+    }
+}
+
+impl From<&StoreKind> for PhaseOwner {
+    fn from(kind: &StoreKind) -> Self {
+        PhaseOwner::Store(*kind)
+    }
+}
+
+/// How the last run of a checking phase (the job's verify, a reindex) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Finished and found both sides equal.
+    Clean,
+    /// Finished and found differences.
+    Differs,
+    /// Started and not finished (stopped, killed or failed part way).
+    Unfinished,
+}
+
+impl Verdict {
+    /// The detail a finished phase records: `clean` or `differs`.
+    pub fn of(clean: bool) -> &'static str {
+        if clean {
+            "clean"
+        } else {
+            "differs"
+        }
+    }
 }
 
 /// A phase of one store (or of the job, with store `job`).
@@ -392,41 +445,88 @@ impl Catalog {
         })
     }
 
-    pub fn phase_start(&self, store: &str, phase: &str) -> Result<(), CoreError> {
+    /// Record that a phase starts (again): its end and detail are cleared.
+    pub fn phase_start(&self, owner: impl Into<PhaseOwner>, phase: Phase) -> Result<(), CoreError> {
+        let owner = owner.into();
         self.with(|c| {
             c.execute(
                 "INSERT INTO phase(store, name, started_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(store, name) DO UPDATE SET started_at = excluded.started_at,
                         done_at = NULL, detail = NULL",
-                params![store, phase, now()],
+                params![owner.as_str(), phase.as_str(), now()],
             )
             .map(|_| ())
         })
     }
 
-    pub fn phase_done(&self, store: &str, phase: &str, detail: &str) -> Result<(), CoreError> {
+    /// Record that a phase finished, with a word on how (`clean`, `differs`, a path).
+    pub fn phase_done(
+        &self,
+        owner: impl Into<PhaseOwner>,
+        phase: Phase,
+        detail: &str,
+    ) -> Result<(), CoreError> {
+        let owner = owner.into();
         self.with(|c| {
             c.execute(
                 "INSERT INTO phase(store, name, started_at, done_at, detail) VALUES (?1, ?2, ?3, ?3, ?4)
                  ON CONFLICT(store, name) DO UPDATE SET done_at = excluded.done_at,
                         detail = excluded.detail",
-                params![store, phase, now(), detail],
+                params![owner.as_str(), phase.as_str(), now(), detail],
             )
             .map(|_| ())
         })
     }
 
-    /// Whether a phase of a store finished (in this or an earlier run).
-    pub fn is_phase_done(&self, store: &str, phase: &str) -> Result<bool, CoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT done_at IS NOT NULL FROM phase WHERE store = ?1 AND name = ?2",
-                params![store, phase],
-                |r| r.get::<_, bool>(0),
-            )
-            .optional()
-            .map(|v| v.unwrap_or(false))
-        })
+    /// Whether a phase finished (in this or an earlier run).
+    pub fn is_phase_done(
+        &self,
+        owner: impl Into<PhaseOwner>,
+        phase: Phase,
+    ) -> Result<bool, CoreError> {
+        Ok(self
+            .phase(owner.into(), phase)?
+            .is_some_and(|p| p.done_at.is_some()))
+    }
+
+    /// One phase's record, if it ever started.
+    pub fn phase(&self, owner: PhaseOwner, phase: Phase) -> Result<Option<PhaseRecord>, CoreError> {
+        Ok(self
+            .phases()?
+            .into_iter()
+            .find(|p| p.store == owner.as_str() && p.phase == phase.as_str()))
+    }
+
+    /// How a checking phase last ended; `None` when it never ran.
+    fn verdict(&self, owner: PhaseOwner, phase: Phase) -> Result<Option<Verdict>, CoreError> {
+        Ok(self
+            .phase(owner, phase)?
+            .map(|p| match (p.done_at.is_some(), p.detail.as_deref()) {
+                (false, _) => Verdict::Unfinished,
+                (true, Some("clean")) => Verdict::Clean,
+                (true, _) => Verdict::Differs,
+            }))
+    }
+
+    /// How the job's last verify ended; `None` when the job was never verified.
+    pub fn last_verify(&self) -> Result<Option<Verdict>, CoreError> {
+        self.verdict(PhaseOwner::Job, Phase::Verify)
+    }
+
+    /// How the job's last Meilisearch reindex ended; `None` when it never ran.
+    pub fn last_reindex(&self) -> Result<Option<Verdict>, CoreError> {
+        self.verdict(PhaseOwner::Store(StoreKind::Meilisearch), Phase::Reindex)
+    }
+
+    /// The stores whose source writers a run of this job held off and did not let in again
+    /// (a run that was killed while it held them).
+    pub fn held_freezes(&self) -> Result<Vec<StoreKind>, CoreError> {
+        Ok(self
+            .phases()?
+            .into_iter()
+            .filter(|p| p.phase == Phase::Freeze.as_str() && p.done_at.is_none())
+            .filter_map(|p| StoreKind::parse(&p.store))
+            .collect())
     }
 
     pub fn phases(&self) -> Result<Vec<PhaseRecord>, CoreError> {

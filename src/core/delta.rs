@@ -41,7 +41,7 @@ pub async fn delta(
     // Triggers and the like must not react to rows copied again; until finish_target has put them
     // back, the store's finish phase counts as not done, so a crash here is finished on resume.
     for store in stores {
-        catalog.phase_start(store.kind().as_str(), "finish")?;
+        catalog.phase_start(store.kind(), Phase::Finish)?;
         store.pause_target_side_effects().await?;
     }
     let records = catalog.units(None)?;
@@ -116,7 +116,7 @@ pub async fn delta(
         for n in &notes {
             catalog.event("info", Some(store.kind()), None, n)?;
         }
-        catalog.phase_done(store.kind().as_str(), "finish", "after delta")?;
+        catalog.phase_done(store.kind(), Phase::Finish, "after delta")?;
     }
     summary.changed.sort();
     reporter.on_phase_done(Phase::Copy);

@@ -3,29 +3,51 @@
 
 use super::store::Unit;
 
-/// The phases of a job, in order.
+/// The phases of a job, in order, as progress reports them and the catalog records them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
     Plan,
+    /// Writers held off on a source (recorded per store until released).
+    Freeze,
     Prepare,
     Copy,
     Finish,
+    /// The final pass: copy again only what changed.
+    Delta,
     Verify,
     Reindex,
     Cutover,
 }
 
 impl Phase {
+    pub const ALL: [Phase; 9] = [
+        Phase::Plan,
+        Phase::Freeze,
+        Phase::Prepare,
+        Phase::Copy,
+        Phase::Finish,
+        Phase::Delta,
+        Phase::Verify,
+        Phase::Reindex,
+        Phase::Cutover,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Plan => "plan",
+            Phase::Freeze => "freeze",
             Phase::Prepare => "prepare",
             Phase::Copy => "copy",
             Phase::Finish => "finish",
+            Phase::Delta => "delta",
             Phase::Verify => "verify",
             Phase::Reindex => "reindex",
             Phase::Cutover => "cutover",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 

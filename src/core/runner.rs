@@ -106,7 +106,7 @@ impl Runner {
         // Check every store's target before writing to any of them: nothing half-written.
         let mut occupied_by_store = BTreeMap::new();
         for (kind, store) in &by_kind {
-            if self.catalog.is_phase_done(kind.as_str(), "prepare")? {
+            if self.catalog.is_phase_done(kind, Phase::Prepare)? {
                 continue;
             }
             let units: Vec<Unit> = self
@@ -140,7 +140,7 @@ impl Runner {
             let store = &by_kind[&kind];
             self.reporter
                 .on_phase_start(Phase::Prepare, units.len() as u64, 0, 0);
-            self.catalog.phase_start(kind.as_str(), "prepare")?;
+            self.catalog.phase_start(kind, Phase::Prepare)?;
             if self.options.if_exists == IfExists::Skip {
                 for u in units.iter().filter(|u| occupied.contains(&u.name)) {
                     self.catalog.set_state(u, UnitState::Skipped, None)?;
@@ -151,8 +151,8 @@ impl Runner {
                 .prepare_target(&units, self.options.if_exists, &occupied)
                 .await?;
             self.catalog.phase_done(
-                kind.as_str(),
-                "prepare",
+                kind,
+                Phase::Prepare,
                 &format!("{} occupied", occupied.len()),
             )?;
             self.reporter.on_phase_done(Phase::Prepare);
@@ -205,7 +205,7 @@ impl Runner {
             k
         };
         for kind in &kinds_with_work {
-            self.catalog.phase_start(kind.as_str(), "copy")?;
+            self.catalog.phase_start(kind, Phase::Copy)?;
             let note = by_kind[kind].begin_copy(self.options.parallel).await?;
             if !note.is_empty() {
                 self.reporter.on_note(&note);
@@ -289,12 +289,12 @@ impl Runner {
 
         // Objects best created after the data, once per store and only when all of it is there.
         for (kind, store) in &by_kind {
-            if self.catalog.is_phase_done(kind.as_str(), "finish")? {
+            if self.catalog.is_phase_done(kind, Phase::Finish)? {
                 continue;
             }
-            self.catalog.phase_done(kind.as_str(), "copy", "")?;
+            self.catalog.phase_done(kind, Phase::Copy, "")?;
             self.reporter.on_phase_start(Phase::Finish, 1, 0, 0);
-            self.catalog.phase_start(kind.as_str(), "finish")?;
+            self.catalog.phase_start(kind, Phase::Finish)?;
             let cancel = self.cancel.clone();
             let notes = with_retries(
                 self.options.retries,
@@ -307,7 +307,7 @@ impl Runner {
                 self.catalog.event("info", Some(*kind), None, n)?;
             }
             summary.notes.extend(notes);
-            self.catalog.phase_done(kind.as_str(), "finish", "")?;
+            self.catalog.phase_done(kind, Phase::Finish, "")?;
             self.reporter.on_phase_done(Phase::Finish);
         }
         Ok(summary)

@@ -60,6 +60,15 @@ pub struct Difference {
     pub key: Option<String>,
 }
 
+/// A check that spans stores (e.g. the course index against the modulestore), run after the
+/// units are verified.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrossCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
 /// The verification of one unit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitVerify {

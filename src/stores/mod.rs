@@ -1,7 +1,145 @@
-//! The stores offload can move, one module each. A store implements [`crate::core::Store`]:
-//! it lists units, prepares the target, copies one batch after a cursor and digests key ranges.
+//! The stores offload can copy, one folder each, and the one registry from a store kind to its
+//! implementation. A store implements [`crate::core::Store`] (it lists units, prepares the target,
+//! copies one batch after a cursor and digests key ranges) and resolves its own settings (its
+//! `settings` module: flags, config.yml, environment, a job's record).
+//!
+//! To add a store: a folder with its `Store` implementation and `settings.rs`, a [`StoreKind`],
+//! a variant here and a line in each match below, and its flags flattened into `cli::JobArgs`.
 
 pub mod mongodb;
 pub mod mysql;
 pub mod objects;
 pub mod redis;
+
+use std::sync::Arc;
+
+use crate::core::{Store, StoreKind};
+use crate::resolve::{ResolveContext, SettingsError};
+
+/// Every copy store's flags, as the command line gives them.
+#[derive(Debug, Clone, Default)]
+pub struct StoreArgs {
+    pub mysql: mysql::settings::MysqlArgs,
+    pub mongodb: mongodb::settings::MongoArgs,
+    pub redis: redis::settings::RedisArgs,
+    pub objects: objects::ObjectsArgs,
+}
+
+/// One copy store's resolved settings.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    Mysql(mysql::settings::MysqlSettings),
+    Mongodb(mongodb::settings::MongoSettings),
+    Redis(redis::settings::RedisSettings),
+    Objects(objects::ObjectsSettings),
+}
+
+/// The stores that copy data (Meilisearch is rebuilt, not copied), in the order a job opens,
+/// plans and records them.
+pub const COPY_STORES: [StoreKind; 4] = [
+    StoreKind::Mysql,
+    StoreKind::Redis,
+    StoreKind::Mongodb,
+    StoreKind::Objects,
+];
+
+impl StoreArgs {
+    /// Whether the flags (or the targets file) name an endpoint of this store.
+    pub fn names_endpoint(&self, kind: StoreKind, ctx: &ResolveContext) -> bool {
+        match kind {
+            StoreKind::Mysql => self.mysql.names_endpoint(ctx),
+            StoreKind::Mongodb => self.mongodb.names_endpoint(ctx),
+            StoreKind::Redis => self.redis.names_endpoint(ctx),
+            StoreKind::Objects => self.objects.names_endpoint(ctx),
+            StoreKind::Meilisearch => false,
+        }
+    }
+
+    /// Whether the flags (or the targets file) name a target for this store.
+    pub fn has_target(&self, kind: StoreKind, ctx: &ResolveContext) -> bool {
+        match kind {
+            StoreKind::Mysql => self.mysql.has_target(ctx),
+            StoreKind::Mongodb => self.mongodb.has_target(ctx),
+            StoreKind::Redis => self.redis.has_target(ctx),
+            StoreKind::Objects => self.objects.has_target(ctx),
+            StoreKind::Meilisearch => false,
+        }
+    }
+}
+
+impl StoreSettings {
+    /// Resolve one copy store's settings; `recorded` is its part of a job's record.
+    pub fn resolve(
+        kind: StoreKind,
+        args: &StoreArgs,
+        ctx: &ResolveContext,
+        recorded: Option<&serde_json::Value>,
+    ) -> Result<StoreSettings, SettingsError> {
+        Ok(match kind {
+            StoreKind::Mysql => {
+                StoreSettings::Mysql(mysql::settings::resolve(&args.mysql, ctx, recorded)?)
+            }
+            StoreKind::Mongodb => {
+                StoreSettings::Mongodb(mongodb::settings::resolve(&args.mongodb, ctx, recorded)?)
+            }
+            StoreKind::Redis => {
+                StoreSettings::Redis(redis::settings::resolve(&args.redis, ctx, recorded)?)
+            }
+            StoreKind::Objects => {
+                StoreSettings::Objects(objects::settings::resolve(&args.objects, ctx, recorded)?)
+            }
+            StoreKind::Meilisearch => {
+                return Err(SettingsError::NotAvailable {
+                    store: kind.to_string(),
+                })
+            }
+        })
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            StoreSettings::Mysql(_) => StoreKind::Mysql,
+            StoreSettings::Mongodb(_) => StoreKind::Mongodb,
+            StoreSettings::Redis(_) => StoreKind::Redis,
+            StoreSettings::Objects(_) => StoreKind::Objects,
+        }
+    }
+
+    /// The store these settings describe, ready to work; `parallel` is the job's concurrency.
+    pub fn open(&self, parallel: usize) -> Arc<dyn Store> {
+        match self {
+            StoreSettings::Mysql(m) => Arc::new(mysql::MysqlStore::new(
+                m.source.clone(),
+                m.target.clone(),
+                m.options.clone(),
+                parallel,
+            )),
+            StoreSettings::Mongodb(m) => Arc::new(mongodb::MongoStore::new(
+                m.source.clone(),
+                m.target.clone(),
+                m.options.clone(),
+                parallel,
+            )),
+            StoreSettings::Redis(r) => Arc::new(redis::RedisStore::new(
+                r.source.clone(),
+                r.target.clone(),
+                r.options.clone(),
+            )),
+            StoreSettings::Objects(o) => Arc::new(objects::ObjectsStore::new(
+                o.source.clone(),
+                o.target.clone(),
+                o.options.clone(),
+            )),
+        }
+    }
+
+    /// What the job records to reconnect later (URLs without secrets, where secrets come from).
+    pub fn record(&self) -> serde_json::Value {
+        match self {
+            StoreSettings::Mysql(m) => m.record(),
+            StoreSettings::Mongodb(m) => m.record(),
+            StoreSettings::Redis(r) => r.record(),
+            StoreSettings::Objects(o) => o.record(),
+        }
+    }
+}

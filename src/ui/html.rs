@@ -3,15 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::core::verify::{DiffKind, VerifyReport};
-
-/// A check that spans stores (e.g. the course index against the modulestore), for the report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CrossCheck {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
+use crate::core::verify::{CrossCheck, DiffKind, VerifyReport};
 
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -8,6 +8,7 @@ use crate::core::delta::DeltaSummary;
 use crate::core::plan::Plan;
 use crate::core::runner::CopySummary;
 use crate::core::verify::{DiffKind, KindCount, VerifyReport};
+use crate::search::ReindexReport;
 
 /// Bytes with a binary unit.
 pub fn bytes(n: u64) -> String {
@@ -359,4 +360,116 @@ pub fn status(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     let summary: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     let _ = writeln!(out, "{} unit(s): {}", units.len(), summary.join(", "));
     out
+}
+
+/// A Meilisearch rebuild's report, for people.
+pub fn reindex_report(report: &ReindexReport) -> String {
+    let mut out = format!(
+        "Meilisearch {} at {}, documents from {}\n",
+        report.server_version, report.target, report.source
+    );
+    for i in &report.indexes {
+        out.push_str(&format!(
+            "  {:<40} {} {} documents in {} batch(es), {:.1}s; live index holds {}; settings {}; {} sampled document(s) {}\n",
+            i.index,
+            i.how,
+            i.documents,
+            i.batches,
+            i.seconds,
+            i.live_documents,
+            if i.settings_differences.is_empty() { "equal" } else { "DIFFER" },
+            i.sample_checked,
+            if i.document_differences.is_empty() { "equal" } else { "DIFFER" },
+        ));
+        for d in i.settings_differences.iter().chain(&i.document_differences) {
+            out.push_str(&format!("      {d}\n"));
+        }
+        if i.live_documents != i.documents {
+            out.push_str(&format!(
+                "      count: {} document(s) built from the source, {} in the live index\n",
+                i.documents, i.live_documents
+            ));
+        }
+    }
+    if let Some(k) = &report.api_key {
+        out.push_str(&format!("  {k}\n"));
+    }
+    for n in &report.notes {
+        out.push_str(&format!("  note: {n}\n"));
+    }
+    out.push_str(if report.clean() {
+        "Every index was rebuilt, swapped in and verified.\n"
+    } else {
+        "Some indexes differ from what was sent (see above).\n"
+    });
+    out
+}
+
+/// The Meilisearch part of a plan, for people.
+pub fn search_plan(section: &serde_json::Value) -> String {
+    let mut out = String::from("Meilisearch (rebuilt by `offload reindex`)\n");
+    for c in section["checks"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  [{}] {}: {}\n",
+            if c["ok"] == true { "ok" } else { "FAIL" },
+            c["name"].as_str().unwrap_or(""),
+            c["detail"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(p) = section["public_url"].as_str() {
+        out.push_str(&format!("  {p}\n"));
+    }
+    for i in section["indexes"].as_array().into_iter().flatten() {
+        let count = match i["documents"].as_u64() {
+            Some(n) => format!("{n} documents"),
+            None => "counted during reindex".to_string(),
+        };
+        out.push_str(&format!(
+            "  {:<36} {count:<24} from {}\n",
+            i["index"].as_str().unwrap_or(""),
+            i["from"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(es) = section["elasticsearch"].as_str() {
+        out.push_str(&format!("  note: {es}\n"));
+    }
+    out
+}
+
+/// The steps of a maintenance window, for the plan and `--dry-run`.
+pub fn maintenance_runbook() -> String {
+    "Maintenance window, step by step:\n\
+     1. Copy while the platform runs:        offload migrate --no-cutover (same flags)\n\
+     2. Stop the web apps (no new tasks):    tutor local stop lms cms\n\
+        (Kubernetes: tutor k8s stop lms cms)\n\
+     3. Let the workers drain the Celery queues (queued tasks live in Redis DB 0; `offload plan`\n\
+        counts them), then stop them:        tutor local stop lms-worker cms-worker\n\
+     4. Final pass, writers held off:        offload migrate --resume --delta --freeze-source\n\
+        (copies only what changed since step 1, verifies everything, then rewrites config.yml)\n\
+     5. Start on the new servers:            tutor config save && tutor local start -d\n\
+     Roll back at any point before step 5 with: offload rollback\n"
+        .to_string()
+}
+
+/// What a cutover did (or, dry, would do), for people.
+pub fn cutover(done: &crate::job::CutoverOutcome) -> String {
+    let mut text = match (&done.config, &done.backup) {
+        (Some(config), Some(backup)) if !done.dry_run => format!(
+            "Rewrote {} (backup: {}).\n{}",
+            config.display(),
+            backup.display(),
+            done.diff
+        ),
+        _ => format!(
+            "Dry run: config.yml would change like this (secrets masked):\n{}",
+            done.diff
+        ),
+    };
+    for w in &done.warnings {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    if !done.dry_run {
+        text.push_str(&done.runbook);
+    }
+    text
 }

@@ -11,9 +11,9 @@
 use mongodb::bson::{Bson, Document};
 use serde_json::{json, Value};
 
-use offload::reindex::client::MeilisearchClient;
-use offload::reindex::rebuild::{rebuild_index, DocSink, RebuildOptions};
-use offload::reindex::specs::IndexKind;
+use offload::search::client::MeilisearchClient;
+use offload::search::rebuild::{rebuild_index, DocSink, RebuildOptions};
+use offload::search::specs::IndexKind;
 use offload::secret::Secret;
 
 use crate::common::*;
@@ -395,7 +395,7 @@ async fn numbered(sink: DocSink, count: usize, tag: &str) -> Result<(), offload:
     Ok(())
 }
 
-fn simple_settings() -> offload::reindex::specs::IndexSettings {
+fn simple_settings() -> offload::search::specs::IndexSettings {
     let mut s = IndexKind::Comments.settings();
     s.primary_key = "id".into();
     s

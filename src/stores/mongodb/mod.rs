@@ -12,6 +12,7 @@ mod digest;
 mod endpoint;
 mod keys;
 mod read;
+pub mod settings;
 mod shape;
 mod survey;
 mod turns;
@@ -25,7 +26,7 @@ use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::{Client, Database};
 use serde_json::json;
 
-pub use endpoint::MongoEndpoint;
+pub use endpoint::{map_error, MongoEndpoint};
 use shape::CollectionSpec;
 
 use crate::core::store::{ShapeDifference, Survey};

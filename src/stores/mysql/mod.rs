@@ -8,6 +8,7 @@
 
 mod endpoint;
 mod schema;
+pub mod settings;
 mod values;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

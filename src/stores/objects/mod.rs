@@ -17,7 +17,7 @@ mod endpoint;
 mod listing;
 mod multipart;
 mod ops;
-mod setup;
+pub mod settings;
 mod transfer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 
 pub use endpoint::{CredentialSource, Profile, S3Endpoint};
 pub use listing::{FolderSpec, KeySpace, Layout};
-pub use setup::{media_folders, minio_buckets, resolve, ObjectsSettings};
+pub use settings::{media_folders, minio_buckets, ObjectsArgs, ObjectsSettings};
 
 use listing::Listed;
 

@@ -17,6 +17,7 @@ mod freeze;
 mod pass;
 mod rdb;
 mod replica;
+pub mod settings;
 mod snapshot;
 mod survey;
 mod values;

@@ -8,8 +8,9 @@
 
 pub mod client;
 pub mod documents;
+pub mod plan;
 pub mod rebuild;
-pub mod setup;
+pub mod settings;
 pub mod source;
 pub mod specs;
 
@@ -572,6 +573,14 @@ pub async fn provision_api_key(
         "API key {uid} {} with actions [\"*\"] on {prefix}*; its value equals MEILISEARCH_API_KEY as Tutor computes it",
         if created { "created" } else { "already present" }
     ))
+}
+
+/// Now, as microseconds since the epoch (the "now" course modes expire against).
+pub fn now_micros() -> Micros {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_micros() as Micros
 }
 
 #[cfg(test)]

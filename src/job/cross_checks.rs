@@ -1,14 +1,14 @@
-//! Checks that span stores of a Tutor platform, run by `offload migrate` after verify: the split
+//! Checks that span stores of a Tutor platform, run by a job after verify: the split
 //! modulestore's course index in MySQL against MongoDB's `modulestore.active_versions`, and each
 //! search index's document count against the entities it is built from.
 
 use std::collections::HashMap;
 
-use crate::reindex::source::SourceReader;
-use crate::reindex::specs::IndexKind;
-use crate::reindex::{index_uid, ReindexReport};
-use crate::settings::Settings;
-use crate::ui::html::CrossCheck;
+use super::Job;
+use crate::core::verify::CrossCheck;
+use crate::search::source::SourceReader;
+use crate::search::specs::IndexKind;
+use crate::search::{index_uid, ReindexReport};
 
 const COURSE_INDEX_TABLE: &str = "split_modulestore_django_splitmodulestorecourseindex";
 const COURSE_INDEX_CHECK: &str = "course index: MySQL vs MongoDB active_versions";
@@ -165,30 +165,34 @@ async fn search_count_checks(
         .collect()
 }
 
-/// Every cross-store check that applies to this job; `reindexed` is the reindex phase's report.
-pub async fn run(settings: &Settings, reindexed: Option<&ReindexReport>) -> Vec<CrossCheck> {
-    let both = settings.mysql.is_some() && settings.mongodb.is_some();
-    if !both && reindexed.is_none() {
-        return Vec::new();
-    }
-    let source = match crate::reindex_cmd::job_source(settings).await {
-        Ok(s) => s,
-        Err(e) => {
-            return vec![CrossCheck {
-                name: "cross-store checks".into(),
-                ok: false,
-                detail: format!("could not open the migrated MySQL and MongoDB: {e:#}"),
-            }]
+impl Job {
+    /// Every cross-store check that applies to this job; `reindexed` is the reindex phase's
+    /// report, when it ran.
+    pub async fn cross_checks(&self, reindexed: Option<&ReindexReport>) -> Vec<CrossCheck> {
+        let settings = &self.settings;
+        let both = settings.mysql().is_some() && settings.mongodb().is_some();
+        if !both && reindexed.is_none() {
+            return Vec::new();
         }
-    };
-    let mut out = Vec::new();
-    if both {
-        out.push(course_index_check(&source).await);
+        let source = match super::source_of_truth(settings).await {
+            Ok(s) => s,
+            Err(e) => {
+                return vec![CrossCheck {
+                    name: "cross-store checks".into(),
+                    ok: false,
+                    detail: format!("could not open the migrated MySQL and MongoDB: {e}"),
+                }]
+            }
+        };
+        let mut out = Vec::new();
+        if both {
+            out.push(course_index_check(&source).await);
+        }
+        if let (Some(report), Some(m)) = (reindexed, &settings.meilisearch) {
+            out.extend(search_count_checks(&source, report, &m.prefix).await);
+        }
+        out
     }
-    if let (Some(report), Some(m)) = (reindexed, &settings.meilisearch) {
-        out.extend(search_count_checks(&source, report, &m.prefix).await);
-    }
-    out
 }
 
 #[cfg(test)]

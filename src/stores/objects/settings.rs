@@ -12,9 +12,93 @@ use super::{
     CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, Profile,
     S3Endpoint, MIN_PART_SIZE,
 };
+use crate::resolve::{config_text, invalid, ResolveContext, SettingsError};
 use crate::secret::Secret;
-use crate::settings::{config_text, Inputs, SettingsError};
 use crate::tutor::TutorConfig;
+
+/// The object-storage flags.
+#[derive(Debug, clap::Args, Clone)]
+pub struct ObjectsArgs {
+    /// Source S3 endpoint (MinIO), overriding what config.yml says (`http(s)://MINIO_HOST`):
+    /// http(s)://[access-key:secret-key@]host:port. Keys may instead come from
+    /// OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY or config.yml.
+    #[arg(long, value_name = "URL")]
+    pub from_s3: Option<String>,
+
+    /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
+    /// Keys may instead come from OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY,
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile (--s3-profile, AWS_PROFILE).
+    #[arg(long, value_name = "URL")]
+    pub to_s3: Option<String>,
+
+    /// Region of the target S3 [default: AWS_REGION, the profile's region, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// How to address target buckets: path (http://host/bucket), virtual (http://bucket.host),
+    /// or auto [default: path for a URL, virtual for `aws`].
+    #[arg(long, value_name = "STYLE")]
+    pub s3_addressing: Option<String>,
+
+    /// AWS shared-credentials profile holding the target's keys.
+    #[arg(long, value_name = "NAME")]
+    pub s3_profile: Option<String>,
+
+    /// Source buckets to copy, comma-separated [default: the MinIO buckets named in config.yml].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub buckets: Vec<String>,
+
+    /// Target bucket names where they differ from the source's: openedx=prod-openedx,...
+    #[arg(long, value_delimiter = ',', value_name = "MAP")]
+    pub bucket_map: Vec<String>,
+
+    /// Create target buckets that do not exist (otherwise a missing bucket stops the job).
+    #[arg(long)]
+    pub create_buckets: bool,
+
+    /// Part size for objects copied in parts (larger objects; multipart source objects keep
+    /// their own parts) [default: 64 MiB, at least 5 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub part_size: Option<u64>,
+
+    /// Objects (or parts of objects) moved at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub object_transfers: usize,
+}
+
+impl Default for ObjectsArgs {
+    fn default() -> Self {
+        ObjectsArgs {
+            from_s3: None,
+            to_s3: None,
+            s3_region: None,
+            s3_addressing: None,
+            s3_profile: None,
+            buckets: Vec::new(),
+            bucket_map: Vec::new(),
+            create_buckets: false,
+            part_size: None,
+            object_transfers: 32,
+        }
+    }
+}
+
+impl ObjectsArgs {
+    /// Whether these flags (or the targets file) name an object-storage endpoint.
+    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
+        self.from_s3.is_some() || self.has_target(ctx)
+    }
+
+    /// Whether a target is named.
+    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
+        self.target_url(ctx).is_some()
+    }
+
+    /// `--to-s3`, else the targets file's `s3:`.
+    fn target_url<'a>(&'a self, ctx: &'a ResolveContext) -> Option<&'a str> {
+        self.to_s3.as_deref().or(ctx.targets.s3.as_deref())
+    }
+}
 
 /// The objects part of the settings.
 #[derive(Debug, Clone)]
@@ -22,13 +106,6 @@ pub struct ObjectsSettings {
     pub source: ObjectSource,
     pub target: S3Endpoint,
     pub options: ObjectsOptions,
-}
-
-fn invalid(what: &str, detail: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        what: what.to_string(),
-        detail: detail.into(),
-    }
 }
 
 /// The MinIO buckets Tutor's `minio` plugin creates, from config.yml (with the plugin's defaults).
@@ -174,7 +251,7 @@ fn find_keys(
             );
             e.secret_key = env(&var).map(Secret::new);
             if e.secret_key.is_none() {
-                return Err(invalid(&format!("the {side} S3 URL"), format!("it names an access key but no secret key; add it to the URL (key:secret@host) or set {var}")));
+                return Err(invalid(format!("the {side} S3 URL"), format!("it names an access key but no secret key; add it to the URL (key:secret@host) or set {var}")));
             }
         }
         return Ok(());
@@ -272,7 +349,7 @@ fn recover_keys(
     let need = |name: &str| {
         env(name).ok_or_else(|| {
             invalid(
-                &format!("the {side} S3 keys"),
+                format!("the {side} S3 keys"),
                 format!("the job reads them from ${name}, which is not set now; export it again"),
             )
         })
@@ -310,7 +387,7 @@ fn recover_keys(
         CredentialSource::Profile { name } => {
             let p = Profile::load(name).ok_or_else(|| {
                 invalid(
-                    &format!("the {side} S3 keys"),
+                    format!("the {side} S3 keys"),
                     format!("the job reads them from AWS profile `{name}`, which is gone"),
                 )
             })?;
@@ -319,7 +396,7 @@ fn recover_keys(
             e.session_token = p.session_token;
         }
         CredentialSource::Tutor { access, secret } => {
-            let cfg = tutor.ok_or_else(|| invalid(&format!("the {side} S3 keys"), format!("the job reads them from config.yml ({access}, {secret}), but no config.yml was found; pass --tutor-root")))?;
+            let cfg = tutor.ok_or_else(|| invalid(format!("the {side} S3 keys"), format!("the job reads them from config.yml ({access}, {secret}), but no config.yml was found; pass --tutor-root")))?;
             e.access_key = config_text(cfg, access);
             e.secret_key = config_text(cfg, secret).map(Secret::new);
         }
@@ -335,7 +412,7 @@ fn reopen(
 ) -> Result<S3Endpoint, SettingsError> {
     let url = rec["url"].as_str().unwrap_or("aws");
     let mut e =
-        S3Endpoint::parse(url).map_err(|d| invalid(&format!("the job's {side} S3 URL"), d))?;
+        S3Endpoint::parse(url).map_err(|d| invalid(format!("the job's {side} S3 URL"), d))?;
     let source: CredentialSource =
         serde_json::from_value(rec["credentials"].clone()).unwrap_or(CredentialSource::None);
     recover_keys(&mut e, &source, side, tutor)?;
@@ -348,14 +425,14 @@ fn reopen(
     Ok(e)
 }
 
-/// Resolve the objects settings. `target_url` is `--to-s3` or the targets file's `s3:`.
+/// Resolve the objects settings; `recorded` is the objects part of a job's record.
 pub fn resolve(
-    inputs: &Inputs,
-    target_url: Option<&str>,
-    tutor: Option<&TutorConfig>,
-    tutor_root: &Path,
+    inputs: &ObjectsArgs,
+    ctx: &ResolveContext,
     recorded: Option<&serde_json::Value>,
 ) -> Result<ObjectsSettings, SettingsError> {
+    let tutor = ctx.tutor;
+    let target_url = inputs.target_url(ctx);
     let rec = |k: &str| recorded.map(|r| &r[k]).filter(|v| !v.is_null());
     let bucket_map = if inputs.bucket_map.is_empty() {
         rec("bucket_map")
@@ -436,9 +513,9 @@ pub fn resolve(
     } else {
         let root = rec("source")
             .and_then(|s| s["root"].as_str())
-            .filter(|_| inputs.tutor_root.is_none())
+            .filter(|_| !ctx.tutor_root_flag)
             .map(PathBuf::from)
-            .unwrap_or_else(|| tutor_root.to_path_buf());
+            .unwrap_or_else(|| ctx.tutor_root.to_path_buf());
         public_media.push("openedx".to_string());
         ObjectSource::Media {
             folders: media_folders(&root),
@@ -495,7 +572,7 @@ pub fn resolve(
             part_size,
             transfers: inputs.object_transfers.max(1),
             create_buckets: inputs.create_buckets,
-            deep: inputs.deep,
+            deep: ctx.deep,
             bucket_map,
             public_read,
             public_media,

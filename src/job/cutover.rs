@@ -1,15 +1,17 @@
-//! `offload cutover` and `offload rollback`: point Tutor's config.yml at the migrated servers once
-//! the job's verification passed for them, and restore it from the backup.
+//! The cutover gate of a job: config.yml is rewritten only for stores whose last verify passed
+//! (and, for Meilisearch, whose indexes were rebuilt and checked), only when config.yml is still
+//! the file the job planned with, and from each store's target as Tutor's keys describe it.
 
-use anyhow::{bail, Context};
-use serde_json::json;
+use std::path::{Path, PathBuf};
 
-use crate::cli::{CutoverArgs, RollbackArgs};
-use crate::commands::{inputs_for_cutover, Outcome};
-use crate::core::catalog::Catalog;
+use serde::Serialize;
+
+use super::JobError;
+use crate::core::catalog::{Catalog, Verdict};
 use crate::core::StoreKind;
-use crate::reindex::setup::MeilisearchSettings;
-use crate::settings::{tutor_root, Settings};
+use crate::resolve::config_text;
+use crate::search::settings::MeilisearchSettings;
+use crate::settings::Settings;
 use crate::stores::mongodb::MongoEndpoint;
 use crate::stores::objects::{ObjectSource, ObjectsSettings};
 use crate::tutor::{
@@ -18,9 +20,9 @@ use crate::tutor::{
 };
 
 /// Tutor's MongoDB keys for a target URI: one host, authentication and TLS as separate settings.
-fn mongodb_target(e: &MongoEndpoint) -> anyhow::Result<MongodbTarget> {
+fn mongodb_target(e: &MongoEndpoint) -> Result<MongodbTarget, JobError> {
     if e.srv || e.hosts.contains(',') {
-        bail!("the MongoDB target `{}` has several hosts or is a mongodb+srv:// name; Tutor's MONGODB_HOST takes one host, so set MONGODB_HOST and friends by hand (docs/cutover.md)", e.hosts);
+        return Err(JobError::Refused(format!("the MongoDB target `{}` has several hosts or is a mongodb+srv:// name; Tutor's MONGODB_HOST takes one host, so set MONGODB_HOST and friends by hand (docs/cutover.md)", e.hosts)));
     }
     // `host:port`, `[v6]:port` or a bare host (IPv6 hosts are bracketed in URIs).
     let brackets = |h: &str| h.trim_matches(|c| c == '[' || c == ']').to_string();
@@ -57,12 +59,16 @@ fn mongodb_target(e: &MongoEndpoint) -> anyhow::Result<MongodbTarget> {
 
 /// tutor-contrib-s3's settings for the job's object-storage target: the endpoint and keys, and
 /// each bucket the platform uses under the name it has on the target.
-fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> anyhow::Result<S3Target> {
+fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> Result<S3Target, JobError> {
     let t = &o.target;
     let (host, port, use_ssl) = match &t.url {
         None => (String::new(), None, true),
         Some(u) => {
-            let parsed = url::Url::parse(u).context("the job's S3 target URL")?;
+            let parsed = url::Url::parse(u).map_err(|e| {
+                JobError::Refused(format!(
+                    "the job's S3 target URL `{u}` is not a URL ({e}); plan the job again with a valid --to-s3"
+                ))
+            })?;
             (
                 parsed.host_str().unwrap_or_default().to_string(),
                 parsed.port_or_known_default(),
@@ -75,7 +81,7 @@ fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> anyhow::Result<S3Target>
     let minio = matches!(o.source, ObjectSource::S3 { .. });
     let source_bucket = |key: &str, default: &str| {
         minio
-            .then(|| crate::settings::config_text(cfg, key))
+            .then(|| config_text(cfg, key))
             .flatten()
             .filter(|b| !b.is_empty() && !b.contains('{'))
             .unwrap_or_else(|| default.to_string())
@@ -116,13 +122,13 @@ fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> anyhow::Result<S3Target>
 }
 
 /// Tutor's Meilisearch settings for the job's target; the public URL is the operator's to give.
-fn meilisearch_target(m: &MeilisearchSettings) -> anyhow::Result<MeilisearchTarget> {
-    let public_url = m.public_url.clone().context(
-        "Meilisearch needs the address browsers reach it at (MEILISEARCH_PUBLIC_URL): pass --meilisearch-public-url URL, e.g. https://search.example.org",
-    )?;
-    let master_key = m.master_key.as_ref().map(|k| k.expose().to_string()).context(
-        "the target Meilisearch's master key is needed for MEILISEARCH_MASTER_KEY: put it in --to-meilisearch-key-file FILE or OFFLOAD_TO_MEILISEARCH_KEY",
-    )?;
+fn meilisearch_target(m: &MeilisearchSettings) -> Result<MeilisearchTarget, JobError> {
+    let public_url = m.public_url.clone().ok_or_else(|| JobError::Refused(
+        "Meilisearch needs the address browsers reach it at (MEILISEARCH_PUBLIC_URL): pass --meilisearch-public-url URL, e.g. https://search.example.org".into(),
+    ))?;
+    let master_key = m.master_key.as_ref().map(|k| k.expose().to_string()).ok_or_else(|| JobError::Refused(
+        "the target Meilisearch's master key is needed for MEILISEARCH_MASTER_KEY: put it in --to-meilisearch-key-file FILE or OFFLOAD_TO_MEILISEARCH_KEY".into(),
+    ))?;
     Ok(MeilisearchTarget {
         url: m.url.clone(),
         public_url,
@@ -130,12 +136,12 @@ fn meilisearch_target(m: &MeilisearchSettings) -> anyhow::Result<MeilisearchTarg
     })
 }
 
+/// Whether a store may be switched, or why not.
+type Clearance = Result<(), String>;
+
 /// Which stores of the job passed verification, and why the others did not.
-fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(), String>)>> {
-    let job_verify_clean = catalog
-        .phases()?
-        .iter()
-        .any(|p| p.store == "job" && p.phase == "verify" && p.detail.as_deref() == Some("clean"));
+fn verified_stores(catalog: &Catalog) -> Result<Vec<(StoreKind, Clearance)>, JobError> {
+    let job_verify_clean = catalog.last_verify()? == Some(Verdict::Clean);
     let mut out = Vec::new();
     for kind in StoreKind::ALL {
         let units = catalog.units(Some(kind))?;
@@ -162,65 +168,61 @@ fn verified_stores(catalog: &Catalog) -> anyhow::Result<Vec<(StoreKind, Result<(
 }
 
 /// Whether the job's search indexes were rebuilt and verified on the target.
-fn reindexed(catalog: &Catalog) -> anyhow::Result<Result<(), String>> {
-    let phases = catalog.phases()?;
-    let last = phases
-        .iter()
-        .rfind(|p| p.store == "meilisearch" && p.phase == "reindex");
-    Ok(match last {
-        Some(p) if p.done_at.is_some() && p.detail.as_deref() == Some("clean") => Ok(()),
-        Some(p) if p.done_at.is_some() => {
+fn reindexed(catalog: &Catalog) -> Result<Clearance, JobError> {
+    Ok(match catalog.last_reindex()? {
+        Some(Verdict::Clean) => Ok(()),
+        Some(Verdict::Differs) => {
             Err("the last reindex found differences in the rebuilt indexes".into())
         }
-        Some(_) => Err("the last reindex did not finish".into()),
+        Some(Verdict::Unfinished) => Err("the last reindex did not finish".into()),
         None => Err("the search indexes were not rebuilt on the target yet (offload reindex, or offload migrate)".into()),
     })
 }
 
-pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
-    let inputs = inputs_for_cutover(&args.job);
-    let root = tutor_root(args.job.tutor_root.as_deref());
-    let job_dir = args
-        .job
-        .job
-        .clone()
-        .unwrap_or_else(|| crate::settings::default_job_dir(&root));
-    let catalog = Catalog::open(&job_dir)?;
-    let setup = catalog.setup()?;
-    let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;
-    let done = run_cutover(&settings, &catalog, &job_dir, args.dry_run, args.force)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&done.value)?);
-    } else {
-        println!("{}", done.text);
-    }
-    Ok(Outcome::Clean)
+/// A store cut over although it was not verified, because `--force` was given.
+#[derive(Debug, Clone, Serialize)]
+pub struct Forced {
+    pub store: StoreKind,
+    pub why: String,
 }
 
-/// What a cutover did (or, dry, would do): for JSON and for people.
+/// What a cutover did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
 pub struct CutoverOutcome {
-    pub value: serde_json::Value,
-    pub text: String,
+    pub dry_run: bool,
+    /// The rewritten config.yml and its backup (not on a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<PathBuf>,
+    /// The change, secrets masked.
+    pub diff: String,
+    pub warnings: Vec<String>,
+    /// The Tutor commands to run next.
+    pub runbook: String,
+    /// Stores switched without a passing verify (`--force`).
+    #[serde(skip)]
+    pub forced: Vec<Forced>,
 }
 
-/// Cut over the job's verified stores (all of them, or refuse), print the change and the runbook.
-pub fn run_cutover(
+/// Cut over the job's verified stores (all of them, or refuse unless `force`).
+pub fn cutover(
     settings: &Settings,
     catalog: &Catalog,
-    job_dir: &std::path::Path,
+    job_dir: &Path,
     dry_run: bool,
     force: bool,
-) -> anyhow::Result<CutoverOutcome> {
+) -> Result<CutoverOutcome, JobError> {
     let setup = catalog.setup()?;
     let cfg = TutorConfig::load(&settings.tutor_root)?;
 
     // The file must be the one the job planned against.
     if let Some(planned) = setup.endpoints["tutor_config_digest"].as_str() {
         if planned != cfg.digest() {
-            bail!(
+            return Err(JobError::Refused(format!(
                 "{} changed since this job planned the migration; check what changed, then plan and copy again (offload copy --restart) or restore the file",
                 cfg.path().display()
-            );
+            )));
         }
     }
 
@@ -229,21 +231,23 @@ pub fn run_cutover(
         verdicts.push((StoreKind::Meilisearch, reindexed(catalog)?));
     }
     let mut targets = Vec::new();
+    let mut forced = Vec::new();
+    let missing = |what: &str| JobError::Refused(format!("the job has no {what} target"));
     for (kind, verdict) in verdicts {
         if let Err(why) = &verdict {
             if !force {
-                bail!("{kind} is not safe to switch: {why}. Run `offload verify --job {}` and fix what it reports; --force overrides this at the risk of losing data", job_dir.display());
+                return Err(JobError::Refused(format!("{kind} is not safe to switch: {why}. Run `offload verify --job {}` and fix what it reports; --force overrides this at the risk of losing data", job_dir.display())));
             }
             tracing::error!(store = %kind, reason = %why, "cutting over an unverified store because --force was given; the platform may lose data");
-            eprintln!("WARNING: cutting over {kind} although it is not verified ({why}), because --force was given");
+            forced.push(Forced {
+                store: kind,
+                why: why.clone(),
+            });
         }
-        match kind {
+        targets.push(match kind {
             StoreKind::Mysql => {
-                let m = settings
-                    .mysql
-                    .as_ref()
-                    .context("the job has no MySQL target")?;
-                targets.push(CutoverTarget::Mysql(MysqlTarget {
+                let m = settings.mysql().ok_or_else(|| missing("MySQL"))?;
+                CutoverTarget::Mysql(MysqlTarget {
                     host: m.target.host.clone(),
                     port: m.target.port,
                     root_username: m.target.user.clone(),
@@ -257,14 +261,11 @@ pub fn run_cutover(
                     ),
                     app: None,
                     plugin_users: Vec::new(),
-                }));
+                })
             }
             StoreKind::Redis => {
-                let r = settings
-                    .redis
-                    .as_ref()
-                    .context("the job has no Redis target")?;
-                targets.push(CutoverTarget::Redis(RedisTarget {
+                let r = settings.redis().ok_or_else(|| missing("Redis"))?;
+                CutoverTarget::Redis(RedisTarget {
                     host: r.target.host.clone(),
                     port: r.target.port,
                     username: r.target.username.clone().unwrap_or_default(),
@@ -274,93 +275,69 @@ pub fn run_cutover(
                         .as_ref()
                         .map(|p| p.expose().to_string())
                         .unwrap_or_default(),
-                }));
+                })
             }
             StoreKind::Mongodb => {
-                let m = settings
-                    .mongodb
-                    .as_ref()
-                    .context("the job has no MongoDB target")?;
-                targets.push(CutoverTarget::Mongodb(mongodb_target(&m.target)?));
+                let m = settings.mongodb().ok_or_else(|| missing("MongoDB"))?;
+                CutoverTarget::Mongodb(mongodb_target(&m.target)?)
             }
             StoreKind::Objects => {
                 let o = settings
-                    .objects
-                    .as_ref()
-                    .context("the job has no object-storage target")?;
-                targets.push(CutoverTarget::S3(s3_target(o, &cfg)?));
+                    .objects()
+                    .ok_or_else(|| missing("object-storage"))?;
+                CutoverTarget::S3(s3_target(o, &cfg)?)
             }
             StoreKind::Meilisearch => {
                 let m = settings
                     .meilisearch
                     .as_ref()
-                    .context("the job has no Meilisearch target")?;
-                targets.push(CutoverTarget::Meilisearch(meilisearch_target(m)?));
+                    .ok_or_else(|| missing("Meilisearch"))?;
+                CutoverTarget::Meilisearch(meilisearch_target(m)?)
             }
-        }
+        });
     }
     if targets.is_empty() {
-        bail!("the job in {} has no store to cut over", job_dir.display());
+        return Err(JobError::Refused(format!(
+            "the job in {} has no store to cut over",
+            job_dir.display()
+        )));
     }
 
     let plan = tutor::plan_cutover(&cfg, &targets)?;
     let diff = plan.masked_diff();
+    let mut outcome = CutoverOutcome {
+        dry_run,
+        config: None,
+        backup: None,
+        diff,
+        warnings: plan.warnings.clone(),
+        runbook: plan.runbook(),
+        forced,
+    };
     if dry_run {
-        let mut text =
-            format!("Dry run: config.yml would change like this (secrets masked):\n{diff}");
-        for w in &plan.warnings {
-            text.push_str(&format!("warning: {w}\n"));
-        }
-        return Ok(CutoverOutcome {
-            value: json!({"dry_run": true, "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook()}),
-            text,
-        });
+        return Ok(outcome);
     }
     let now = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
-        .context("formatting the backup timestamp")?;
+        .map_err(|e| JobError::Refused(format!("formatting the backup timestamp: {e}")))?;
     let applied = tutor::apply_cutover(&settings.tutor_root, &plan, &cfg.digest(), &now)?;
-    catalog.phase_done("job", "cutover", &applied.backup_path.display().to_string())?;
-    let mut text = format!(
-        "Rewrote {} (backup: {}).\n{diff}",
-        applied.config_path.display(),
-        applied.backup_path.display()
-    );
-    for w in &plan.warnings {
-        text.push_str(&format!("warning: {w}\n"));
-    }
-    text.push_str(&plan.runbook());
-    Ok(CutoverOutcome {
-        value: json!({
-            "config": applied.config_path, "backup": applied.backup_path,
-            "diff": diff, "warnings": plan.warnings, "runbook": plan.runbook(),
-        }),
-        text,
-    })
-}
-
-pub fn rollback(args: RollbackArgs, json: bool) -> anyhow::Result<Outcome> {
-    let root = tutor_root(args.tutor_root.as_deref());
-    let restored = tutor::rollback(&root)?;
-    if json {
-        println!("{}", json!({"restored_from": restored.restored_from}));
-    } else {
-        println!(
-            "Restored {} from {}. Run `tutor config save` and restart the platform (tutor local start -d) to use the old servers again.",
-            root.join(tutor::CONFIG_FILENAME).display(),
-            restored.restored_from.display()
-        );
-    }
-    Ok(Outcome::Clean)
+    catalog.phase_done(
+        crate::core::catalog::PhaseOwner::Job,
+        crate::core::progress::Phase::Cutover,
+        &applied.backup_path.display().to_string(),
+    )?;
+    outcome.config = Some(applied.config_path);
+    outcome.backup = Some(applied.backup_path);
+    Ok(outcome)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::secret::{Secret, SecretSource};
-    use crate::stores::objects::{ObjectsOptions, S3Endpoint};
+    use crate::stores::objects::{ObjectSource, ObjectsOptions, S3Endpoint};
 
     fn config(text: &str) -> (tempfile::TempDir, TutorConfig) {
         let dir = tempfile::tempdir().unwrap();

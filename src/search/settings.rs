@@ -2,14 +2,106 @@
 //! from, the address browsers will use after cutover, the index prefix and the API key uid, from
 //! flags, the environment, Tutor's config.yml and a job's record.
 
+use std::path::{Path, PathBuf};
+
 use serde_json::json;
 
+use super::client::MeilisearchClient;
+use crate::resolve::{config_text, invalid, recover_password, SettingsError};
 use crate::secret::{Secret, SecretSource};
-use crate::settings::{config_text, recover_password, Inputs, SettingsError};
 use crate::tutor::TutorConfig;
+
+/// The Meilisearch flags every job command takes.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct SearchArgs {
+    /// Target Meilisearch, e.g. http://search.internal:7700. Its master key comes from
+    /// --to-meilisearch-key-file or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
+    #[arg(long, value_name = "URL")]
+    pub to_meilisearch: Option<String>,
+
+    /// File whose first line is the target Meilisearch's master key.
+    #[arg(long, value_name = "FILE")]
+    pub to_meilisearch_key_file: Option<PathBuf>,
+
+    /// The target Meilisearch as browsers reach it, written to MEILISEARCH_PUBLIC_URL at
+    /// cutover (the learners' search requests go there directly), e.g. https://search.example.org.
+    #[arg(long, value_name = "URL")]
+    pub meilisearch_public_url: Option<String>,
+
+    /// The old Meilisearch (copy mode and comparisons) [default: MEILISEARCH_URL in config.yml].
+    #[arg(long, value_name = "URL")]
+    pub from_meilisearch: Option<String>,
+}
 
 /// Environment variable holding the target's master key.
 pub const TO_KEY_ENV: &str = "OFFLOAD_TO_MEILISEARCH_KEY";
+/// Environment variable holding the old server's master key.
+pub const FROM_KEY_ENV: &str = "OFFLOAD_FROM_MEILISEARCH_KEY";
+
+/// The target client with its master key (environment first, then the key file); `None` when
+/// no target is named.
+pub fn target_client(
+    args: &SearchArgs,
+) -> Result<Option<(MeilisearchClient, Option<Secret>)>, SearchSettingsError> {
+    let Some(url) = &args.to_meilisearch else {
+        return Ok(None);
+    };
+    let key = if let Ok(v) = std::env::var(TO_KEY_ENV) {
+        Some(Secret::new(v))
+    } else if let Some(path) = &args.to_meilisearch_key_file {
+        Some(read_key_file("--to-meilisearch-key-file", path)?)
+    } else {
+        None
+    };
+    if key.is_none() {
+        tracing::warn!("no master key for the target Meilisearch (--to-meilisearch-key-file or {TO_KEY_ENV}); a server with a master key will refuse every request");
+    }
+    Ok(Some((
+        MeilisearchClient::new(url, key.clone(), "target")?,
+        key,
+    )))
+}
+
+/// The old server (`--from-meilisearch`, else config.yml's `MEILISEARCH_URL`) with its master key
+/// (environment, key file, else config.yml's `MEILISEARCH_MASTER_KEY`).
+pub fn old_client(
+    args: &SearchArgs,
+    key_file: Option<&Path>,
+    tutor: Option<&TutorConfig>,
+) -> Result<Option<MeilisearchClient>, SearchSettingsError> {
+    let url = args
+        .from_meilisearch
+        .clone()
+        .or_else(|| tutor.and_then(|t| config_text(t, "MEILISEARCH_URL")));
+    let Some(url) = url else { return Ok(None) };
+    let key = if let Ok(v) = std::env::var(FROM_KEY_ENV) {
+        Some(Secret::new(v))
+    } else if let Some(path) = key_file {
+        Some(read_key_file("--from-meilisearch-key-file", path)?)
+    } else {
+        tutor
+            .and_then(|t| config_text(t, "MEILISEARCH_MASTER_KEY"))
+            .map(Secret::new)
+    };
+    Ok(Some(MeilisearchClient::new(&url, key, "old")?))
+}
+
+fn read_key_file(flag: &str, path: &Path) -> Result<Secret, SettingsError> {
+    crate::secret::read_secret_file(path).map_err(|e| SettingsError::File {
+        what: flag.into(),
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Why a Meilisearch client could not be set up from the flags.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchSettingsError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Client(#[from] crate::core::StoreError),
+}
 
 /// The Meilisearch part of the settings.
 #[derive(Debug, Clone)]
@@ -25,13 +117,6 @@ pub struct MeilisearchSettings {
     pub prefix: String,
     /// `MEILISEARCH_API_KEY_UID`, when config.yml has one.
     pub api_key_uid: Option<String>,
-}
-
-fn invalid(what: &str, detail: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        what: what.to_string(),
-        detail: detail.into(),
-    }
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String, SettingsError> {
@@ -58,7 +143,7 @@ fn check_url(flag: &str, url: &str) -> Result<String, SettingsError> {
 
 /// Resolve the Meilisearch settings when the job has a target (flag or record); `None` otherwise.
 pub fn resolve(
-    inputs: &Inputs,
+    inputs: &SearchArgs,
     tutor: Option<&TutorConfig>,
     recorded: Option<&serde_json::Value>,
 ) -> Result<Option<MeilisearchSettings>, SettingsError> {
@@ -128,10 +213,10 @@ impl MeilisearchSettings {
 mod tests {
     use super::*;
 
-    fn inputs(url: &str) -> Inputs {
-        Inputs {
+    fn inputs(url: &str) -> SearchArgs {
+        SearchArgs {
             to_meilisearch: Some(url.into()),
-            ..Inputs::default()
+            ..SearchArgs::default()
         }
     }
 
@@ -149,11 +234,13 @@ mod tests {
     #[test]
     fn a_recorded_target_comes_back_with_its_public_url() {
         let rec = json!({"url": "http://m:7700", "key": "none", "public_url": "https://search.example.org"});
-        let s = resolve(&Inputs::default(), None, Some(&rec))
+        let s = resolve(&SearchArgs::default(), None, Some(&rec))
             .unwrap()
             .unwrap();
         assert_eq!(s.url, "http://m:7700");
         assert_eq!(s.public_url.as_deref(), Some("https://search.example.org"));
-        assert!(resolve(&Inputs::default(), None, None).unwrap().is_none());
+        assert!(resolve(&SearchArgs::default(), None, None)
+            .unwrap()
+            .is_none());
     }
 }

@@ -14,6 +14,7 @@ use super::documents::{
     Block, CourseMode, CourseOverview, CourseTree, ForumComment, ForumThread, Micros,
 };
 use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::stores::mongodb::{map_error, MongoEndpoint};
 use crate::stores::mysql::MysqlEndpoint;
 
 /// One course in the split modulestore's course index (MySQL).
@@ -29,7 +30,38 @@ pub struct SourceReader {
     pool: Pool,
     mysql_address: String,
     database: String,
-    mongo: Option<(mongodb::Database, String)>,
+    /// The modulestore's database, with its endpoint and side for messages.
+    mongo: Option<MongoSource>,
+}
+
+/// The MongoDB database course structures are read from.
+pub struct MongoSource {
+    pub database: mongodb::Database,
+    pub endpoint: MongoEndpoint,
+    /// `source` or `target`: which server of the migration it is.
+    pub side: &'static str,
+}
+
+impl MongoSource {
+    /// Connect to `database` on `endpoint` (through the MongoDB store's client and messages).
+    pub async fn connect(
+        endpoint: &MongoEndpoint,
+        side: &'static str,
+        database: &str,
+    ) -> Result<MongoSource, StoreError> {
+        let client = endpoint.client(side, 2).await?;
+        Ok(MongoSource {
+            database: client.database(database),
+            endpoint: endpoint.clone(),
+            side,
+        })
+    }
+
+    fn error(&self, e: mongodb::error::Error) -> StoreError {
+        let mut err = map_error(self.side, &self.endpoint, e);
+        err.detail = format!("reading course structures: {}", err.detail);
+        err
+    }
 }
 
 /// A datetime column as microseconds since the epoch, computed by the server (no time zone involved).
@@ -42,31 +74,9 @@ fn ident(name: &str) -> String {
 }
 
 impl SourceReader {
-    /// Open MySQL (`database` holds the platform's tables) and, when given, MongoDB.
-    pub async fn connect(
-        mysql: &MysqlEndpoint,
-        database: &str,
-        mongo: Option<(&str, &str)>,
-    ) -> Result<SourceReader, StoreError> {
-        let mongo = match mongo {
-            Some((url, db)) => {
-                let address = mongo_address(url);
-                let client = mongodb::Client::with_uri_str(url)
-                    .await
-                    .map_err(|e| mongo_error(&address, e))?;
-                Some((client.database(db), address))
-            }
-            None => None,
-        };
-        Ok(SourceReader::with_mongo(mysql, database, mongo))
-    }
-
-    /// Open MySQL, with a MongoDB database already connected (and its address for messages).
-    pub fn with_mongo(
-        mysql: &MysqlEndpoint,
-        database: &str,
-        mongo: Option<(mongodb::Database, String)>,
-    ) -> SourceReader {
+    /// Open MySQL (`database` holds the platform's tables), with the modulestore's MongoDB
+    /// when there is one.
+    pub fn new(mysql: &MysqlEndpoint, database: &str, mongo: Option<MongoSource>) -> SourceReader {
         let setup = vec![
             "SET NAMES utf8mb4".to_string(),
             "SET time_zone = '+00:00'".to_string(),
@@ -82,11 +92,12 @@ impl SourceReader {
     /// `host:port` of MySQL and MongoDB, for reports.
     pub fn describe(&self) -> String {
         match &self.mongo {
-            Some((db, addr)) => format!(
-                "MySQL {} (database {}), MongoDB {addr} (database {})",
+            Some(m) => format!(
+                "MySQL {} (database {}), MongoDB {} (database {})",
                 self.mysql_address,
                 self.database,
-                db.name()
+                m.endpoint.address(),
+                m.database.name()
             ),
             None => format!("MySQL {} (database {})", self.mysql_address, self.database),
         }
@@ -299,19 +310,16 @@ impl SourceReader {
     pub async fn active_versions(
         &self,
     ) -> Result<HashMap<(String, String, String), [String; 3]>, StoreError> {
-        let (db, address) = self.mongo()?;
+        let m = self.mongo()?;
+        let db = &m.database;
         let mut cursor = db
             .collection::<Document>("modulestore.active_versions")
             .find(doc! {})
             .projection(doc! {"org": 1, "course": 1, "run": 1, "versions": 1})
             .await
-            .map_err(|e| mongo_error(address, e))?;
+            .map_err(|e| m.error(e))?;
         let mut out = HashMap::new();
-        while let Some(d) = cursor
-            .try_next()
-            .await
-            .map_err(|e| mongo_error(address, e))?
-        {
+        while let Some(d) = cursor.try_next().await.map_err(|e| m.error(e))? {
             let text = |k: &str| d.get_str(k).unwrap_or_default().to_string();
             let versions = d.get_document("versions").ok();
             let version = |branch: &str| {
@@ -347,7 +355,7 @@ impl SourceReader {
             .unwrap_or(0))
     }
 
-    fn mongo(&self) -> Result<&(mongodb::Database, String), StoreError> {
+    fn mongo(&self) -> Result<&MongoSource, StoreError> {
         self.mongo.as_ref().ok_or_else(|| {
             StoreError::new(
                 StoreKind::Mongodb,
@@ -366,7 +374,8 @@ impl SourceReader {
         course_id: &str,
         version: &str,
     ) -> Result<Option<CourseTree>, StoreError> {
-        let (db, address) = self.mongo()?;
+        let m = self.mongo()?;
+        let db = &m.database;
         let Ok(oid) = ObjectId::parse_str(version) else {
             return Ok(None);
         };
@@ -374,7 +383,7 @@ impl SourceReader {
             .collection::<Document>("modulestore.structures")
             .find_one(doc! {"_id": oid})
             .await
-            .map_err(|e| mongo_error(address, e))?;
+            .map_err(|e| m.error(e))?;
         let Some(structure) = structure else {
             return Ok(None);
         };
@@ -435,12 +444,8 @@ impl SourceReader {
                 .find(doc! {"_id": {"$in": chunk.to_vec()}})
                 .projection(doc! {"fields.data": 1})
                 .await
-                .map_err(|e| mongo_error(address, e))?;
-            while let Some(def) = cursor
-                .try_next()
-                .await
-                .map_err(|e| mongo_error(address, e))?
-            {
+                .map_err(|e| m.error(e))?;
+            while let Some(def) = cursor.try_next().await.map_err(|e| m.error(e))? {
                 let (Ok(id), Ok(fields)) = (def.get_object_id("_id"), def.get_document("fields"))
                 else {
                     continue;
@@ -458,28 +463,4 @@ impl SourceReader {
             blocks,
         }))
     }
-}
-
-/// `host:port` of a MongoDB URL, without credentials.
-pub fn mongo_address(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
-    rest.split(['/', '?']).next().unwrap_or("?").to_string()
-}
-
-fn mongo_error(address: &str, e: mongodb::error::Error) -> StoreError {
-    use mongodb::error::ErrorKind as K;
-    let kind = match *e.kind {
-        K::Authentication { .. } => ErrorKind::Auth,
-        K::ServerSelection { .. } | K::Io(_) | K::DnsResolve { .. } => ErrorKind::Connect,
-        K::InvalidArgument { .. } => ErrorKind::Input,
-        _ => ErrorKind::Query,
-    };
-    StoreError::new(
-        StoreKind::Mongodb,
-        address,
-        kind,
-        format!("reading course structures: {e}"),
-        "check the MongoDB URL (--to-mongodb / --from-mongodb), its credentials and --mongodb-database",
-    )
 }

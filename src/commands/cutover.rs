@@ -1,0 +1,36 @@
+//! `offload cutover`: point Tutor's config.yml at the migrated servers once the job's
+//! verification passed for them (the gate is the job layer's), and print the change and the
+//! Tutor commands to run next.
+
+use super::{inputs, Outcome, Output};
+use crate::cli::CutoverArgs;
+use crate::core::catalog::Catalog;
+use crate::job::CutoverOutcome;
+use crate::settings::Settings;
+use crate::ui::print;
+
+pub async fn cutover(args: CutoverArgs, out: Output) -> anyhow::Result<Outcome> {
+    let inputs = inputs(&args.job);
+    let job_dir = inputs.job_dir();
+    let catalog = Catalog::open(&job_dir)?;
+    let setup = catalog.setup()?;
+    let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;
+    let done = crate::job::cutover(&settings, &catalog, &job_dir, args.dry_run, args.force)?;
+    report_forced(&done);
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        println!("{}", print::cutover(&done));
+    }
+    Ok(Outcome::Clean)
+}
+
+/// Warn about each store cut over without a passing verify (`--force`).
+pub fn report_forced(done: &CutoverOutcome) {
+    for f in &done.forced {
+        eprintln!(
+            "WARNING: cutting over {} although it is not verified ({}), because --force was given",
+            f.store, f.why
+        );
+    }
+}

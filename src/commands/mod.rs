@@ -1,0 +1,150 @@
+//! The commands behind the CLI, one thin file each: parse → resolve settings → call the job
+//! layer → print. This is the command-line edge, so errors are `anyhow` here and nowhere deeper;
+//! only these files and `ui` print.
+
+mod copy;
+mod cutover;
+mod migrate;
+mod plan;
+mod reindex;
+mod rollback;
+mod status;
+mod verify;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, IfExistsArg, JobArgs};
+use crate::core::progress::{Reporter, SilentReporter};
+use crate::core::IfExists;
+use crate::job::{JobError, JobFolder, OpenRequest};
+use crate::settings::{Inputs, Settings};
+use crate::stores::StoreArgs;
+use crate::ui::{print, progress};
+
+/// How a successful command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, nothing differs.
+    Clean,
+    /// Verification found differences.
+    Differs,
+}
+
+/// Output choices shared by all commands.
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub json: bool,
+    pub bars: bool,
+}
+
+impl Output {
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
+        if self.bars {
+            Arc::new(progress::BarReporter::new())
+        } else {
+            Arc::new(SilentReporter)
+        }
+    }
+
+    pub fn emit<T: serde::Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("serializable output")
+            );
+        } else {
+            print!("{}", human());
+        }
+    }
+}
+
+pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let out = Output {
+        json: cli.json,
+        bars: progress::bars_wanted(cli.no_progress, cli.json),
+    };
+    match cli.command {
+        Command::Plan(args) => plan::plan(args, out).await,
+        Command::Migrate(args) => migrate::migrate(args, out, cancel).await,
+        Command::Copy(args) => copy::copy(args, out, cancel).await,
+        Command::Verify(args) => verify::verify(args, out, cancel).await,
+        Command::Status(args) => status::status(args, out),
+        Command::Cutover(args) => cutover::cutover(args, out).await,
+        Command::Rollback(args) => rollback::rollback(args, out),
+        Command::Reindex(args) => reindex::reindex(args, out).await,
+    }
+}
+
+/// Whether an error stopped a command because the operator interrupted it (exit code 130).
+pub fn interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::core::CoreError>(),
+        Some(crate::core::CoreError::Interrupted)
+    ) || e
+        .downcast_ref::<JobError>()
+        .is_some_and(JobError::is_interrupted)
+}
+
+/// What settings are resolved from, as the job's flags give it.
+pub fn inputs(args: &JobArgs) -> Inputs {
+    Inputs {
+        tutor_root: args.tutor_root.clone(),
+        job: args.job.clone(),
+        stores: args.stores.clone(),
+        targets: args.targets.clone(),
+        parallel: args.parallel,
+        batch_rows: None,
+        create_users: false,
+        deep: false,
+        store_args: StoreArgs {
+            mysql: args.mysql.clone(),
+            mongodb: args.mongodb.clone(),
+            redis: args.redis.clone(),
+            objects: args.objects.clone(),
+        },
+        search: args.search.clone(),
+    }
+}
+
+pub fn if_exists(arg: IfExistsArg) -> IfExists {
+    match arg {
+        IfExistsArg::Refuse => IfExists::Refuse,
+        IfExistsArg::Skip => IfExists::Skip,
+        IfExistsArg::Replace => IfExists::Replace,
+    }
+}
+
+/// Claim the job folder as asked, resolve the settings (from the flags, else from what the job
+/// recorded) and open the job. A new job whose plan fails prints the plan and writes nothing.
+async fn open_job(
+    inputs: &Inputs,
+    request: OpenRequest,
+    out: Output,
+) -> anyhow::Result<crate::job::Job> {
+    let folder = JobFolder::claim(inputs.job_dir(), request)?;
+    let recorded = folder
+        .recorded_endpoints()?
+        .filter(|_| !inputs.names_endpoints());
+    let settings = Settings::resolve(inputs, recorded.as_ref())?;
+    match folder.open(settings).await {
+        Err(JobError::PlanFailed(plan)) => {
+            if !out.json {
+                print!("{}", print::plan(&plan));
+            }
+            Err(JobError::PlanFailed(plan).into())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Print what could not be let in again after a run that held source writers off.
+fn report_thaw_failures(failures: &[crate::job::ThawFailure]) {
+    for f in failures {
+        eprintln!(
+            "ERROR: {}. The {} source may still refuse writes.",
+            f.error, f.store
+        );
+    }
+}

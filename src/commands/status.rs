@@ -1,0 +1,27 @@
+//! `offload status`: the job's phases and per-unit progress from its catalog; reads only, so it
+//! works from another terminal while a job runs.
+
+use super::{Outcome, Output};
+use crate::cli::StatusArgs;
+use crate::core::catalog::Catalog;
+use crate::settings::{default_job_dir, tutor_root};
+use crate::ui::print;
+
+pub fn status(args: StatusArgs, out: Output) -> anyhow::Result<Outcome> {
+    let job_dir = args
+        .job
+        .clone()
+        .unwrap_or_else(|| default_job_dir(&tutor_root(args.tutor_root.as_deref())));
+    let catalog = Catalog::open(&job_dir)?;
+    let phases = catalog.phases()?;
+    let units = catalog.units(None)?;
+    let value = serde_json::json!({ "job": job_dir.display().to_string(), "phases": phases, "units": units });
+    out.emit(&value, || {
+        format!(
+            "Job {}\n{}",
+            job_dir.display(),
+            print::status(&phases, &units)
+        )
+    });
+    Ok(Outcome::Clean)
+}

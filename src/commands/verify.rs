@@ -1,0 +1,93 @@
+//! `offload verify`: compare source and target by content, for the job in the job folder (and
+//! record the outcome there) or, without one, for the units planned afresh from the flags.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use super::{inputs, Outcome, Output};
+use crate::cli::VerifyArgs;
+use crate::core::verify::{CrossCheck, VerifyOptions, VerifyReport};
+use crate::job::{verify_unplanned, JobFolder};
+use crate::settings::{Inputs, Settings};
+use crate::ui::{html, print};
+
+pub async fn verify(
+    args: VerifyArgs,
+    out: Output,
+    cancel: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    let verify_inputs = Inputs {
+        deep: args.deep,
+        ..inputs(&args.job)
+    };
+    let job_dir = verify_inputs.job_dir();
+    let options = VerifyOptions {
+        parallel: args.job.parallel.max(1),
+        chunk_rows: args.chunk_rows.max(1),
+        ..VerifyOptions::default()
+    };
+    let report = match JobFolder::existing(job_dir.clone())? {
+        Some(folder) => {
+            let recorded = folder
+                .recorded_endpoints()?
+                .filter(|_| !verify_inputs.names_endpoints());
+            let settings = Settings::resolve(&verify_inputs, recorded.as_ref())?;
+            let job = folder.open(settings).await?;
+            let verified = job.verify(&options, false, out.reporter(), &cancel).await?;
+            job.record_verify(verified.report.clean())?;
+            verified.report
+        }
+        None => {
+            let settings = Settings::resolve(&verify_inputs, None)?;
+            verify_unplanned(&settings, &options, out.reporter(), &cancel).await?
+        }
+    };
+    out.emit(&report, || print::verify_report(&report));
+    if let Some(path) = &args.report {
+        write_report(path, &report, &[], &job_dir)?;
+    }
+    if report.had_errors()
+        && report
+            .units
+            .iter()
+            .all(|u| u.error.is_some() || u.matched())
+        && report.shape.is_empty()
+    {
+        let first = report
+            .units
+            .iter()
+            .find_map(|u| u.error.clone())
+            .unwrap_or_default();
+        bail!("verification could not finish: {first}");
+    }
+    Ok(if report.clean() {
+        Outcome::Clean
+    } else {
+        Outcome::Differs
+    })
+}
+
+/// Write the HTML report.
+pub fn write_report(
+    path: &Path,
+    report: &VerifyReport,
+    cross: &[CrossCheck],
+    job_dir: &Path,
+) -> anyhow::Result<()> {
+    let when = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let page = html::render(
+        report,
+        cross,
+        &job_dir.display().to_string(),
+        &[
+            ("job folder", job_dir.display().to_string()),
+            ("verified at", when),
+            ("offload", env!("CARGO_PKG_VERSION").to_string()),
+        ],
+    );
+    std::fs::write(path, page).with_context(|| format!("writing the report {}", path.display()))
+}

@@ -1,0 +1,71 @@
+//! The job's lifecycle as a library, between the commands and the core: open or resume a job
+//! folder behind its setup guard ([`JobFolder`]), hold the sources' writers off and let them in
+//! again, copy, the delta pass, verify (resuming an interrupted verify), the reindex phase and its
+//! gate, the cross-store checks and the cutover gate.
+//!
+//! It takes resolved [`Settings`], never command-line types, returns typed outcomes and prints
+//! nothing: the commands call it in the order of the runbook and hand the outcomes to `ui`.
+
+mod copy;
+mod cross_checks;
+mod cutover;
+mod freeze;
+mod open;
+mod reindex;
+mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::core::catalog::Catalog;
+use crate::core::plan::Plan;
+use crate::core::{CoreError, Store, StoreError};
+use crate::resolve::SettingsError;
+use crate::settings::Settings;
+use crate::tutor::TutorError;
+
+pub use copy::CopyOptions;
+pub use cross_checks::{active_versions_key, compare_course_index};
+pub use cutover::{cutover, CutoverOutcome, Forced};
+pub use freeze::{Frozen, ThawFailure};
+pub use open::{JobFolder, OpenRequest};
+pub use reindex::{reindex_alone, source_of_truth, ReindexPhase};
+pub use verify::{verify_unplanned, JobVerify};
+
+/// A job ready to run: its folder, catalog, stores and settings.
+pub struct Job {
+    pub dir: PathBuf,
+    pub catalog: Arc<Catalog>,
+    pub stores: Vec<Arc<dyn Store>>,
+    pub settings: Settings,
+    /// Whether this run continues an existing job.
+    pub resumed: bool,
+}
+
+/// Why a job step could not be done; every message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Tutor(#[from] TutorError),
+    /// A new job's plan found a prerequisite missing; nothing was written.
+    #[error(
+        "some prerequisite checks failed (see above); nothing was written. Fix them and run again"
+    )]
+    PlanFailed(Box<Plan>),
+    /// A gate refused (cutover before a clean verify, a changed config.yml, ...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl JobError {
+    /// Whether the step stopped because the operator interrupted it (Ctrl-C, a signal).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, JobError::Core(CoreError::Interrupted))
+    }
+}

@@ -1,0 +1,290 @@
+//! The MongoDB store's settings: its flags, and its source and target resolved from them, Tutor's
+//! config.yml (`MONGODB_*`, with Tutor's defaults), the environment, password files and a job's
+//! record; the database selection and copy options; what the job records (never a password).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{MongoEndpoint, MongoOptions};
+use crate::core::Side;
+use crate::resolve::{
+    config_text, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
+    StoreEndpoint,
+};
+use crate::secret::{Secret, SecretSource};
+use crate::tutor::TutorConfig;
+
+/// The MongoDB flags.
+#[derive(Debug, clap::Args, Clone)]
+pub struct MongoArgs {
+    /// Source MongoDB, overriding what config.yml says (MONGODB_HOST, MONGODB_PORT, MONGODB_USERNAME,
+    /// MONGODB_AUTH_SOURCE, MONGODB_USE_SSL, MONGODB_REPLICA_SET...):
+    /// mongodb://user[:password]@host:port/?authSource=admin, or mongodb+srv://user@name. The
+    /// password may instead come from OFFLOAD_FROM_MONGODB_PASSWORD or --from-mongodb-password-file.
+    #[arg(long, value_name = "URI")]
+    pub from_mongodb: Option<String>,
+
+    /// File whose first line is the source MongoDB password.
+    #[arg(long, value_name = "FILE")]
+    pub from_mongodb_password_file: Option<PathBuf>,
+
+    /// Target MongoDB: mongodb://user[:password]@host:port/?authSource=admin[&tls=true], or
+    /// mongodb+srv://user@name. The password may instead come from OFFLOAD_TO_MONGODB_PASSWORD or
+    /// --to-mongodb-password-file.
+    #[arg(long, value_name = "URI")]
+    pub to_mongodb: Option<String>,
+
+    /// File whose first line is the target MongoDB password.
+    #[arg(long, value_name = "FILE")]
+    pub to_mongodb_password_file: Option<PathBuf>,
+
+    /// MongoDB databases to copy, comma-separated [default: MONGODB_DATABASE (openedx), plus the
+    /// forum's cs_comments_service when the source has it].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub mongodb_databases: Vec<String>,
+
+    /// MongoDB databases to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub mongodb_exclude: Vec<String>,
+
+    /// Read the whole source MongoDB at one point in time (snapshot read concern at one cluster
+    /// time). Needs a replica set (a one-node one will do) and a copy shorter than the source's
+    /// minSnapshotHistoryWindowInSeconds. Without it, stop the platform's writers for an exact copy.
+    #[arg(long)]
+    pub mongodb_snapshot: bool,
+
+    /// MongoDB collections larger than this many bytes are split into `_id` ranges that copy and
+    /// verify in parallel (each range costs the source one query, and its bounds one pass over the
+    /// `_id`s at plan time).
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
+    pub mongodb_split_bytes: u64,
+
+    /// How long the plan waits for a MongoDB source to size one collection (`collStats`, which
+    /// `mongod` answers from metadata and some servers only by scanning the collection). A
+    /// collection not sized in time is copied whole, never split, and counted as it copies.
+    /// 0 waits as long as it takes.
+    #[arg(long, default_value = "2", value_name = "SECONDS", value_parser = seconds)]
+    pub mongodb_size_timeout: std::time::Duration,
+
+    /// Bytes of documents the copy may hold ahead of the target MongoDB, shared by all the
+    /// collections it reads at once: the target keeps inserting while the source is busy, for
+    /// example computing the next collection's result. At least one insert's worth (4 MiB) is
+    /// always held.
+    #[arg(long, default_value_t = 128 * 1024 * 1024, value_name = "BYTES")]
+    pub mongodb_read_ahead: u64,
+}
+
+impl Default for MongoArgs {
+    fn default() -> Self {
+        let options = MongoOptions::default();
+        MongoArgs {
+            from_mongodb: None,
+            from_mongodb_password_file: None,
+            to_mongodb: None,
+            to_mongodb_password_file: None,
+            mongodb_databases: Vec::new(),
+            mongodb_exclude: Vec::new(),
+            mongodb_snapshot: false,
+            mongodb_split_bytes: options.split_bytes,
+            mongodb_size_timeout: options.size_timeout,
+            mongodb_read_ahead: options.read_ahead_bytes,
+        }
+    }
+}
+
+impl MongoArgs {
+    /// Whether these flags (or the targets file) name a MongoDB endpoint.
+    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
+        self.from_mongodb.is_some() || self.has_target(ctx)
+    }
+
+    /// Whether a target is named.
+    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
+        self.to_mongodb.is_some() || ctx.targets.mongodb.is_some()
+    }
+}
+
+/// A number of seconds, fractions allowed (`2`, `0.5`), at most a day.
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 0 to 86400 (e.g. 2 or 0.5)"
+        )),
+    }
+}
+
+/// The MongoDB part of the settings.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub source: MongoEndpoint,
+    pub source_secret: SecretSource,
+    pub target: MongoEndpoint,
+    pub target_secret: SecretSource,
+    pub options: MongoOptions,
+}
+
+impl StoreEndpoint for MongoEndpoint {
+    const STORE: &'static str = "MongoDB";
+    const NAME: &'static str = "mongodb";
+    fn parse_url(url: &str) -> Result<Self, String> {
+        MongoEndpoint::parse(url)
+    }
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>> {
+        self.user.is_some().then_some(&mut self.password)
+    }
+}
+
+/// The source MongoDB as Tutor's config.yml describes it (`MONGODB_*`, with Tutor's defaults).
+pub fn from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
+    let text = |k: &str| config_text(cfg, k).filter(|v| !v.is_empty());
+    let host = text("MONGODB_HOST").unwrap_or_else(|| "mongodb".into());
+    let port = text("MONGODB_PORT").unwrap_or_else(|| "27017".into());
+    let mut e = MongoEndpoint {
+        srv: false,
+        user: text("MONGODB_USERNAME"),
+        password: None,
+        hosts: format!("{host}:{port}"),
+        path_db: None,
+        options: Vec::new(),
+    };
+    if e.user.is_some() {
+        let source = text("MONGODB_AUTH_SOURCE").unwrap_or_else(|| "admin".into());
+        e.set_option("authSource", &source);
+        if let Some(m) = text("MONGODB_AUTH_MECHANISM") {
+            e.set_option("authMechanism", &m);
+        }
+    }
+    if cfg.get_bool("MONGODB_USE_SSL") == Some(true) {
+        e.set_option("tls", "true");
+    }
+    if let Some(rs) = text("MONGODB_REPLICA_SET") {
+        e.set_option("replicaSet", &rs);
+    }
+    e
+}
+
+/// The source: the flag, else the job's record, else config.yml with Tutor's defaults; with its
+/// password.
+pub fn resolve_source(
+    args: &MongoArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<(MongoEndpoint, SecretSource), SettingsError> {
+    resolve_side(
+        SideSpec {
+            side: Side::Source,
+            url: args.from_mongodb.clone(),
+            password_file: args.from_mongodb_password_file.clone(),
+            tutor_password: ctx.tutor.map(|t| (t, "MONGODB_PASSWORD")),
+            from_config: ctx.tutor.map(from_tutor),
+        },
+        recorded,
+        ctx.tutor,
+    )
+}
+
+/// The target: the flag or the targets file, else the job's record; with its password.
+pub fn resolve_target(
+    args: &MongoArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<(MongoEndpoint, SecretSource), SettingsError> {
+    resolve_side::<MongoEndpoint>(
+        SideSpec {
+            side: Side::Target,
+            url: args
+                .to_mongodb
+                .clone()
+                .or_else(|| ctx.targets.mongodb.clone()),
+            password_file: args
+                .to_mongodb_password_file
+                .clone()
+                .or_else(|| ctx.targets.mongodb_password_file.clone()),
+            tutor_password: None,
+            from_config: None,
+        },
+        recorded,
+        ctx.tutor,
+    )
+}
+
+/// Resolve both ends, the databases and the options; `recorded` is the MongoDB part of a job's
+/// record.
+pub fn resolve(
+    args: &MongoArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<MongoSettings, SettingsError> {
+    let tutor = ctx.tutor;
+    let (source, source_secret) = resolve_source(args, ctx, recorded)?;
+    let (target, target_secret) = resolve_target(args, ctx, recorded)?;
+
+    let recorded_list = |key: &str| -> Option<Vec<String>> {
+        recorded
+            .and_then(|r| r.get(key))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    };
+    let databases = if args.mongodb_databases.is_empty() {
+        recorded_list("databases").unwrap_or_default()
+    } else {
+        args.mongodb_databases.clone()
+    };
+    let exclude = if args.mongodb_exclude.is_empty() {
+        recorded_list("exclude").unwrap_or_default()
+    } else {
+        args.mongodb_exclude.clone()
+    };
+    let platform = tutor
+        .and_then(|c| config_text(c, "MONGODB_DATABASE"))
+        .filter(|d| !d.is_empty())
+        .map(|d| vec![d])
+        .or_else(|| recorded_list("platform_databases"))
+        .unwrap_or_else(|| vec!["openedx".into()]);
+    let forum = tutor
+        .and_then(|c| config_text(c, "FORUM_MONGODB_DATABASE"))
+        .filter(|d| !d.is_empty())
+        .map(|d| vec![d])
+        .or_else(|| recorded_list("optional_databases"))
+        .unwrap_or_else(|| vec!["cs_comments_service".into()]);
+    let snapshot = args.mongodb_snapshot
+        || recorded
+            .and_then(|r| r.get("snapshot"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+    Ok(MongoSettings {
+        source,
+        source_secret,
+        target,
+        target_secret,
+        options: MongoOptions {
+            databases,
+            exclude,
+            platform_databases: platform,
+            optional_databases: forum,
+            batch_docs: ctx.batch_rows,
+            split_bytes: args.mongodb_split_bytes.max(1),
+            size_timeout: args.mongodb_size_timeout,
+            snapshot,
+            read_ahead_bytes: args.mongodb_read_ahead,
+            ..MongoOptions::default()
+        },
+    })
+}
+
+impl MongoSettings {
+    /// What the job records to reconnect later: URIs without passwords, where each password
+    /// comes from, and the selection.
+    pub fn record(&self) -> serde_json::Value {
+        json!({
+            "source": EndpointRecord { url: self.source.public_url(), secret: self.source_secret.clone() },
+            "target": EndpointRecord { url: self.target.public_url(), secret: self.target_secret.clone() },
+            "databases": self.options.databases,
+            "exclude": self.options.exclude,
+            "platform_databases": self.options.platform_databases,
+            "optional_databases": self.options.optional_databases,
+            "snapshot": self.options.snapshot,
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! The MySQL store's settings: its flags, and its source and target resolved from them, Tutor's
+//! config.yml (`MYSQL_*`, with Tutor's defaults), the environment, password files and a job's
+//! record; plus what the job records to find them again (never a password).
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::{AppUser, MysqlEndpoint, MysqlOptions, TlsMode};
+use crate::core::Side;
+use crate::resolve::{
+    config_text, invalid, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
+    StoreEndpoint,
+};
+use crate::secret::{Secret, SecretSource};
+use crate::tutor::TutorConfig;
+
+/// The MySQL flags.
+#[derive(Debug, clap::Args, Clone, Default)]
+pub struct MysqlArgs {
+    /// Source MySQL, overriding what config.yml says: mysql://user[:password]@host:port.
+    /// The password may instead come from OFFLOAD_FROM_MYSQL_PASSWORD or --from-mysql-password-file.
+    #[arg(long, value_name = "URL")]
+    pub from_mysql: Option<String>,
+
+    /// File whose first line is the source MySQL password.
+    #[arg(long, value_name = "FILE")]
+    pub from_mysql_password_file: Option<PathBuf>,
+
+    /// Target MySQL: mysql://user[:password]@host:port[?ssl-mode=required]. The password may
+    /// instead come from OFFLOAD_TO_MYSQL_PASSWORD or --to-mysql-password-file.
+    #[arg(long, value_name = "URL")]
+    pub to_mysql: Option<String>,
+
+    /// File whose first line is the target MySQL password.
+    #[arg(long, value_name = "FILE")]
+    pub to_mysql_password_file: Option<PathBuf>,
+
+    /// MySQL databases to copy, comma-separated [default: every non-system database].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub databases: Vec<String>,
+
+    /// MySQL databases to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub exclude: Vec<String>,
+
+    /// Tables larger than this many bytes (with an integer key) are split into key ranges that
+    /// copy and verify in parallel.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub split_bytes: u64,
+}
+
+impl MysqlArgs {
+    /// Whether these flags (or the targets file) name a MySQL endpoint.
+    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
+        self.from_mysql.is_some() || self.has_target(ctx)
+    }
+
+    /// Whether a target is named.
+    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
+        self.to_mysql.is_some() || ctx.targets.mysql.is_some()
+    }
+}
+
+/// The MySQL part of the settings.
+#[derive(Debug, Clone)]
+pub struct MysqlSettings {
+    pub source: MysqlEndpoint,
+    pub source_secret: SecretSource,
+    pub target: MysqlEndpoint,
+    pub target_secret: SecretSource,
+    pub options: MysqlOptions,
+}
+
+impl StoreEndpoint for MysqlEndpoint {
+    const STORE: &'static str = "MySQL";
+    const NAME: &'static str = "mysql";
+    fn parse_url(url: &str) -> Result<Self, String> {
+        MysqlEndpoint::parse(url)
+    }
+    fn password_slot(&mut self) -> Option<&mut Option<Secret>> {
+        Some(&mut self.password)
+    }
+}
+
+/// The source MySQL as Tutor's config.yml describes it (`MYSQL_*`, with Tutor's defaults), without
+/// its password.
+pub fn from_tutor(cfg: &TutorConfig) -> MysqlEndpoint {
+    MysqlEndpoint {
+        host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
+        port: config_text(cfg, "MYSQL_PORT")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(3306),
+        user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
+        password: None,
+        tls: TlsMode::Disabled,
+    }
+}
+
+/// The source: the flag, else the job's record, else config.yml; with its password.
+pub fn resolve_source(
+    args: &MysqlArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<(MysqlEndpoint, SecretSource), SettingsError> {
+    resolve_side(
+        SideSpec {
+            side: Side::Source,
+            url: args.from_mysql.clone(),
+            password_file: args.from_mysql_password_file.clone(),
+            tutor_password: ctx.tutor.map(|t| (t, "MYSQL_ROOT_PASSWORD")),
+            from_config: ctx.tutor.map(from_tutor),
+        },
+        recorded,
+        ctx.tutor,
+    )
+}
+
+/// The target: the flag or the targets file, else the job's record; with its password.
+pub fn resolve_target(
+    args: &MysqlArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<(MysqlEndpoint, SecretSource), SettingsError> {
+    resolve_side::<MysqlEndpoint>(
+        SideSpec {
+            side: Side::Target,
+            url: args.to_mysql.clone().or_else(|| ctx.targets.mysql.clone()),
+            password_file: args
+                .to_mysql_password_file
+                .clone()
+                .or_else(|| ctx.targets.mysql_password_file.clone()),
+            tutor_password: None,
+            from_config: None,
+        },
+        recorded,
+        ctx.tutor,
+    )
+}
+
+/// Resolve both ends and the options; `recorded` is the MySQL part of a job's record.
+pub fn resolve(
+    args: &MysqlArgs,
+    ctx: &ResolveContext,
+    recorded: Option<&serde_json::Value>,
+) -> Result<MysqlSettings, SettingsError> {
+    let (source, source_secret) = resolve_source(args, ctx, recorded)?;
+    let (target, target_secret) = resolve_target(args, ctx, recorded)?;
+
+    let recorded_list = |key: &str| -> Vec<String> {
+        recorded
+            .and_then(|r| r.get(key))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    };
+    let databases = if args.databases.is_empty() {
+        recorded_list("databases")
+    } else {
+        args.databases.clone()
+    };
+    let exclude = if args.exclude.is_empty() {
+        recorded_list("exclude")
+    } else {
+        args.exclude.clone()
+    };
+
+    let mut create_users = Vec::new();
+    if ctx.create_users {
+        let cfg = ctx.tutor.ok_or_else(|| invalid("--create-users", "needs Tutor's config.yml for OPENEDX_MYSQL_USERNAME and its password; pass --tutor-root"))?;
+        let name = config_text(cfg, "OPENEDX_MYSQL_USERNAME").unwrap_or_else(|| "openedx".into());
+        let password = config_text(cfg, "OPENEDX_MYSQL_PASSWORD").ok_or_else(|| {
+            invalid(
+                "--create-users",
+                "config.yml has no OPENEDX_MYSQL_PASSWORD; run `tutor config save` first",
+            )
+        })?;
+        let database =
+            config_text(cfg, "OPENEDX_MYSQL_DATABASE").unwrap_or_else(|| "openedx".into());
+        create_users.push(AppUser {
+            name,
+            password: Secret::new(password),
+            database,
+        });
+    }
+    Ok(MysqlSettings {
+        source,
+        source_secret,
+        target,
+        target_secret,
+        options: MysqlOptions {
+            databases,
+            exclude,
+            create_users,
+            batch_rows: ctx.batch_rows,
+            split_bytes: args.split_bytes.max(1),
+            ..MysqlOptions::default()
+        },
+    })
+}
+
+impl MysqlSettings {
+    /// What the job records to reconnect later: URLs without passwords, where each password
+    /// comes from, and the selection.
+    pub fn record(&self) -> serde_json::Value {
+        json!({
+            "source": EndpointRecord { url: self.source.public_url(), secret: self.source_secret.clone() },
+            "target": EndpointRecord { url: self.target.public_url(), secret: self.target_secret.clone() },
+            "databases": self.options.databases,
+            "exclude": self.options.exclude,
+        })
+    }
+}
