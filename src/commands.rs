@@ -68,7 +68,12 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
         Command::Status(args) => status(args, out),
         Command::Cutover(args) => crate::cutover_cmd::cutover(args, out.json).await,
         Command::Rollback(args) => crate::cutover_cmd::rollback(args, out.json),
-        Command::Reindex(args) => crate::reindex_cmd::reindex(args, out.json, out.bars).await,
+        // [signals] reindex has no checkpoint: a stop request drops it, which is safe since the
+        // live indexes are only ever swapped whole.
+        Command::Reindex(args) => tokio::select! {
+            r = crate::reindex_cmd::reindex(args, out.json, out.bars) => r,
+            _ = cancel.cancelled() => Err(CoreError::Interrupted.into()),
+        },
     }
 }
 

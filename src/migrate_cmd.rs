@@ -195,8 +195,11 @@ async fn run_phases(
     // Reindex: the search indexes are rebuilt from the migrated data once it is proven equal.
     let copied_now =
         summary.units_copied_now > 0 || delta_summary.as_ref().is_some_and(|d| d.units_changed > 0);
-    let reindexed =
-        reindex_phase(job, catalog, report.clean(), copied_now, reporter, notes).await?;
+    // [signals] the reindex has no checkpoint: a stop request drops it (indexes are swapped whole).
+    let reindexed = tokio::select! {
+        r = reindex_phase(job, catalog, report.clean(), copied_now, reporter, notes) => r?,
+        _ = cancel.cancelled() => return Err(crate::core::CoreError::Interrupted.into()),
+    };
     let reindex_clean = reindexed.as_ref().is_none_or(|r| r.clean());
 
     let cross = crate::cross_checks::run(&job.settings, reindexed.as_ref()).await;
@@ -206,6 +209,10 @@ async fn run_phases(
         write_report(path, &report, &cross, &job.dir)?;
     }
 
+    if cancel.is_cancelled() {
+        // [signals] asked to stop after the verify: config.yml is left alone.
+        return Err(crate::core::CoreError::Interrupted.into());
+    }
     let mut cutover = None;
     if clean && !args.no_cutover {
         if job.settings.tutor.is_some() {
