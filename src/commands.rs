@@ -15,6 +15,7 @@ use crate::core::progress::{Reporter, SilentReporter};
 use crate::core::runner::{RunOptions, Runner};
 use crate::core::verify::{verify, VerifyOptions};
 use crate::core::{CoreError, IfExists, Store};
+use crate::job::lock::JobLock;
 use crate::settings::{default_job_dir, tutor_root, Inputs, Settings};
 use crate::ui::{print, progress};
 
@@ -216,11 +217,19 @@ pub struct OpenJob {
     pub settings: Settings,
     /// Whether this run continues an existing job.
     pub resumed: bool,
+    /// [job-lock] This process's hold on the job folder, released when the job is dropped.
+    pub lock: JobLock,
 }
 
 /// Create the job (after a plan whose checks pass) or reopen it (after the setup guard).
 pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob> {
     let job_dir = job_dir_of(req.args);
+    // [job-lock] A folder that is there is locked before anything in it is touched; a new one
+    // just before its catalog is created.
+    let lock = job_dir
+        .is_dir()
+        .then(|| JobLock::acquire(&job_dir))
+        .transpose()?;
     if req.restart && Catalog::exists(&job_dir) {
         Catalog::discard(&job_dir)?;
         tracing::warn!(job = %job_dir.display(), "discarded the previous job, as --restart asks");
@@ -240,6 +249,7 @@ pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob
     }
     let job_inputs = inputs_with(req.args, req.create_users, req.batch_rows);
     if exists {
+        let lock = lock.map_or_else(|| JobLock::acquire(&job_dir), Ok)?; // [job-lock]
         let opened = Catalog::open(&job_dir)?;
         let recorded = opened.setup()?;
         let endpoints = (!names_endpoints(req.args)).then_some(&recorded.endpoints);
@@ -252,6 +262,7 @@ pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob
             stores,
             settings,
             resumed: true,
+            lock,
         });
     }
     let settings = Settings::resolve(&job_inputs, None)?;
@@ -263,6 +274,7 @@ pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob
         }
         bail!("some prerequisite checks failed (see above); nothing was written. Fix them and run again");
     }
+    let lock = lock.map_or_else(|| JobLock::acquire(&job_dir), Ok)?; // [job-lock]
     let created = Catalog::create(&job_dir, &settings.setup(&stores))?;
     for s in &plan.stores {
         created.add_units(&s.units)?;
@@ -273,6 +285,7 @@ pub async fn open_job(req: JobRequest<'_>, json: bool) -> anyhow::Result<OpenJob
         stores,
         settings,
         resumed: false,
+        lock,
     })
 }
 
@@ -451,7 +464,9 @@ async fn verify_cmd(
         deep: args.deep,
         ..inputs(&args.job, false)
     };
+    let mut _lock = None; // [job-lock] held until verify ends
     let (stores, units, catalog) = if Catalog::exists(&job_dir) {
+        _lock = Some(JobLock::acquire(&job_dir)?); // [job-lock]
         let catalog = Catalog::open(&job_dir)?;
         let recorded = catalog.setup()?;
         let endpoints = (!names_endpoints(&args.job)).then_some(&recorded.endpoints);
@@ -523,12 +538,13 @@ fn status(args: StatusArgs, out: Output) -> anyhow::Result<Outcome> {
     let catalog = Catalog::open(&job_dir)?;
     let phases = catalog.phases()?;
     let units = catalog.units(None)?;
-    let value = serde_json::json!({ "job": job_dir.display().to_string(), "phases": phases, "units": units });
+    let holder = JobLock::holder(&job_dir); // [job-lock] read, never taken
+    let value = serde_json::json!({ "job": job_dir.display().to_string(), "holder": holder, "running": holder.is_some(), "phases": phases, "units": units });
     out.emit(&value, || {
         format!(
             "Job {}\n{}",
             job_dir.display(),
-            print::status(&phases, &units)
+            print::status(&phases, &units, holder.as_ref())
         )
     });
     Ok(Outcome::Clean)

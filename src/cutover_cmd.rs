@@ -185,6 +185,10 @@ pub async fn cutover(args: CutoverArgs, json: bool) -> anyhow::Result<Outcome> {
         .job
         .clone()
         .unwrap_or_else(|| crate::settings::default_job_dir(&root));
+    // [job-lock] held until the cutover ends; a dry run writes nothing and takes no lock.
+    let _lock = (!args.dry_run && Catalog::exists(&job_dir))
+        .then(|| crate::job::lock::JobLock::acquire(&job_dir))
+        .transpose()?;
     let catalog = Catalog::open(&job_dir)?;
     let setup = catalog.setup()?;
     let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;

@@ -6,6 +6,7 @@
 //! and rewrites Tutor's `config.yml`.
 
 pub mod core;
+pub mod job;
 pub mod reindex;
 pub mod secret;
 pub mod stores;

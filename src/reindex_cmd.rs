@@ -261,7 +261,9 @@ pub async fn reindex(args: ReindexArgs, json: bool, bars: bool) -> anyhow::Resul
         .job
         .clone()
         .unwrap_or_else(|| default_job_dir(&tutor_root(args.job.tutor_root.as_deref())));
+    let mut _lock = None; // [job-lock] held until the reindex ends
     let catalog = if Catalog::exists(&job_dir) {
+        _lock = Some(crate::job::lock::JobLock::acquire(&job_dir)?); // [job-lock]
         Some(Catalog::open(&job_dir)?)
     } else {
         None
