@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use offload::cli::Cli;
@@ -57,6 +58,45 @@ fn bound_allocator() {
     }
 }
 
+/// The signals that ask offload to stop: SIGINT (Ctrl-C), SIGTERM (`kill`, `timeout`, systemd,
+/// `docker stop`, Kubernetes) and SIGHUP (the terminal closed), all handled alike.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl StopSignals {
+    fn listen(runtime: &tokio::runtime::Runtime) -> std::io::Result<StopSignals> {
+        let _in_runtime = runtime.enter();
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next stop signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT (Ctrl-C)",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+
+    /// The first signal cancels the command (it saves its checkpoint, releases what it holds
+    /// and exits 130); a second one exits 130 at once.
+    async fn stop(mut self, cancel: CancellationToken) {
+        let first = self.next().await;
+        eprintln!("\n{first} received: finishing the batches in flight, saving the checkpoint and releasing what is held (send a second signal, or Ctrl-C again, to stop at once)");
+        cancel.cancel();
+        let second = self.next().await;
+        eprintln!("{second} received: stopping at once");
+        std::process::exit(130);
+    }
+}
+
 fn main() -> ExitCode {
     // Before any thread exists: setting the environment is only sound while single-threaded.
     bound_driver_buffers();
@@ -75,16 +115,13 @@ fn main() -> ExitCode {
         }
     };
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    runtime.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupt: finishing the batches in flight and saving the checkpoint (Ctrl-C again to stop at once)");
-            on_signal.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
+    // Handlers in place before any work starts, so a stop request is never the default exit.
+    match StopSignals::listen(&runtime) {
+        Ok(signals) => {
+            runtime.spawn(signals.stop(cancel.clone()));
         }
-    });
+        Err(e) => eprintln!("warning: cannot listen for stop signals ({e}); a stop request ends offload without saving its checkpoint"),
+    }
     let result = runtime.block_on(run(cli, cancel));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {

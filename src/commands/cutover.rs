@@ -5,6 +5,7 @@
 use super::{inputs, Outcome, Output};
 use crate::cli::CutoverArgs;
 use crate::core::catalog::Catalog;
+use crate::job::lock::JobLock;
 use crate::job::CutoverOutcome;
 use crate::settings::Settings;
 use crate::ui::print;
@@ -12,6 +13,10 @@ use crate::ui::print;
 pub async fn cutover(args: CutoverArgs, out: Output) -> anyhow::Result<Outcome> {
     let inputs = inputs(&args.job);
     let job_dir = inputs.job_dir();
+    // Held until the cutover ends; a dry run writes nothing and takes no lock.
+    let _lock = (!args.dry_run && Catalog::exists(&job_dir))
+        .then(|| JobLock::acquire(&job_dir))
+        .transpose()?;
     let catalog = Catalog::open(&job_dir)?;
     let setup = catalog.setup()?;
     let settings = Settings::resolve(&inputs, Some(&setup.endpoints))?;

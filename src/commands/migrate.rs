@@ -110,9 +110,11 @@ async fn run_phases(
     // Reindex: the search indexes are rebuilt from the migrated data once it is proven equal.
     let copied_now =
         summary.units_copied_now > 0 || delta_summary.as_ref().is_some_and(|d| d.units_changed > 0);
-    let reindexed = job
-        .reindex_phase(report.clean(), copied_now, reporter)
-        .await?;
+    // The reindex has no checkpoint: a stop request drops it (indexes are swapped whole).
+    let reindexed = tokio::select! {
+        r = job.reindex_phase(report.clean(), copied_now, reporter) => r?,
+        _ = cancel.cancelled() => return Err(crate::core::CoreError::Interrupted.into()),
+    };
     if let ReindexPhase::Skipped(why) = &reindexed {
         notes.push(why.clone());
     }
@@ -125,6 +127,10 @@ async fn run_phases(
         write_report(path, report, &cross, &job.dir)?;
     }
 
+    if cancel.is_cancelled() {
+        // Asked to stop after the verify: config.yml is left alone.
+        return Err(crate::core::CoreError::Interrupted.into());
+    }
     let mut cutover = None;
     if clean && !args.no_cutover {
         if job.settings.tutor.is_some() {

@@ -73,7 +73,12 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
         Command::Status(args) => status::status(args, out),
         Command::Cutover(args) => cutover::cutover(args, out).await,
         Command::Rollback(args) => rollback::rollback(args, out),
-        Command::Reindex(args) => reindex::reindex(args, out).await,
+        // A reindex has no checkpoint: a stop request drops it, which is safe since the live
+        // indexes are only ever swapped whole.
+        Command::Reindex(args) => tokio::select! {
+            r = reindex::reindex(args, out) => r,
+            _ = cancel.cancelled() => Err(crate::core::CoreError::Interrupted.into()),
+        },
     }
 }
 

@@ -1,9 +1,10 @@
-//! `offload status`: the job's phases and per-unit progress from its catalog; reads only, so it
-//! works from another terminal while a job runs.
+//! `offload status`: the job's phases and per-unit progress from its catalog, and which process
+//! holds the job; reads only (never takes the job's lock), so it works while a job runs.
 
 use super::{Outcome, Output};
 use crate::cli::StatusArgs;
 use crate::core::catalog::Catalog;
+use crate::job::lock::JobLock;
 use crate::settings::{default_job_dir, tutor_root};
 use crate::ui::print;
 
@@ -15,12 +16,13 @@ pub fn status(args: StatusArgs, out: Output) -> anyhow::Result<Outcome> {
     let catalog = Catalog::open(&job_dir)?;
     let phases = catalog.phases()?;
     let units = catalog.units(None)?;
-    let value = serde_json::json!({ "job": job_dir.display().to_string(), "phases": phases, "units": units });
+    let holder = JobLock::holder(&job_dir); // read, never taken
+    let value = serde_json::json!({ "job": job_dir.display().to_string(), "holder": holder, "running": holder.is_some(), "phases": phases, "units": units });
     out.emit(&value, || {
         format!(
             "Job {}\n{}",
             job_dir.display(),
-            print::status(&phases, &units)
+            print::status(&phases, &units, holder.as_ref())
         )
     });
     Ok(Outcome::Clean)

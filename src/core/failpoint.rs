@@ -1,7 +1,7 @@
 //! Crash points for the resume tests: when `OFFLOAD_FAILPOINT` names a point, the process kills
-//! itself with SIGKILL there, exactly as `kill -9` would (or sends itself SIGINT, as Ctrl-C would),
-//! so tests can stop a copy at a known place without timing games. Unset (always, outside tests)
-//! it costs one environment lookup per process.
+//! itself with SIGKILL there, exactly as `kill -9` would (or sends itself SIGINT, as Ctrl-C would,
+//! or holds there until the test lets it go), so tests can stop a copy at a known place without
+//! timing games. Unset (always, outside tests) it costs one environment lookup per process.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -55,6 +55,10 @@ pub fn batch_recorded(mid_unit: bool) {
             die(spec);
         }
     }
+    // `hold-after-batch:N`: a job that is running, at a known place, for as long as a test needs.
+    if limit("hold-after-batch:") == Some(n) {
+        hold(spec);
+    }
     // `sigint-after-batch:N`: Ctrl-C, once, as a terminal would send it.
     if limit("sigint-after-batch:") == Some(n) {
         tracing::warn!(
@@ -66,6 +70,29 @@ pub fn batch_recorded(mid_unit: bool) {
             libc::raise(libc::SIGINT);
         }
     }
+}
+
+/// Say so on stderr, then wait for a line (or the end of input) on standard input: the test
+/// signals, kills or inspects the process meanwhile, and lets it go on by writing that line. Only
+/// this worker waits (the runtime's other threads go on: signals are still handled).
+fn hold(point: &str) {
+    tracing::warn!(
+        point,
+        pid = std::process::id(),
+        "OFFLOAD_FAILPOINT reached: holding here until a line arrives on standard input"
+    );
+    let wait = || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    };
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(wait);
+    } else {
+        wait();
+    }
+    tracing::warn!(point, "OFFLOAD_FAILPOINT released: going on");
 }
 
 /// Whether `OFFLOAD_FAILPOINT` names `point`, for faults a store simulates itself instead of

@@ -3,6 +3,9 @@
 //! again, copy, the delta pass, verify (resuming an interrupted verify), the reindex phase and its
 //! gate, the cross-store checks and the cutover gate.
 //!
+//! One process per job: whatever writes to a job folder holds its lock ([`lock::JobLock`]) until
+//! it ends; `status` only reads who holds it.
+//!
 //! It takes resolved [`Settings`], never command-line types, returns typed outcomes and prints
 //! nothing: the commands call it in the order of the runbook and hand the outcomes to `ui`.
 
@@ -10,6 +13,7 @@ mod copy;
 mod cross_checks;
 mod cutover;
 mod freeze;
+pub mod lock;
 mod open;
 mod reindex;
 mod verify;
@@ -40,6 +44,8 @@ pub struct Job {
     pub settings: Settings,
     /// Whether this run continues an existing job.
     pub resumed: bool,
+    /// This process's hold on the job folder, released when the job is dropped.
+    _lock: lock::JobLock,
 }
 
 /// Why a job step could not be done; every message says what to do next.
@@ -53,6 +59,9 @@ pub enum JobError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Tutor(#[from] TutorError),
+    /// Another process holds the job.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// A new job's plan found a prerequisite missing; nothing was written.
     #[error(
         "some prerequisite checks failed (see above); nothing was written. Fix them and run again"

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::lock::JobLock;
 use super::{Job, JobError};
 use crate::core::catalog::Catalog;
 use crate::core::plan::make_plan;
@@ -24,12 +25,16 @@ pub struct OpenRequest {
 pub struct JobFolder {
     dir: PathBuf,
     existing: Option<Catalog>,
+    /// Taken as soon as the folder exists (for a new job: just before its catalog is created).
+    lock: Option<JobLock>,
 }
 
 impl JobFolder {
     /// Claim the folder as `request` asks: with `restart`, discard the job there; refuse an
     /// existing job without `resume`, and `resume` without a job.
     pub fn claim(dir: PathBuf, request: OpenRequest) -> Result<JobFolder, JobError> {
+        // A folder that is there is locked before anything in it is touched.
+        let lock = dir.is_dir().then(|| JobLock::acquire(&dir)).transpose()?;
         if request.restart && Catalog::exists(&dir) {
             Catalog::discard(&dir)?;
             tracing::warn!(job = %dir.display(), "discarded the previous job, as --restart asks");
@@ -52,7 +57,11 @@ impl JobFolder {
         } else {
             None
         };
-        Ok(JobFolder { dir, existing })
+        Ok(JobFolder {
+            dir,
+            existing,
+            lock,
+        })
     }
 
     /// Claim the folder's job if there is one (commands that also work without a job).
@@ -60,10 +69,12 @@ impl JobFolder {
         if !Catalog::exists(&dir) {
             return Ok(None);
         }
+        let lock = JobLock::acquire(&dir)?;
         let catalog = Catalog::open(&dir)?;
         Ok(Some(JobFolder {
             dir,
             existing: Some(catalog),
+            lock: Some(lock),
         }))
     }
 
@@ -81,18 +92,27 @@ impl JobFolder {
         let stores = settings.open_stores();
         if let Some(catalog) = self.existing {
             catalog.check_setup(&self.dir, &settings.setup(&stores))?;
+            let lock = match self.lock {
+                Some(lock) => lock,
+                None => JobLock::acquire(&self.dir)?,
+            };
             return Ok(Job {
                 dir: self.dir,
                 catalog: Arc::new(catalog),
                 stores,
                 settings,
                 resumed: true,
+                _lock: lock,
             });
         }
         let plan = make_plan(&stores).await?;
         if !plan.checks_pass() {
             return Err(JobError::PlanFailed(Box::new(plan)));
         }
+        let lock = match self.lock {
+            Some(lock) => lock,
+            None => JobLock::acquire(&self.dir)?,
+        };
         let created = Catalog::create(&self.dir, &settings.setup(&stores))?;
         for s in &plan.stores {
             created.add_units(&s.units)?;
@@ -103,6 +123,7 @@ impl JobFolder {
             stores,
             settings,
             resumed: false,
+            _lock: lock,
         })
     }
 }

@@ -124,10 +124,14 @@ pub async fn reindex_alone(
     source: Option<&SourceReader>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<ReindexReport, JobError> {
-    let catalog = if Catalog::exists(job_dir) {
-        Some(Catalog::open(job_dir)?)
+    // Held until the reindex ends.
+    let (_lock, catalog) = if Catalog::exists(job_dir) {
+        (
+            Some(super::lock::JobLock::acquire(job_dir)?),
+            Some(Catalog::open(job_dir)?),
+        )
     } else {
-        None
+        (None, None)
     };
     if let Some(c) = &catalog {
         c.phase_start(StoreKind::Meilisearch, Phase::Reindex)?;

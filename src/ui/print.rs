@@ -8,6 +8,7 @@ use crate::core::delta::DeltaSummary;
 use crate::core::plan::Plan;
 use crate::core::runner::CopySummary;
 use crate::core::verify::{DiffKind, KindCount, VerifyReport};
+use crate::job::lock::Holder;
 use crate::search::ReindexReport;
 
 /// Bytes with a binary unit.
@@ -270,8 +271,32 @@ fn seconds_since(at: &str) -> Option<f64> {
     Some((time::OffsetDateTime::now_utc() - then).as_seconds_f64())
 }
 
-/// Progress of the copy, with the average rate since it started and the time left at that rate.
-fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
+/// Whether a process is working on the job, and when none is but units were left part-way, that
+/// the job is stopped and how to go on.
+fn job_holder(holder: Option<&Holder>, units: &[UnitRecord]) -> String {
+    match holder {
+        Some(h) if h.pid == 0 => "Running: an offload process is taking this job just now.".into(),
+        Some(h) => format!(
+            "Running: offload process {} on {} holds this job (since {}).",
+            h.pid, h.host, h.started
+        ),
+        None => {
+            let copying = units
+                .iter()
+                .filter(|u| u.state == UnitState::Copying)
+                .count();
+            if copying > 0 {
+                format!("Stopped: no process holds this job, and {copying} unit(s) were left part-way. Continue with the same command and --resume (offload copy --resume, or offload migrate --resume).")
+            } else {
+                "Not running: no process holds this job.".into()
+            }
+        }
+    }
+}
+
+/// Progress of the copy, with the average rate since it started and the time left at that rate
+/// while a process holds the job (`held`; a stopped job has neither).
+fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord], held: bool) -> String {
     let done: u64 = units.iter().map(|u| u.rows_done).sum();
     let total: u64 = units.iter().map(|u| u.unit.est_rows.max(u.rows_done)).sum();
     let percent = if total > 0 {
@@ -292,7 +317,7 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     }
     let running = phases
         .iter()
-        .filter(|p| p.phase == "copy" && p.store != "job" && p.done_at.is_none())
+        .filter(|p| p.phase == "copy" && p.store != "job" && p.done_at.is_none() && held)
         .filter_map(|p| p.started_at.as_deref())
         .min();
     if let Some(elapsed) = running.and_then(seconds_since).filter(|s| *s > 0.0) {
@@ -311,14 +336,17 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
     line
 }
 
-pub fn status(phases: &[PhaseRecord], units: &[UnitRecord]) -> String {
+/// A job's state; `holder`: the process that holds the job now, if any.
+pub fn status(phases: &[PhaseRecord], units: &[UnitRecord], holder: Option<&Holder>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}", copy_progress(phases, units));
+    let _ = writeln!(out, "{}", job_holder(holder, units));
+    let _ = writeln!(out, "{}", copy_progress(phases, units, holder.is_some()));
     let _ = writeln!(out, "Phases:");
     for p in phases {
         let state = match (&p.started_at, &p.done_at) {
             (_, Some(done)) => format!("done {done}"),
-            (Some(start), None) => format!("running since {start}"),
+            (Some(start), None) if holder.is_some() => format!("running since {start}"),
+            (Some(start), None) => format!("started {start}, not finished"),
             _ => "pending".into(),
         };
         let _ = writeln!(out, "  {:<8} {:<8} {state}", p.store, p.phase);

@@ -13,4 +13,5 @@ mod mongodb;
 mod mysql;
 mod objects;
 mod redis;
+mod stop;
 mod support;
