@@ -129,10 +129,17 @@ fn meilisearch_target(m: &MeilisearchSettings) -> Result<MeilisearchTarget, JobE
     let master_key = m.master_key.as_ref().map(|k| k.expose().to_string()).ok_or_else(|| JobError::Refused(
         "the target Meilisearch's master key is needed for MEILISEARCH_MASTER_KEY: put it in --to-meilisearch-key-file FILE or OFFLOAD_TO_MEILISEARCH_KEY".into(),
     ))?;
+    // Without the uid there is no key to derive; Tutor's own check names the missing setting.
+    let api_key = m
+        .api_key_uid
+        .as_deref()
+        .map(|uid| crate::search::api_key::derive(&master_key, uid))
+        .unwrap_or_default();
     Ok(MeilisearchTarget {
         url: m.url.clone(),
         public_url,
         master_key,
+        api_key,
     })
 }
 

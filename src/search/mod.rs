@@ -6,6 +6,7 @@
 //! Meilisearch is never a source of truth in Open edX, so this is not a copy store: there are no
 //! rows to move, only documents to rebuild the way the platform's own indexers build them.
 
+pub mod api_key;
 pub mod client;
 pub mod documents;
 pub mod plan;
@@ -530,7 +531,7 @@ pub async fn provision_api_key(
     uid: &str,
     prefix: &str,
 ) -> Result<String, StoreError> {
-    let expected = crate::tutor::cutover::meilisearch_api_key(master_key.expose(), uid);
+    let expected = api_key::derive(master_key.expose(), uid);
     let wanted_indexes = json!([format!("{prefix}*")]);
     let existing = target.get_key(uid).await?;
     let (key, created) = match existing {

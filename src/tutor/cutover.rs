@@ -13,9 +13,7 @@ use std::net::Ipv6Addr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
 use serde_yaml::Value;
-use sha2::Sha256;
 
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
 use super::{
@@ -82,6 +80,9 @@ pub struct MeilisearchTarget {
     /// Reached by browsers.
     pub public_url: String,
     pub master_key: String,
+    /// `MEILISEARCH_API_KEY`: the platform's key, derived from the master key and
+    /// `MEILISEARCH_API_KEY_UID` (`search::api_key::derive`).
+    pub api_key: String,
 }
 
 /// The external S3-compatible object storage that replaces the `minio` plugin, configured
@@ -200,6 +201,7 @@ impl std::fmt::Debug for MeilisearchTarget {
             .field("url", &self.url)
             .field("public_url", &self.public_url)
             .field("master_key", &Redacted(&self.master_key))
+            .field("api_key", &Redacted(&self.api_key))
             .finish()
     }
 }
@@ -311,20 +313,6 @@ fn check_bucket(field: &str, bucket: &str) -> Result<(), TutorError> {
         ));
     }
     Ok(())
-}
-
-/// Tutor's `uid_master_hash`: lowercase hex HMAC-SHA256 of the key uid, keyed by the master key.
-pub fn meilisearch_api_key(master_key: &str, api_key_uid: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master_key.as_bytes())
-        .expect("HMAC accepts keys of any length");
-    mac.update(api_key_uid.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
 }
 
 /// Sets `key` to `value` only when it differs from what Tutor currently uses.
@@ -469,8 +457,8 @@ fn plan_meilisearch(
             "the master key must be at least 16 bytes long (Meilisearch refuses shorter ones)",
         ));
     }
-    let uid = cfg
-        .get_str("MEILISEARCH_API_KEY_UID")
+    // The platform's key (`t.api_key`) is derived from this uid: it must be there.
+    cfg.get_str("MEILISEARCH_API_KEY_UID")
         .filter(|uid| !uid.is_empty())
         .ok_or_else(|| TutorError::MissingSetting {
             key: "MEILISEARCH_API_KEY_UID".to_owned(),
@@ -482,10 +470,7 @@ fn plan_meilisearch(
         .set("MEILISEARCH_URL", t.url.as_str())
         .set("MEILISEARCH_PUBLIC_URL", t.public_url.as_str())
         .set("MEILISEARCH_MASTER_KEY", t.master_key.as_str())
-        .set(
-            "MEILISEARCH_API_KEY",
-            meilisearch_api_key(&t.master_key, &uid),
-        );
+        .set("MEILISEARCH_API_KEY", t.api_key.as_str());
     warn_unescaped(warnings, "MEILISEARCH_MASTER_KEY", &t.master_key, false);
     Ok(())
 }
@@ -1079,18 +1064,6 @@ mod tests {
         ] {
             assert!(!is_secret_key(key), "{key}");
         }
-    }
-
-    #[test]
-    fn meilisearch_key_matches_tutor() {
-        // From a config.yml written by tutor 22.0.3 (fixtures/tutor/config.yml).
-        assert_eq!(
-            meilisearch_api_key(
-                "4jJLBHkIjkYOJULYvz5MeenB",
-                "1b060280-7358-4220-83a1-b904da72a3d4"
-            ),
-            "d3fc181a1ace66f1225c0193f1cc3db1e63f8318331f0e422909098cf67d4a29"
-        );
     }
 
     #[test]

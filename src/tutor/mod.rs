@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use cutover::{
-    apply_cutover, meilisearch_api_key, plan_cutover, rollback, AppliedCutover, CutoverPlan,
-    CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget,
-    RolledBack, S3Target,
+    apply_cutover, plan_cutover, rollback, AppliedCutover, CutoverPlan, CutoverTarget,
+    MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
+    S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
 

@@ -81,6 +81,11 @@ fn meilisearch() -> CutoverTarget {
         url: "https://search.internal:7700".into(),
         public_url: "https://search.learn.example.org".into(),
         master_key: "Mk-0123456789abcdefghijklmnop".into(),
+        // The fixture's MEILISEARCH_API_KEY_UID, as Tutor derives the key from it.
+        api_key: offload::search::api_key::derive(
+            "Mk-0123456789abcdefghijklmnop",
+            "1b060280-7358-4220-83a1-b904da72a3d4",
+        ),
     })
 }
 

@@ -343,7 +343,7 @@ async fn reindex_rebuilds_the_fixture_indexes_as_the_platform_would() {
     assert_eq!(key["indexes"], json!([format!("{p}*")]));
     assert_eq!(
         key["key"].as_str().unwrap(),
-        offload::tutor::cutover::meilisearch_api_key(&meili.key, &format!("{p}uid-1"))
+        offload::search::api_key::derive(&meili.key, &format!("{p}uid-1"))
     );
 
     // A second run is idempotent: same counts, same documents, no shadow index left over.
