@@ -312,7 +312,7 @@ pub async fn job_source(settings: &Settings) -> anyhow::Result<SourceReader> {
     let database = platform_database(tutor, "OPENEDX_MYSQL_DATABASE");
     let mongo = match &settings.mongodb {
         Some(m) => {
-            let client = m.target.client("target", 2).await?;
+            let client = m.target.client(crate::core::Side::Target, 2).await?;
             let db = platform_database(tutor, "MONGODB_DATABASE");
             Some((client.database(&db), m.target.address()))
         }

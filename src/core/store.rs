@@ -139,6 +139,25 @@ pub enum Side {
     Target,
 }
 
+impl Side {
+    /// The word that starts the side's command-line flags: `from` (`--from-mysql`) or `to`.
+    pub fn flag_prefix(self) -> &'static str {
+        match self {
+            Side::Source => "from",
+            Side::Target => "to",
+        }
+    }
+
+    /// The word that names the side in environment variables: `FROM`
+    /// (`OFFLOAD_FROM_MYSQL_PASSWORD`) or `TO`.
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            Side::Source => "FROM",
+            Side::Target => "TO",
+        }
+    }
+}
+
 impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -342,5 +361,18 @@ pub trait Store: Send + Sync {
     fn render_range(&self, _unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
         let show = |c: Option<&Cursor>| c.map(|c| c.0.to_string()).unwrap_or_else(|| "end".into());
         format!("after {} up to {}", show(after), show(upto))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Side;
+
+    #[test]
+    fn a_side_names_its_flags_and_variables() {
+        assert_eq!(Side::Source.flag_prefix(), "from");
+        assert_eq!(Side::Target.flag_prefix(), "to");
+        assert_eq!(Side::Source.env_prefix(), "FROM");
+        assert_eq!(Side::Target.env_prefix(), "TO");
     }
 }

@@ -93,7 +93,8 @@ impl SourceReader {
     }
 
     fn mysql_error(&self, e: mysql_async::Error) -> StoreError {
-        let mut err = crate::stores::mysql::map_error("source", &self.mysql_address, e);
+        let mut err =
+            crate::stores::mysql::map_error(crate::core::Side::Source, &self.mysql_address, e);
         err.detail = format!(
             "reading the source of truth for Meilisearch: {}",
             err.detail

@@ -149,7 +149,7 @@ impl MongoStore {
     }
 
     fn err(&self, side: Side, e: mongodb::error::Error) -> StoreError {
-        endpoint::map_error(&side.to_string(), self.endpoint(side), e)
+        endpoint::map_error(side, self.endpoint(side), e)
     }
 
     fn input_error(&self, side: Side, detail: String, hint: &str) -> StoreError {
@@ -168,11 +168,8 @@ impl MongoStore {
             Side::Target => &self.target_client,
         };
         let pool = (self.parallel * 2 + 4) as u32;
-        cell.get_or_try_init(|| async move {
-            let name = side.to_string();
-            self.endpoint(side).client(&name, pool).await
-        })
-        .await
+        cell.get_or_try_init(|| async move { self.endpoint(side).client(side, pool).await })
+            .await
     }
 
     async fn db(&self, side: Side, name: &str) -> Result<Database, StoreError> {

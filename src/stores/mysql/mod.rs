@@ -148,7 +148,7 @@ impl MysqlStore {
     }
 
     fn err(&self, side: Side, e: mysql_async::Error) -> StoreError {
-        endpoint::map_error(&side.to_string(), &self.endpoint(side).address(), e)
+        endpoint::map_error(side, &self.endpoint(side).address(), e)
     }
 
     async fn conn(&self, side: Side) -> Result<Conn, StoreError> {

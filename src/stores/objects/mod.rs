@@ -244,7 +244,7 @@ impl ObjectsStore {
             (Side::Target, _) => {
                 listing::list_s3(
                     &self.target_client,
-                    "target",
+                    Side::Target,
                     &self.target.address(),
                     &spec.to,
                     after,
@@ -261,7 +261,7 @@ impl ObjectsStore {
                 };
                 listing::list_s3(
                     self.source_client.as_ref().expect("S3 source has a client"),
-                    "source",
+                    Side::Source,
                     &self.source_address(),
                     &space,
                     after,

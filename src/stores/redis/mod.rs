@@ -206,7 +206,7 @@ impl RedisStore {
     }
 
     fn err(&self, side: Side, e: &RedisError) -> StoreError {
-        let mut err = endpoint::map_error(&side.to_string(), &self.endpoint(side).address(), e);
+        let mut err = endpoint::map_error(side, &self.endpoint(side).address(), e);
         if self.endpoint(side).tls.is_some() && e.is_timeout() {
             // A server without TLS never answers the TLS handshake: it waits for a command.
             err.hint = format!(
