@@ -117,8 +117,7 @@ impl Runner {
                 .collect();
             let occupied = store.occupied(&units).await?;
             if !occupied.is_empty() && self.options.if_exists == IfExists::Refuse {
-                let identity = store.identity();
-                let host = identity["target"]["address"].as_str().unwrap_or("?");
+                let host = store.identity().target.address;
                 let shown: Vec<&str> = occupied.iter().take(5).map(|s| s.as_str()).collect();
                 return Err(StoreError::new(
                     *kind,

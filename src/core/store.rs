@@ -237,6 +237,60 @@ pub struct ShapeDifference {
     pub detail: String,
 }
 
+/// Who a store's two ends are and what the job selected on them, for the job's resume guard
+/// (addresses, users, server options; never a secret). Serialized, it is the store's entry in
+/// the guard: `{"source": {"address": ..}, "target": {"address": ..}, "databases": ..}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub source: EndIdentity,
+    pub target: EndIdentity,
+    /// What was chosen to copy (databases, exclusions, options that shape the copy), as the
+    /// store names it; written beside `source` and `target`.
+    #[serde(flatten)]
+    pub selection: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One end of a store in its [`Identity`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndIdentity {
+    /// `host:port`, or the folder of a filesystem source: what messages name the end by.
+    pub address: String,
+    /// The rest the store records of this end (user, auth source, kind), beside `address`.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Identity {
+    pub fn new(source: EndIdentity, target: EndIdentity) -> Identity {
+        Identity {
+            source,
+            target,
+            selection: serde_json::Map::new(),
+        }
+    }
+
+    /// This identity with one more selection entry.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Identity {
+        self.selection.insert(key.to_string(), value);
+        self
+    }
+}
+
+impl EndIdentity {
+    pub fn new(address: impl Into<String>) -> EndIdentity {
+        EndIdentity {
+            address: address.into(),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// This end with one more detail.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> EndIdentity {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+}
+
 /// A store: a source and a target of one kind, and the mechanics of moving data between them.
 ///
 /// Writes must be idempotent: the runner records a cursor after a batch is written, so a crash
@@ -246,7 +300,7 @@ pub trait Store: Send + Sync {
     fn kind(&self) -> StoreKind;
 
     /// Identities of both ends for the job's resume guard (`host:port`, user, server id; no secrets).
-    fn identity(&self) -> serde_json::Value;
+    fn identity(&self) -> Identity;
 
     /// Connect to both ends, read versions and check prerequisites.
     async fn survey(&self) -> Result<Survey, StoreError>;

@@ -30,8 +30,8 @@ use shape::CollectionSpec;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, KeyRange, RowDigest, Side, Store,
-    StoreError, StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, KeyRange,
+    RowDigest, Side, Store, StoreError, StoreKind, Unit,
 };
 
 /// Databases never copied: the server's own.
@@ -383,26 +383,27 @@ impl Store for MongoStore {
         StoreKind::Mongodb
     }
 
-    fn identity(&self) -> serde_json::Value {
+    fn identity(&self) -> Identity {
         let side = |e: &MongoEndpoint| {
-            json!({
-                "address": e.address(),
-                "user": e.user,
-                "auth_source": e.auth_source(),
-                "replica_set": e.option("replicaSet"),
-            })
+            EndIdentity::new(e.address())
+                .with("user", json!(e.user))
+                .with("auth_source", json!(e.auth_source()))
+                .with("replica_set", json!(e.option("replicaSet")))
         };
-        json!({
-            "source": side(&self.source),
-            "target": side(&self.target),
-            "databases": if self.options.databases.is_empty() {
-                self.options.platform_databases.iter().chain(&self.options.optional_databases).cloned().collect::<Vec<_>>()
-            } else {
-                self.options.databases.clone()
-            },
-            "exclude": self.options.exclude,
-            "snapshot": self.options.snapshot,
-        })
+        let databases = if self.options.databases.is_empty() {
+            self.options
+                .platform_databases
+                .iter()
+                .chain(&self.options.optional_databases)
+                .cloned()
+                .collect::<Vec<_>>()
+        } else {
+            self.options.databases.clone()
+        };
+        Identity::new(side(&self.source), side(&self.target))
+            .with("databases", json!(databases))
+            .with("exclude", json!(self.options.exclude))
+            .with("snapshot", json!(self.options.snapshot))
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {
@@ -637,5 +638,52 @@ impl Store for MongoStore {
             format!("_id {}", parts.join(" "))
         };
         format!("{}.{} {range}", unit.container, unit.object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{MongoEndpoint, MongoOptions, MongoStore};
+    use crate::core::{Identity, Store};
+
+    /// Jobs planned before `Identity` was typed recorded this JSON as the guard: a resume must
+    /// still find it equal.
+    #[test]
+    fn identity_serializes_as_the_guard_jobs_recorded() {
+        let source =
+            MongoEndpoint::parse("mongodb://app:secret@mongo.example.org:27017/?replicaSet=rs0")
+                .unwrap();
+        let target = MongoEndpoint::parse("mongodb://127.0.0.1:27118").unwrap();
+        let options = MongoOptions {
+            exclude: vec!["scratch".into()],
+            ..MongoOptions::default()
+        };
+        let store = MongoStore::new(source, target, options, 2);
+        let recorded = json!({
+            "source": {
+                "address": "mongo.example.org:27017",
+                "user": "app",
+                "auth_source": "admin",
+                "replica_set": "rs0",
+            },
+            "target": {
+                "address": "127.0.0.1:27118",
+                "user": null,
+                "auth_source": "admin",
+                "replica_set": null,
+            },
+            "databases": ["openedx", "cs_comments_service"],
+            "exclude": ["scratch"],
+            "snapshot": false,
+        });
+        let identity = store.identity();
+        assert_eq!(identity.target.address, "127.0.0.1:27118");
+        assert_eq!(serde_json::to_value(&identity).unwrap(), recorded);
+        assert_eq!(
+            serde_json::from_value::<Identity>(recorded).unwrap(),
+            identity
+        );
     }
 }

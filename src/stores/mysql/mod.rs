@@ -34,8 +34,8 @@ use schema::{TableInfo, SYSTEM_DATABASES};
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, RowDigest, Side, Store, StoreError,
-    StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
+    Store, StoreError, StoreKind, Unit,
 };
 use crate::secret::Secret;
 
@@ -244,13 +244,11 @@ impl Store for MysqlStore {
         StoreKind::Mysql
     }
 
-    fn identity(&self) -> serde_json::Value {
-        json!({
-            "source": {"address": self.source.address(), "user": self.source.user},
-            "target": {"address": self.target.address(), "user": self.target.user},
-            "databases": self.options.databases,
-            "exclude": self.options.exclude,
-        })
+    fn identity(&self) -> Identity {
+        let end = |e: &MysqlEndpoint| EndIdentity::new(e.address()).with("user", json!(e.user));
+        Identity::new(end(&self.source), end(&self.target))
+            .with("databases", json!(self.options.databases))
+            .with("exclude", json!(self.options.exclude))
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {

@@ -39,8 +39,8 @@ use values::display_key;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, RowDigest, Side, Store, StoreError,
-    StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
+    Store, StoreError, StoreKind, Unit,
 };
 
 /// One database to copy, and where it lands.
@@ -346,12 +346,17 @@ impl Store for RedisStore {
         StoreKind::Redis
     }
 
-    fn identity(&self) -> serde_json::Value {
-        json!({
-            "source": {"address": self.source.address(), "user": self.source.user()},
-            "target": {"address": self.target.address(), "user": self.target.user()},
-            "dbs": self.options.dbs.iter().map(|d| d.render()).collect::<Vec<_>>(),
-        })
+    fn identity(&self) -> Identity {
+        let end = |e: &RedisEndpoint| EndIdentity::new(e.address()).with("user", json!(e.user()));
+        Identity::new(end(&self.source), end(&self.target)).with(
+            "dbs",
+            json!(self
+                .options
+                .dbs
+                .iter()
+                .map(|d| d.render())
+                .collect::<Vec<_>>()),
+        )
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {
