@@ -186,7 +186,7 @@ impl Runner {
         // size in time go last: such a source scans to size a collection, and likely also to
         // answer the first query of one, so the sized units' documents keep the target busy
         // while it works on the unsized ones.
-        work.sort_by_key(|r| std::cmp::Reverse((r.unit.size_known(), r.unit.est_bytes)));
+        work.sort_by_key(|r| std::cmp::Reverse((r.unit.size_known, r.unit.est_bytes)));
         self.reporter.on_phase_start(
             Phase::Copy,
             summary.units_total as u64,

@@ -89,19 +89,21 @@ pub struct Unit {
     pub range: KeyRange,
     pub est_rows: u64,
     pub est_bytes: u64,
+    /// Whether the store knows this unit's size. A store that could not size a unit in time
+    /// sets it false and leaves the estimates at zero: the runner starts it after the sized
+    /// units, and the plan says it was not sized. Catalogs written before the field read as sized.
+    #[serde(default = "size_known_by_default")]
+    pub size_known: bool,
     /// Store-specific details the store needs again later (key columns, flags).
     #[serde(default)]
     pub spec: serde_json::Value,
 }
 
-impl Unit {
-    /// Whether the store knows this unit's size. A store that could not size a unit in time sets
-    /// `"sized": false` in its spec and leaves the estimates at zero: the runner starts it after
-    /// the sized units, and the plan says it was not sized.
-    pub fn size_known(&self) -> bool {
-        self.spec.get("sized") != Some(&serde_json::Value::Bool(false))
-    }
+fn size_known_by_default() -> bool {
+    true
+}
 
+impl Unit {
     /// Names of the units whose (container, object) is in `objects`, e.g. the occupied tables
     /// or collections a store found on its target.
     pub fn names_within(
@@ -420,7 +422,7 @@ pub trait Store: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use super::Side;
+    use super::{Side, Unit};
 
     #[test]
     fn a_side_names_its_flags_and_variables() {
@@ -428,5 +430,19 @@ mod tests {
         assert_eq!(Side::Target.flag_prefix(), "to");
         assert_eq!(Side::Source.env_prefix(), "FROM");
         assert_eq!(Side::Target.env_prefix(), "TO");
+    }
+
+    #[test]
+    fn a_unit_says_whether_its_size_is_known_and_old_catalogs_read_as_sized() {
+        let recorded = serde_json::json!({
+            "store": "mongodb", "name": "openedx.big", "container": "openedx", "object": "big",
+            "range": {"after": null, "upto": null}, "est_rows": 0, "est_bytes": 0,
+            "spec": {"batch_docs": 100},
+        });
+        let mut unit: Unit = serde_json::from_value(recorded).unwrap();
+        assert!(unit.size_known);
+        unit.size_known = false;
+        let again: Unit = serde_json::from_value(serde_json::to_value(&unit).unwrap()).unwrap();
+        assert!(!again.size_known);
     }
 }

@@ -322,7 +322,6 @@ impl MongoStore {
             "avg_bytes": avg,
             "capped": spec.capped(),
             "clustered": spec.clustered(),
-            "sized": sized.is_some(),
         });
         let name = format!("{db}.{}", spec.name);
         let mut boundaries = Vec::new();
@@ -340,6 +339,7 @@ impl MongoStore {
                 range: KeyRange::default(),
                 est_rows: rows,
                 est_bytes: bytes,
+                size_known: sized.is_some(),
                 spec: unit_spec,
             }]);
         }
@@ -359,6 +359,7 @@ impl MongoStore {
                 },
                 est_rows: rows / parts,
                 est_bytes: bytes / parts,
+                size_known: sized.is_some(),
                 spec: unit_spec.clone(),
             });
             after = upto;
@@ -423,7 +424,7 @@ impl Store for MongoStore {
     fn inventory_notes(&self, units: &[Unit]) -> Vec<String> {
         let names: Vec<String> = units
             .iter()
-            .filter(|u| !u.size_known())
+            .filter(|u| !u.size_known)
             .map(|u| format!("{}.{}", u.container, u.object))
             .collect();
         if names.is_empty() {

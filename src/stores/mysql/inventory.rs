@@ -62,6 +62,7 @@ pub(super) async fn inventory(store: &MysqlStore) -> Result<Vec<Unit>, StoreErro
                     range: Default::default(),
                     est_rows: rows,
                     est_bytes: bytes,
+                    size_known: true,
                     spec,
                 });
                 continue;
@@ -83,6 +84,7 @@ pub(super) async fn inventory(store: &MysqlStore) -> Result<Vec<Unit>, StoreErro
                     },
                     est_rows: rows / parts,
                     est_bytes: bytes / parts,
+                    size_known: true,
                     spec: spec.clone(),
                 });
                 after = upto;

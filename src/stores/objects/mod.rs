@@ -440,6 +440,7 @@ impl Store for ObjectsStore {
                     },
                     est_rows: rows,
                     est_bytes: bytes,
+                    size_known: true,
                     spec: serde_json::to_value(&spec).expect("spec serializes"),
                 });
             }

@@ -397,6 +397,7 @@ impl Store for RedisStore {
                         .saturating_mul(keys)
                         .checked_div(total_keys)
                         .unwrap_or(0),
+                    size_known: true,
                     spec: json!({"db": choice.source, "target_db": choice.target}),
                 }
             })
