@@ -209,14 +209,11 @@ pub fn resolve_side<E: StoreEndpoint>(
     record: Option<&serde_json::Value>,
     tutor: Option<&TutorConfig>,
 ) -> Result<(E, SecretSource), SettingsError> {
-    let direction = match spec.side {
-        Side::Source => "from",
-        Side::Target => "to",
-    };
+    let direction = spec.side.flag_prefix();
     let flag = format!("--{direction}-{}", E::NAME);
     let env = format!(
         "OFFLOAD_{}_{}_PASSWORD",
-        direction.to_uppercase(),
+        spec.side.env_prefix(),
         E::NAME.to_uppercase()
     );
     let file_flag = format!("{flag}-password-file");

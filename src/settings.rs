@@ -281,7 +281,10 @@ impl Settings {
     pub fn setup(&self, stores: &[Arc<dyn Store>]) -> Setup {
         let mut guard = serde_json::Map::new();
         for s in stores {
-            guard.insert(s.kind().to_string(), s.identity());
+            guard.insert(
+                s.kind().to_string(),
+                serde_json::to_value(s.identity()).expect("an identity serializes"),
+            );
         }
         let mut endpoints = serde_json::Map::new();
         for s in &self.stores {

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail};
 
 use super::{inputs, Outcome, Output};
 use crate::cli::{JobArgs, MeilisearchModeArg, MeilisearchSourceArg, ReindexArgs};
+use crate::core::Side;
 use crate::resolve::{ResolveContext, TargetsFile};
 use crate::search::plan::{plan_section as search_plan_section, SearchPlanInputs};
 use crate::search::rebuild::RebuildOptions;
@@ -77,7 +78,7 @@ async fn mongo_source(
     let endpoint = match side {
         MeilisearchSourceArg::Migrated if args.mongodb.to_mongodb.is_some() => Some((
             mongodb_settings::resolve_target(&args.mongodb, ctx, None)?.0,
-            "target",
+            Side::Target,
         )),
         // config.yml names the source's MongoDB only when it sets MONGODB_HOST.
         MeilisearchSourceArg::Source
@@ -88,7 +89,7 @@ async fn mongo_source(
         {
             Some((
                 mongodb_settings::resolve_source(&args.mongodb, ctx, None)?.0,
-                "source",
+                Side::Source,
             ))
         }
         _ => None,

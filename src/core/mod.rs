@@ -15,5 +15,6 @@ pub mod verify;
 
 pub use error::{CoreError, ErrorKind, StoreError};
 pub use store::{
-    BatchOutcome, ChunkDigest, Cursor, IfExists, KeyRange, RowDigest, Side, Store, StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, Identity, IfExists, KeyRange, RowDigest, Side,
+    Store, StoreKind, Unit,
 };

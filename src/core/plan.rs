@@ -46,18 +46,10 @@ pub async fn make_plan(stores: &[Arc<dyn Store>]) -> Result<Plan, CoreError> {
         survey.notes.extend(store.inventory_notes(&units));
         let occupied = store.occupied(&units).await?;
         let identity = store.identity();
-        let name = |side: &str| {
-            identity
-                .get(side)
-                .and_then(|v| v.get("address"))
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
-                .to_string()
-        };
         out.push(StorePlan {
             store: store.kind(),
-            source: name("source"),
-            target: name("target"),
+            source: identity.source.address,
+            target: identity.target.address,
             total_rows: units.iter().map(|u| u.est_rows).sum(),
             total_bytes: units.iter().map(|u| u.est_bytes).sum(),
             survey,

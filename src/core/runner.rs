@@ -117,8 +117,7 @@ impl Runner {
                 .collect();
             let occupied = store.occupied(&units).await?;
             if !occupied.is_empty() && self.options.if_exists == IfExists::Refuse {
-                let identity = store.identity();
-                let host = identity["target"]["address"].as_str().unwrap_or("?");
+                let host = store.identity().target.address;
                 let shown: Vec<&str> = occupied.iter().take(5).map(|s| s.as_str()).collect();
                 return Err(StoreError::new(
                     *kind,
@@ -187,7 +186,7 @@ impl Runner {
         // size in time go last: such a source scans to size a collection, and likely also to
         // answer the first query of one, so the sized units' documents keep the target busy
         // while it works on the unsized ones.
-        work.sort_by_key(|r| std::cmp::Reverse((r.unit.size_known(), r.unit.est_bytes)));
+        work.sort_by_key(|r| std::cmp::Reverse((r.unit.size_known, r.unit.est_bytes)));
         self.reporter.on_phase_start(
             Phase::Copy,
             summary.units_total as u64,

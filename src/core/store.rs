@@ -89,19 +89,21 @@ pub struct Unit {
     pub range: KeyRange,
     pub est_rows: u64,
     pub est_bytes: u64,
+    /// Whether the store knows this unit's size. A store that could not size a unit in time
+    /// sets it false and leaves the estimates at zero: the runner starts it after the sized
+    /// units, and the plan says it was not sized. Catalogs written before the field read as sized.
+    #[serde(default = "size_known_by_default")]
+    pub size_known: bool,
     /// Store-specific details the store needs again later (key columns, flags).
     #[serde(default)]
     pub spec: serde_json::Value,
 }
 
-impl Unit {
-    /// Whether the store knows this unit's size. A store that could not size a unit in time sets
-    /// `"sized": false` in its spec and leaves the estimates at zero: the runner starts it after
-    /// the sized units, and the plan says it was not sized.
-    pub fn size_known(&self) -> bool {
-        self.spec.get("sized") != Some(&serde_json::Value::Bool(false))
-    }
+fn size_known_by_default() -> bool {
+    true
+}
 
+impl Unit {
     /// Names of the units whose (container, object) is in `objects`, e.g. the occupied tables
     /// or collections a store found on its target.
     pub fn names_within(
@@ -137,6 +139,25 @@ pub struct BatchOutcome {
 pub enum Side {
     Source,
     Target,
+}
+
+impl Side {
+    /// The word that starts the side's command-line flags: `from` (`--from-mysql`) or `to`.
+    pub fn flag_prefix(self) -> &'static str {
+        match self {
+            Side::Source => "from",
+            Side::Target => "to",
+        }
+    }
+
+    /// The word that names the side in environment variables: `FROM`
+    /// (`OFFLOAD_FROM_MYSQL_PASSWORD`) or `TO`.
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            Side::Source => "FROM",
+            Side::Target => "TO",
+        }
+    }
 }
 
 impl fmt::Display for Side {
@@ -218,6 +239,60 @@ pub struct ShapeDifference {
     pub detail: String,
 }
 
+/// Who a store's two ends are and what the job selected on them, for the job's resume guard
+/// (addresses, users, server options; never a secret). Serialized, it is the store's entry in
+/// the guard: `{"source": {"address": ..}, "target": {"address": ..}, "databases": ..}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub source: EndIdentity,
+    pub target: EndIdentity,
+    /// What was chosen to copy (databases, exclusions, options that shape the copy), as the
+    /// store names it; written beside `source` and `target`.
+    #[serde(flatten)]
+    pub selection: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One end of a store in its [`Identity`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndIdentity {
+    /// `host:port`, or the folder of a filesystem source: what messages name the end by.
+    pub address: String,
+    /// The rest the store records of this end (user, auth source, kind), beside `address`.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Identity {
+    pub fn new(source: EndIdentity, target: EndIdentity) -> Identity {
+        Identity {
+            source,
+            target,
+            selection: serde_json::Map::new(),
+        }
+    }
+
+    /// This identity with one more selection entry.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Identity {
+        self.selection.insert(key.to_string(), value);
+        self
+    }
+}
+
+impl EndIdentity {
+    pub fn new(address: impl Into<String>) -> EndIdentity {
+        EndIdentity {
+            address: address.into(),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// This end with one more detail.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> EndIdentity {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+}
+
 /// A store: a source and a target of one kind, and the mechanics of moving data between them.
 ///
 /// Writes must be idempotent: the runner records a cursor after a batch is written, so a crash
@@ -227,7 +302,7 @@ pub trait Store: Send + Sync {
     fn kind(&self) -> StoreKind;
 
     /// Identities of both ends for the job's resume guard (`host:port`, user, server id; no secrets).
-    fn identity(&self) -> serde_json::Value;
+    fn identity(&self) -> Identity;
 
     /// Connect to both ends, read versions and check prerequisites.
     async fn survey(&self) -> Result<Survey, StoreError>;
@@ -342,5 +417,32 @@ pub trait Store: Send + Sync {
     fn render_range(&self, _unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
         let show = |c: Option<&Cursor>| c.map(|c| c.0.to_string()).unwrap_or_else(|| "end".into());
         format!("after {} up to {}", show(after), show(upto))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Side, Unit};
+
+    #[test]
+    fn a_side_names_its_flags_and_variables() {
+        assert_eq!(Side::Source.flag_prefix(), "from");
+        assert_eq!(Side::Target.flag_prefix(), "to");
+        assert_eq!(Side::Source.env_prefix(), "FROM");
+        assert_eq!(Side::Target.env_prefix(), "TO");
+    }
+
+    #[test]
+    fn a_unit_says_whether_its_size_is_known_and_old_catalogs_read_as_sized() {
+        let recorded = serde_json::json!({
+            "store": "mongodb", "name": "openedx.big", "container": "openedx", "object": "big",
+            "range": {"after": null, "upto": null}, "est_rows": 0, "est_bytes": 0,
+            "spec": {"batch_docs": 100},
+        });
+        let mut unit: Unit = serde_json::from_value(recorded).unwrap();
+        assert!(unit.size_known);
+        unit.size_known = false;
+        let again: Unit = serde_json::from_value(serde_json::to_value(&unit).unwrap()).unwrap();
+        assert!(!again.size_known);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Job, JobError};
 use crate::core::catalog::{Catalog, Verdict};
 use crate::core::progress::{Phase, Reporter};
-use crate::core::StoreKind;
+use crate::core::{Side, StoreKind};
 use crate::resolve::config_text;
 use crate::search::client::MeilisearchClient;
 use crate::search::rebuild::RebuildOptions;
@@ -58,7 +58,7 @@ pub async fn source_of_truth(settings: &Settings) -> Result<SourceReader, JobErr
         Some(m) => Some(
             MongoSource::connect(
                 &m.target,
-                "target",
+                Side::Target,
                 &platform_database(settings, "MONGODB_DATABASE"),
             )
             .await?,

@@ -145,6 +145,7 @@ fn unit_for(uid: &str, kind: IndexKind, target: &MeilisearchClient) -> Unit {
         range: Default::default(),
         est_rows: 0,
         est_bytes: 0,
+        size_known: true,
         spec: Value::Null,
     }
 }

@@ -13,7 +13,7 @@ use mysql_async::{Pool, Row};
 use super::documents::{
     Block, CourseMode, CourseOverview, CourseTree, ForumComment, ForumThread, Micros,
 };
-use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::stores::mongodb::{map_error, MongoEndpoint};
 use crate::stores::mysql::MysqlEndpoint;
 
@@ -38,15 +38,15 @@ pub struct SourceReader {
 pub struct MongoSource {
     pub database: mongodb::Database,
     pub endpoint: MongoEndpoint,
-    /// `source` or `target`: which server of the migration it is.
-    pub side: &'static str,
+    /// Which server of the migration it is.
+    pub side: Side,
 }
 
 impl MongoSource {
     /// Connect to `database` on `endpoint` (through the MongoDB store's client and messages).
     pub async fn connect(
         endpoint: &MongoEndpoint,
-        side: &'static str,
+        side: Side,
         database: &str,
     ) -> Result<MongoSource, StoreError> {
         let client = endpoint.client(side, 2).await?;
@@ -104,7 +104,8 @@ impl SourceReader {
     }
 
     fn mysql_error(&self, e: mysql_async::Error) -> StoreError {
-        let mut err = crate::stores::mysql::map_error("source", &self.mysql_address, e);
+        let mut err =
+            crate::stores::mysql::map_error(crate::core::Side::Source, &self.mysql_address, e);
         err.detail = format!(
             "reading the source of truth for Meilisearch: {}",
             err.detail

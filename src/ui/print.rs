@@ -66,7 +66,7 @@ pub fn plan(plan: &Plan) -> String {
             e.rows += u.est_rows;
             e.bytes += u.est_bytes;
             e.parts += 1;
-            e.sized &= u.size_known();
+            e.sized &= u.size_known;
         }
         for (container, objects) in &containers {
             let rows: u64 = objects.values().map(|o| o.rows).sum();
@@ -101,7 +101,7 @@ pub fn plan(plan: &Plan) -> String {
                 );
             }
         }
-        let not_sized = s.units.iter().filter(|u| !u.size_known()).count();
+        let not_sized = s.units.iter().filter(|u| !u.size_known).count();
         let _ = writeln!(
             out,
             "  total: {} units, ~{} {records}, ~{}{}",
@@ -308,7 +308,7 @@ fn copy_progress(phases: &[PhaseRecord], units: &[UnitRecord], held: bool) -> St
     // A unit not sized counts only what it has copied so far: no share of it is known to be left.
     let unsized_left = units
         .iter()
-        .filter(|u| !u.unit.size_known() && u.state != UnitState::Copied)
+        .filter(|u| !u.unit.size_known && u.state != UnitState::Copied)
         .count();
     if unsized_left > 0 {
         line.push_str(&format!(
@@ -369,7 +369,7 @@ pub fn status(phases: &[PhaseRecord], units: &[UnitRecord], holder: Option<&Hold
             u.unit.name,
             format!("{:?}", u.state).to_lowercase(),
             u.rows_done,
-            if u.unit.size_known() {
+            if u.unit.size_known {
                 u.unit.est_rows.to_string()
             } else {
                 "not sized".into()

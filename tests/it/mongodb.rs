@@ -845,7 +845,7 @@ async fn a_collection_not_sized_in_time_is_named_in_the_plan_and_copied_whole() 
         1,
         "not split into ranges without a size, whatever --mongodb-split-bytes says: {bulk:?}"
     );
-    assert_eq!(bulk[0]["spec"]["sized"], false);
+    assert_eq!(bulk[0]["size_known"], false);
     assert_eq!(bulk[0]["est_bytes"], 0, "no size is made up");
 
     // Given time, the same collection is sized and split: the limit is what made the difference.

@@ -27,6 +27,7 @@ pub async fn split_points(
         range: KeyRange::default(),
         est_rows: rows,
         est_bytes: 0,
+        size_known: true,
         spec: json!({"clustered": clustered}),
     };
     let step = (rows / parts.max(1)).max(1);

@@ -9,7 +9,7 @@ use mongodb::options::ClientOptions;
 use mongodb::Client;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
-use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::secret::Secret;
 
 /// Characters escaped in the user name of a URI we build.
@@ -189,7 +189,7 @@ impl MongoEndpoint {
     }
 
     /// A client for this deployment. Connects lazily; an SRV name is resolved here.
-    pub async fn client(&self, side: &str, max_pool: u32) -> Result<Client, StoreError> {
+    pub async fn client(&self, side: Side, max_pool: u32) -> Result<Client, StoreError> {
         let mut options = ClientOptions::parse(self.public_url())
             .await
             .map_err(|e| map_error(side, self, e))?;
@@ -223,13 +223,12 @@ impl MongoEndpoint {
 }
 
 /// The flag and variable that carry a side's password, for hints.
-fn password_places(side: &str) -> String {
-    let (env, flag) = if side == "source" {
-        ("FROM", "from")
-    } else {
-        ("TO", "to")
-    };
-    format!("in the URI, OFFLOAD_{env}_MONGODB_PASSWORD or --{flag}-mongodb-password-file")
+fn password_places(side: Side) -> String {
+    format!(
+        "in the URI, OFFLOAD_{}_MONGODB_PASSWORD or --{}-mongodb-password-file",
+        side.env_prefix(),
+        side.flag_prefix()
+    )
 }
 
 fn tls_hint(e: &MongoEndpoint) -> String {
@@ -249,7 +248,7 @@ pub fn error_code(e: &DriverError) -> Option<i32> {
 }
 
 /// Turn a driver error into a [`StoreError`] that says what to do.
-pub fn map_error(side: &str, endpoint: &MongoEndpoint, e: DriverError) -> StoreError {
+pub fn map_error(side: Side, endpoint: &MongoEndpoint, e: DriverError) -> StoreError {
     let address = endpoint.address();
     let auth_hint = || {
         format!(
@@ -374,7 +373,7 @@ pub fn map_error(side: &str, endpoint: &MongoEndpoint, e: DriverError) -> StoreE
                     format!(
                         "check that it is running and reachable from this machine, and that host and port are right{}{}",
                         if tlsish { format!("; {}", tls_hint(endpoint)) } else { String::new() },
-                        if side == "source" {
+                        if side == Side::Source {
                             " (Tutor's `mongodb` host is only reachable inside its Docker network: pass --from-mongodb with an address this machine can reach)"
                         } else {
                             ""

@@ -31,8 +31,8 @@ use shape::CollectionSpec;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, KeyRange, RowDigest, Side, Store,
-    StoreError, StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, KeyRange,
+    RowDigest, Side, Store, StoreError, StoreKind, Unit,
 };
 
 /// Databases never copied: the server's own.
@@ -150,7 +150,7 @@ impl MongoStore {
     }
 
     fn err(&self, side: Side, e: mongodb::error::Error) -> StoreError {
-        endpoint::map_error(&side.to_string(), self.endpoint(side), e)
+        endpoint::map_error(side, self.endpoint(side), e)
     }
 
     fn input_error(&self, side: Side, detail: String, hint: &str) -> StoreError {
@@ -169,11 +169,8 @@ impl MongoStore {
             Side::Target => &self.target_client,
         };
         let pool = (self.parallel * 2 + 4) as u32;
-        cell.get_or_try_init(|| async move {
-            let name = side.to_string();
-            self.endpoint(side).client(&name, pool).await
-        })
-        .await
+        cell.get_or_try_init(|| async move { self.endpoint(side).client(side, pool).await })
+            .await
     }
 
     async fn db(&self, side: Side, name: &str) -> Result<Database, StoreError> {
@@ -326,7 +323,6 @@ impl MongoStore {
             "avg_bytes": avg,
             "capped": spec.capped(),
             "clustered": spec.clustered(),
-            "sized": sized.is_some(),
         });
         let name = format!("{db}.{}", spec.name);
         let mut boundaries = Vec::new();
@@ -344,6 +340,7 @@ impl MongoStore {
                 range: KeyRange::default(),
                 est_rows: rows,
                 est_bytes: bytes,
+                size_known: sized.is_some(),
                 spec: unit_spec,
             }]);
         }
@@ -363,6 +360,7 @@ impl MongoStore {
                 },
                 est_rows: rows / parts,
                 est_bytes: bytes / parts,
+                size_known: sized.is_some(),
                 spec: unit_spec.clone(),
             });
             after = upto;
@@ -387,26 +385,27 @@ impl Store for MongoStore {
         StoreKind::Mongodb
     }
 
-    fn identity(&self) -> serde_json::Value {
+    fn identity(&self) -> Identity {
         let side = |e: &MongoEndpoint| {
-            json!({
-                "address": e.address(),
-                "user": e.user,
-                "auth_source": e.auth_source(),
-                "replica_set": e.option("replicaSet"),
-            })
+            EndIdentity::new(e.address())
+                .with("user", json!(e.user))
+                .with("auth_source", json!(e.auth_source()))
+                .with("replica_set", json!(e.option("replicaSet")))
         };
-        json!({
-            "source": side(&self.source),
-            "target": side(&self.target),
-            "databases": if self.options.databases.is_empty() {
-                self.options.platform_databases.iter().chain(&self.options.optional_databases).cloned().collect::<Vec<_>>()
-            } else {
-                self.options.databases.clone()
-            },
-            "exclude": self.options.exclude,
-            "snapshot": self.options.snapshot,
-        })
+        let databases = if self.options.databases.is_empty() {
+            self.options
+                .platform_databases
+                .iter()
+                .chain(&self.options.optional_databases)
+                .cloned()
+                .collect::<Vec<_>>()
+        } else {
+            self.options.databases.clone()
+        };
+        Identity::new(side(&self.source), side(&self.target))
+            .with("databases", json!(databases))
+            .with("exclude", json!(self.options.exclude))
+            .with("snapshot", json!(self.options.snapshot))
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {
@@ -426,7 +425,7 @@ impl Store for MongoStore {
     fn inventory_notes(&self, units: &[Unit]) -> Vec<String> {
         let names: Vec<String> = units
             .iter()
-            .filter(|u| !u.size_known())
+            .filter(|u| !u.size_known)
             .map(|u| format!("{}.{}", u.container, u.object))
             .collect();
         if names.is_empty() {
@@ -641,5 +640,52 @@ impl Store for MongoStore {
             format!("_id {}", parts.join(" "))
         };
         format!("{}.{} {range}", unit.container, unit.object)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{MongoEndpoint, MongoOptions, MongoStore};
+    use crate::core::{Identity, Store};
+
+    /// Jobs planned before `Identity` was typed recorded this JSON as the guard: a resume must
+    /// still find it equal.
+    #[test]
+    fn identity_serializes_as_the_guard_jobs_recorded() {
+        let source =
+            MongoEndpoint::parse("mongodb://app:secret@mongo.example.org:27017/?replicaSet=rs0")
+                .unwrap();
+        let target = MongoEndpoint::parse("mongodb://127.0.0.1:27118").unwrap();
+        let options = MongoOptions {
+            exclude: vec!["scratch".into()],
+            ..MongoOptions::default()
+        };
+        let store = MongoStore::new(source, target, options, 2);
+        let recorded = json!({
+            "source": {
+                "address": "mongo.example.org:27017",
+                "user": "app",
+                "auth_source": "admin",
+                "replica_set": "rs0",
+            },
+            "target": {
+                "address": "127.0.0.1:27118",
+                "user": null,
+                "auth_source": "admin",
+                "replica_set": null,
+            },
+            "databases": ["openedx", "cs_comments_service"],
+            "exclude": ["scratch"],
+            "snapshot": false,
+        });
+        let identity = store.identity();
+        assert_eq!(identity.target.address, "127.0.0.1:27118");
+        assert_eq!(serde_json::to_value(&identity).unwrap(), recorded);
+        assert_eq!(
+            serde_json::from_value::<Identity>(recorded).unwrap(),
+            identity
+        );
     }
 }

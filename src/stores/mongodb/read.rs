@@ -239,7 +239,7 @@ pub async fn open_in_turn(
     }
     let db = store.db(side, &unit.container).await?;
     // The smallest collection first; one not sized in time is taken to be large.
-    let size = if unit.size_known() {
+    let size = if unit.size_known {
         unit.est_bytes
     } else {
         u64::MAX

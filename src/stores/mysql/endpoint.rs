@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, SslOpts};
 
-use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::secret::Secret;
 
 /// One MySQL server as offload connects to it.
@@ -133,7 +133,7 @@ impl MysqlEndpoint {
 }
 
 /// Turn a driver error into a [`StoreError`] that says what to do.
-pub fn map_error(side: &str, address: &str, e: mysql_async::Error) -> StoreError {
+pub fn map_error(side: Side, address: &str, e: mysql_async::Error) -> StoreError {
     use mysql_async::Error as E;
     let (kind, detail, hint) = match &e {
         E::Server(s) => {
@@ -142,7 +142,7 @@ pub fn map_error(side: &str, address: &str, e: mysql_async::Error) -> StoreError
                 1045 => (
                     ErrorKind::Auth,
                     detail,
-                    format!("check the {side} user and password (in the URL, the OFFLOAD_{}_MYSQL_PASSWORD variable, or --{}-mysql-password-file)", side_env(side), side_flag(side)),
+                    format!("check the {side} user and password (in the URL, the OFFLOAD_{}_MYSQL_PASSWORD variable, or --{}-mysql-password-file)", side.env_prefix(), side.flag_prefix()),
                 ),
                 1044 | 1142 | 1143 | 1227 | 1370 => (
                     ErrorKind::Auth,
@@ -164,7 +164,7 @@ pub fn map_error(side: &str, address: &str, e: mysql_async::Error) -> StoreError
         E::Io(io) => (
             ErrorKind::Connect,
             format!("cannot talk to the {side} server: {io}"),
-            format!("check that it is running and reachable from this machine, and that host and port are right{}", if side == "source" { " (Tutor's `mysql` host is only reachable inside its Docker network: pass --from-mysql with an address this machine can reach)" } else { "" }),
+            format!("check that it is running and reachable from this machine, and that host and port are right{}", if side == Side::Source { " (Tutor's `mysql` host is only reachable inside its Docker network: pass --from-mysql with an address this machine can reach)" } else { "" }),
         ),
         E::Driver(d) => (
             ErrorKind::Query,
@@ -175,22 +175,6 @@ pub fn map_error(side: &str, address: &str, e: mysql_async::Error) -> StoreError
         E::Other(o) => (ErrorKind::Query, format!("{side}: {o}"), String::new()),
     };
     StoreError::new(StoreKind::Mysql, address, kind, detail, hint)
-}
-
-fn side_env(side: &str) -> &'static str {
-    if side == "source" {
-        "FROM"
-    } else {
-        "TO"
-    }
-}
-
-fn side_flag(side: &str) -> &'static str {
-    if side == "source" {
-        "from"
-    } else {
-        "to"
-    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
                         format!("source bucket {bucket}"),
                         false,
                         failure_text(classify(
-                            "source",
+                            Side::Source,
                             &endpoint.address(),
                             "listing the bucket",
                             false,
@@ -129,7 +129,7 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
             Err(e) => Check::new(
                 name,
                 false,
-                failure_text(classify("target", &store.target.address(), "listing the bucket", false, &e)),
+                failure_text(classify(Side::Target, &store.target.address(), "listing the bucket", false, &e)),
             ),
         });
     }
@@ -171,7 +171,7 @@ pub async fn ensure_bucket(store: &ObjectsStore, bucket: &str) -> Result<(), Sto
                 || e.raw_response().map(|r| r.status().as_u16()) == Some(404);
             if !missing {
                 return Err(
-                    match classify("target", &addr, "checking the bucket", false, &e) {
+                    match classify(Side::Target, &addr, "checking the bucket", false, &e) {
                         Failure::Fatal(err) => err.in_unit(bucket),
                         _ => unreachable!("bucket-level calls fail fatally"),
                     },
@@ -203,7 +203,7 @@ pub async fn ensure_bucket(store: &ObjectsStore, bucket: &str) -> Result<(), Sto
         }
         Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou")) => Ok(()),
         Err(e) => Err(
-            match classify("target", &addr, "creating the bucket", false, &e) {
+            match classify(Side::Target, &addr, "creating the bucket", false, &e) {
                 Failure::Fatal(err) => err.in_unit(bucket),
                 _ => unreachable!("bucket-level calls fail fatally"),
             },
@@ -320,7 +320,7 @@ pub async fn delete_extras(
                 .await
                 .map_err(|e| {
                     match classify(
-                        "target",
+                        Side::Target,
                         &store.target.address(),
                         "deleting objects",
                         false,
@@ -471,7 +471,7 @@ async fn full_md5_target(store: &ObjectsStore, spec: &Spec, e: &Listed) -> Resul
         .await
         .map_err(|err| {
             classify(
-                "target",
+                Side::Target,
                 &store.target.address(),
                 "reading the object",
                 true,

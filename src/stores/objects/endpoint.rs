@@ -12,7 +12,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
 
-use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::secret::Secret;
 
 /// Where an endpoint's access key and secret key were found; recorded in the job (never the keys).
@@ -197,7 +197,7 @@ impl From<StoreError> for Failure {
 /// Turn an SDK error of a call on `side` at `address` into a [`Failure`]. `object_level` says
 /// whether the call concerned one object (so access denied on it does not stop the job).
 pub fn classify<E>(
-    side: &str,
+    side: Side,
     address: &str,
     what: &str,
     object_level: bool,
@@ -249,7 +249,7 @@ where
             ("NoSuchBucket", _) => fatal(
                 ErrorKind::Input,
                 detail("the bucket does not exist"),
-                if side == "target" {
+                if side == Side::Target {
                     "create it, or pass --create-buckets to let offload create it (or map it to another with --bucket-map)".into()
                 } else {
                     "check the bucket names (--buckets, or the MINIO_*_BUCKET_NAME settings)".into()
@@ -262,7 +262,7 @@ where
             ("AccessDenied" | "AllAccessDisabled", _) | (_, Some(403)) => fatal(
                 ErrorKind::Auth,
                 detail("access denied"),
-                format!("give the {side} credentials the S3 permissions offload needs (list, read{}), or use other credentials", if side == "target" { ", write, multipart uploads" } else { "" }),
+                format!("give the {side} credentials the S3 permissions offload needs (list, read{}), or use other credentials", if side == Side::Target { ", write, multipart uploads" } else { "" }),
             ),
             ("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeTooSkewed" | "OperationAborted", _) => fatal(
                 ErrorKind::Transient,
@@ -309,8 +309,8 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// What to check when an endpoint refuses the credentials.
-pub fn credentials_hint(side: &str) -> String {
-    if side == "source" {
+pub fn credentials_hint(side: Side) -> String {
+    if side == Side::Source {
         "check the source access key and secret key (in the --from-s3 URL, OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, or OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY in config.yml)".into()
     } else {
         "check the target access key and secret key (in the --to-s3 URL, OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the --s3-profile profile)".into()

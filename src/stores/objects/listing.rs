@@ -9,7 +9,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::{classify, Failure};
-use crate::core::StoreError;
+use crate::core::{Side, StoreError};
 
 /// How files in a folder become objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ pub fn clean_etag(e: &str) -> String {
 #[allow(clippy::too_many_arguments)]
 pub async fn list_s3(
     client: &aws_sdk_s3::Client,
-    side: &str,
+    side: Side,
     address: &str,
     space: &KeySpace,
     after: Option<&str>,

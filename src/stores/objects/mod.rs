@@ -38,8 +38,8 @@ use listing::Listed;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, KeyRange, RowDigest, Side, Store,
-    StoreError, StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, KeyRange,
+    RowDigest, Side, Store, StoreError, StoreKind, Unit,
 };
 
 /// Objects listed (and at most copied) per batch.
@@ -244,7 +244,7 @@ impl ObjectsStore {
             (Side::Target, _) => {
                 listing::list_s3(
                     &self.target_client,
-                    "target",
+                    Side::Target,
                     &self.target.address(),
                     &spec.to,
                     after,
@@ -261,7 +261,7 @@ impl ObjectsStore {
                 };
                 listing::list_s3(
                     self.source_client.as_ref().expect("S3 source has a client"),
-                    "source",
+                    Side::Source,
                     &self.source_address(),
                     &space,
                     after,
@@ -369,23 +369,18 @@ impl Store for ObjectsStore {
         StoreKind::Objects
     }
 
-    fn identity(&self) -> serde_json::Value {
+    fn identity(&self) -> Identity {
         let source = match &self.source {
-            ObjectSource::S3 { endpoint, buckets } => json!({
-                "kind": "s3", "address": endpoint.address(), "buckets": buckets,
-            }),
-            ObjectSource::Media { root, .. } => json!({
-                "kind": "filesystem", "address": root.display().to_string(),
-            }),
+            ObjectSource::S3 { endpoint, buckets } => EndIdentity::new(endpoint.address())
+                .with("kind", json!("s3"))
+                .with("buckets", json!(buckets)),
+            ObjectSource::Media { root, .. } => {
+                EndIdentity::new(root.display().to_string()).with("kind", json!("filesystem"))
+            }
         };
-        json!({
-            "source": source,
-            "target": {
-                "address": self.target.address(),
-                "bucket_map": self.options.bucket_map,
-            },
-            "part_size": self.options.part_size,
-        })
+        let target = EndIdentity::new(self.target.address())
+            .with("bucket_map", json!(self.options.bucket_map));
+        Identity::new(source, target).with("part_size", json!(self.options.part_size))
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {
@@ -445,6 +440,7 @@ impl Store for ObjectsStore {
                     },
                     est_rows: rows,
                     est_bytes: bytes,
+                    size_known: true,
                     spec: serde_json::to_value(&spec).expect("spec serializes"),
                 });
             }

@@ -16,7 +16,7 @@ use super::transfer::{body_result, HashingBody};
 use super::{
     encode_copy_cursor, key_cursor, CopyCursor, From, ObjectsStore, Spec, PARTS_BATCH_BYTES,
 };
-use crate::core::{BatchOutcome, StoreError, Unit};
+use crate::core::{BatchOutcome, Side, StoreError, Unit};
 
 /// A multipart upload under way, as recorded in the unit's cursor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +51,7 @@ async fn layout(
             .await
             .map_err(|e| {
                 classify(
-                    "source",
+                    Side::Source,
                     &store.source_address(),
                     "reading the object's parts",
                     true,
@@ -161,7 +161,7 @@ pub async fn start_upload(
         Ok(c) => c,
         Err(e) => {
             return match classify(
-                "target",
+                Side::Target,
                 &store.target.address(),
                 "starting a multipart upload",
                 true,
@@ -251,7 +251,7 @@ async fn parts_done(
             Ok(p) => p,
             Err(e) => {
                 return match classify(
-                    "target",
+                    Side::Target,
                     &store.target.address(),
                     "listing the parts of an upload",
                     true,
@@ -404,7 +404,7 @@ pub async fn continue_upload(
                         if let Some(Err(msg)) = sent {
                             return Err(Failure::Object(msg));
                         }
-                        return Err(classify("target", &store.target.address(), "uploading a part", true, &e));
+                        return Err(classify(Side::Target, &store.target.address(), "uploading a part", true, &e));
                     }
                 };
                 let md5 = match sent {
@@ -510,7 +510,7 @@ pub async fn continue_upload(
         Ok(c) => c,
         Err(e) => {
             return match classify(
-                "target",
+                Side::Target,
                 &store.target.address(),
                 "completing a multipart upload",
                 true,

@@ -12,6 +12,7 @@ use super::endpoint::{classify, Failure};
 use super::listing::{clean_etag, Listed};
 use super::transfer::{body_result, Feed, HashingBody};
 use super::{From, ObjectsStore, Spec};
+use crate::core::Side;
 
 pub use super::admin::{
     abort_stale_uploads, carry_public_read, compare_public_read, delete_extras, ensure_bucket,
@@ -60,7 +61,7 @@ impl ObjectsStore {
                     .await
                     .map_err(|e| {
                         classify(
-                            "source",
+                            Side::Source,
                             &self.source_address(),
                             "reading the object's metadata",
                             true,
@@ -103,7 +104,7 @@ impl ObjectsStore {
                 out.e_tag().map(clean_etag).unwrap_or_default(),
             ))),
             Err(e) => match classify(
-                "target",
+                Side::Target,
                 &self.target.address(),
                 "reading the object's metadata",
                 true,
@@ -138,7 +139,7 @@ impl ObjectsStore {
                 }
                 let out = req.send().await.map_err(|e| {
                     classify(
-                        "source",
+                        Side::Source,
                         &self.source_address(),
                         "reading the object",
                         true,
@@ -304,7 +305,7 @@ pub async fn copy_one(
                 )));
             }
             return Err(classify(
-                "target",
+                Side::Target,
                 &store.target.address(),
                 "writing the object",
                 true,

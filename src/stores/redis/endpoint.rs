@@ -11,7 +11,7 @@ use redis::{
     RedisConnectionInfo, RedisError, TlsCertificates,
 };
 
-use crate::core::{ErrorKind, StoreError, StoreKind};
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::secret::Secret;
 
 /// TLS settings of a `rediss://` URL.
@@ -200,31 +200,15 @@ impl RedisEndpoint {
     }
 }
 
-fn side_env(side: &str) -> &'static str {
-    if side == "source" {
-        "FROM"
-    } else {
-        "TO"
-    }
-}
-
-fn side_flag(side: &str) -> &'static str {
-    if side == "source" {
-        "from"
-    } else {
-        "to"
-    }
-}
-
 /// Turn a driver error into a [`StoreError`] that says what to do.
-pub fn map_error(side: &str, address: &str, e: &RedisError) -> StoreError {
+pub fn map_error(side: Side, address: &str, e: &RedisError) -> StoreError {
     let text = e.to_string();
     let code = e.code().unwrap_or("");
     let lower = text.to_ascii_lowercase();
     let creds = format!(
         "check the {side} ACL user and password (in the URL, the OFFLOAD_{}_REDIS_PASSWORD variable, or --{}-redis-password-file)",
-        side_env(side),
-        side_flag(side)
+        side.env_prefix(),
+        side.flag_prefix()
     );
     let (kind, hint) = if code == "WRONGPASS"
         || code == "NOAUTH"
@@ -249,7 +233,7 @@ pub fn map_error(side: &str, address: &str, e: &RedisError) -> StoreError {
             ErrorKind::Query,
             format!(
                 "the {side} server is a read-only replica: point --{}-redis at the primary",
-                side_flag(side)
+                side.flag_prefix()
             ),
         )
     } else if code == "LOADING" || code == "BUSY" || code == "TRYAGAIN" || code == "MASTERDOWN" {
@@ -283,7 +267,7 @@ pub fn map_error(side: &str, address: &str, e: &RedisError) -> StoreError {
             ErrorKind::Connect,
             format!(
                 "check that the {side} server is running and reachable from this machine, that host and port are right, and whether it expects TLS (rediss://){}",
-                if side == "source" {
+                if side == Side::Source {
                     " (Tutor's `redis` host is only reachable inside its Docker network: pass --from-redis with an address this machine can reach)"
                 } else {
                     ""

@@ -40,8 +40,8 @@ use values::display_key;
 
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
-    BatchOutcome, ChunkDigest, Cursor, ErrorKind, IfExists, RowDigest, Side, Store, StoreError,
-    StoreKind, Unit,
+    BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
+    Store, StoreError, StoreKind, Unit,
 };
 
 /// One database to copy, and where it lands.
@@ -207,7 +207,7 @@ impl RedisStore {
     }
 
     fn err(&self, side: Side, e: &RedisError) -> StoreError {
-        let mut err = endpoint::map_error(&side.to_string(), &self.endpoint(side).address(), e);
+        let mut err = endpoint::map_error(side, &self.endpoint(side).address(), e);
         if self.endpoint(side).tls.is_some() && e.is_timeout() {
             // A server without TLS never answers the TLS handshake: it waits for a command.
             err.hint = format!(
@@ -347,12 +347,17 @@ impl Store for RedisStore {
         StoreKind::Redis
     }
 
-    fn identity(&self) -> serde_json::Value {
-        json!({
-            "source": {"address": self.source.address(), "user": self.source.user()},
-            "target": {"address": self.target.address(), "user": self.target.user()},
-            "dbs": self.options.dbs.iter().map(|d| d.render()).collect::<Vec<_>>(),
-        })
+    fn identity(&self) -> Identity {
+        let end = |e: &RedisEndpoint| EndIdentity::new(e.address()).with("user", json!(e.user()));
+        Identity::new(end(&self.source), end(&self.target)).with(
+            "dbs",
+            json!(self
+                .options
+                .dbs
+                .iter()
+                .map(|d| d.render())
+                .collect::<Vec<_>>()),
+        )
     }
 
     async fn survey(&self) -> Result<Survey, StoreError> {
@@ -393,6 +398,7 @@ impl Store for RedisStore {
                         .saturating_mul(keys)
                         .checked_div(total_keys)
                         .unwrap_or(0),
+                    size_known: true,
                     spec: json!({"db": choice.source, "target_db": choice.target}),
                 }
             })

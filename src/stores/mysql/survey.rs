@@ -1,0 +1,217 @@
+//! What offload tells before any work: both servers' versions, the privileges of both users,
+//! whether the source can be read from one snapshot, whether the target takes writes and knows
+//! the source's collations, and which databases will be copied.
+
+use std::collections::BTreeSet;
+
+use mysql_async::prelude::*;
+
+use super::MysqlStore;
+use crate::core::store::{Check, Survey};
+use crate::core::{Side, StoreError};
+
+pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
+    let mut survey = Survey::default();
+    for side in [Side::Source, Side::Target] {
+        let version = store
+            .variable(side, "version")
+            .await?
+            .unwrap_or_else(|| "unknown".into());
+        let comment = store
+            .variable(side, "version_comment")
+            .await?
+            .unwrap_or_default();
+        let shown = format!("{version} ({comment})");
+        survey.checks.push(Check::new(
+            format!("{side} reachable"),
+            true,
+            format!(
+                "{} as {}: {shown}",
+                store.endpoint(side).address(),
+                store.endpoint(side).user
+            ),
+        ));
+        match side {
+            Side::Source => survey.source_version = shown,
+            Side::Target => survey.target_version = shown,
+        }
+    }
+
+    let source_grants = store.grants(Side::Source).await?;
+    let all = |g: &str| g.contains("ALL PRIVILEGES ON *.*");
+    let can_read = all(&source_grants) || source_grants.contains("SELECT");
+    survey.checks.push(Check::new(
+        "source privileges",
+        can_read,
+        if can_read {
+            "can read every table"
+        } else {
+            "the source user lacks SELECT: grant SELECT, SHOW VIEW, TRIGGER, EVENT on the databases"
+        },
+    ));
+    let can_lock = all(&source_grants) || source_grants.contains("RELOAD");
+    survey.checks.push(Check::new(
+        "consistent snapshot",
+        true,
+        if can_lock {
+            "RELOAD granted: all workers read one snapshot (FLUSH TABLES WITH READ LOCK held only while the snapshot opens)"
+        } else {
+            "RELOAD not granted: each worker reads its own snapshot; stop the platform's writers (LMS, CMS, workers) before copying"
+        },
+    ));
+
+    let target_grants = store.grants(Side::Target).await?;
+    let needed = [
+        "CREATE",
+        "INSERT",
+        "DELETE",
+        "DROP",
+        "ALTER",
+        "CREATE VIEW",
+        "TRIGGER",
+        "CREATE ROUTINE",
+        "EVENT",
+    ];
+    let missing: Vec<&str> = if all(&target_grants) {
+        Vec::new()
+    } else {
+        needed
+            .iter()
+            .filter(|p| !target_grants.contains(*p))
+            .copied()
+            .collect()
+    };
+    survey.checks.push(Check::new(
+        "target privileges",
+        missing.is_empty(),
+        if missing.is_empty() {
+            "can create databases, tables, views, routines, triggers and events".to_string()
+        } else {
+            format!(
+                "the target user may lack: {}; grant them (or ALL PRIVILEGES on the databases)",
+                missing.join(", ")
+            )
+        },
+    ));
+    let read_only = store
+        .variable(Side::Target, "read_only")
+        .await?
+        .unwrap_or_default();
+    let writable = !read_only.eq_ignore_ascii_case("ON") && read_only != "1";
+    survey.checks.push(Check::new(
+        "target writable",
+        writable,
+        if writable {
+            "read_only is OFF".to_string()
+        } else {
+            "the target has read_only=ON: it may be a replica; point --to-mysql at the primary"
+                .to_string()
+        },
+    ));
+
+    // Character sets and collations the source uses must exist on the target.
+    let dbs = store.databases().await?;
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    for db in &dbs {
+        let mut conn = store.conn(Side::Source).await?;
+        let cols: Vec<String> = conn
+            .exec(
+                "SELECT DISTINCT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND COLLATION_NAME IS NOT NULL
+                 UNION SELECT DISTINCT TABLE_COLLATION FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_COLLATION IS NOT NULL
+                 UNION SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                (db, db, db),
+            )
+            .await
+            .map_err(|e| store.err(Side::Source, e))?;
+        used.extend(cols);
+    }
+    let available: BTreeSet<String> = store
+        .query_strings(
+            Side::Target,
+            "SELECT COLLATION_NAME FROM information_schema.COLLATIONS",
+            vec![],
+        )
+        .await?
+        .into_iter()
+        .collect();
+    let unknown: Vec<&String> = used.iter().filter(|c| !available.contains(*c)).collect();
+    survey.checks.push(Check::new(
+        "character sets",
+        unknown.is_empty(),
+        if unknown.is_empty() {
+            format!("the target knows every collation in use ({})", used.iter().cloned().collect::<Vec<_>>().join(", "))
+        } else {
+            format!("the target lacks collations {}: use a target server of the same family and version (MySQL 8 collations like utf8mb4_0900_ai_ci do not exist on MariaDB)", unknown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+        },
+    ));
+    let packet = store
+        .variable(Side::Target, "max_allowed_packet")
+        .await?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let packet_ok = packet >= (store.options.statement_bytes as u64) * 2;
+    survey.checks.push(Check::new(
+        "max_allowed_packet",
+        packet_ok,
+        if packet_ok {
+            format!("target accepts statements up to {} MiB", packet / (1024 * 1024))
+        } else {
+            format!("target max_allowed_packet is {} KiB; raise it to at least 16M (rows larger than it cannot be copied)", packet / 1024)
+        },
+    ));
+    let local_infile = if store.options.local_infile {
+        // MySQL 8 and MariaDB both name it local_infile; an older server may not have it.
+        store
+            .variable(Side::Target, "local_infile")
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    survey.checks.push(Check::new(
+        "local_infile",
+        true,
+        match local_infile.as_deref() {
+            _ if !store.options.local_infile => "not used (OFFLOAD_MYSQL_LOCAL_INFILE=off): rows are sent as multi-row REPLACE statements, about half as fast".to_string(),
+            Some("1") | Some("ON") => "ON: rows stream into LOAD DATA LOCAL INFILE (no file is written)".to_string(),
+            Some(v) => format!("{v} on the target: rows are sent as multi-row REPLACE statements, about half as fast; SET GLOBAL local_infile = 1 on the target (a parameter on managed services) to stream them with LOAD DATA LOCAL INFILE"),
+            None => "unknown on the target: offload tries LOAD DATA LOCAL INFILE and falls back to multi-row REPLACE statements if it is refused".to_string(),
+        },
+    ));
+    survey.checks.push(Check::new(
+        "free space",
+        true,
+        "cannot be read over SQL: make sure the target has room for the bytes below plus indexes",
+    ));
+    survey.notes.push(format!(
+        "databases: {}",
+        if dbs.is_empty() {
+            "(none)".to_string()
+        } else {
+            dbs.join(", ")
+        }
+    ));
+    Ok(survey)
+}
+
+impl MysqlStore {
+    async fn grants(&self, side: Side) -> Result<String, StoreError> {
+        let grants = self.query_strings(side, "SHOW GRANTS", vec![]).await?;
+        Ok(grants.join("\n").to_ascii_uppercase())
+    }
+
+    pub(super) async fn variable(
+        &self,
+        side: Side,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn(side).await?;
+        // Variable names are offload's own constants, never user input.
+        let value: Option<Option<String>> = conn
+            .query_first(format!("SELECT @@{name}"))
+            .await
+            .map_err(|e| self.err(side, e))?;
+        Ok(value.flatten())
+    }
+}
