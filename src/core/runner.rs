@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::{Catalog, UnitState};
+use super::catalog::{Catalog, UnitRecord, UnitState};
 use super::error::{CoreError, ErrorKind, StoreError};
 use super::progress::{Phase, Reporter, UnitOutcome};
 use super::store::{IfExists, Store, StoreKind, Unit};
@@ -94,6 +94,27 @@ enum UnitEnd {
     Failed(String),
 }
 
+/// The work of a copy run, and what is already done, as the catalog holds it.
+struct Work {
+    /// Every unit not yet copied, largest first.
+    units: Vec<UnitRecord>,
+    total_rows: u64,
+    total_bytes: u64,
+    done_rows: u64,
+    done_bytes: u64,
+}
+
+/// How the units of a copy run ended, beyond those copied.
+#[derive(Default)]
+struct UnitEnds {
+    failures: Vec<String>,
+    interrupted: bool,
+    first_core_error: Option<CoreError>,
+}
+
+/// Units run at once, each in a task of its own: the unit, and how its copy ended.
+type UnitTasks = JoinSet<(Unit, Result<UnitEnd, CoreError>)>;
+
 impl Runner {
     /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped.
     pub async fn copy(&self, stores: &[Arc<dyn Store>]) -> Result<CopySummary, CoreError> {
@@ -103,9 +124,46 @@ impl Runner {
             by_kind.insert(s.kind(), s.clone());
         }
 
-        // Check every store's target before writing to any of them: nothing half-written.
+        let occupied_by_store = self.check_targets(&by_kind).await?;
+        self.prepare_targets(&by_kind, occupied_by_store).await?;
+
+        super::failpoint::reached("after-prepare");
+
+        let work = self.work_to_do(&by_kind, &mut summary)?;
+        self.reporter.on_phase_start(
+            Phase::Copy,
+            summary.units_total as u64,
+            work.total_rows,
+            work.total_bytes,
+        );
+        if work.done_rows > 0 || work.done_bytes > 0 {
+            self.reporter.on_resumed(work.done_rows, work.done_bytes);
+        }
+        let kinds_with_work = self
+            .begin_copies(&by_kind, &work.units, &mut summary)
+            .await?;
+        let tasks = self.spawn_units(&by_kind, work.units);
+        let ends = self.collect_unit_ends(tasks, &mut summary).await;
+        for kind in &kinds_with_work {
+            by_kind[kind].end_copy().await;
+        }
+        self.stop_unless_all_copied(ends)?;
+        self.reporter.on_phase_done(Phase::Copy);
+
+        super::failpoint::reached("before-finish");
+
+        self.finish_targets(&by_kind, &mut summary).await?;
+        Ok(summary)
+    }
+
+    /// Check every store's target before writing to any of them: nothing half-written. Gives,
+    /// for each store still to prepare, its units and the names of those whose target is occupied.
+    async fn check_targets(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+    ) -> Result<BTreeMap<StoreKind, (Vec<Unit>, Vec<String>)>, CoreError> {
         let mut occupied_by_store = BTreeMap::new();
-        for (kind, store) in &by_kind {
+        for (kind, store) in by_kind {
             if self.catalog.is_phase_done(kind, Phase::Prepare)? {
                 continue;
             }
@@ -135,6 +193,16 @@ impl Runner {
             }
             occupied_by_store.insert(*kind, (units, occupied));
         }
+        Ok(occupied_by_store)
+    }
+
+    /// Prepare the targets of the stores [`Runner::check_targets`] found still to prepare, as
+    /// `--if-exists` says for their occupied units.
+    async fn prepare_targets(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        occupied_by_store: BTreeMap<StoreKind, (Vec<Unit>, Vec<String>)>,
+    ) -> Result<(), CoreError> {
         for (kind, (units, occupied)) in occupied_by_store {
             let store = &by_kind[&kind];
             self.reporter
@@ -156,10 +224,16 @@ impl Runner {
             )?;
             self.reporter.on_phase_done(Phase::Prepare);
         }
+        Ok(())
+    }
 
-        super::failpoint::reached("after-prepare");
-
-        // The work: every unit not yet copied, in the order sorted below.
+    /// The work: every unit not yet copied, in the order sorted below; counts the units in
+    /// `summary` and sums what is to copy and what is already done.
+    fn work_to_do(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        summary: &mut CopySummary,
+    ) -> Result<Work, CoreError> {
         let mut work = Vec::new();
         let (mut total_rows, mut total_bytes, mut done_rows, mut done_bytes) = (0, 0, 0, 0);
         for kind in by_kind.keys() {
@@ -187,16 +261,23 @@ impl Runner {
         // answer the first query of one, so the sized units' documents keep the target busy
         // while it works on the unsized ones.
         work.sort_by_key(|r| std::cmp::Reverse((r.unit.size_known, r.unit.est_bytes)));
-        self.reporter.on_phase_start(
-            Phase::Copy,
-            summary.units_total as u64,
+        Ok(Work {
+            units: work,
             total_rows,
             total_bytes,
-        );
-        if done_rows > 0 || done_bytes > 0 {
-            self.reporter.on_resumed(done_rows, done_bytes);
-        }
+            done_rows,
+            done_bytes,
+        })
+    }
 
+    /// Open the copy on every store with work left (its shared snapshot, say); their notes go to
+    /// the reporter and `summary`. Gives those stores, in order.
+    async fn begin_copies(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        work: &[UnitRecord],
+        summary: &mut CopySummary,
+    ) -> Result<Vec<StoreKind>, CoreError> {
         let kinds_with_work: Vec<StoreKind> = {
             let mut k: Vec<_> = work.iter().map(|r| r.unit.store).collect();
             k.sort();
@@ -211,7 +292,15 @@ impl Runner {
                 summary.notes.push(note);
             }
         }
+        Ok(kinds_with_work)
+    }
 
+    /// Start a task per unit; at most `parallel` of them copy at once, in the order given.
+    fn spawn_units(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        work: Vec<UnitRecord>,
+    ) -> UnitTasks {
         let permits = Arc::new(Semaphore::new(self.options.parallel.max(1)));
         let mut tasks = JoinSet::new();
         for rec in work {
@@ -231,15 +320,17 @@ impl Runner {
                 (unit, end)
             });
         }
+        tasks
+    }
 
-        let mut failures: Vec<String> = Vec::new();
-        let mut interrupted = false;
-        let mut first_core_error: Option<CoreError> = None;
+    /// Wait for every unit's task; copied units are counted in `summary` and reported as they end.
+    async fn collect_unit_ends(&self, mut tasks: UnitTasks, summary: &mut CopySummary) -> UnitEnds {
+        let mut ends = UnitEnds::default();
         while let Some(joined) = tasks.join_next().await {
             let (unit, end) = match joined {
                 Ok(v) => v,
                 Err(e) => {
-                    failures.push(format!("a worker crashed: {e}"));
+                    ends.failures.push(format!("a worker crashed: {e}"));
                     continue;
                 }
             };
@@ -251,43 +342,49 @@ impl Runner {
                     self.reporter
                         .on_unit_done(Phase::Copy, &unit, &UnitOutcome::Done);
                 }
-                Ok(UnitEnd::Interrupted) => interrupted = true,
+                Ok(UnitEnd::Interrupted) => ends.interrupted = true,
                 Ok(UnitEnd::Failed(msg)) => {
                     self.reporter.on_unit_done(
                         Phase::Copy,
                         &unit,
                         &UnitOutcome::Failed(msg.clone()),
                     );
-                    failures.push(msg);
+                    ends.failures.push(msg);
                 }
                 Err(e) => {
                     // The catalog itself failed: stop everything, the checkpoint cannot be trusted.
                     self.cancel.cancel();
-                    first_core_error.get_or_insert(e);
+                    ends.first_core_error.get_or_insert(e);
                 }
             }
         }
-        for kind in &kinds_with_work {
-            by_kind[kind].end_copy().await;
-        }
-        if let Some(e) = first_core_error {
+        ends
+    }
+
+    /// The run stops here, before any store is finished, unless every unit was copied.
+    fn stop_unless_all_copied(&self, ends: UnitEnds) -> Result<(), CoreError> {
+        if let Some(e) = ends.first_core_error {
             return Err(e);
         }
-        if interrupted || self.cancel.is_cancelled() {
+        if ends.interrupted || self.cancel.is_cancelled() {
             return Err(CoreError::Interrupted);
         }
-        if !failures.is_empty() {
+        if !ends.failures.is_empty() {
             return Err(CoreError::UnitsFailed {
-                count: failures.len(),
-                first: failures[0].clone(),
+                count: ends.failures.len(),
+                first: ends.failures[0].clone(),
             });
         }
-        self.reporter.on_phase_done(Phase::Copy);
+        Ok(())
+    }
 
-        super::failpoint::reached("before-finish");
-
-        // Objects best created after the data, once per store and only when all of it is there.
-        for (kind, store) in &by_kind {
+    /// Objects best created after the data, once per store and only when all of it is there.
+    async fn finish_targets(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        summary: &mut CopySummary,
+    ) -> Result<(), CoreError> {
+        for (kind, store) in by_kind {
             if self.catalog.is_phase_done(kind, Phase::Finish)? {
                 continue;
             }
@@ -309,7 +406,7 @@ impl Runner {
             self.catalog.phase_done(kind, Phase::Finish, "")?;
             self.reporter.on_phase_done(Phase::Finish);
         }
-        Ok(summary)
+        Ok(())
     }
 }
 
@@ -319,7 +416,7 @@ async fn copy_unit(
     reporter: &dyn Reporter,
     cancel: &CancellationToken,
     retries: u32,
-    rec: super::catalog::UnitRecord,
+    rec: UnitRecord,
 ) -> Result<UnitEnd, CoreError> {
     let unit = &rec.unit;
     reporter.on_unit_start(Phase::Copy, unit);

@@ -3,6 +3,7 @@
 //! target already has, and the completion checked against the ETag the parts give.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures_util::StreamExt;
@@ -274,6 +275,28 @@ async fn parts_done(
     }
 }
 
+/// One part of an object still to send: its number, and where it lies in the object.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    number: i32,
+    offset: u64,
+    len: u64,
+}
+
+/// One batch of an upload recorded in the cursor: what every step of it needs.
+struct UploadBatch<'a> {
+    store: &'a ObjectsStore,
+    unit: &'a Unit,
+    spec: &'a Spec,
+    after: Option<String>,
+    up: Upload,
+    bucket: String,
+    /// `bucket/key`, naming the object in failures.
+    label: String,
+    /// The source object, as the upload recorded it when it started.
+    entry: Listed,
+}
+
 /// Upload the next parts of an upload recorded in the cursor; complete it once all are there.
 pub async fn continue_upload(
     store: &ObjectsStore,
@@ -282,279 +305,427 @@ pub async fn continue_upload(
     after: Option<String>,
     up: Upload,
 ) -> Result<BatchOutcome, StoreError> {
-    let bucket = spec.to.bucket.clone();
-    let label = format!("{bucket}/{}", up.key);
-    let entry = Listed {
-        key: up.key.clone(),
-        size: up.source.size,
-        etag: up.source.etag.clone(),
-        file: match &spec.from {
-            From::Folder(f) => Some(super::listing::file_path(f, &spec.to.prefix, &up.key)),
-            From::S3 { .. } => None,
-        },
-        problem: None,
+    let batch = UploadBatch::new(store, unit, spec, after, up);
+    if let ControlFlow::Break(end) = batch.check_source_unchanged().await? {
+        return Ok(end);
+    }
+    let Some(mut done) = parts_done(store, &batch.bucket, &batch.up).await? else {
+        tracing::info!(store = "objects", bucket = %batch.bucket, key = %batch.up.key, upload = %batch.up.id, "the multipart upload is gone from the target; copying the object again from the start");
+        return Ok(batch.restart());
     };
-    let abort = || async {
-        let _ = store
+    batch.note_first_continuation(&done);
+    let (now, all_sent_now) = batch.parts_for_this_batch(&done);
+    let results = batch.send_parts(now).await;
+    let bytes = match batch.record_sent(results, &mut done).await? {
+        ControlFlow::Continue(bytes) => bytes,
+        ControlFlow::Break(end) => return Ok(end),
+    };
+    if !all_sent_now {
+        return Ok(batch.more_parts_to_send(bytes));
+    }
+    // Every part is there: complete, and check the ETag the target computed.
+    batch.complete(&done, bytes).await
+}
+
+impl<'a> UploadBatch<'a> {
+    fn new(
+        store: &'a ObjectsStore,
+        unit: &'a Unit,
+        spec: &'a Spec,
+        after: Option<String>,
+        up: Upload,
+    ) -> UploadBatch<'a> {
+        let bucket = spec.to.bucket.clone();
+        let label = format!("{bucket}/{}", up.key);
+        let entry = Listed {
+            key: up.key.clone(),
+            size: up.source.size,
+            etag: up.source.etag.clone(),
+            file: match &spec.from {
+                From::Folder(f) => Some(super::listing::file_path(f, &spec.to.prefix, &up.key)),
+                From::S3 { .. } => None,
+            },
+            problem: None,
+        };
+        UploadBatch {
+            store,
+            unit,
+            spec,
+            after,
+            up,
+            bucket,
+            label,
+            entry,
+        }
+    }
+
+    /// Abort the upload on the target (what it holds of the object is dropped).
+    async fn abort(&self) {
+        let _ = self
+            .store
             .target_client
             .abort_multipart_upload()
-            .bucket(&bucket)
-            .key(&up.key)
-            .upload_id(&up.id)
+            .bucket(&self.bucket)
+            .key(&self.up.key)
+            .upload_id(&self.up.id)
             .send()
             .await;
-    };
-    let restart = BatchOutcome {
-        next: Some(encode_copy_cursor(&CopyCursor {
-            after: after.clone(),
-            upload: None,
-        })),
-        ..BatchOutcome::default()
-    };
-    // The source must still be the version the upload started from.
-    match store.source_head(spec, &entry).await {
-        Ok((_, fp)) if fp == up.source => {}
-        Ok(_) => {
-            tracing::info!(store = "objects", bucket = %bucket, key = %up.key, "the source object changed since its upload started; copying it again from the start");
-            abort().await;
-            return Ok(restart);
-        }
-        Err(Failure::Gone) => {
-            abort().await;
-            return Ok(outcome_skip(&up.key, None));
-        }
-        Err(Failure::Object(m)) => {
-            abort().await;
-            return Ok(outcome_skip(&up.key, Some((label, m))));
-        }
-        Err(Failure::Fatal(e)) => return Err(e.in_unit(&unit.name)),
     }
-    let Some(mut done) = parts_done(store, &bucket, &up).await? else {
-        tracing::info!(store = "objects", bucket = %bucket, key = %up.key, upload = %up.id, "the multipart upload is gone from the target; copying the object again from the start");
-        return Ok(restart);
-    };
-    let first_time = store
-        .resumed
-        .lock()
-        .expect("resumed set")
-        .insert(up.id.clone());
-    if first_time && !done.is_empty() {
-        tracing::info!(store = "objects", bucket = %bucket, key = %up.key, upload = %up.id, parts_there = done.len(), parts = up.part_sizes.len(), "continuing a multipart upload: parts already on the target are kept");
-    }
-    // Parts still to send, in order, with their offsets.
-    let mut offset = 0u64;
-    let mut missing = Vec::new();
-    for (i, &len) in up.part_sizes.iter().enumerate() {
-        let n = i as i32 + 1;
-        if done.get(&n).map(|(_, s)| *s) != Some(len) {
-            missing.push((n, offset, len));
+
+    /// The outcome that copies the object again from its start, in a new upload.
+    fn restart(&self) -> BatchOutcome {
+        BatchOutcome {
+            next: Some(encode_copy_cursor(&CopyCursor {
+                after: self.after.clone(),
+                upload: None,
+            })),
+            ..BatchOutcome::default()
         }
-        offset += len;
     }
-    let mut now = Vec::new();
-    let mut budget = 0u64;
-    for m in &missing {
-        if !now.is_empty() && budget + m.2 > PARTS_BATCH_BYTES.max(store.options.part_size) {
-            break;
-        }
-        budget += m.2;
-        now.push(*m);
+
+    /// The outcome that leaves the object out, with why when there is a reason to report.
+    fn skip(&self, why: Option<String>) -> BatchOutcome {
+        outcome_skip(&self.up.key, why.map(|m| (self.label.clone(), m)))
     }
-    let all_sent_now = now.len() == missing.len();
-    let if_match = match &spec.from {
-        From::S3 { .. } => up.source.etag.clone(),
-        From::Folder(_) => None,
-    };
-    // Parts that mirror the source's are checked all at once before completing (the MD5s of the
-    // target's parts must give the source's ETag), so offload need not hash them as they pass.
-    let hash_parts = !(up.mirror && if_match.is_some());
-    let results: Vec<Result<(i32, String, u64), Failure>> = futures_util::stream::iter(now)
-        .map(|(n, offset, len)| {
-            let (entry, up, bucket, if_match) = (&entry, &up, &bucket, if_match.as_deref());
-            async move {
-                let _permit = store.permits.acquire().await.expect("semaphore open");
-                let (feed, got, _, _) = store
-                    .open_source(spec, entry, Some((offset, len)), if_match)
-                    .await?;
-                if got != len {
-                    return Err(Failure::Object(format!(
-                        "part {n}: the source returned {got} bytes for a range of {len}"
-                    )));
-                }
-                let (body, report) = if hash_parts {
-                    HashingBody::stream(feed, len)
-                } else {
-                    HashingBody::counted(feed, len)
-                };
-                let res = store
-                    .target_client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(&up.key)
-                    .upload_id(&up.id)
-                    .part_number(n)
-                    .content_length(len as i64)
-                    .body(body)
-                    .send()
-                    .await;
-                let sent = body_result(&report);
-                let res = match res {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if let Some(Err(msg)) = sent {
-                            return Err(Failure::Object(msg));
-                        }
-                        return Err(classify(Side::Target, &store.target.address(), "uploading a part", true, &e));
-                    }
-                };
-                let md5 = match sent {
-                    Some(Ok(md5)) => md5.map(hex::encode),
-                    Some(Err(msg)) => return Err(Failure::Object(msg)),
-                    None => return Err(Failure::Object(format!("part {n} was not sent whole"))),
-                };
-                let etag = res.e_tag().map(clean_etag).unwrap_or_default();
-                if let Some(md5) = md5.filter(|m| *m != etag) {
-                    return Err(Failure::Object(format!(
-                        "part {n}: the target stored other bytes than were sent (ETag {etag}, MD5 {md5})"
-                    )));
-                }
-                crate::core::failpoint::counted("after-part");
-                Ok((n, etag, len))
+
+    /// The source must still be the version the upload started from.
+    async fn check_source_unchanged(&self) -> Result<ControlFlow<BatchOutcome>, StoreError> {
+        match self.store.source_head(self.spec, &self.entry).await {
+            Ok((_, fp)) if fp == self.up.source => Ok(ControlFlow::Continue(())),
+            Ok(_) => {
+                tracing::info!(store = "objects", bucket = %self.bucket, key = %self.up.key, "the source object changed since its upload started; copying it again from the start");
+                self.abort().await;
+                Ok(ControlFlow::Break(self.restart()))
             }
-        })
-        .buffer_unordered(store.options.transfers.max(1))
-        .collect()
-        .await;
-    let mut bytes = 0u64;
-    let mut object_problem = None;
-    for r in results {
-        match r {
-            Ok((n, etag, len)) => {
-                bytes += len;
-                done.insert(n, (etag, len));
+            Err(Failure::Gone) => {
+                self.abort().await;
+                Ok(ControlFlow::Break(self.skip(None)))
             }
-            Err(Failure::Fatal(e)) => return Err(e.in_unit(&unit.name)),
-            Err(Failure::Gone) => object_problem = Some(None),
             Err(Failure::Object(m)) => {
-                if m.contains("PreconditionFailed") || m.contains("status 412") {
-                    tracing::info!(store = "objects", bucket = %bucket, key = %up.key, "the source object changed during its upload; copying it again from the start");
-                    abort().await;
-                    return Ok(restart);
-                }
-                object_problem.get_or_insert(Some(m));
+                self.abort().await;
+                Ok(ControlFlow::Break(self.skip(Some(m))))
             }
+            Err(Failure::Fatal(e)) => Err(e.in_unit(&self.unit.name)),
         }
     }
-    if let Some(problem) = object_problem {
-        abort().await;
-        return Ok(outcome_skip(&up.key, problem.map(|m| (label, m))));
+
+    /// Say once per process when an upload continues with parts a stopped run left on the target.
+    fn note_first_continuation(&self, done: &BTreeMap<i32, (String, u64)>) {
+        let first_time = self
+            .store
+            .resumed
+            .lock()
+            .expect("resumed set")
+            .insert(self.up.id.clone());
+        if first_time && !done.is_empty() {
+            tracing::info!(store = "objects", bucket = %self.bucket, key = %self.up.key, upload = %self.up.id, parts_there = done.len(), parts = self.up.part_sizes.len(), "continuing a multipart upload: parts already on the target are kept");
+        }
     }
-    if !all_sent_now {
-        return Ok(BatchOutcome {
+
+    /// The parts to send in this batch (the first missing ones, about a batch's worth of bytes),
+    /// and whether they are all the missing ones.
+    fn parts_for_this_batch(&self, done: &BTreeMap<i32, (String, u64)>) -> (Vec<Part>, bool) {
+        // Parts still to send, in order, with their offsets.
+        let mut offset = 0u64;
+        let mut missing = Vec::new();
+        for (i, &len) in self.up.part_sizes.iter().enumerate() {
+            let number = i as i32 + 1;
+            if done.get(&number).map(|(_, s)| *s) != Some(len) {
+                missing.push(Part {
+                    number,
+                    offset,
+                    len,
+                });
+            }
+            offset += len;
+        }
+        let mut now = Vec::new();
+        let mut budget = 0u64;
+        for m in &missing {
+            if !now.is_empty()
+                && budget + m.len > PARTS_BATCH_BYTES.max(self.store.options.part_size)
+            {
+                break;
+            }
+            budget += m.len;
+            now.push(*m);
+        }
+        let all_sent_now = now.len() == missing.len();
+        (now, all_sent_now)
+    }
+
+    /// Send parts to the target, several at once; each gives (number, ETag, length) or why not.
+    async fn send_parts(&self, parts: Vec<Part>) -> Vec<Result<(i32, String, u64), Failure>> {
+        let if_match = match &self.spec.from {
+            From::S3 { .. } => self.up.source.etag.clone(),
+            From::Folder(_) => None,
+        };
+        // Parts that mirror the source's are checked all at once before completing (the MD5s of the
+        // target's parts must give the source's ETag), so offload need not hash them as they pass.
+        let hash_parts = !(self.up.mirror && if_match.is_some());
+        futures_util::stream::iter(parts)
+            .map(|part| self.send_part(part, if_match.as_deref(), hash_parts))
+            .buffer_unordered(self.store.options.transfers.max(1))
+            .collect()
+            .await
+    }
+
+    /// Read one part from the source and upload it, checking the target stored what was sent.
+    async fn send_part(
+        &self,
+        part: Part,
+        if_match: Option<&str>,
+        hash_parts: bool,
+    ) -> Result<(i32, String, u64), Failure> {
+        let Part {
+            number: n,
+            offset,
+            len,
+        } = part;
+        let store = self.store;
+        let _permit = store.permits.acquire().await.expect("semaphore open");
+        let (feed, got, _, _) = store
+            .open_source(self.spec, &self.entry, Some((offset, len)), if_match)
+            .await?;
+        if got != len {
+            return Err(Failure::Object(format!(
+                "part {n}: the source returned {got} bytes for a range of {len}"
+            )));
+        }
+        let (body, report) = if hash_parts {
+            HashingBody::stream(feed, len)
+        } else {
+            HashingBody::counted(feed, len)
+        };
+        let res = store
+            .target_client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.up.key)
+            .upload_id(&self.up.id)
+            .part_number(n)
+            .content_length(len as i64)
+            .body(body)
+            .send()
+            .await;
+        let sent = body_result(&report);
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(Err(msg)) = sent {
+                    return Err(Failure::Object(msg));
+                }
+                return Err(classify(
+                    Side::Target,
+                    &store.target.address(),
+                    "uploading a part",
+                    true,
+                    &e,
+                ));
+            }
+        };
+        let md5 = match sent {
+            Some(Ok(md5)) => md5.map(hex::encode),
+            Some(Err(msg)) => return Err(Failure::Object(msg)),
+            None => return Err(Failure::Object(format!("part {n} was not sent whole"))),
+        };
+        let etag = res.e_tag().map(clean_etag).unwrap_or_default();
+        if let Some(md5) = md5.filter(|m| *m != etag) {
+            return Err(Failure::Object(format!(
+                "part {n}: the target stored other bytes than were sent (ETag {etag}, MD5 {md5})"
+            )));
+        }
+        crate::core::failpoint::counted("after-part");
+        Ok((n, etag, len))
+    }
+
+    /// Add the parts sent to `done` and count their bytes; a part that failed ends the batch:
+    /// the object is copied again from the start when the source changed meanwhile, else left out.
+    async fn record_sent(
+        &self,
+        results: Vec<Result<(i32, String, u64), Failure>>,
+        done: &mut BTreeMap<i32, (String, u64)>,
+    ) -> Result<ControlFlow<BatchOutcome, u64>, StoreError> {
+        let mut bytes = 0u64;
+        let mut object_problem = None;
+        for r in results {
+            match r {
+                Ok((n, etag, len)) => {
+                    bytes += len;
+                    done.insert(n, (etag, len));
+                }
+                Err(Failure::Fatal(e)) => return Err(e.in_unit(&self.unit.name)),
+                Err(Failure::Gone) => object_problem = Some(None),
+                Err(Failure::Object(m)) => {
+                    if m.contains("PreconditionFailed") || m.contains("status 412") {
+                        tracing::info!(store = "objects", bucket = %self.bucket, key = %self.up.key, "the source object changed during its upload; copying it again from the start");
+                        self.abort().await;
+                        return Ok(ControlFlow::Break(self.restart()));
+                    }
+                    object_problem.get_or_insert(Some(m));
+                }
+            }
+        }
+        if let Some(problem) = object_problem {
+            self.abort().await;
+            return Ok(ControlFlow::Break(self.skip(problem)));
+        }
+        Ok(ControlFlow::Continue(bytes))
+    }
+
+    /// The outcome of a batch that sent some parts and leaves others for the next batch.
+    fn more_parts_to_send(self, bytes: u64) -> BatchOutcome {
+        BatchOutcome {
             rows: 0,
             bytes,
             next: Some(encode_copy_cursor(&CopyCursor {
-                after,
-                upload: Some(up),
+                after: self.after,
+                upload: Some(self.up),
             })),
             ..BatchOutcome::default()
-        });
-    }
-    // Every part is there: complete, and check the ETag the target computed.
-    let mut parts = Vec::new();
-    let mut md5s = Vec::new();
-    for (n, (etag, _)) in done.iter().take(up.part_sizes.len()) {
-        parts.push(
-            CompletedPart::builder()
-                .part_number(*n)
-                .e_tag(format!("\"{etag}\""))
-                .build(),
-        );
-        let mut d = [0u8; 16];
-        if hex::decode_to_slice(etag, &mut d).is_err() {
-            abort().await;
-            return Ok(outcome_skip(&up.key, Some((label, format!("part {n} has an ETag that is not an MD5 ({etag}); the target cannot be checked by content")))));
-        }
-        md5s.push(d);
-    }
-    if up.mirror {
-        let expected = digest::multipart_etag(&md5s);
-        if up.source.etag.as_deref() != Some(expected.as_str()) {
-            abort().await;
-            return Ok(outcome_skip(
-                &up.key,
-                Some((
-                    label,
-                    format!(
-                        "the parts the target received give ETag {expected}, not the source's {}: the bytes changed on the way; run the copy again (--resume) to send the object afresh",
-                        up.source.etag.as_deref().unwrap_or("")
-                    ),
-                )),
-            ));
         }
     }
-    let completed = store
-        .target_client
-        .complete_multipart_upload()
-        .bucket(&bucket)
-        .key(&up.key)
-        .upload_id(&up.id)
-        .multipart_upload(
-            CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await;
-    let completed = match completed {
-        Ok(c) => c,
-        Err(e) => {
-            return match classify(
+
+    /// Complete the upload once every part is on the target, and check the ETag it computed.
+    async fn complete(
+        &self,
+        done: &BTreeMap<i32, (String, u64)>,
+        bytes: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let (parts, md5s) = match self.completed_parts(done).await {
+            ControlFlow::Continue(v) => v,
+            ControlFlow::Break(end) => return Ok(end),
+        };
+        if let ControlFlow::Break(end) = self.check_parts_give_source_etag(&md5s).await {
+            return Ok(end);
+        }
+        let etag = match self.send_completion(parts).await? {
+            ControlFlow::Continue(etag) => etag,
+            ControlFlow::Break(end) => return Ok(end),
+        };
+        Ok(self.check_completed(etag, &md5s, bytes).await)
+    }
+
+    /// The parts to complete the upload with, and their MD5s from their ETags; an ETag that is no
+    /// MD5 leaves the object out, since the target could not be checked by content.
+    async fn completed_parts(
+        &self,
+        done: &BTreeMap<i32, (String, u64)>,
+    ) -> ControlFlow<BatchOutcome, (Vec<CompletedPart>, Vec<[u8; 16]>)> {
+        let mut parts = Vec::new();
+        let mut md5s = Vec::new();
+        for (n, (etag, _)) in done.iter().take(self.up.part_sizes.len()) {
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(*n)
+                    .e_tag(format!("\"{etag}\""))
+                    .build(),
+            );
+            let mut d = [0u8; 16];
+            if hex::decode_to_slice(etag, &mut d).is_err() {
+                self.abort().await;
+                return ControlFlow::Break(self.skip(Some(format!("part {n} has an ETag that is not an MD5 ({etag}); the target cannot be checked by content"))));
+            }
+            md5s.push(d);
+        }
+        ControlFlow::Continue((parts, md5s))
+    }
+
+    /// With parts that mirror the source's, their MD5s must give the source's ETag before the
+    /// upload is completed.
+    async fn check_parts_give_source_etag(&self, md5s: &[[u8; 16]]) -> ControlFlow<BatchOutcome> {
+        let up = &self.up;
+        if up.mirror {
+            let expected = digest::multipart_etag(md5s);
+            if up.source.etag.as_deref() != Some(expected.as_str()) {
+                self.abort().await;
+                return ControlFlow::Break(self.skip(Some(format!(
+                    "the parts the target received give ETag {expected}, not the source's {}: the bytes changed on the way; run the copy again (--resume) to send the object afresh",
+                    up.source.etag.as_deref().unwrap_or("")
+                ))));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Ask the target to complete the upload; gives the ETag it computed.
+    async fn send_completion(
+        &self,
+        parts: Vec<CompletedPart>,
+    ) -> Result<ControlFlow<BatchOutcome, String>, StoreError> {
+        let completed = self
+            .store
+            .target_client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.up.key)
+            .upload_id(&self.up.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match completed {
+            Ok(c) => Ok(ControlFlow::Continue(
+                c.e_tag().map(clean_etag).unwrap_or_default(),
+            )),
+            Err(e) => match classify(
                 Side::Target,
-                &store.target.address(),
+                &self.store.target.address(),
                 "completing a multipart upload",
                 true,
                 &e,
             ) {
-                Failure::Fatal(err) => Err(err.in_unit(&unit.name)),
-                Failure::Gone => Ok(restart),
+                Failure::Fatal(err) => Err(err.in_unit(&self.unit.name)),
+                Failure::Gone => Ok(ControlFlow::Break(self.restart())),
                 Failure::Object(m) => {
-                    abort().await;
-                    Ok(outcome_skip(&up.key, Some((label, m))))
+                    self.abort().await;
+                    Ok(ControlFlow::Break(self.skip(Some(m))))
                 }
-            }
+            },
         }
-    };
-    let etag = completed.e_tag().map(clean_etag).unwrap_or_default();
-    let expected = digest::multipart_etag(&md5s);
-    let problem = if etag != expected {
-        Some(format!(
-            "the target's ETag {etag} is not the one its parts give ({expected})"
-        ))
-    } else if up.mirror && up.source.etag.as_deref() != Some(etag.as_str()) {
-        Some(format!(
-            "the target's ETag {etag} differs from the source's {}: the source's parts could not be reproduced",
-            up.source.etag.as_deref().unwrap_or("")
-        ))
-    } else {
-        None
-    };
-    if problem.is_some() {
-        // Leave no torn object behind: the copy of this object did not happen.
-        let _ = store
-            .target_client
-            .delete_object()
-            .bucket(&bucket)
-            .key(&up.key)
-            .send()
-            .await;
     }
-    tracing::debug!(store = "objects", bucket = %bucket, key = %up.key, etag = %etag, "multipart upload completed");
-    Ok(BatchOutcome {
-        rows: if problem.is_none() { 1 } else { 0 },
-        bytes,
-        next: Some(key_cursor(&up.key)),
-        failed: problem.map(|p| (label, p)).into_iter().collect(),
-        unchanged: 0,
-    })
+
+    /// The batch's outcome from the ETag of the completed object: it must be the one its parts
+    /// give, and the source's when the parts mirror the source's.
+    async fn check_completed(&self, etag: String, md5s: &[[u8; 16]], bytes: u64) -> BatchOutcome {
+        let up = &self.up;
+        let expected = digest::multipart_etag(md5s);
+        let problem = if etag != expected {
+            Some(format!(
+                "the target's ETag {etag} is not the one its parts give ({expected})"
+            ))
+        } else if up.mirror && up.source.etag.as_deref() != Some(etag.as_str()) {
+            Some(format!(
+                "the target's ETag {etag} differs from the source's {}: the source's parts could not be reproduced",
+                up.source.etag.as_deref().unwrap_or("")
+            ))
+        } else {
+            None
+        };
+        if problem.is_some() {
+            // Leave no torn object behind: the copy of this object did not happen.
+            let _ = self
+                .store
+                .target_client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(&up.key)
+                .send()
+                .await;
+        }
+        tracing::debug!(store = "objects", bucket = %self.bucket, key = %up.key, etag = %etag, "multipart upload completed");
+        BatchOutcome {
+            rows: if problem.is_none() { 1 } else { 0 },
+            bytes,
+            next: Some(key_cursor(&up.key)),
+            failed: problem
+                .map(|p| (self.label.clone(), p))
+                .into_iter()
+                .collect(),
+            unchanged: 0,
+        }
+    }
 }
