@@ -355,7 +355,7 @@ impl Catalog {
             .map(
                 |(spec, state, cursor, rows, bytes, attempts, err, verify, at, detail)| {
                     Ok(UnitRecord {
-                        unit: serde_json::from_str(&spec).map_err(bad)?,
+                        unit: read_unit(&spec).map_err(bad)?,
                         state: UnitState::parse(&state),
                         cursor: match cursor {
                             Some(c) => Some(Cursor(serde_json::from_str(&c).map_err(bad)?)),
@@ -567,6 +567,16 @@ impl Catalog {
     }
 }
 
+/// A unit as the catalog stored it. Catalogs written before `Unit::size_known` was a field said
+/// "not sized" with `"sized": false` in the unit's spec; that still reads as not sized.
+fn read_unit(text: &str) -> Result<Unit, serde_json::Error> {
+    let mut unit: Unit = serde_json::from_str(text)?;
+    if unit.spec.get("sized") == Some(&serde_json::Value::Bool(false)) {
+        unit.size_known = false;
+    }
+    Ok(unit)
+}
+
 /// The first place two JSON values differ, as (path, was, now).
 fn first_difference(
     path: &str,
@@ -619,6 +629,15 @@ fn render(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_recorded_with_the_old_sized_key_read_as_not_sized() {
+        let old = r#"{"store":"mongodb","name":"openedx.c","container":"openedx","object":"c",
+            "range":{"after":null,"upto":null},"est_rows":0,"est_bytes":0,"spec":{"sized":false}}"#;
+        assert!(!read_unit(old).unwrap().size_known);
+        let new = old.replace(r#""sized":false"#, r#""x":1"#);
+        assert!(read_unit(&new).unwrap().size_known);
+    }
 
     #[test]
     fn first_difference_names_the_path() {
