@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, UnitState};
 use super::error::{CoreError, ErrorKind, StoreError};
-use super::progress::{Phase, Reporter, UnitOutcome};
+use super::progress::{Phase, Reporter, StoreTotals, UnitOutcome};
 use super::store::{IfExists, Store, StoreKind, Unit};
 
 /// How the runner behaves.
@@ -196,6 +196,10 @@ impl Runner {
         );
         if done_rows > 0 || done_bytes > 0 {
             self.reporter.on_resumed(done_rows, done_bytes);
+        }
+        for kind in by_kind.keys() {
+            let totals = StoreTotals::of_records(&self.catalog.units(Some(*kind))?);
+            self.reporter.on_store_totals(Phase::Copy, *kind, &totals);
         }
 
         let kinds_with_work: Vec<StoreKind> = {

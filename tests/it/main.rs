@@ -12,5 +12,6 @@ mod migrate;
 mod mongodb;
 mod mysql;
 mod objects;
+mod progress;
 mod redis;
 mod support;
