@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, UnitRecord, UnitState};
 use super::error::{CoreError, ErrorKind, StoreError};
-use super::progress::{Phase, Reporter, UnitOutcome};
+use super::progress::{Phase, Reporter, StoreTotals, UnitOutcome};
 use super::store::{IfExists, Store, StoreKind, Unit};
 
 /// How the runner behaves.
@@ -138,6 +138,10 @@ impl Runner {
         );
         if work.done_rows > 0 || work.done_bytes > 0 {
             self.reporter.on_resumed(work.done_rows, work.done_bytes);
+        }
+        for kind in by_kind.keys() {
+            let totals = StoreTotals::of_records(&self.catalog.units(Some(*kind))?);
+            self.reporter.on_store_totals(Phase::Copy, *kind, &totals);
         }
         let kinds_with_work = self
             .begin_copies(&by_kind, &work.units, &mut summary)

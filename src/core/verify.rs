@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::Catalog;
 use super::error::{CoreError, StoreError};
-use super::progress::{Phase, Reporter, UnitOutcome};
+use super::progress::{Phase, Reporter, StoreTotals, UnitOutcome};
 use super::runner::with_retries;
 use super::store::{Cursor, ShapeDifference, Side, Store, StoreKind, Unit};
 
@@ -169,6 +169,9 @@ pub async fn verify(
         units.iter().map(|u| u.est_rows).sum(),
         0,
     );
+    for (kind, totals) in StoreTotals::of_units(&units) {
+        reporter.on_store_totals(Phase::Verify, kind, &totals);
+    }
     let permits = Arc::new(Semaphore::new(options.parallel.max(1)));
     let mut tasks = JoinSet::new();
     for (index, unit) in units.into_iter().enumerate() {

@@ -12,6 +12,7 @@ mod migrate;
 mod mongodb;
 mod mysql;
 mod objects;
+mod progress;
 mod redis;
 mod stop;
 mod support;
