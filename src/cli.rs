@@ -35,8 +35,28 @@ pub struct Cli {
     pub json: bool,
 
     /// Never draw progress bars (they are also hidden when standard error is not a terminal).
+    /// Without bars, progress goes to standard error as lines (see --progress-interval).
     #[arg(long, global = true)]
     pub no_progress: bool,
+
+    /// Without bars (standard error not a terminal, or --no-progress): write a progress line to
+    /// standard error every this many seconds while a phase runs, and one at each phase change.
+    /// 0 turns the lines off.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECONDS")]
+    pub progress_interval: u64,
+
+    /// Log and progress lines on standard error as text or as JSON objects, one per line (for
+    /// Loki, CloudWatch, jq). --json also writes progress lines as JSON.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How lines on standard error are written.
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

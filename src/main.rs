@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use offload::cli::Cli;
 use offload::commands::{interrupted, run, Outcome};
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, json: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -24,12 +24,16 @@ fn init_logging(verbose: u8, quiet: bool) {
     // empty): logs sent to a file or a pipe stay plain text.
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // `--log-format json`: one JSON object per line, like the progress lines.
+    if json {
+        logs.json().with_ansi(false).init();
+    } else {
+        logs.with_ansi(colour).init();
+    }
 }
 
 /// The MySQL driver keeps up to 128 spent packet buffers of up to 4 MiB each for reuse, which
@@ -102,7 +106,11 @@ fn main() -> ExitCode {
     bound_driver_buffers();
     bound_allocator();
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(
+        cli.verbose,
+        cli.quiet,
+        cli.log_format == offload::cli::LogFormat::Json,
+    );
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

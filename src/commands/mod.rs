@@ -12,15 +12,17 @@ mod status;
 mod verify;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, IfExistsArg, JobArgs};
+use crate::cli::{Cli, Command, IfExistsArg, JobArgs, LogFormat};
 use crate::core::progress::{Reporter, SilentReporter};
 use crate::core::IfExists;
 use crate::job::{JobError, JobFolder, OpenRequest};
 use crate::settings::{Inputs, Settings};
 use crate::stores::StoreArgs;
+use crate::ui::lines::{LineFormat, LineReporter};
 use crate::ui::{print, progress};
 
 /// How a successful command ended, for the exit code.
@@ -36,15 +38,35 @@ pub enum Outcome {
 #[derive(Clone, Copy)]
 pub struct Output {
     pub json: bool,
+    /// Progress bars on standard error (a terminal that did not ask for none).
     pub bars: bool,
+    /// Progress lines on standard error otherwise: their format and interval (`None`: none).
+    pub lines: Option<(LineFormat, Duration)>,
 }
 
 impl Output {
-    pub fn reporter(&self) -> Arc<dyn Reporter> {
-        if self.bars {
-            Arc::new(progress::BarReporter::new())
+    /// What the command line asks for; bars and lines never both.
+    pub fn of(cli: &Cli) -> Output {
+        let bars = progress::bars_wanted(cli.no_progress, cli.json);
+        let format = if cli.json || cli.log_format == LogFormat::Json {
+            LineFormat::Json
         } else {
-            Arc::new(SilentReporter)
+            LineFormat::Text
+        };
+        let lines = (!bars && !cli.quiet && cli.progress_interval > 0)
+            .then(|| (format, Duration::from_secs(cli.progress_interval)));
+        Output {
+            json: cli.json,
+            bars,
+            lines,
+        }
+    }
+
+    pub fn reporter(&self) -> Arc<dyn Reporter> {
+        match (self.bars, self.lines) {
+            (true, _) => Arc::new(progress::BarReporter::new()),
+            (false, Some((format, interval))) => Arc::new(LineReporter::new(format, interval)),
+            (false, None) => Arc::new(SilentReporter),
         }
     }
 
@@ -61,10 +83,7 @@ impl Output {
 }
 
 pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome> {
-    let out = Output {
-        json: cli.json,
-        bars: progress::bars_wanted(cli.no_progress, cli.json),
-    };
+    let out = Output::of(&cli);
     match cli.command {
         Command::Plan(args) => plan::plan(args, out).await,
         Command::Migrate(args) => migrate::migrate(args, out, cancel).await,

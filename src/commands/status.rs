@@ -6,7 +6,7 @@ use crate::cli::StatusArgs;
 use crate::core::catalog::Catalog;
 use crate::job::lock::JobLock;
 use crate::settings::{default_job_dir, tutor_root};
-use crate::ui::print;
+use crate::ui::{lines, print};
 
 pub fn status(args: StatusArgs, out: Output) -> anyhow::Result<Outcome> {
     let job_dir = args
@@ -17,7 +17,8 @@ pub fn status(args: StatusArgs, out: Output) -> anyhow::Result<Outcome> {
     let phases = catalog.phases()?;
     let units = catalog.units(None)?;
     let holder = JobLock::holder(&job_dir); // read, never taken
-    let value = serde_json::json!({ "job": job_dir.display().to_string(), "holder": holder, "running": holder.is_some(), "phases": phases, "units": units });
+    let progress = lines::from_catalog(&phases, &units, holder.is_some());
+    let value = serde_json::json!({ "job": job_dir.display().to_string(), "holder": holder, "running": holder.is_some(), "progress": progress, "phases": phases, "units": units });
     out.emit(&value, || {
         format!(
             "Job {}\n{}",

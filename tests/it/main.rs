@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod cutover;
 mod job;
+mod lines;
 mod meilisearch;
 mod migrate;
 mod mongodb;

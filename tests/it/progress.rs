@@ -292,6 +292,9 @@ async fn bars_in_a_terminal_show_rounded_rates_and_a_line_per_store() {
         mongodb_target(),
         "--mongodb-databases".into(),
         mongo.clone(),
+        // Bars and progress lines never both on one terminal, whatever the interval.
+        "--progress-interval".into(),
+        "1".into(),
     ]);
     let offload = PathBuf::from(env!("CARGO_BIN_EXE_offload"));
     let terminal = Terminal::new();
@@ -300,6 +303,10 @@ async fn bars_in_a_terminal_show_rounded_rates_and_a_line_per_store() {
     let (status, screen) = terminal.run("copy", &offload, &copy);
     assert_eq!(status, 0, "copy failed; screen:\n{screen}");
     assert_readable(&screen);
+    assert!(
+        !screen.contains("offload progress"),
+        "progress lines beside the bars:\n{screen}"
+    );
     let overall = line_starting(&screen, "copy [");
     assert!(
         overall.contains(" records/s") && overall.contains("copy done"),
@@ -324,14 +331,18 @@ async fn bars_in_a_terminal_show_rounded_rates_and_a_line_per_store() {
     assert_store_line(&screen, "mysql", "rows", TABLE_ROWS);
     assert_store_line(&screen, "mongodb", "documents", DOCUMENTS);
 
-    // --no-progress: a terminal, and still no bars.
+    // --no-progress: a terminal, and still no bars; progress comes as lines instead.
     let mut quiet = job_flags("verify");
     quiet.push("--no-progress".into());
     let (status, screen) = terminal.run("quiet", &offload, &quiet);
     assert_eq!(status, 0, "verify --no-progress failed; screen:\n{screen}");
     assert!(
-        !screen.contains("verify [") && !screen.contains(" rows/s"),
+        !screen.contains("verify ["),
         "--no-progress drew bars:\n{screen}"
+    );
+    assert!(
+        screen.contains("offload progress: verify done"),
+        "--no-progress: progress as lines:\n{screen}"
     );
     assert!(screen.contains("Safe to switch"), "{screen}");
 

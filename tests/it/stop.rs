@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// What the failpoint logs once the run is held.
-const HELD: &str = "holding here until a line arrives";
+pub const HELD: &str = "holding here until a line arrives";
 
 /// An `offload` run in the background, its stderr read line by line as it comes.
-struct Background {
+pub struct Background {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
@@ -28,7 +28,7 @@ struct Background {
 
 impl Background {
     /// `offload ARGS --job JOB` with `OFFLOAD_FAILPOINT=failpoint`, flags only (as `offload_env`).
-    fn start(job: &Path, args: &[&str], failpoint: &str) -> Background {
+    pub fn start(job: &Path, args: &[&str], failpoint: &str) -> Background {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_offload"));
         cmd.args(args)
             .arg("--job")
@@ -66,7 +66,7 @@ impl Background {
     }
 
     /// The first stderr line (from here on) that contains `needle`; fails after two minutes.
-    fn wait_for(&mut self, needle: &str) -> String {
+    pub fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -92,14 +92,14 @@ impl Background {
     }
 
     /// Let the held run go on.
-    fn release(&mut self) {
+    pub fn release(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         writeln!(stdin).unwrap();
         stdin.flush().unwrap();
     }
 
     /// Wait for the end: how it exited, and all it wrote on stderr.
-    fn finish(mut self) -> (ExitStatus, String) {
+    pub fn finish(mut self) -> (ExitStatus, String) {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(30)) {
@@ -127,7 +127,7 @@ impl Drop for WritableAtEnd {
 }
 
 /// A database with one table of `rows` rows (ten batches of `--batch-rows 500` at 5,000).
-async fn seeded(tag: &str, rows: u32) -> TestDb {
+pub async fn seeded(tag: &str, rows: u32) -> TestDb {
     let db = TestDb::new(tag).await;
     let src = mysql_source();
     exec(&src, &format!("CREATE DATABASE `{}`", db.name)).await;
