@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{AppUser, MysqlEndpoint, MysqlOptions, TlsMode};
 use crate::core::Side;
 use crate::resolve::{
-    config_text, invalid, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
-    StoreEndpoint,
+    config_host, config_port, config_text, invalid, resolve_side, EndpointRecord, ResolveContext,
+    SettingsError, SideSpec, StoreEndpoint,
 };
 use crate::secret::{Secret, SecretSource};
 use crate::tutor::TutorConfig;
@@ -84,17 +84,23 @@ impl StoreEndpoint for MysqlEndpoint {
 }
 
 /// The source MySQL as Tutor's config.yml describes it (`MYSQL_*`, with Tutor's defaults), without
-/// its password.
-pub fn from_tutor(cfg: &TutorConfig) -> MysqlEndpoint {
-    MysqlEndpoint {
-        host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
-        port: config_text(cfg, "MYSQL_PORT")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(3306),
-        user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
+/// its password. A value that is set but invalid (a port out of range, an empty host) is an error
+/// naming the key and the value.
+pub fn from_tutor(cfg: &TutorConfig) -> Result<MysqlEndpoint, SettingsError> {
+    let user = config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into());
+    if user.is_empty() {
+        return Err(invalid(
+            "config.yml MYSQL_ROOT_USERNAME",
+            "is empty; fix it in config.yml or pass --from-mysql URL",
+        ));
+    }
+    Ok(MysqlEndpoint {
+        host: config_host(cfg, "MYSQL_HOST", "mysql", "--from-mysql")?,
+        port: config_port(cfg, "MYSQL_PORT", 3306, "--from-mysql")?,
+        user,
         password: None,
         tls: TlsMode::Disabled,
-    }
+    })
 }
 
 /// The source: the flag, else the job's record, else config.yml; with its password.
