@@ -257,3 +257,46 @@ mod tests {
             .is_none());
     }
 }
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_wins_over_the_environment_and_must_be_readable() {
+        // The only test that sets this variable; the others do not look at where the key is from.
+        std::env::set_var(TO_KEY_ENV, "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let with = |key_file: PathBuf| SearchArgs {
+            to_meilisearch: Some("http://m:7700".into()),
+            to_meilisearch_key_file: Some(key_file),
+            ..SearchArgs::default()
+        };
+        let s = resolve(&with(file.clone()), None, None).unwrap().unwrap();
+        assert_eq!(s.master_key.unwrap().expose(), "from-file");
+        assert!(matches!(s.key_source, SecretSource::File(_)));
+        let (_, key) = target_client(&with(file)).unwrap().unwrap();
+        assert_eq!(key.unwrap().expose(), "from-file");
+
+        let missing = dir.path().join("missing-key");
+        let err = resolve(&with(missing.clone()), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing-key"), "{err}");
+        assert!(target_client(&with(missing)).is_err());
+        std::env::remove_var(TO_KEY_ENV);
+    }
+
+    #[test]
+    fn bad_ports_and_hosts_are_refused_and_credentials_not_shown() {
+        for bad in ["http://m:0", "http://m:65536", "http://:7700", "junk"] {
+            assert!(check_url("--to-meilisearch", bad).is_err(), "{bad}");
+        }
+        let err = check_url("--to-meilisearch", "http://k:se/cret@m:7700")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("se/cret"), "{err}");
+    }
+}

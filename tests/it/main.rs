@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod cutover;
+mod inputs;
 mod job;
 mod meilisearch;
 mod migrate;

@@ -298,3 +298,31 @@ impl MongoSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_port_or_host_in_config_is_an_error_naming_it() {
+        let tutor = |text: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("config.yml"), text).unwrap();
+            TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap()
+        };
+        let err = from_tutor(&tutor("MONGODB_PORT: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MONGODB_PORT") && err.contains('0'), "{err}");
+        let err = from_tutor(&tutor("MONGODB_HOST: a/b\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MONGODB_HOST") && err.contains("a/b"), "{err}");
+        let e = from_tutor(&tutor("MONGODB_HOST: m1\nMONGODB_PORT: 27018\n")).unwrap();
+        assert_eq!(e.hosts, "m1:27018");
+        assert_eq!(
+            from_tutor(&tutor("PLUGINS: []\n")).unwrap().hosts,
+            "mongodb:27017"
+        );
+    }
+}

@@ -229,3 +229,65 @@ impl RedisSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::TargetsFile;
+    use crate::tutor::TutorConfig;
+
+    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yml"), text).unwrap();
+        let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
+        (dir, cfg)
+    }
+
+    fn context<'a>(cfg: &'a TutorConfig, targets: &'a TargetsFile) -> ResolveContext<'a> {
+        ResolveContext {
+            tutor: Some(cfg),
+            tutor_root: cfg.root(),
+            tutor_root_flag: true,
+            targets,
+            batch_rows: None,
+            create_users: false,
+            deep: false,
+        }
+    }
+
+    fn args(from: Option<&str>) -> RedisArgs {
+        RedisArgs {
+            from_redis: from.map(str::to_string),
+            to_redis: Some("redis://t:6379".into()),
+            ..RedisArgs::default()
+        }
+    }
+
+    #[test]
+    fn invalid_ports_and_database_numbers_in_config_are_errors() {
+        let targets = TargetsFile::default();
+        let (_d, cfg) = tutor("REDIS_PORT: 70000\n");
+        let err = resolve(&args(None), &context(&cfg, &targets), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_PORT") && err.contains("70000"), "{err}");
+        assert!(resolve(
+            &args(Some("redis://s:6379")),
+            &context(&cfg, &targets),
+            None
+        )
+        .is_ok());
+
+        for key in ["OPENEDX_CELERY_REDIS_DB", "OPENEDX_CACHE_REDIS_DB"] {
+            let (_d, cfg) = tutor(&format!("{key}: two\n"));
+            let err = resolve(&args(None), &context(&cfg, &targets), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("two"), "{err}");
+        }
+        let (_d, cfg) = tutor("OPENEDX_CELERY_REDIS_DB: 4\n");
+        let s = resolve(&args(None), &context(&cfg, &targets), None).unwrap();
+        assert_eq!((s.options.celery_db, s.options.cache_db), (4, 1));
+        assert_eq!(s.source.port, 6379);
+    }
+}
