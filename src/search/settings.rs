@@ -17,7 +17,7 @@ use crate::tutor::TutorConfig;
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct SearchArgs {
     /// Target Meilisearch, e.g. http://search.internal:7700. Its master key comes from
-    /// --to-meilisearch-key-file or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
+    /// --to-meilisearch-key-file (first) or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
     #[arg(long, value_name = "URL")]
     pub to_meilisearch: Option<String>,
 

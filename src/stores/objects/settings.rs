@@ -26,8 +26,8 @@ pub struct ObjectsArgs {
     pub from_s3: Option<String>,
 
     /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
-    /// Keys may instead come from OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY,
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile (--s3-profile, AWS_PROFILE).
+    /// Keys may instead come from a profile named by --s3-profile (first), OFFLOAD_TO_S3_ACCESS_KEY /
+    /// OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.
     #[arg(long, value_name = "URL")]
     pub to_s3: Option<String>,
 
