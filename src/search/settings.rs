@@ -48,6 +48,7 @@ pub fn target_client(
     let Some(url) = &args.to_meilisearch else {
         return Ok(None);
     };
+    let url = &check_url("--to-meilisearch", url)?;
     let key = if let Some(path) = &args.to_meilisearch_key_file {
         Some(read_key_file("--to-meilisearch-key-file", path)?)
     } else {
@@ -69,11 +70,14 @@ pub fn old_client(
     key_file: Option<&Path>,
     tutor: Option<&TutorConfig>,
 ) -> Result<Option<MeilisearchClient>, SearchSettingsError> {
-    let url = args
-        .from_meilisearch
-        .clone()
-        .or_else(|| tutor.and_then(|t| config_text(t, "MEILISEARCH_URL")));
-    let Some(url) = url else { return Ok(None) };
+    let url = match (&args.from_meilisearch, tutor) {
+        (Some(flag), _) => check_url("--from-meilisearch", flag)?,
+        (None, Some(cfg)) => match config_text(cfg, "MEILISEARCH_URL") {
+            Some(text) => check_url("config.yml MEILISEARCH_URL", &text)?,
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
     let key = if let Some(path) = key_file {
         Some(read_key_file("--from-meilisearch-key-file", path)?)
     } else if let Ok(v) = std::env::var(FROM_KEY_ENV) {
