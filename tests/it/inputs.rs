@@ -197,3 +197,38 @@ async fn a_user_with_reserved_characters_survives_the_job_record() {
     .await;
     db.drop_both().await;
 }
+
+#[test]
+fn an_explicit_s3_profile_wins_over_keys_in_the_environment() {
+    let job = tempfile::tempdir().unwrap();
+    let credentials = job.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[other]\naws_access_key_id = A\naws_secret_access_key = S\n",
+    )
+    .unwrap();
+    let out = offload_env(
+        &job.path().join("job"),
+        &[
+            "plan",
+            "--to-s3",
+            "http://127.0.0.1:1",
+            "--s3-profile",
+            "no-such-profile",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "from-env"),
+            ("AWS_SECRET_ACCESS_KEY", "from-env-secret"),
+            ("OFFLOAD_TO_S3_ACCESS_KEY", "from-env"),
+            ("OFFLOAD_TO_S3_SECRET_KEY", "from-env-secret"),
+            ("AWS_SHARED_CREDENTIALS_FILE", &path(&credentials)),
+            ("AWS_CONFIG_FILE", &path(&job.path().join("no-config"))),
+        ],
+    );
+    assert_exit(&out, 2);
+    let said = text(&out);
+    assert!(
+        said.contains("--s3-profile") && said.contains("no-such-profile"),
+        "{said}"
+    );
+}
