@@ -94,8 +94,9 @@ pub struct ResolveContext<'a> {
     pub deep: bool,
 }
 
-/// Where to look for one endpoint's password when its URL has none, in this order: an environment
-/// variable, a file, a config.yml key.
+/// Where to look for one endpoint's password when its URL has none, in this order: a file named
+/// by a flag (an explicit flag wins over the environment), an environment variable, a config.yml
+/// key.
 pub struct PasswordLookup<'a> {
     pub env: &'a str,
     pub file: Option<&'a Path>,
@@ -112,10 +113,6 @@ pub fn find_password(
     if password.is_some() {
         return Ok(SecretSource::Url);
     }
-    if let Ok(v) = std::env::var(lookup.env) {
-        *password = Some(Secret::new(v));
-        return Ok(SecretSource::Env(lookup.env.to_string()));
-    }
     if let Some(path) = lookup.file {
         let secret = read_secret_file(path).map_err(|err| SettingsError::File {
             what: lookup.file_flag.to_string(),
@@ -125,6 +122,10 @@ pub fn find_password(
         *password = Some(secret);
         let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         return Ok(SecretSource::File(absolute));
+    }
+    if let Ok(v) = std::env::var(lookup.env) {
+        *password = Some(Secret::new(v));
+        return Ok(SecretSource::Env(lookup.env.to_string()));
     }
     if let Some((cfg, key)) = lookup.tutor {
         if let Some(p) = config_text(cfg, key).filter(|p| !p.is_empty()) {
@@ -179,6 +180,139 @@ pub fn recover_password(
     })
 }
 
+/// A TCP port from text: a number from 1 to 65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("{text} is not a port (1-65535)")),
+    }
+}
+
+/// A port from a config.yml key, Tutor's `default` when the key is missing; an invalid value is
+/// an error naming the key, the value and `flag`, the flag that overrides it.
+pub fn config_port(
+    cfg: &TutorConfig,
+    key: &str,
+    default: u16,
+    flag: &str,
+) -> Result<u16, SettingsError> {
+    let Some(text) = config_text(cfg, key).filter(|t| !t.is_empty()) else {
+        return Ok(default);
+    };
+    parse_port(&text).map_err(|detail| {
+        invalid(
+            format!("config.yml {key}"),
+            format!("{detail}; fix it in config.yml or pass {flag} URL"),
+        )
+    })
+}
+
+/// A whole number from a config.yml key within `range`, `default` when the key is missing; an
+/// invalid value is an error naming the key and the value.
+pub fn config_number(
+    cfg: &TutorConfig,
+    key: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+    what: &str,
+) -> Result<i64, SettingsError> {
+    let Some(text) = config_text(cfg, key) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<i64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(
+            format!("config.yml {key}"),
+            format!("{text} is not {what}; fix it in config.yml"),
+        )),
+    }
+}
+
+/// A host name from a config.yml key, `default` when the key is missing; an empty value or one
+/// holding characters no host has is an error naming the key.
+pub fn config_host(
+    cfg: &TutorConfig,
+    key: &str,
+    default: &str,
+    flag: &str,
+) -> Result<String, SettingsError> {
+    let Some(text) = config_text(cfg, key) else {
+        return Ok(default.to_string());
+    };
+    check_host(&text).map_err(|detail| {
+        invalid(
+            format!("config.yml {key}"),
+            format!("{detail}; fix it in config.yml or pass {flag} URL"),
+        )
+    })?;
+    Ok(text)
+}
+
+/// Whether text can be a host name or address (brackets allowed around an IPv6 address).
+pub fn check_host(host: &str) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if bare
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "@/?#[]\\%,<>\"'`{}|^".contains(c))
+    {
+        return Err(format!("`{host}` is not a host name or address"));
+    }
+    Ok(())
+}
+
+/// Characters left as they are in the user part of a URL offload writes: RFC 3986's unreserved
+/// ones. Everything else (`@`, `:`, `/`, `%`, non-ASCII, ...) is percent-encoded, so that parsing
+/// the URL gives back the same user.
+pub const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A user name (or other URL part) percent-encoded for the user part of a URL.
+pub fn encode_userinfo(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, USERINFO).to_string()
+}
+
+/// When a URL that did not parse has a user part, the advice to percent-encode the reserved
+/// characters it holds, showing each character's encoding, never the user or password itself.
+pub fn userinfo_hint(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r)?;
+    let userinfo = &rest[..rest.rfind('@')?];
+    let found: Vec<String> = [('@', "%40"), (':', "%3A"), ('/', "%2F"), ('%', "%25")]
+        .iter()
+        .filter(|(c, _)| {
+            // One `:` separates the user from the password.
+            let n = userinfo.matches(*c).count();
+            if *c == ':' {
+                n > 1
+            } else {
+                n > 0
+            }
+        })
+        .map(|(c, e)| format!("{c} as {e}"))
+        .collect();
+    let list = if found.is_empty() {
+        "@ as %40, : as %3A, / as %2F, % as %25".to_string()
+    } else {
+        found.join(", ")
+    };
+    Some(format!(
+        "if the user or password holds reserved characters, percent-encode them: {list}"
+    ))
+}
+
+/// A URL parse error with [`userinfo_hint`] added when it applies.
+pub fn with_userinfo_hint(url: &str, detail: String) -> String {
+    match userinfo_hint(url) {
+        Some(hint) => format!("{detail}; {hint}"),
+        None => detail,
+    }
+}
+
 /// One store's endpoint type, as the shared source/target resolution sees it.
 pub trait StoreEndpoint: Sized {
     /// For messages: `MySQL`.
@@ -198,8 +332,9 @@ pub struct SideSpec<'a, E> {
     pub password_file: Option<PathBuf>,
     /// The config.yml key of the password, used when neither URL, variable nor file has one.
     pub tutor_password: Option<(&'a TutorConfig, &'a str)>,
-    /// The endpoint config.yml describes, for a source no flag or record names.
-    pub from_config: Option<E>,
+    /// The endpoint config.yml describes, for a source no flag or record names; an invalid
+    /// config.yml value is an error only when this is what the source comes from.
+    pub from_config: Option<Result<E, SettingsError>>,
 }
 
 /// Resolve one side of a store and where its password came from. `record` is the store's part
@@ -246,7 +381,8 @@ pub fn resolve_side<E: StoreEndpoint>(
         return Ok((e, rec.secret));
     }
     match spec.from_config {
-        Some(mut e) => {
+        Some(from_config) => {
+            let mut e = from_config?;
             let secret = complete(&mut e)?;
             Ok((e, secret))
         }
@@ -257,5 +393,101 @@ pub fn resolve_side<E: StoreEndpoint>(
             format!("source {}", E::STORE),
             format!("no config.yml found in the Tutor root and no {flag} given; pass --tutor-root DIR or {flag} URL"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yml"), text).unwrap();
+        let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
+        (dir, cfg)
+    }
+
+    #[test]
+    fn ports_and_numbers_from_config_are_checked() {
+        let (_d, cfg) = tutor(
+            "MYSQL_PORT: 433060\nREDIS_PORT: 0\nMONGODB_PORT: abc\nA: 7\nB: -1\nGOOD: 3307\n",
+        );
+        let err = config_port(&cfg, "MYSQL_PORT", 3306, "--from-mysql")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config.yml MYSQL_PORT: 433060 is not a port (1-65535); fix it in config.yml or pass --from-mysql URL");
+        assert!(config_port(&cfg, "REDIS_PORT", 6379, "--from-redis").is_err());
+        assert!(config_port(&cfg, "MONGODB_PORT", 27017, "--from-mongodb").is_err());
+        assert_eq!(config_port(&cfg, "GOOD", 1, "--x").unwrap(), 3307);
+        assert_eq!(config_port(&cfg, "MISSING", 3306, "--x").unwrap(), 3306);
+        assert_eq!(config_number(&cfg, "A", 0, 0..=15, "n").unwrap(), 7);
+        let err = config_number(&cfg, "B", 0, 0..=15, "a Redis database number")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.yml B") && err.contains("-1"), "{err}");
+        assert_eq!(config_number(&cfg, "MISSING", 1, 0..=15, "n").unwrap(), 1);
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in ["0", "65536", "-1", "", "80x"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+        for bad in ["", "a b", "a/b", "u@h", "[]"] {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
+        for good in ["db", "10.0.0.1", "[::1]", "::1", "db-1.example.org"] {
+            assert!(check_host(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn a_password_file_wins_over_the_environment_and_must_be_readable() {
+        let env = "OFFLOAD_UNIT_TEST_RESOLVE_PASSWORD";
+        std::env::set_var(env, "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let lookup = |file: Option<&'static Path>| PasswordLookup {
+            env,
+            file,
+            file_flag: "--to-mysql-password-file",
+            tutor: None,
+        };
+        let file: &'static Path = Box::leak(file.into_boxed_path());
+        let mut password = None;
+        let source = find_password(&mut password, &lookup(Some(file))).unwrap();
+        assert_eq!(password.unwrap().expose(), "from-file");
+        assert!(matches!(source, SecretSource::File(_)));
+
+        let missing: &'static Path = Box::leak(dir.path().join("nope").into_boxed_path());
+        let mut password = None;
+        let err = find_password(&mut password, &lookup(Some(missing)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--to-mysql-password-file") && err.contains("nope"),
+            "{err}"
+        );
+
+        let mut password = None;
+        let source = find_password(&mut password, &lookup(None)).unwrap();
+        assert_eq!(password.unwrap().expose(), "from-env");
+        assert_eq!(source, SecretSource::Env(env.into()));
+        std::env::remove_var(env);
+    }
+
+    #[test]
+    fn userinfo_hints_show_encodings_never_the_secret() {
+        let hint = userinfo_hint("mysql://root:pa/ss@w%rd@db:3306").unwrap();
+        assert!(
+            hint.contains("/ as %2F") && hint.contains("@ as %40") && hint.contains("% as %25"),
+            "{hint}"
+        );
+        assert!(
+            !hint.contains("pa/ss") && !hint.contains("w%rd") && !hint.contains("root"),
+            "{hint}"
+        );
+        assert!(userinfo_hint("mysql://db:3306").is_none());
+        assert_eq!(encode_userinfo("tgt:adm"), "tgt%3Aadm");
+        assert_eq!(encode_userinfo("a@b/c%d"), "a%40b%2Fc%25d");
+        assert_eq!(encode_userinfo("é-x.y_z~"), "%C3%A9-x.y_z~");
     }
 }

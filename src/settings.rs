@@ -157,11 +157,7 @@ impl Settings {
             .job
             .clone()
             .unwrap_or_else(|| default_job_dir(&tutor_root));
-        let tutor = if tutor_root.join("config.yml").is_file() {
-            Some(TutorConfig::load(&tutor_root)?)
-        } else {
-            None
-        };
+        let tutor = TutorConfig::load_if_present(&tutor_root)?;
 
         // Secrets a job found in config.yml come from config.yml as the job planned with it; after
         // a cutover that is the backup cutover made, not the rewritten file.

@@ -26,11 +26,7 @@ use crate::ui::print;
 
 fn load_tutor(args: &JobArgs) -> anyhow::Result<Option<TutorConfig>> {
     let root = tutor_root(args.tutor_root.as_deref());
-    if root.join("config.yml").is_file() {
-        Ok(Some(TutorConfig::load(&root)?))
-    } else {
-        Ok(None)
-    }
+    Ok(TutorConfig::load_if_present(&root)?)
 }
 
 /// What the stores' resolution needs besides their flags, for a reindex (no job record).

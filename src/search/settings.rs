@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::client::MeilisearchClient;
-use crate::resolve::{config_text, invalid, recover_password, SettingsError};
+use crate::resolve::{
+    check_host, config_text, invalid, recover_password, with_userinfo_hint, SettingsError,
+};
 use crate::secret::{Secret, SecretSource};
 use crate::tutor::TutorConfig;
 
@@ -15,7 +17,7 @@ use crate::tutor::TutorConfig;
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct SearchArgs {
     /// Target Meilisearch, e.g. http://search.internal:7700. Its master key comes from
-    /// --to-meilisearch-key-file or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
+    /// --to-meilisearch-key-file (first) or OFFLOAD_TO_MEILISEARCH_KEY, never from the command line.
     #[arg(long, value_name = "URL")]
     pub to_meilisearch: Option<String>,
 
@@ -38,20 +40,19 @@ pub const TO_KEY_ENV: &str = "OFFLOAD_TO_MEILISEARCH_KEY";
 /// Environment variable holding the old server's master key.
 pub const FROM_KEY_ENV: &str = "OFFLOAD_FROM_MEILISEARCH_KEY";
 
-/// The target client with its master key (environment first, then the key file); `None` when
-/// no target is named.
+/// The target client with its master key (the key file when the flag names one, else the
+/// environment); `None` when no target is named.
 pub fn target_client(
     args: &SearchArgs,
 ) -> Result<Option<(MeilisearchClient, Option<Secret>)>, SearchSettingsError> {
     let Some(url) = &args.to_meilisearch else {
         return Ok(None);
     };
-    let key = if let Ok(v) = std::env::var(TO_KEY_ENV) {
-        Some(Secret::new(v))
-    } else if let Some(path) = &args.to_meilisearch_key_file {
+    let url = &check_url("--to-meilisearch", url)?;
+    let key = if let Some(path) = &args.to_meilisearch_key_file {
         Some(read_key_file("--to-meilisearch-key-file", path)?)
     } else {
-        None
+        std::env::var(TO_KEY_ENV).ok().map(Secret::new)
     };
     if key.is_none() {
         tracing::warn!("no master key for the target Meilisearch (--to-meilisearch-key-file or {TO_KEY_ENV}); a server with a master key will refuse every request");
@@ -63,21 +64,24 @@ pub fn target_client(
 }
 
 /// The old server (`--from-meilisearch`, else config.yml's `MEILISEARCH_URL`) with its master key
-/// (environment, key file, else config.yml's `MEILISEARCH_MASTER_KEY`).
+/// (key file, environment, else config.yml's `MEILISEARCH_MASTER_KEY`).
 pub fn old_client(
     args: &SearchArgs,
     key_file: Option<&Path>,
     tutor: Option<&TutorConfig>,
 ) -> Result<Option<MeilisearchClient>, SearchSettingsError> {
-    let url = args
-        .from_meilisearch
-        .clone()
-        .or_else(|| tutor.and_then(|t| config_text(t, "MEILISEARCH_URL")));
-    let Some(url) = url else { return Ok(None) };
-    let key = if let Ok(v) = std::env::var(FROM_KEY_ENV) {
-        Some(Secret::new(v))
-    } else if let Some(path) = key_file {
+    let url = match (&args.from_meilisearch, tutor) {
+        (Some(flag), _) => check_url("--from-meilisearch", flag)?,
+        (None, Some(cfg)) => match config_text(cfg, "MEILISEARCH_URL") {
+            Some(text) => check_url("config.yml MEILISEARCH_URL", &text)?,
+            None => return Ok(None),
+        },
+        (None, None) => return Ok(None),
+    };
+    let key = if let Some(path) = key_file {
         Some(read_key_file("--from-meilisearch-key-file", path)?)
+    } else if let Ok(v) = std::env::var(FROM_KEY_ENV) {
+        Some(Secret::new(v))
     } else {
         tutor
             .and_then(|t| config_text(t, "MEILISEARCH_MASTER_KEY"))
@@ -120,17 +124,32 @@ pub struct MeilisearchSettings {
 }
 
 fn check_url(flag: &str, url: &str) -> Result<String, SettingsError> {
+    // A URL with a user part may hold a secret: it is not shown.
+    let shown = if url.contains('@') {
+        "the URL".to_string()
+    } else {
+        format!("`{url}`")
+    };
     let parsed = url::Url::parse(url.trim()).map_err(|e| {
         invalid(
             flag,
-            format!("`{url}` is not a URL ({e}); expected http(s)://host:port"),
+            with_userinfo_hint(
+                url,
+                format!("{shown} is not a URL ({e}); expected http(s)://host:port"),
+            ),
         )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(invalid(
             flag,
-            format!("`{url}` is not an http(s):// address; expected http(s)://host:port"),
+            format!("{shown} is not an http(s):// address; expected http(s)://host:port"),
         ));
+    }
+    if let Some(host) = parsed.host_str() {
+        check_host(host).map_err(|d| invalid(flag, d))?;
+    }
+    if parsed.port() == Some(0) {
+        return Err(invalid(flag, "0 is not a port (1-65535)"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid(
@@ -153,16 +172,14 @@ pub fn resolve(
         (None, Some(recorded)) => recorded.to_string(),
         (None, None) => return Ok(None),
     };
-    let (master_key, key_source) = if let Ok(v) = std::env::var(TO_KEY_ENV) {
-        (Some(Secret::new(v)), SecretSource::Env(TO_KEY_ENV.into()))
-    } else if let Some(path) = &inputs.to_meilisearch_key_file {
-        let key = crate::secret::read_secret_file(path).map_err(|e| SettingsError::File {
-            what: "--to-meilisearch-key-file".into(),
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+    // An explicit key file wins over the environment; a named file that cannot be read is an
+    // error even when the variable is set.
+    let (master_key, key_source) = if let Some(path) = &inputs.to_meilisearch_key_file {
+        let key = read_key_file("--to-meilisearch-key-file", path)?;
         let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         (Some(key), SecretSource::File(absolute))
+    } else if let Ok(v) = std::env::var(TO_KEY_ENV) {
+        (Some(Secret::new(v)), SecretSource::Env(TO_KEY_ENV.into()))
     } else if let Some(source) =
         rec("key").and_then(|v| serde_json::from_value::<SecretSource>(v.clone()).ok())
     {
@@ -242,5 +259,48 @@ mod tests {
         assert!(resolve(&SearchArgs::default(), None, None)
             .unwrap()
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_wins_over_the_environment_and_must_be_readable() {
+        // The only test that sets this variable; the others do not look at where the key is from.
+        std::env::set_var(TO_KEY_ENV, "from-env");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let with = |key_file: PathBuf| SearchArgs {
+            to_meilisearch: Some("http://m:7700".into()),
+            to_meilisearch_key_file: Some(key_file),
+            ..SearchArgs::default()
+        };
+        let s = resolve(&with(file.clone()), None, None).unwrap().unwrap();
+        assert_eq!(s.master_key.unwrap().expose(), "from-file");
+        assert!(matches!(s.key_source, SecretSource::File(_)));
+        let (_, key) = target_client(&with(file)).unwrap().unwrap();
+        assert_eq!(key.unwrap().expose(), "from-file");
+
+        let missing = dir.path().join("missing-key");
+        let err = resolve(&with(missing.clone()), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing-key"), "{err}");
+        assert!(target_client(&with(missing)).is_err());
+        std::env::remove_var(TO_KEY_ENV);
+    }
+
+    #[test]
+    fn bad_ports_and_hosts_are_refused_and_credentials_not_shown() {
+        for bad in ["http://m:0", "http://m:65536", "http://:7700", "junk"] {
+            assert!(check_url("--to-meilisearch", bad).is_err(), "{bad}");
+        }
+        let err = check_url("--to-meilisearch", "http://k:se/cret@m:7700")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("se/cret"), "{err}");
     }
 }

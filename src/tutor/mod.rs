@@ -41,6 +41,23 @@ pub enum TutorError {
     )]
     NotFound { root: PathBuf },
 
+    #[error(
+        "the Tutor root {} exists but cannot be read ({source}): check its permissions, or pass \
+         --tutor-root with the Tutor project root",
+        root.display()
+    )]
+    RootUnreadable {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error(
+        "{} is not a text file (it is not UTF-8): restore it from a backup or re-create it with \
+         `tutor config save`, or pass --tutor-root with the Tutor project root",
+        path.display()
+    )]
+    NotText { path: PathBuf },
+
     #[error("cannot read {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -286,6 +303,21 @@ impl TutorConfig {
         Self::load_with_env(root, env)
     }
 
+    /// Reads `<root>/config.yml` when there is one; `None` when the root or the file does not
+    /// exist. A root that exists but cannot be looked into is an error, not a missing file.
+    pub fn load_if_present(root: &Path) -> Result<Option<TutorConfig>, TutorError> {
+        match std::fs::metadata(root.join(CONFIG_FILENAME)) {
+            Ok(meta) if meta.is_file() => Self::load(root).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) if root.exists() => Err(TutorError::RootUnreadable {
+                root: root.to_owned(),
+                source,
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Reads `<root>/config.yml` with the given environment (only `TUTOR_*` names matter).
     pub fn load_with_env(
         root: &Path,
@@ -307,6 +339,9 @@ impl TutorConfig {
                 return Err(TutorError::NotFound {
                     root: root.to_owned(),
                 })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(TutorError::NotText { path })
             }
             Err(source) => return Err(TutorError::Read { path, source }),
         };
@@ -625,5 +660,33 @@ mod tests {
             ),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_binary_file_or_an_unreadable_root_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILENAME), [0xff, 0xfe, 0x00, 0x41]).unwrap();
+        let err = TutorConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(err, TutorError::NotText { .. }), "{err:?}");
+        assert!(err.to_string().contains("is not a text file"), "{err}");
+
+        // A missing root or file is no config.yml; a root that exists but cannot be looked into
+        // (here a file, as a test run by root reads any folder) is an error saying so.
+        assert!(TutorConfig::load_if_present(&dir.path().join("absent"))
+            .unwrap()
+            .is_none());
+        let empty = tempfile::tempdir().unwrap();
+        assert!(TutorConfig::load_if_present(empty.path())
+            .unwrap()
+            .is_none());
+        let not_a_folder = dir.path().join("plain-file");
+        std::fs::write(&not_a_folder, "x").unwrap();
+        let err = TutorConfig::load_if_present(&not_a_folder).unwrap_err();
+        assert!(matches!(err, TutorError::RootUnreadable { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("exists but cannot be read"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("not found"), "{err}");
     }
 }

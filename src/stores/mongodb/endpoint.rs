@@ -4,25 +4,12 @@
 
 use std::time::Duration;
 
+use crate::core::{ErrorKind, Side, StoreError, StoreKind};
+use crate::resolve::{check_host, encode_userinfo, parse_port, with_userinfo_hint};
+use crate::secret::Secret;
 use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::Client;
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-
-use crate::core::{ErrorKind, Side, StoreError, StoreKind};
-use crate::secret::Secret;
-
-/// Characters escaped in the user name of a URI we build.
-const USERINFO: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'@')
-    .add(b':')
-    .add(b'/')
-    .add(b'?')
-    .add(b'#')
-    .add(b'%')
-    .add(b'[')
-    .add(b']');
 
 /// One MongoDB deployment (a server, a replica set or an SRV name).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +30,33 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+/// Check one `host[:port]` (or `[v6]:port`) of a host list.
+fn check_host_port(item: &str) -> Result<(), String> {
+    let (host, port) = if let Some(v6) = item.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, rest)) => (
+                h,
+                Some(
+                    rest.strip_prefix(':')
+                        .ok_or_else(|| format!("in the MongoDB URI, `{item}` is not host:port"))?,
+                ),
+            ),
+            None => return Err(format!("in the MongoDB URI, `{item}` lacks its `]`")),
+        }
+    } else {
+        match item.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (item, None),
+        }
+    };
+    check_host(host).map_err(|d| format!("in the MongoDB URI, {d}"))?;
+    if let Some(port) = port {
+        parse_port(port).map_err(|d| format!("in the MongoDB URI, {d}"))?;
+    }
+    Ok(())
 }
 
 impl MongoEndpoint {
@@ -66,10 +80,19 @@ impl MongoEndpoint {
             None => (None, authority),
         };
         if hosts.is_empty() {
-            return Err("the MongoDB URI has no host".into());
+            return Err(with_userinfo_hint(
+                uri,
+                "the MongoDB URI has no host".into(),
+            ));
         }
         if srv && hosts.contains([',', ':']) {
-            return Err("a mongodb+srv:// URI names one host without a port".into());
+            return Err(with_userinfo_hint(
+                uri,
+                "a mongodb+srv:// URI names one host without a port".into(),
+            ));
+        }
+        for host in hosts.split(',') {
+            check_host_port(host).map_err(|d| with_userinfo_hint(uri, d))?;
         }
         let (user, password) = match userinfo {
             Some(info) => {
@@ -168,13 +191,13 @@ impl MongoEndpoint {
             "mongodb://"
         });
         if let Some(u) = &self.user {
-            s.push_str(&utf8_percent_encode(u, USERINFO).to_string());
+            s.push_str(&encode_userinfo(u));
             s.push('@');
         }
         s.push_str(&self.hosts);
         s.push('/');
         if let Some(db) = &self.path_db {
-            s.push_str(&utf8_percent_encode(db, USERINFO).to_string());
+            s.push_str(&encode_userinfo(db));
         }
         if !self.options.is_empty() {
             s.push('?');
@@ -435,5 +458,65 @@ mod tests {
         let plain = MongoEndpoint::parse("mongodb://127.0.0.1:27117").unwrap();
         assert_eq!(plain.public_url(), "mongodb://127.0.0.1:27117/");
         assert!(MongoEndpoint::parse("mongodb://h/?tls=true").unwrap().tls());
+    }
+
+    const USERS: &[&str] = &[
+        "tgt:adm",
+        "a@b",
+        "x/y",
+        "p%q",
+        "ünï cødé",
+        "plain",
+        "a?b#c&d=e+f",
+    ];
+
+    #[test]
+    fn the_public_url_parses_back_to_the_same_endpoint() {
+        for user in USERS {
+            for (srv, hosts) in [
+                (false, "db1.example.org:27017"),
+                (false, "a:27017,b:27018,[::1]:27019"),
+                (false, "solo"),
+                (true, "cluster0.example.org"),
+            ] {
+                let e = MongoEndpoint {
+                    srv,
+                    user: Some(user.to_string()),
+                    password: None,
+                    hosts: hosts.into(),
+                    path_db: Some("ad min".into()),
+                    options: vec![
+                        ("authSource".into(), "admin".into()),
+                        ("replicaSet".into(), "rs0".into()),
+                    ],
+                };
+                let url = e.public_url();
+                assert_eq!(MongoEndpoint::parse(&url).as_ref(), Ok(&e), "{url}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ports_hosts_and_raw_reserved_characters_are_refused() {
+        for bad in [
+            "mongodb://h:0",
+            "mongodb://h:65536",
+            "mongodb://h:abc",
+            "mongodb://a:27017,:27018",
+            "mongodb://a:27017,,b",
+            "mongodb://u@:27017",
+            "mongodb://",
+            "mongodb://[::1",
+            "mongodb+srv://a:27017",
+            "junk",
+        ] {
+            assert!(MongoEndpoint::parse(bad).is_err(), "{bad}");
+        }
+        let err = MongoEndpoint::parse("mongodb://u:se/cret@h:27017").unwrap_err();
+        assert!(
+            err.contains("percent-encode") && err.contains("/ as %2F"),
+            "{err}"
+        );
+        assert!(!err.contains("se/cret"), "{err}");
     }
 }

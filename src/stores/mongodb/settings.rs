@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{MongoEndpoint, MongoOptions};
 use crate::core::Side;
 use crate::resolve::{
-    config_text, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
-    StoreEndpoint,
+    check_host, config_port, config_text, invalid, resolve_side, EndpointRecord, ResolveContext,
+    SettingsError, SideSpec, StoreEndpoint,
 };
 use crate::secret::{Secret, SecretSource};
 use crate::tutor::TutorConfig;
@@ -137,10 +137,20 @@ impl StoreEndpoint for MongoEndpoint {
 }
 
 /// The source MongoDB as Tutor's config.yml describes it (`MONGODB_*`, with Tutor's defaults).
-pub fn from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
+/// A value that is set but invalid (a port out of range, an empty host) is an error naming the
+/// key and the value.
+pub fn from_tutor(cfg: &TutorConfig) -> Result<MongoEndpoint, SettingsError> {
     let text = |k: &str| config_text(cfg, k).filter(|v| !v.is_empty());
     let host = text("MONGODB_HOST").unwrap_or_else(|| "mongodb".into());
-    let port = text("MONGODB_PORT").unwrap_or_else(|| "27017".into());
+    for one in host.split(',') {
+        check_host(one).map_err(|d| {
+            invalid(
+                "config.yml MONGODB_HOST",
+                format!("{d}; fix it in config.yml or pass --from-mongodb URI"),
+            )
+        })?;
+    }
+    let port = config_port(cfg, "MONGODB_PORT", 27017, "--from-mongodb")?;
     let mut e = MongoEndpoint {
         srv: false,
         user: text("MONGODB_USERNAME"),
@@ -162,7 +172,7 @@ pub fn from_tutor(cfg: &TutorConfig) -> MongoEndpoint {
     if let Some(rs) = text("MONGODB_REPLICA_SET") {
         e.set_option("replicaSet", &rs);
     }
-    e
+    Ok(e)
 }
 
 /// The source: the flag, else the job's record, else config.yml with Tutor's defaults; with its
@@ -286,5 +296,33 @@ impl MongoSettings {
             "optional_databases": self.options.optional_databases,
             "snapshot": self.options.snapshot,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_port_or_host_in_config_is_an_error_naming_it() {
+        let tutor = |text: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("config.yml"), text).unwrap();
+            TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap()
+        };
+        let err = from_tutor(&tutor("MONGODB_PORT: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MONGODB_PORT") && err.contains('0'), "{err}");
+        let err = from_tutor(&tutor("MONGODB_HOST: a/b\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MONGODB_HOST") && err.contains("a/b"), "{err}");
+        let e = from_tutor(&tutor("MONGODB_HOST: m1\nMONGODB_PORT: 27018\n")).unwrap();
+        assert_eq!(e.hosts, "m1:27018");
+        assert_eq!(
+            from_tutor(&tutor("PLUGINS: []\n")).unwrap().hosts,
+            "mongodb:27017"
+        );
     }
 }

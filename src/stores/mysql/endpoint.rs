@@ -6,6 +6,7 @@ use std::time::Duration;
 use mysql_async::{Opts, OptsBuilder, PoolConstraints, PoolOpts, SslOpts};
 
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
+use crate::resolve::{check_host, encode_userinfo, with_userinfo_hint};
 use crate::secret::Secret;
 
 /// One MySQL server as offload connects to it.
@@ -30,7 +31,10 @@ impl MysqlEndpoint {
     /// Parse `mysql://[user[:password]@]host[:port][/][?ssl-mode=...]`.
     pub fn parse(url: &str) -> Result<MysqlEndpoint, String> {
         let parsed = url::Url::parse(url).map_err(|e| {
-            format!("not a MySQL URL ({e}); expected mysql://user:password@host:port")
+            with_userinfo_hint(
+                url,
+                format!("not a MySQL URL ({e}); expected mysql://user:password@host:port"),
+            )
         })?;
         if parsed.scheme() != "mysql" && parsed.scheme() != "mariadb" {
             return Err(format!(
@@ -41,9 +45,13 @@ impl MysqlEndpoint {
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or("the MySQL URL has no host")?
+            .ok_or_else(|| with_userinfo_hint(url, "the MySQL URL has no host".into()))?
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
+        check_host(&host).map_err(|d| with_userinfo_hint(url, format!("in the MySQL URL, {d}")))?;
+        if parsed.port() == Some(0) {
+            return Err("in the MySQL URL, 0 is not a port (1-65535)".into());
+        }
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
@@ -95,7 +103,12 @@ impl MysqlEndpoint {
             TlsMode::Required => "?ssl-mode=required",
             TlsMode::VerifyIdentity => "?ssl-mode=verify_identity",
         };
-        format!("mysql://{}@{}{}", self.user, self.address(), tls)
+        format!(
+            "mysql://{}@{}{}",
+            encode_userinfo(&self.user),
+            self.address(),
+            tls
+        )
     }
 
     /// Driver options; `setup` runs on every new connection and after every reset.
@@ -194,5 +207,61 @@ mod tests {
         assert!(!format!("{e:?}").contains("p@ss"));
         assert!(MysqlEndpoint::parse("redis://x").is_err());
         assert_eq!(MysqlEndpoint::parse("mysql://h").unwrap().port, 3306);
+    }
+
+    const USERS: &[&str] = &[
+        "tgt:adm",
+        "a@b",
+        "x/y",
+        "p%q",
+        "ünï cødé",
+        "plain",
+        "a?b#c&d=e+f",
+    ];
+
+    #[test]
+    fn the_public_url_parses_back_to_the_same_endpoint() {
+        for user in USERS {
+            for host in ["db.example.org", "10.0.0.5", "::1"] {
+                for tls in [
+                    TlsMode::Disabled,
+                    TlsMode::Required,
+                    TlsMode::VerifyIdentity,
+                ] {
+                    let e = MysqlEndpoint {
+                        host: host.into(),
+                        port: 3307,
+                        user: user.to_string(),
+                        password: None,
+                        tls,
+                    };
+                    let url = e.public_url();
+                    assert_eq!(MysqlEndpoint::parse(&url).as_ref(), Ok(&e), "{url}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ports_hosts_and_raw_reserved_characters_are_refused() {
+        for bad in [
+            "mysql://h:0",
+            "mysql://h:65536",
+            "mysql://h:99999999",
+            "mysql://h:abc",
+            "mysql://:3306",
+            "mysql://u@:3306",
+            "mysql://",
+            "mysql://a b:3306",
+            "junk",
+        ] {
+            assert!(MysqlEndpoint::parse(bad).is_err(), "{bad}");
+        }
+        let err = MysqlEndpoint::parse("mysql://root:se/cr%et@db:3306").unwrap_err();
+        assert!(
+            err.contains("percent-encode") && err.contains("/ as %2F"),
+            "{err}"
+        );
+        assert!(!err.contains("se/cr") && !err.contains("cr%et"), "{err}");
     }
 }

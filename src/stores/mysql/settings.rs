@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{AppUser, MysqlEndpoint, MysqlOptions, TlsMode};
 use crate::core::Side;
 use crate::resolve::{
-    config_text, invalid, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
-    StoreEndpoint,
+    config_host, config_port, config_text, invalid, resolve_side, EndpointRecord, ResolveContext,
+    SettingsError, SideSpec, StoreEndpoint,
 };
 use crate::secret::{Secret, SecretSource};
 use crate::tutor::TutorConfig;
@@ -84,17 +84,23 @@ impl StoreEndpoint for MysqlEndpoint {
 }
 
 /// The source MySQL as Tutor's config.yml describes it (`MYSQL_*`, with Tutor's defaults), without
-/// its password.
-pub fn from_tutor(cfg: &TutorConfig) -> MysqlEndpoint {
-    MysqlEndpoint {
-        host: config_text(cfg, "MYSQL_HOST").unwrap_or_else(|| "mysql".into()),
-        port: config_text(cfg, "MYSQL_PORT")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(3306),
-        user: config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into()),
+/// its password. A value that is set but invalid (a port out of range, an empty host) is an error
+/// naming the key and the value.
+pub fn from_tutor(cfg: &TutorConfig) -> Result<MysqlEndpoint, SettingsError> {
+    let user = config_text(cfg, "MYSQL_ROOT_USERNAME").unwrap_or_else(|| "root".into());
+    if user.is_empty() {
+        return Err(invalid(
+            "config.yml MYSQL_ROOT_USERNAME",
+            "is empty; fix it in config.yml or pass --from-mysql URL",
+        ));
+    }
+    Ok(MysqlEndpoint {
+        host: config_host(cfg, "MYSQL_HOST", "mysql", "--from-mysql")?,
+        port: config_port(cfg, "MYSQL_PORT", 3306, "--from-mysql")?,
+        user,
         password: None,
         tls: TlsMode::Disabled,
-    }
+    })
 }
 
 /// The source: the flag, else the job's record, else config.yml; with its password.
@@ -208,5 +214,76 @@ impl MysqlSettings {
             "databases": self.options.databases,
             "exclude": self.options.exclude,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::TargetsFile;
+
+    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yml"), text).unwrap();
+        let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
+        (dir, cfg)
+    }
+
+    fn context<'a>(cfg: &'a TutorConfig, targets: &'a TargetsFile) -> ResolveContext<'a> {
+        ResolveContext {
+            tutor: Some(cfg),
+            tutor_root: cfg.root(),
+            tutor_root_flag: true,
+            targets,
+            batch_rows: None,
+            create_users: false,
+            deep: false,
+        }
+    }
+
+    #[test]
+    fn an_invalid_config_value_is_an_error_only_when_the_source_comes_from_it() {
+        let (_d, cfg) = tutor("MYSQL_HOST: db\nMYSQL_PORT: 433060\n");
+        let targets = TargetsFile::default();
+        let ctx = context(&cfg, &targets);
+        let args = MysqlArgs {
+            to_mysql: Some("mysql://root@t:3306".into()),
+            ..MysqlArgs::default()
+        };
+        let err = resolve(&args, &ctx, None).unwrap_err().to_string();
+        assert!(
+            err.contains("MYSQL_PORT") && err.contains("433060"),
+            "{err}"
+        );
+        let args = MysqlArgs {
+            from_mysql: Some("mysql://root@s:3306".into()),
+            ..args
+        };
+        assert_eq!(resolve(&args, &ctx, None).unwrap().source.host, "s");
+
+        let (_d, cfg) = tutor("MYSQL_HOST: ''\n");
+        let err = from_tutor(&cfg).unwrap_err().to_string();
+        assert!(err.contains("MYSQL_HOST"), "{err}");
+        let (_d, cfg) = tutor("PLUGINS: []\n");
+        let e = from_tutor(&cfg).unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("mysql", 3306));
+    }
+
+    #[test]
+    fn a_recorded_user_with_reserved_characters_comes_back() {
+        let (_d, cfg) = tutor("MYSQL_HOST: db\n");
+        let targets = TargetsFile::default();
+        let ctx = context(&cfg, &targets);
+        let args = MysqlArgs {
+            from_mysql: Some("mysql://src%3Aadm@s:3306".into()),
+            to_mysql: Some("mysql://tgt%3Aadm%40x%2Fy%25z@t:3307".into()),
+            ..MysqlArgs::default()
+        };
+        let settings = resolve(&args, &ctx, None).unwrap();
+        assert_eq!(settings.target.user, "tgt:adm@x/y%z");
+        let record = settings.record();
+        let again = resolve(&MysqlArgs::default(), &ctx, Some(&record)).unwrap();
+        assert_eq!(again.source, settings.source);
+        assert_eq!(again.target, settings.target);
     }
 }

@@ -13,6 +13,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
 
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
+use crate::resolve::{check_host, with_userinfo_hint};
 use crate::secret::Secret;
 
 /// Where an endpoint's access key and secret key were found; recorded in the job (never the keys).
@@ -79,7 +80,7 @@ impl S3Endpoint {
             return Ok(e);
         }
         let parsed = url::Url::parse(trimmed).map_err(|err| {
-            format!("not an S3 endpoint URL ({err}); expected http(s)://host:port, optionally with access-key:secret-key@, or `aws`")
+            with_userinfo_hint(trimmed, format!("not an S3 endpoint URL ({err}); expected http(s)://host:port, optionally with access-key:secret-key@, or `aws`"))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!(
@@ -90,7 +91,11 @@ impl S3Endpoint {
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or("the S3 URL has no host")?;
+            .ok_or_else(|| with_userinfo_hint(trimmed, "the S3 URL has no host".into()))?;
+        check_host(host).map_err(|d| with_userinfo_hint(trimmed, format!("in the S3 URL, {d}")))?;
+        if parsed.port() == Some(0) {
+            return Err("in the S3 URL, 0 is not a port (1-65535)".into());
+        }
         if parsed.path() != "/" && !parsed.path().is_empty() {
             return Err(format!(
                 "the S3 URL has a path ({}); give only the endpoint, and buckets with --buckets / --bucket-map",
@@ -435,5 +440,44 @@ mod tests {
             ]
         );
         assert!(ini_section(text, "missing").is_none());
+    }
+
+    #[test]
+    fn keys_with_reserved_characters_parse_and_the_public_url_parses_back() {
+        let enc = crate::resolve::encode_userinfo;
+        for access in ["tgt:adm", "a@b", "x/y", "p%q", "ünï cødé"] {
+            for host in ["s3.example.org:9000", "[::1]:9000", "10.0.0.1"] {
+                let url = format!("https://{}:{}@{host}", enc(access), enc("se:c/r@t%"));
+                let e = S3Endpoint::parse(&url).unwrap();
+                assert_eq!(e.access_key.as_deref(), Some(access), "{url}");
+                assert_eq!(e.secret_key.as_ref().unwrap().expose(), "se:c/r@t%");
+                let shown = e.public_url();
+                assert!(!shown.contains('@'), "{shown}");
+                let back = S3Endpoint::parse(&shown).unwrap();
+                assert_eq!(back.url, e.url, "{shown}");
+                assert_eq!(back.public_url(), shown);
+                assert_eq!(back.credentials, CredentialSource::None);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ports_hosts_and_raw_reserved_characters_are_refused() {
+        for bad in [
+            "http://h:0",
+            "http://h:65536",
+            "http://h:abc",
+            "http://:9000",
+            "http://",
+            "junk",
+        ] {
+            assert!(S3Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        let err = S3Endpoint::parse("http://AK:se/cret@h:9000").unwrap_err();
+        assert!(
+            err.contains("percent-encode") && err.contains("/ as %2F"),
+            "{err}"
+        );
+        assert!(!err.contains("se/cret"), "{err}");
     }
 }

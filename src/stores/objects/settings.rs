@@ -26,8 +26,8 @@ pub struct ObjectsArgs {
     pub from_s3: Option<String>,
 
     /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
-    /// Keys may instead come from OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY,
-    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or a profile (--s3-profile, AWS_PROFILE).
+    /// Keys may instead come from a profile named by --s3-profile (first), OFFLOAD_TO_S3_ACCESS_KEY /
+    /// OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.
     #[arg(long, value_name = "URL")]
     pub to_s3: Option<String>,
 
@@ -236,7 +236,9 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Fill in an endpoint's keys from the first place that has them.
+/// Fill in an endpoint's keys from the first place that has them: the URL, then an explicit
+/// `--s3-profile` (a flag wins over the environment), then the variables, config.yml (source),
+/// `AWS_*` variables and the `AWS_PROFILE` or default profile (target).
 fn find_keys(
     e: &mut S3Endpoint,
     side: &str,
@@ -255,6 +257,9 @@ fn find_keys(
             }
         }
         return Ok(());
+    }
+    if side != "source" && profile.is_some() {
+        return keys_from_profile(e, profile);
     }
     let prefix = if side == "source" {
         "OFFLOAD_FROM_S3"
@@ -315,6 +320,12 @@ fn find_keys(
         };
         return Ok(());
     }
+    keys_from_profile(e, profile)
+}
+
+/// Keys from a profile of the AWS shared credentials file: `profile` (the flag), else
+/// `AWS_PROFILE`, else `default`. A profile named by the flag must have them.
+fn keys_from_profile(e: &mut S3Endpoint, profile: Option<&str>) -> Result<(), SettingsError> {
     let name = profile
         .map(str::to_string)
         .or_else(|| env("AWS_PROFILE"))
@@ -497,8 +508,12 @@ pub fn resolve(
         } else {
             "http"
         };
-        let mut e = S3Endpoint::parse(&format!("{scheme}://{host}"))
-            .map_err(|d| invalid("MINIO_HOST", d))?;
+        let mut e = S3Endpoint::parse(&format!("{scheme}://{host}")).map_err(|d| {
+            invalid(
+                "config.yml MINIO_HOST",
+                format!("{host}: {d}; fix it in config.yml or pass --from-s3 URL"),
+            )
+        })?;
         find_keys(&mut e, "source", tutor, None)?;
         let buckets = if inputs.buckets.is_empty() {
             minio_buckets(cfg)

@@ -12,6 +12,7 @@ use redis::{
 };
 
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
+use crate::resolve::{check_host, encode_userinfo, with_userinfo_hint};
 use crate::secret::Secret;
 
 /// TLS settings of a `rediss://` URL.
@@ -40,8 +41,8 @@ impl RedisEndpoint {
     /// Parse `redis[s]://[user[:password]@]host[:port][/db][?insecure=true&ca=FILE]`.
     pub fn parse(url: &str) -> Result<RedisEndpoint, String> {
         let expected = "expected redis://[user[:password]@]host:port[/db] or rediss://... for TLS";
-        let parsed =
-            url::Url::parse(url).map_err(|e| format!("not a Redis URL ({e}); {expected}"))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| with_userinfo_hint(url, format!("not a Redis URL ({e}); {expected}")))?;
         let tls = match parsed.scheme() {
             "redis" => false,
             "rediss" => true,
@@ -54,9 +55,15 @@ impl RedisEndpoint {
         let host = parsed
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("the Redis URL has no host; {expected}"))?
+            .ok_or_else(|| {
+                with_userinfo_hint(url, format!("the Redis URL has no host; {expected}"))
+            })?
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
+        check_host(&host).map_err(|d| with_userinfo_hint(url, format!("in the Redis URL, {d}")))?;
+        if parsed.port() == Some(0) {
+            return Err("in the Redis URL, 0 is not a port (1-65535)".into());
+        }
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
@@ -117,9 +124,7 @@ impl RedisEndpoint {
 
     /// The URL without its password.
     pub fn public_url(&self) -> String {
-        let enc = |s: &str| {
-            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
+        let enc = encode_userinfo;
         let scheme = if self.tls.is_some() {
             "rediss"
         } else {
@@ -333,5 +338,62 @@ mod tests {
                 .unwrap()
                 .insecure
         );
+    }
+
+    const USERS: &[&str] = &[
+        "tgt:adm",
+        "a@b",
+        "x/y",
+        "p%q",
+        "ünï cødé",
+        "plain",
+        "a?b#c&d=e+f",
+    ];
+
+    #[test]
+    fn the_public_url_parses_back_to_the_same_endpoint() {
+        for user in USERS {
+            for host in ["cache.example.org", "::1"] {
+                for tls in [
+                    None,
+                    Some(RedisTls {
+                        insecure: true,
+                        ca_file: Some(PathBuf::from("/etc/my ca/ca%1.pem")),
+                    }),
+                ] {
+                    let e = RedisEndpoint {
+                        host: host.into(),
+                        port: 6380,
+                        username: Some(user.to_string()),
+                        password: None,
+                        tls,
+                        db: Some(2),
+                    };
+                    let url = e.public_url();
+                    assert_eq!(RedisEndpoint::parse(&url).as_ref(), Ok(&e), "{url}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ports_hosts_and_raw_reserved_characters_are_refused() {
+        for bad in [
+            "redis://h:0",
+            "redis://h:65536",
+            "redis://h:abc",
+            "redis://:6379",
+            "redis://u@:6379",
+            "redis://",
+            "junk",
+        ] {
+            assert!(RedisEndpoint::parse(bad).is_err(), "{bad}");
+        }
+        let err = RedisEndpoint::parse("redis://u:se/cret@h:6379").unwrap_err();
+        assert!(
+            err.contains("percent-encode") && err.contains("/ as %2F"),
+            "{err}"
+        );
+        assert!(!err.contains("se/cret"), "{err}");
     }
 }

@@ -9,8 +9,8 @@ use serde_json::json;
 use super::{CopyMode, DbChoice, RedisEndpoint, RedisOptions};
 use crate::core::Side;
 use crate::resolve::{
-    config_text, invalid, resolve_side, EndpointRecord, ResolveContext, SettingsError, SideSpec,
-    StoreEndpoint,
+    config_host, config_number, config_port, config_text, invalid, resolve_side, EndpointRecord,
+    ResolveContext, SettingsError, SideSpec, StoreEndpoint,
 };
 use crate::secret::{Secret, SecretSource};
 
@@ -103,15 +103,15 @@ pub fn resolve(
             url: args.from_redis.clone(),
             password_file: args.from_redis_password_file.clone(),
             tutor_password: tutor.map(|t| (t, "REDIS_PASSWORD")),
-            from_config: tutor.map(|cfg| RedisEndpoint {
-                host: config_text(cfg, "REDIS_HOST").unwrap_or_else(|| "redis".into()),
-                port: config_text(cfg, "REDIS_PORT")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(6379),
-                username: config_text(cfg, "REDIS_USERNAME").filter(|u| !u.is_empty()),
-                password: None,
-                tls: None,
-                db: None,
+            from_config: tutor.map(|cfg| {
+                Ok(RedisEndpoint {
+                    host: config_host(cfg, "REDIS_HOST", "redis", "--from-redis")?,
+                    port: config_port(cfg, "REDIS_PORT", 6379, "--from-redis")?,
+                    username: config_text(cfg, "REDIS_USERNAME").filter(|u| !u.is_empty()),
+                    password: None,
+                    tls: None,
+                    db: None,
+                })
             }),
         },
         recorded,
@@ -141,11 +141,15 @@ pub fn resolve(
         args.redis_dbs.clone()
     };
     let dbs = databases(&dbs_text, &source, &target)?;
-    let config_db = |key: &str, default: i64| {
-        tutor
-            .and_then(|t| config_text(t, key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
+    let config_db = |key: &str, default: i64| match tutor {
+        Some(cfg) => config_number(
+            cfg,
+            key,
+            default,
+            0..=i64::from(i32::MAX),
+            "a Redis database number (0 or more)",
+        ),
+        None => Ok(default),
     };
     Ok(RedisSettings {
         source,
@@ -154,8 +158,8 @@ pub fn resolve(
         target_secret,
         options: RedisOptions {
             dbs,
-            celery_db: config_db("OPENEDX_CELERY_REDIS_DB", 0),
-            cache_db: config_db("OPENEDX_CACHE_REDIS_DB", 1),
+            celery_db: config_db("OPENEDX_CELERY_REDIS_DB", 0)?,
+            cache_db: config_db("OPENEDX_CACHE_REDIS_DB", 1)?,
             batch_keys: ctx.batch_rows.unwrap_or(RedisOptions::default().batch_keys),
             mode: if args.redis_typed {
                 CopyMode::Typed
@@ -223,5 +227,67 @@ impl RedisSettings {
             "target": EndpointRecord { url: self.target.public_url(), secret: self.target_secret.clone() },
             "dbs": self.options.dbs.iter().map(|d| d.render()).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::TargetsFile;
+    use crate::tutor::TutorConfig;
+
+    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yml"), text).unwrap();
+        let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
+        (dir, cfg)
+    }
+
+    fn context<'a>(cfg: &'a TutorConfig, targets: &'a TargetsFile) -> ResolveContext<'a> {
+        ResolveContext {
+            tutor: Some(cfg),
+            tutor_root: cfg.root(),
+            tutor_root_flag: true,
+            targets,
+            batch_rows: None,
+            create_users: false,
+            deep: false,
+        }
+    }
+
+    fn args(from: Option<&str>) -> RedisArgs {
+        RedisArgs {
+            from_redis: from.map(str::to_string),
+            to_redis: Some("redis://t:6379".into()),
+            ..RedisArgs::default()
+        }
+    }
+
+    #[test]
+    fn invalid_ports_and_database_numbers_in_config_are_errors() {
+        let targets = TargetsFile::default();
+        let (_d, cfg) = tutor("REDIS_PORT: 70000\n");
+        let err = resolve(&args(None), &context(&cfg, &targets), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REDIS_PORT") && err.contains("70000"), "{err}");
+        assert!(resolve(
+            &args(Some("redis://s:6379")),
+            &context(&cfg, &targets),
+            None
+        )
+        .is_ok());
+
+        for key in ["OPENEDX_CELERY_REDIS_DB", "OPENEDX_CACHE_REDIS_DB"] {
+            let (_d, cfg) = tutor(&format!("{key}: two\n"));
+            let err = resolve(&args(None), &context(&cfg, &targets), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("two"), "{err}");
+        }
+        let (_d, cfg) = tutor("OPENEDX_CELERY_REDIS_DB: 4\n");
+        let s = resolve(&args(None), &context(&cfg, &targets), None).unwrap();
+        assert_eq!((s.options.celery_db, s.options.cache_db), (4, 1));
+        assert_eq!(s.source.port, 6379);
     }
 }
