@@ -141,7 +141,7 @@ pub fn find_password(
 pub fn recover_password(
     source: &SecretSource,
     store: &str,
-    side: &str,
+    side: Side,
     url_env: &str,
     tutor: Option<&TutorConfig>,
 ) -> Result<Option<Secret>, SettingsError> {
@@ -150,7 +150,7 @@ pub fn recover_password(
         SecretSource::None => None,
         SecretSource::Url => Some(Secret::new(std::env::var(url_env).map_err(|_| {
             SettingsError::SecretNotRecoverable {
-                side: side.into(),
+                side: side.to_string(),
                 store: store.into(),
                 env: url_env.into(),
             }
@@ -376,7 +376,7 @@ pub fn resolve_side<E: StoreEndpoint>(
         let mut e = E::parse_url(&rec.url)
             .map_err(|d| invalid(format!("the job's {} {} URL", spec.side, E::STORE), d))?;
         if let Some(slot) = e.password_slot() {
-            *slot = recover_password(&rec.secret, E::STORE, &spec.side.to_string(), &env, tutor)?;
+            *slot = recover_password(&rec.secret, E::STORE, spec.side, &env, tutor)?;
         }
         return Ok((e, rec.secret));
     }

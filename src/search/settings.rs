@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::client::MeilisearchClient;
+use crate::core::Side;
 use crate::resolve::{
     check_host, config_text, invalid, recover_password, with_userinfo_hint, SettingsError,
 };
@@ -184,7 +185,7 @@ pub fn resolve(
         rec("key").and_then(|v| serde_json::from_value::<SecretSource>(v.clone()).ok())
     {
         (
-            recover_password(&source, "Meilisearch", "target", TO_KEY_ENV, tutor)?,
+            recover_password(&source, "Meilisearch", Side::Target, TO_KEY_ENV, tutor)?,
             source,
         )
     } else {

@@ -12,6 +12,7 @@ use super::{
     CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, Profile,
     S3Endpoint, MIN_PART_SIZE,
 };
+use crate::core::Side;
 use crate::resolve::{config_text, invalid, ResolveContext, SettingsError};
 use crate::secret::Secret;
 use crate::tutor::TutorConfig;
@@ -241,16 +242,13 @@ fn env(name: &str) -> Option<String> {
 /// `AWS_*` variables and the `AWS_PROFILE` or default profile (target).
 fn find_keys(
     e: &mut S3Endpoint,
-    side: &str,
+    side: Side,
     tutor: Option<&TutorConfig>,
     profile: Option<&str>,
 ) -> Result<(), SettingsError> {
     if e.credentials == CredentialSource::Url {
         if e.secret_key.is_none() {
-            let var = format!(
-                "OFFLOAD_{}_S3_SECRET_KEY",
-                if side == "source" { "FROM" } else { "TO" }
-            );
+            let var = format!("OFFLOAD_{}_S3_SECRET_KEY", side.env_prefix());
             e.secret_key = env(&var).map(Secret::new);
             if e.secret_key.is_none() {
                 return Err(invalid(format!("the {side} S3 URL"), format!("it names an access key but no secret key; add it to the URL (key:secret@host) or set {var}")));
@@ -258,14 +256,10 @@ fn find_keys(
         }
         return Ok(());
     }
-    if side != "source" && profile.is_some() {
+    if side == Side::Target && profile.is_some() {
         return keys_from_profile(e, profile);
     }
-    let prefix = if side == "source" {
-        "OFFLOAD_FROM_S3"
-    } else {
-        "OFFLOAD_TO_S3"
-    };
+    let prefix = format!("OFFLOAD_{}_S3", side.env_prefix());
     let (ak, sk) = (
         format!("{prefix}_ACCESS_KEY"),
         format!("{prefix}_SECRET_KEY"),
@@ -280,7 +274,7 @@ fn find_keys(
         };
         return Ok(());
     }
-    if side == "source" {
+    if side == Side::Source {
         if let Some(cfg) = tutor {
             let access = config_text(cfg, "OPENEDX_AWS_ACCESS_KEY").filter(|v| !v.is_empty());
             let (secret_key, secret) = [
@@ -349,14 +343,10 @@ fn keys_from_profile(e: &mut S3Endpoint, profile: Option<&str>) -> Result<(), Se
 fn recover_keys(
     e: &mut S3Endpoint,
     source: &CredentialSource,
-    side: &str,
+    side: Side,
     tutor: Option<&TutorConfig>,
 ) -> Result<(), SettingsError> {
-    let prefix = if side == "source" {
-        "OFFLOAD_FROM_S3"
-    } else {
-        "OFFLOAD_TO_S3"
-    };
+    let prefix = format!("OFFLOAD_{}_S3", side.env_prefix());
     let need = |name: &str| {
         env(name).ok_or_else(|| {
             invalid(
@@ -418,7 +408,7 @@ fn recover_keys(
 
 fn reopen(
     rec: &serde_json::Value,
-    side: &str,
+    side: Side,
     tutor: Option<&TutorConfig>,
 ) -> Result<S3Endpoint, SettingsError> {
     let url = rec["url"].as_str().unwrap_or("aws");
@@ -469,7 +459,7 @@ pub fn resolve(
     let mut public_media = Vec::new();
     let source = if let Some(url) = &inputs.from_s3 {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--from-s3", d))?;
-        find_keys(&mut e, "source", tutor, None)?;
+        find_keys(&mut e, Side::Source, tutor, None)?;
         let buckets = if !inputs.buckets.is_empty() {
             inputs.buckets.clone()
         } else if let Some(b) = rec("source")
@@ -487,7 +477,7 @@ pub fn resolve(
             buckets,
         }
     } else if let Some(src) = rec("source").filter(|s| s["kind"] == "s3") {
-        let e = reopen(src, "source", tutor)?;
+        let e = reopen(src, Side::Source, tutor)?;
         let buckets: Vec<String> = if inputs.buckets.is_empty() {
             serde_json::from_value(src["buckets"].clone()).unwrap_or_default()
         } else {
@@ -514,7 +504,7 @@ pub fn resolve(
                 format!("{host}: {d}; fix it in config.yml or pass --from-s3 URL"),
             )
         })?;
-        find_keys(&mut e, "source", tutor, None)?;
+        find_keys(&mut e, Side::Source, tutor, None)?;
         let buckets = if inputs.buckets.is_empty() {
             minio_buckets(cfg)
         } else {
@@ -546,10 +536,10 @@ pub fn resolve(
     // Target.
     let mut target = if let Some(url) = target_url {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--to-s3", d))?;
-        find_keys(&mut e, "target", tutor, inputs.s3_profile.as_deref())?;
+        find_keys(&mut e, Side::Target, tutor, inputs.s3_profile.as_deref())?;
         e
     } else if let Some(t) = rec("target") {
-        reopen(t, "target", tutor)?
+        reopen(t, Side::Target, tutor)?
     } else {
         return Err(SettingsError::NoTarget { store: "s3".into() });
     };
