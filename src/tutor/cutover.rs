@@ -322,10 +322,11 @@ fn masked_text_diff(path: &Path, old_text: &str, new_text: &str, new_label: &str
             let _ = writeln!(out, "+{line}");
         }
     }
-    if old.is_empty() || new.is_empty() {
+    let shown_any = out.lines().any(|l| l.starts_with("@@ "));
+    if old.is_empty() || new.is_empty() || (!shown_any && old_text != new_text) {
         let _ = writeln!(
             out,
-            "(one of the files cannot be read as settings: compare them by hand)"
+            "(the files differ in a way offload cannot show setting by setting: compare them by hand)"
         );
     }
     out
@@ -1175,6 +1176,28 @@ pub fn rollback(root: &Path, force: bool, now: &str) -> Result<RolledBack, Tutor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_diff_shows_changed_settings_with_secrets_masked() {
+        let path = Path::new("/t/config.yml");
+        let old = "LMS_HOST: a.example.org\nMYSQL_ROOT_PASSWORD: s3cret-old\nZ: 1\n";
+        let new = "LMS_HOST: b.example.org\nMYSQL_ROOT_PASSWORD: s3cret-new\nZ: 1\n";
+        let diff = masked_text_diff(path, old, new, "after rollback");
+        assert!(
+            diff.contains("-LMS_HOST: a.example.org\n+LMS_HOST: b.example.org"),
+            "{diff}"
+        );
+        assert!(diff.contains("-MYSQL_ROOT_PASSWORD: ********"), "{diff}");
+        assert!(
+            !diff.contains("s3cret") && !diff.contains("@@ Z @@"),
+            "{diff}"
+        );
+        assert!(!diff.contains("compare them by hand"), "{diff}");
+
+        // Files that differ where no setting shows it say so.
+        let diff = masked_text_diff(path, "A: 1\nA: 2\n", "A: 1\nA: 3\n", "x");
+        assert!(diff.contains("compare them by hand"), "{diff}");
+    }
 
     #[test]
     fn debug_output_hides_secrets() {
