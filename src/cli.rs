@@ -242,6 +242,11 @@ pub struct RollbackArgs {
     /// Tutor root holding config.yml and its backups.
     #[arg(long, value_name = "DIR")]
     pub tutor_root: Option<PathBuf>,
+
+    /// Roll back even though config.yml was changed after cutover; the current file is first
+    /// saved as config.yml.offload-before-rollback-<time> beside it.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

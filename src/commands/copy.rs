@@ -35,6 +35,7 @@ pub async fn open(args: &CopyArgs, out: Output) -> anyhow::Result<Job> {
     let request = OpenRequest {
         resume: args.resume,
         restart: args.restart,
+        if_exists: if_exists(args.if_exists),
     };
     open_job(&copy_inputs(args), request, out).await
 }

@@ -6,13 +6,14 @@ use super::{inputs, Outcome, Output};
 use crate::cli::CutoverArgs;
 use crate::core::catalog::Catalog;
 use crate::job::lock::JobLock;
-use crate::job::CutoverOutcome;
+use crate::job::{check_job_folder, CutoverOutcome};
 use crate::settings::Settings;
 use crate::ui::print;
 
 pub async fn cutover(args: CutoverArgs, out: Output) -> anyhow::Result<Outcome> {
     let inputs = inputs(&args.job);
     let job_dir = inputs.job_dir();
+    check_job_folder(&job_dir)?;
     // Held until the cutover ends; a dry run writes nothing and takes no lock.
     let _lock = (!args.dry_run && Catalog::exists(&job_dir))
         .then(|| JobLock::acquire(&job_dir))

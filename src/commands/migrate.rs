@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::copy::{copy_options, open};
 use super::cutover::report_forced;
-use super::verify::write_report;
+use super::verify::{check_output_path, write_report};
 use super::{reindex, report_thaw_failures, Outcome, Output};
 use crate::cli::MigrateArgs;
 use crate::core::plan::make_plan;
@@ -22,6 +22,9 @@ pub async fn migrate(
     out: Output,
     cancel: CancellationToken,
 ) -> anyhow::Result<Outcome> {
+    if let Some(path) = &args.report {
+        check_output_path(path, "--report")?;
+    }
     if args.dry_run {
         return dry_run(&args, out).await;
     }

@@ -22,6 +22,9 @@ pub async fn verify(
         deep: args.deep,
         ..inputs(&args.job)
     };
+    if let Some(path) = &args.report {
+        check_output_path(path, "--report")?;
+    }
     let job_dir = verify_inputs.job_dir();
     let options = VerifyOptions {
         parallel: args.job.parallel.max(1),
@@ -67,6 +70,46 @@ pub async fn verify(
     } else {
         Outcome::Differs
     })
+}
+
+/// Refuse an output file that could not be written, before any work: its folder must exist and
+/// be writable, and the path must not be a folder.
+pub fn check_output_path(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "{flag} {} is a folder: give the path of the file to write, e.g. {}",
+            path.display(),
+            path.join("report.html").display()
+        );
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist; create it, or choose another path. Nothing was done",
+            path.display(),
+            folder.display()
+        );
+    }
+    // Opening for append creates nothing that was not asked for, and does not change an
+    // existing file; a new file made here is removed again.
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "{flag} {} cannot be written; choose a writable path. Nothing was done",
+                path.display()
+            )
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 /// Write the HTML report.

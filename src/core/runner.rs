@@ -88,6 +88,24 @@ where
     }
 }
 
+/// The refusal of a target that already holds data for `occupied` units, before anything is
+/// written (`--if-exists refuse`).
+pub fn occupied_refusal(kind: StoreKind, host: String, occupied: &[String]) -> StoreError {
+    let shown: Vec<&str> = occupied.iter().take(5).map(|s| s.as_str()).collect();
+    StoreError::new(
+        kind,
+        host,
+        ErrorKind::TargetNotEmpty,
+        format!(
+            "the target already holds data for {} unit(s): {}{}",
+            occupied.len(),
+            shown.join(", "),
+            if occupied.len() > 5 { ", ..." } else { "" }
+        ),
+        "nothing was written. Empty the target, or choose --if-exists skip (keep what is there) or --if-exists replace (drop and copy again)",
+    )
+}
+
 enum UnitEnd {
     Copied { rows: u64, bytes: u64 },
     Interrupted,
@@ -179,21 +197,9 @@ impl Runner {
                 .collect();
             let occupied = store.occupied(&units).await?;
             if !occupied.is_empty() && self.options.if_exists == IfExists::Refuse {
-                let host = store.identity().target.address;
-                let shown: Vec<&str> = occupied.iter().take(5).map(|s| s.as_str()).collect();
-                return Err(StoreError::new(
-                    *kind,
-                    host,
-                    ErrorKind::TargetNotEmpty,
-                    format!(
-                        "the target already holds data for {} unit(s): {}{}",
-                        occupied.len(),
-                        shown.join(", "),
-                        if occupied.len() > 5 { ", ..." } else { "" }
-                    ),
-                    "nothing was written. Empty the target, or choose --if-exists skip (keep what is there) or --if-exists replace (drop and copy again)",
-                )
-                .into());
+                return Err(
+                    occupied_refusal(*kind, store.identity().target.address, &occupied).into(),
+                );
             }
             occupied_by_store.insert(*kind, (units, occupied));
         }
@@ -217,6 +223,12 @@ impl Runner {
                     self.catalog.set_state(u, UnitState::Skipped, None)?;
                     tracing::info!(store = %kind, unit = %u.name, "target holds data; skipped as --if-exists skip asks");
                 }
+            }
+            if self.options.if_exists == IfExists::Replace && !occupied.is_empty() {
+                // Recorded before anything is dropped.
+                let names = occupied.join(", ");
+                let message = format!("dropping what the target holds for {} unit(s) to copy them again, as --if-exists replace asks: {names}", occupied.len());
+                self.catalog.event("warn", Some(kind), None, &message)?;
             }
             store
                 .prepare_target(&units, self.options.if_exists, &occupied)

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::JobError;
-use crate::core::catalog::{Catalog, Verdict};
+use crate::core::catalog::{Catalog, PhaseOwner, Verdict};
+use crate::core::progress::Phase;
 use crate::core::StoreKind;
 use crate::resolve::config_text;
 use crate::search::settings::MeilisearchSettings;
@@ -186,6 +187,20 @@ fn reindexed(catalog: &Catalog) -> Result<Clearance, JobError> {
     })
 }
 
+/// The backup of the job's cutover when it is done and config.yml is still the file it wrote
+/// (its digest is the one recorded beside the backup).
+fn cut_over_to(catalog: &Catalog, digest: &str) -> Result<Option<PathBuf>, JobError> {
+    let done = catalog.phase(PhaseOwner::Job, Phase::Cutover)?;
+    let Some(backup) = done
+        .filter(|p| p.done_at.is_some())
+        .and_then(|p| p.detail)
+        .map(PathBuf::from)
+    else {
+        return Ok(None);
+    };
+    Ok((tutor::written_by_cutover(&backup).as_deref() == Some(digest)).then_some(backup))
+}
+
 /// A store cut over although it was not verified, because `--force` was given.
 #[derive(Debug, Clone, Serialize)]
 pub struct Forced {
@@ -226,6 +241,13 @@ pub fn cutover(
     // The file must be the one the job planned against.
     if let Some(planned) = setup.endpoints["tutor_config_digest"].as_str() {
         if planned != cfg.digest() {
+            if let Some(backup) = cut_over_to(catalog, &cfg.digest())? {
+                return Err(JobError::Refused(format!(
+                    "{} was already cut over by this job (the previous file is saved as {}): nothing to do. To go back to the old servers, run `offload rollback`",
+                    cfg.path().display(),
+                    backup.display()
+                )));
+            }
             return Err(JobError::Refused(format!(
                 "{} changed since this job planned the migration; check what changed, then plan and copy again (offload copy --restart) or restore the file",
                 cfg.path().display()
@@ -331,8 +353,8 @@ pub fn cutover(
         .map_err(|e| JobError::Refused(format!("formatting the backup timestamp: {e}")))?;
     let applied = tutor::apply_cutover(&settings.tutor_root, &plan, &cfg.digest(), &now)?;
     catalog.phase_done(
-        crate::core::catalog::PhaseOwner::Job,
-        crate::core::progress::Phase::Cutover,
+        PhaseOwner::Job,
+        Phase::Cutover,
         &applied.backup_path.display().to_string(),
     )?;
     outcome.config = Some(applied.config_path);

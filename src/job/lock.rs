@@ -9,6 +9,12 @@
 //! being taken (`F_OFD_GETLK`); elsewhere it is `flock`, tested by taking and releasing it. Both
 //! belong to one open file, not to the process: a second open of the file in the same process
 //! conflicts too, and closing some other handle on the file never releases it.
+//!
+//! A lock taken for a job that is not created yet ([`JobLock::acquire_for_new_job`]) removes the
+//! file (and the folder) it created when it is dropped before [`JobLock::keep`]: a run refused
+//! before its job exists leaves the folder as it found it. The file is removed while still
+//! locked, and whoever takes a lock checks that the file it locked is still the one at the path,
+//! so a process that opened the removed file never holds a lock nobody else sees.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -80,35 +86,68 @@ pub struct JobLock {
     _file: File,
     path: PathBuf,
     holder: Holder,
+    /// What taking the lock created, removed again on drop unless [`JobLock::keep`] was called.
+    created: Option<Created>,
 }
+
+/// What [`JobLock::acquire_for_new_job`] created.
+#[derive(Debug, Clone, Copy)]
+struct Created {
+    folder: bool,
+    file: bool,
+}
+
+/// Attempts at locking a lock file that another process removes each time (it gave up on a job
+/// it had not created) before this one is refused.
+const LOCK_ATTEMPTS: usize = 8;
 
 impl JobLock {
     /// Take the job in `job_dir` for this process (creating the folder when missing) and write
     /// this process's pid, host name and start time into its lock file. Fails at once, naming the
     /// holder, when another process (or another handle in this one) holds it.
     pub fn acquire(job_dir: &Path) -> Result<JobLock, LockError> {
+        Self::take(job_dir, false)
+    }
+
+    /// [`JobLock::acquire`] for a job that is not created yet: the lock file, and the folder when
+    /// it was missing, are removed again when the lock is dropped, unless [`JobLock::keep`] was
+    /// called once the job exists.
+    pub fn acquire_for_new_job(job_dir: &Path) -> Result<JobLock, LockError> {
+        Self::take(job_dir, true)
+    }
+
+    /// The job now exists: dropping the lock leaves its file and folder in place.
+    pub fn keep(&mut self) {
+        self.created = None;
+    }
+
+    fn take(job_dir: &Path, provisional: bool) -> Result<JobLock, LockError> {
         let io = |e: std::io::Error| LockError::Io {
             job: job_dir.display().to_string(),
             detail: e.to_string(),
         };
+        let folder_created = !job_dir.is_dir();
         std::fs::create_dir_all(job_dir).map_err(io)?;
         let path = job_dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        if !os::try_lock(&file).map_err(io)? {
-            let holder = Holder::read(&path);
-            return Err(LockError::Held {
-                job: job_dir.display().to_string(),
-                pid: holder.pid,
-                host: holder.host,
-                started: holder.started,
-            });
-        }
+        let mut attempts = 0;
+        let (file, file_created) = loop {
+            attempts += 1;
+            let (file, created) = open_lock_file(&path).map_err(io)?;
+            if !os::try_lock(&file).map_err(io)? {
+                let holder = Holder::read(&path);
+                return Err(LockError::Held {
+                    job: job_dir.display().to_string(),
+                    pid: holder.pid,
+                    host: holder.host,
+                    started: holder.started,
+                });
+            }
+            // Locked; but a process giving up on a new job may have removed the file after this
+            // one opened it: then the lock is on a file nobody else sees, and it is taken again.
+            if still_at(&file, &path).map_err(io)? || attempts >= LOCK_ATTEMPTS {
+                break (file, created);
+            }
+        };
         let holder = Holder::this_process();
         // Written over the old content from the start, then cut to length: a reader sees the
         // previous holder or this one, never an empty file (but a new file is empty until here).
@@ -122,6 +161,10 @@ impl JobLock {
             _file: file,
             path,
             holder,
+            created: provisional.then_some(Created {
+                folder: folder_created,
+                file: file_created,
+            }),
         })
     }
 
@@ -148,6 +191,59 @@ impl JobLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for JobLock {
+    /// For a job never created: remove what taking the lock created, while the lock is still held
+    /// (the file handle closes after this).
+    fn drop(&mut self) {
+        let Some(created) = self.created else {
+            return;
+        };
+        if created.file {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::debug!(lock = %self.path.display(), error = %e, "cannot remove the lock file of a job not created");
+            }
+        }
+        if created.folder {
+            if let Some(folder) = self.path.parent() {
+                // Only when empty: anything else in it is not this process's to remove.
+                let _ = std::fs::remove_dir(folder);
+            }
+        }
+    }
+}
+
+/// Open (creating when missing) the lock file; whether this call created it.
+fn open_lock_file(path: &Path) -> std::io::Result<(File, bool)> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match options.clone().create_new(true).open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        match options.open(path) {
+            Ok(file) => return Ok((file, false)),
+            // Removed in between by a process giving up on a new job: create it then.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < LOCK_ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `file` is still the file at `path` (not removed, nor replaced by another).
+fn still_at(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let open = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(named) => Ok((named.dev(), named.ino()) == (open.dev(), open.ino())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -306,6 +402,54 @@ mod tests {
             Some(std::process::id())
         );
         drop(again);
+    }
+
+    #[test]
+    fn a_lock_for_a_job_never_created_leaves_the_folder_as_it_found_it() {
+        let dir = tempfile::tempdir().unwrap();
+
+        // A missing folder: made for the lock, and gone with it.
+        let job = dir.path().join("new");
+        drop(JobLock::acquire_for_new_job(&job).unwrap());
+        assert!(!job.exists(), "the folder it made is removed");
+
+        // A folder that was there stays, without the lock file it did not have.
+        let job = dir.path().join("made-by-hand");
+        std::fs::create_dir(&job).unwrap();
+        let lock = JobLock::acquire_for_new_job(&job).unwrap();
+        assert!(job.join(LOCK_FILE).is_file());
+        drop(lock);
+        assert!(job.is_dir());
+        assert_eq!(std::fs::read_dir(&job).unwrap().count(), 0, "left empty");
+
+        // A lock file that was there is not this process's to remove.
+        std::fs::write(job.join(LOCK_FILE), "").unwrap();
+        drop(JobLock::acquire_for_new_job(&job).unwrap());
+        assert!(job.join(LOCK_FILE).is_file());
+
+        // Kept once the job exists: file and folder stay.
+        let job = dir.path().join("kept");
+        let mut lock = JobLock::acquire_for_new_job(&job).unwrap();
+        std::fs::write(job.join("catalog.sqlite"), "").unwrap();
+        lock.keep();
+        drop(lock);
+        assert!(job.join(LOCK_FILE).is_file());
+    }
+
+    #[test]
+    fn a_lock_on_a_removed_file_is_taken_again_on_the_file_at_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOCK_FILE);
+        let (stale, created) = open_lock_file(&path).unwrap();
+        assert!(created);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!still_at(&stale, &path).unwrap());
+        let lock = JobLock::acquire(dir.path()).unwrap();
+        assert!(still_at(&stale, &path).is_ok_and(|same| !same));
+        assert_eq!(
+            JobLock::holder(dir.path()).map(|h| h.pid),
+            Some(lock.holder_info().pid)
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use copy::CopyOptions;
 pub use cross_checks::{active_versions_key, compare_course_index};
 pub use cutover::{cutover, CutoverOutcome, Forced};
 pub use freeze::{Frozen, ThawFailure};
-pub use open::{JobFolder, OpenRequest};
+pub use open::{check_job_folder, JobFolder, OpenRequest};
 pub use reindex::{reindex_alone, source_of_truth, ReindexPhase};
 pub use verify::{verify_unplanned, JobVerify};
 
@@ -67,6 +67,16 @@ pub enum JobError {
         "some prerequisite checks failed (see above); nothing was written. Fix them and run again"
     )]
     PlanFailed(Box<Plan>),
+    /// The job path is a file (or lies below one).
+    #[error("the job path {job} is a file, not a folder: offload keeps a job (its catalog and lock) in a folder. Pass --job a folder (it is created when missing), or move the file away")]
+    NotAFolder { job: String },
+    /// The job folder (or the folder it would be created in) cannot be written.
+    #[error("the job folder {job} cannot be used: {folder} is not writable ({detail}). offload writes the job's catalog and lock there, even to read a job. Make it writable (chmod u+w, or chattr -i when it is immutable), or copy the job folder somewhere writable and pass --job with that path")]
+    FolderNotWritable {
+        job: String,
+        folder: String,
+        detail: String,
+    },
     /// A gate refused (cutover before a clean verify, a changed config.yml, ...).
     #[error("{0}")]
     Refused(String),

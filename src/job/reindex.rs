@@ -126,6 +126,7 @@ pub async fn reindex_alone(
 ) -> Result<ReindexReport, JobError> {
     // Held until the reindex ends.
     let (_lock, catalog) = if Catalog::exists(job_dir) {
+        super::check_job_folder(job_dir)?;
         (
             Some(super::lock::JobLock::acquire(job_dir)?),
             Some(Catalog::open(job_dir)?),

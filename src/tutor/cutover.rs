@@ -3,8 +3,9 @@
 //! [`plan_cutover`] turns the targets into config edits (per store, the keys Tutor's templates
 //! read), a masked diff and a runbook of the Tutor commands to run next, without touching the
 //! file. [`apply_cutover`] writes the plan only if `config.yml` is still the file that was
-//! planned from: it backs the file up beside itself, then replaces it atomically. [`rollback`]
-//! puts the newest backup back.
+//! planned from: it backs the file up beside itself, records what it wrote (a cutover record
+//! beside the backup), then replaces it atomically. [`rollback`] puts the newest backup back, but
+//! only over the file cutover wrote: edits made since are shown and kept unless forced.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -249,9 +250,87 @@ pub struct AppliedCutover {
 pub struct RolledBack {
     /// The backup that `config.yml` now equals.
     pub restored_from: PathBuf,
+    /// Where the replaced `config.yml` was saved first (`--force` over edits made after cutover).
+    pub saved_current: Option<PathBuf>,
+}
+
+/// What rollback would discard: `config.yml` is not the file cutover wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditedAfterCutover {
+    pub path: PathBuf,
+    pub backup: PathBuf,
+    /// Whether cutover's record says what it wrote (backups of older offload releases have none).
+    pub known: bool,
+    /// What rollback would change (current file to backup), by setting, secrets masked.
+    pub diff: String,
 }
 
 const BACKUP_PREFIX: &str = "config.yml.offload-backup-";
+/// Beside each backup, what that cutover wrote: `config.yml.offload-cutover-<now>`. Its own
+/// prefix, so no rollback (of this release or an older one) takes it for a backup.
+const RECORD_PREFIX: &str = "config.yml.offload-cutover-";
+/// Where `rollback --force` saves the file it replaces; not a backup name, so a later rollback
+/// still restores the file from before cutover.
+const SAVED_PREFIX: &str = "config.yml.offload-before-rollback-";
+
+/// What a cutover wrote, kept beside its backup: the written file's digest, and the mode the
+/// file had before (the backup itself is 0600; it has the original owner).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CutoverRecord {
+    written_digest: String,
+    original_mode: u32,
+}
+
+/// The cutover record that belongs to `backup` (same timestamp, [`RECORD_PREFIX`]).
+fn record_path(backup: &Path) -> Option<PathBuf> {
+    let name = backup.file_name()?.to_str()?;
+    let now = name.strip_prefix(BACKUP_PREFIX)?;
+    Some(backup.with_file_name(format!("{RECORD_PREFIX}{now}")))
+}
+
+fn read_record(backup: &Path) -> Option<CutoverRecord> {
+    let text = std::fs::read_to_string(record_path(backup)?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The digest of the `config.yml` the cutover that made `backup` wrote, when it was recorded.
+pub fn written_by_cutover(backup: &Path) -> Option<String> {
+    read_record(backup).map(|r| r.written_digest)
+}
+
+/// A diff of two `config.yml` texts by setting (`-` old, `+` new), secret values masked.
+fn masked_text_diff(path: &Path, old_text: &str, new_text: &str, new_label: &str) -> String {
+    let mut out = format!("--- {0}\n+++ {0} ({new_label})\n", path.display());
+    let old = setting_blocks(old_text);
+    let new = setting_blocks(new_text);
+    let keys: BTreeSet<&str> = old
+        .iter()
+        .chain(new.iter())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    for key in keys {
+        let before = old.iter().find(|(k, _)| k == key).map(|(_, b)| *b);
+        let after = new.iter().find(|(k, _)| k == key).map(|(_, b)| *b);
+        if before == after {
+            continue;
+        }
+        let _ = writeln!(out, "@@ {key} @@");
+        for line in before.map(|b| masked_block(key, b)).unwrap_or_default() {
+            let _ = writeln!(out, "-{line}");
+        }
+        for line in after.map(|b| masked_block(key, b)).unwrap_or_default() {
+            let _ = writeln!(out, "+{line}");
+        }
+    }
+    let shown_any = out.lines().any(|l| l.starts_with("@@ "));
+    if old.is_empty() || new.is_empty() || (!shown_any && old_text != new_text) {
+        let _ = writeln!(
+            out,
+            "(the files differ in a way offload cannot show setting by setting: compare them by hand)"
+        );
+    }
+    out
+}
 const MASK: &str = "********";
 
 fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
@@ -955,12 +1034,29 @@ pub fn apply_cutover(
         return Err(write_error(&backup_path, source));
     }
 
+    let original_mode = identity.mode;
     let identity = if holds_secrets(&plan.updated) {
         private
     } else {
         identity
     };
-    write_atomically(&path, plan.updated.as_bytes(), identity)?;
+    // What is about to be written, recorded first: rollback restores only over this file.
+    let record_path = root.join(format!("{RECORD_PREFIX}{now}"));
+    let record = CutoverRecord {
+        written_digest: text_digest(&plan.updated),
+        original_mode,
+    };
+    let record_text = serde_json::to_string(&record).expect("record serializes") + "\n";
+    if let Err(source) = create_file(&record_path, record_text.as_bytes(), private) {
+        if source.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = std::fs::remove_file(&record_path);
+        }
+        return Err(write_error(&record_path, source));
+    }
+    if let Err(e) = write_atomically(&path, plan.updated.as_bytes(), identity) {
+        let _ = std::fs::remove_file(&record_path);
+        return Err(e);
+    }
     tracing::info!(
         config = %path.display(),
         backup = %backup_path.display(),
@@ -973,11 +1069,14 @@ pub fn apply_cutover(
     })
 }
 
-/// Restores `<root>/config.yml` from the newest offload backup, byte for byte.
+/// Restores `<root>/config.yml` from the newest offload backup, byte for byte, with the mode
+/// it had before cutover and the backup's owner (cutover gave it the original's).
 ///
-/// The restored file keeps the current `config.yml`'s permission bits (0600 if there is none).
-/// Backups are kept.
-pub fn rollback(root: &Path) -> Result<RolledBack, TutorError> {
+/// Refuses with [`TutorError::EditedAfterCutover`] when `config.yml` is not the file cutover
+/// wrote (nor already the backup): rollback would discard those edits. With `force` it first
+/// saves the current file as `config.yml.offload-before-rollback-<now>` (0600). A backup without
+/// a cutover record (older releases) counts as edited. Backups are kept.
+pub fn rollback(root: &Path, force: bool, now: &str) -> Result<RolledBack, TutorError> {
     let entries = std::fs::read_dir(root).map_err(|source| TutorError::Read {
         path: root.to_owned(),
         source,
@@ -999,14 +1098,68 @@ pub fn rollback(root: &Path) -> Result<RolledBack, TutorError> {
         path: newest.clone(),
         source,
     })?;
+    let backup_meta = std::fs::metadata(&newest).map_err(|source| TutorError::Read {
+        path: newest.clone(),
+        source,
+    })?;
+    let record = read_record(&newest);
     let path = config_path(root);
-    let identity = match std::fs::metadata(&path) {
-        Ok(meta) => FileIdentity::of(&meta),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileIdentity {
-            mode: 0o600,
-            owner: None,
-        },
+    let current = match std::fs::read(&path) {
+        Ok(current) => Some(current),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(TutorError::Read { path, source }),
+    };
+    let current_meta = std::fs::metadata(&path).ok();
+
+    let mut saved_current = None;
+    if let Some(current) = &current {
+        let current_text = String::from_utf8_lossy(current);
+        let as_written = record
+            .as_ref()
+            .is_some_and(|r| r.written_digest == text_digest(&current_text));
+        if !as_written && *current != bytes {
+            if !force {
+                return Err(TutorError::EditedAfterCutover(Box::new(
+                    EditedAfterCutover {
+                        path,
+                        backup: newest,
+                        known: record.is_some(),
+                        diff: masked_text_diff(
+                            &config_path(root),
+                            &current_text,
+                            &String::from_utf8_lossy(&bytes),
+                            "after rollback",
+                        ),
+                    },
+                )));
+            }
+            let saved = root.join(format!("{SAVED_PREFIX}{now}"));
+            let owner = current_meta.as_ref().map(|m| (m.uid(), m.gid()));
+            let identity = FileIdentity { mode: 0o600, owner };
+            create_file(&saved, current, identity).map_err(|source| {
+                if source.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = std::fs::remove_file(&saved);
+                }
+                write_error(&saved, source)
+            })?;
+            tracing::warn!(config = %path.display(), saved = %saved.display(), "config.yml was edited after cutover; saved it before rolling back, as --force asks");
+            saved_current = Some(saved);
+        }
+    }
+
+    // The mode from before cutover when recorded (else the current file's), the backup's owner.
+    let mode = record
+        .as_ref()
+        .map(|r| r.original_mode)
+        .or_else(|| {
+            current_meta
+                .as_ref()
+                .map(|m| m.permissions().mode() & 0o7777)
+        })
+        .unwrap_or(0o600);
+    let identity = FileIdentity {
+        mode,
+        owner: Some((backup_meta.uid(), backup_meta.gid())),
     };
     write_atomically(&path, &bytes, identity)?;
     tracing::info!(
@@ -1016,12 +1169,35 @@ pub fn rollback(root: &Path) -> Result<RolledBack, TutorError> {
     );
     Ok(RolledBack {
         restored_from: newest,
+        saved_current,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_diff_shows_changed_settings_with_secrets_masked() {
+        let path = Path::new("/t/config.yml");
+        let old = "LMS_HOST: a.example.org\nMYSQL_ROOT_PASSWORD: s3cret-old\nZ: 1\n";
+        let new = "LMS_HOST: b.example.org\nMYSQL_ROOT_PASSWORD: s3cret-new\nZ: 1\n";
+        let diff = masked_text_diff(path, old, new, "after rollback");
+        assert!(
+            diff.contains("-LMS_HOST: a.example.org\n+LMS_HOST: b.example.org"),
+            "{diff}"
+        );
+        assert!(diff.contains("-MYSQL_ROOT_PASSWORD: ********"), "{diff}");
+        assert!(
+            !diff.contains("s3cret") && !diff.contains("@@ Z @@"),
+            "{diff}"
+        );
+        assert!(!diff.contains("compare them by hand"), "{diff}");
+
+        // Files that differ where no setting shows it say so.
+        let diff = masked_text_diff(path, "A: 1\nA: 2\n", "A: 1\nA: 3\n", "x");
+        assert!(diff.contains("compare them by hand"), "{diff}");
+    }
 
     #[test]
     fn debug_output_hides_secrets() {

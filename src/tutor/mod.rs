@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use cutover::{
-    apply_cutover, plan_cutover, rollback, AppliedCutover, CutoverPlan, CutoverTarget,
-    MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
-    S3Target,
+    apply_cutover, plan_cutover, rollback, written_by_cutover, AppliedCutover, CutoverPlan,
+    CutoverTarget, EditedAfterCutover, MeilisearchTarget, MongodbTarget, MysqlPluginUser,
+    MysqlTarget, RedisTarget, RolledBack, S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
 
@@ -134,6 +134,23 @@ pub enum TutorError {
         root.display()
     )]
     NoBackup { root: PathBuf },
+
+    /// Rollback would discard changes made to config.yml after cutover. The diff (secrets
+    /// masked) is for the command to show; the message holds no setting value.
+    #[error(
+        "{} {}: rolling back would discard those changes, so nothing was done. Make them again \
+         after rollback, or run `offload rollback --force`, which first saves the current file \
+         as {CONFIG_FILENAME}.offload-before-rollback-<time> beside it, then restores {}",
+        .0.path.display(),
+        if .0.known {
+            "was changed after cutover wrote it"
+        } else {
+            "may have been changed after cutover (its backup has no record of what cutover \
+             wrote)"
+        },
+        .0.backup.display()
+    )]
+    EditedAfterCutover(Box<EditedAfterCutover>),
 }
 
 impl TutorError {

@@ -391,14 +391,18 @@ fn all_stores_cutover_matches_tutor_then_rollback_restores_the_original() {
         assert!(!warnings.contains(secret), "warnings show a secret");
     }
 
-    let back = rollback(root.path()).unwrap();
+    let back = rollback(root.path(), false, "20261124T000000Z").unwrap();
     assert_eq!(
         back.restored_from,
         root.path()
             .join("config.yml.offload-backup-20261123T151200Z")
     );
     assert_eq!(read(root.path(), "config.yml"), fixture_text());
-    assert_eq!(mode(&config), 0o600, "rollback keeps the mode");
+    assert_eq!(
+        mode(&config),
+        mode(&fixture_root().path().join("config.yml")),
+        "rollback restores the mode from before cutover"
+    );
     // Tutor renders the original platform again.
     let (compose, _, _) = render(root.path());
     assert!(has_service(&compose, "mysql") && has_service(&compose, "minio"));
@@ -452,7 +456,7 @@ fn tricky_values_match_tutor_byte_for_byte() {
 #[test]
 fn rollback_picks_the_newest_backup_and_needs_one() {
     let root = fixture_root();
-    let err = rollback(root.path()).unwrap_err();
+    let err = rollback(root.path(), false, "20261124T000000Z").unwrap_err();
     assert!(matches!(err, TutorError::NoBackup { .. }), "{err}");
 
     let cfg = TutorConfig::load_with_env(root.path(), []).unwrap();
@@ -463,11 +467,104 @@ fn rollback_picks_the_newest_backup_and_needs_one() {
     let plan = plan_cutover(&cfg, &[mysql()]).unwrap();
     apply_cutover(root.path(), &plan, &cfg.digest(), "20261123T110000Z").unwrap();
 
-    let back = rollback(root.path()).unwrap();
+    let back = rollback(root.path(), false, "20261124T000000Z").unwrap();
     assert!(back
         .restored_from
         .ends_with("config.yml.offload-backup-20261123T110000Z"));
     assert_eq!(read(root.path(), "config.yml"), after_redis);
+}
+
+/// `offload rollback` on a Tutor root.
+fn offload_rollback(root: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_offload"))
+        .arg("rollback")
+        .arg("--tutor-root")
+        .arg(root)
+        .args(extra)
+        .env_remove("TUTOR_ROOT")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run offload")
+}
+
+/// A cut-over fixture root whose config.yml had mode 0640 before cutover.
+fn cut_over_root() -> tempfile::TempDir {
+    let root = fixture_root();
+    let config = root.path().join("config.yml");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let cfg = TutorConfig::load_with_env(root.path(), []).unwrap();
+    let plan = plan_cutover(&cfg, &all_targets()).unwrap();
+    apply_cutover(root.path(), &plan, &cfg.digest(), "20261123T151200Z").unwrap();
+    assert_eq!(mode(&config), 0o600);
+    root
+}
+
+#[test]
+fn rollback_restores_the_bytes_and_the_mode_from_before_cutover() {
+    let root = cut_over_root();
+    let config = root.path().join("config.yml");
+    let out = offload_rollback(root.path(), &[]);
+    crate::common::assert_exit(&out, 0);
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+    assert_eq!(mode(&config), 0o640, "the mode from before cutover");
+    // Twice restores the same file.
+    crate::common::assert_exit(&offload_rollback(root.path(), &[]), 0);
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+}
+
+#[test]
+fn rollback_over_edits_made_after_cutover_refuses_then_force_saves_them() {
+    let root = cut_over_root();
+    let config = root.path().join("config.yml");
+    let edited = format!(
+        "{}ZZ_EXTRA_PASSWORD: hunter2-after-cutover\nZZ_EXTRA_HOST: edited.example.org\n",
+        read(root.path(), "config.yml")
+    );
+    std::fs::write(&config, &edited).unwrap();
+
+    let out = offload_rollback(root.path(), &[]);
+    crate::common::assert_exit(&out, 2);
+    let said = crate::common::text(&out);
+    assert!(
+        said.contains("changed after cutover") && said.contains("--force"),
+        "{said}"
+    );
+    assert!(
+        said.contains("-ZZ_EXTRA_HOST: edited.example.org"),
+        "{said}"
+    );
+    assert!(said.contains("-ZZ_EXTRA_PASSWORD: ********"), "{said}");
+    assert!(said.contains("-RUN_MYSQL: false"), "{said}");
+    for secret in ["hunter2-after-cutover", "pass phrase", "wJalrXUtnFEMI"] {
+        assert!(!said.contains(secret), "the output shows a secret: {said}");
+    }
+    assert_eq!(read(root.path(), "config.yml"), edited, "left untouched");
+
+    let out = offload_rollback(root.path(), &["--force"]);
+    crate::common::assert_exit(&out, 0);
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+    assert_eq!(mode(&config), 0o640);
+    let saved: Vec<PathBuf> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("config.yml.offload-before-rollback-")
+        })
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(std::fs::read_to_string(&saved[0]).unwrap(), edited);
+    assert_eq!(mode(&saved[0]), 0o600);
+    assert!(
+        crate::common::text(&out).contains(&saved[0].display().to_string()),
+        "{}",
+        crate::common::text(&out)
+    );
+    // The saved file is no backup: rolling back again still restores the original.
+    crate::common::assert_exit(&offload_rollback(root.path(), &[]), 0);
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
 }
 
 #[test]
@@ -541,17 +638,17 @@ fn apply_keeps_the_owner_and_follows_a_symlinked_config() {
     );
     assert_eq!(mode(&applied.backup_path), 0o600);
 
-    rollback(root.path()).unwrap();
+    rollback(root.path(), false, "20261124T000000Z").unwrap();
     assert_eq!(std::fs::read_to_string(&real).unwrap(), fixture_text());
     assert_eq!(std::fs::metadata(&real).unwrap().uid(), owner);
 }
 
 /// Makes a folder unwritable even for root: read-only bits, then the immutable attribute when
 /// root ignores the bits. Undone on drop.
-struct ReadOnly(PathBuf);
+pub(crate) struct ReadOnly(PathBuf);
 
 impl ReadOnly {
-    fn new(dir: &Path) -> ReadOnly {
+    pub(crate) fn new(dir: &Path) -> ReadOnly {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
         let guard = ReadOnly(dir.to_owned());
         let probe = dir.join(".probe");
@@ -605,7 +702,7 @@ fn a_root_under_a_regular_file_is_refused() {
     std::fs::write(&file, "x").unwrap();
     let err = TutorConfig::load_with_env(&file.join("root"), []).unwrap_err();
     assert!(matches!(err, TutorError::Read { .. }), "{err:?}");
-    let err = rollback(&file.join("root")).unwrap_err();
+    let err = rollback(&file.join("root"), false, "20261124T000000Z").unwrap_err();
     assert!(matches!(err, TutorError::Read { .. }), "{err:?}");
     assert_eq!(read(dir.path(), "not-a-folder"), "x");
 }

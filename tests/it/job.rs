@@ -1,6 +1,7 @@
 //! A whole job on a Tutor root: the source comes from config.yml, then copy, verify, cutover
 //! (refused until verify passes), checked with real Tutor, and rollback.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
@@ -124,6 +125,15 @@ async fn tutor_platform_copy_verify_cutover_rollback() {
         "the target's (empty) password, not the old server's"
     );
 
+    // Run again, it says the job already cut over, and how to go back.
+    let out = run(&cut);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("already cut over") && text(&out).contains("offload rollback"),
+        "{}",
+        text(&out)
+    );
+
     let out = run(&["rollback", "--tutor-root", &root_s]);
     assert_exit(&out, 0);
     assert_eq!(
@@ -138,4 +148,113 @@ async fn tutor_platform_copy_verify_cutover_rollback() {
     )
     .await;
     db.drop_both().await;
+}
+
+/// A job path that is a file is named as such, before any server is reached.
+#[test]
+fn a_job_path_that_is_a_file_is_named_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("job");
+    std::fs::write(&file, "mine").unwrap();
+    let flags = [
+        "--from-mysql",
+        "mysql://root@127.0.0.1:1",
+        "--to-mysql",
+        "mysql://root@127.0.0.1:2",
+    ];
+    for cmd in ["copy", "verify"] {
+        let out = offload(&file, &args(cmd, &[], &flags));
+        assert_exit(&out, 2);
+        let said = text(&out);
+        assert!(
+            said.contains("is a file, not a folder") && !said.contains("damaged"),
+            "{cmd}: {said}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
+
+/// A read-only job folder, new or holding a job, is named as such and not as a damaged job.
+#[test]
+fn a_read_only_job_folder_is_named_as_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    let held = dir.path().join("held");
+    std::fs::create_dir(&empty).unwrap();
+    let setup = offload::core::catalog::Setup {
+        tool_version: "test".into(),
+        guard: serde_json::json!({}),
+        endpoints: serde_json::json!({}),
+    };
+    drop(offload::core::catalog::Catalog::create(&held, &setup).unwrap());
+    let flags = [
+        "--from-mysql",
+        "mysql://root@127.0.0.1:1",
+        "--to-mysql",
+        "mysql://root@127.0.0.1:2",
+    ];
+    let resume = [&flags[..], &["--resume"]].concat();
+    let runs: [(&Path, Vec<&str>); 4] = [
+        (&empty, args("copy", &[], &flags)),
+        (&held, args("copy", &[], &resume)),
+        (&held, args("verify", &[], &[])),
+        (&held, args("cutover", &[], &[])),
+    ];
+    let _empty = crate::cutover::ReadOnly::new(&empty);
+    let _held = crate::cutover::ReadOnly::new(&held);
+    for (job, command) in runs {
+        let out = offload(job, &command);
+        assert_exit(&out, 2);
+        let said = text(&out);
+        assert!(
+            said.contains("is not writable")
+                && said.contains("chattr -i")
+                && !said.contains("damaged"),
+            "{command:?}: {said}"
+        );
+    }
+}
+
+/// A `--report` path that cannot be written is refused before any work (no server is reached:
+/// the endpoints here answer nothing).
+#[test]
+fn a_bad_report_path_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let locked = dir.path().join("read-only");
+    std::fs::create_dir(&locked).unwrap();
+    let missing = dir.path().join("no-such-folder/report.html");
+    let unwritable = locked.join("report.html");
+    let flags = [
+        "--from-mysql",
+        "mysql://root@127.0.0.1:1",
+        "--to-mysql",
+        "mysql://root@127.0.0.1:2",
+    ];
+    let _guard = crate::cutover::ReadOnly::new(&locked);
+    for (path, says) in [
+        (&missing, "does not exist"),
+        (&unwritable, "cannot be written"),
+        (&dir.path().to_path_buf(), "is a folder"),
+    ] {
+        for cmd in ["verify", "migrate"] {
+            let report = path.display().to_string();
+            let out = offload(
+                &job,
+                &args(cmd, &[], &[&flags[..], &["--report", &report]].concat()),
+            );
+            assert_exit(&out, 2);
+            let said = text(&out);
+            assert!(
+                said.contains(says) && said.contains("--report"),
+                "{cmd} {report}: {said}"
+            );
+            assert!(
+                !said.contains("127.0.0.1:1"),
+                "a server was reached first: {said}"
+            );
+        }
+    }
+    assert!(!job.exists(), "no job was started");
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 }

@@ -425,13 +425,23 @@ async fn occupied_target_is_refused_untouched_then_skip_and_replace() {
     .await;
     assert_eq!(tables.len(), 1, "nothing else was created on the target");
     assert_eq!(count(&tgt, &format!("`{}`.`auth_user`", db.name)).await, 1);
+    // Refused before anything was written: no job, and the folder (which was there) as it was.
+    assert_eq!(
+        std::fs::read_dir(job.path()).unwrap().count(),
+        0,
+        "the job folder is left empty, as it was"
+    );
+    // A folder that was not there is not left behind either.
+    let missing = job.path().join("not-there");
+    let out = offload(&missing, &args("copy", &f, &[]));
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("already holds data"), "{}", text(&out));
+    assert!(!missing.exists(), "no folder made for a refused job");
 
-    // skip: the occupied table is left alone, the rest is copied, and verify says auth_user differs.
+    // skip, as the refusal suggests (the same command, no --resume): the occupied table is left
+    // alone, the rest is copied, and verify says auth_user differs.
     assert_exit(
-        &offload(
-            job.path(),
-            &args("copy", &f, &["--resume", "--if-exists", "skip"]),
-        ),
+        &offload(job.path(), &args("copy", &f, &["--if-exists", "skip"])),
         0,
     );
     assert_eq!(count(&tgt, &format!("`{}`.`auth_user`", db.name)).await, 1);
