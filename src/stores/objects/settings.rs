@@ -369,7 +369,7 @@ fn recover_keys(
                 }
                 _ => {
                     return Err(SettingsError::SecretNotRecoverable {
-                        side: side.into(),
+                        side: side.to_string(),
                         store: "S3".into(),
                         env: format!("{prefix}_ACCESS_KEY and {prefix}_SECRET_KEY"),
                     })
