@@ -1003,12 +1003,14 @@ async fn occupied_target_is_refused_untouched_then_skip_and_replace() {
         "nothing else was written"
     );
     assert_eq!(raw_docs(&target_uri(), forum, "users").await.len(), 1);
+    assert!(
+        !job.path().join("catalog.sqlite").exists(),
+        "a refusal before any write leaves no job behind"
+    );
 
+    // The rerun the refusal suggests: the same command with --if-exists skip.
     assert_exit(
-        &offload(
-            job.path(),
-            &args("copy", &f, &["--resume", "--if-exists", "skip"]),
-        ),
+        &offload(job.path(), &args("copy", &f, &["--if-exists", "skip"])),
         0,
     );
     assert_eq!(
