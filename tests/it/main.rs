@@ -12,6 +12,7 @@ mod migrate;
 mod mongodb;
 mod mysql;
 mod objects;
+mod plugin;
 mod redis;
 mod stop;
 mod support;
