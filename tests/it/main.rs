@@ -14,6 +14,7 @@ mod migrate;
 mod mongodb;
 mod mysql;
 mod objects;
+mod plugin;
 mod progress;
 mod redis;
 mod stop;
