@@ -943,6 +943,12 @@ async fn local_do_offload_plans_in_the_job_service_then_migrates_and_cuts_over()
         report.contains("Safe to switch") && report.contains("Rewrote"),
         "{report}"
     );
+    // Not on a terminal (Tutor then runs the job service without one): progress comes as lines,
+    // as it would into `docker compose logs` or `kubectl logs`.
+    assert!(
+        report.contains("offload progress: copy done"),
+        "progress lines from the job service: {report}"
+    );
     assert!(
         root.join("data/offload/catalog.sqlite").is_file(),
         "the catalog is in OFFLOAD_JOB_DIR"
