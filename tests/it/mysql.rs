@@ -1067,15 +1067,7 @@ async fn a_lost_snapshot_connection_is_not_reported_as_one_snapshot() {
     let table = format!("`{}`.`bulk`", db.name);
     assert_eq!(count(&mysql_target(), &table).await, 5_000);
 
-    let catalog = rusqlite::Connection::open(job.path().join("catalog.sqlite")).unwrap();
-    let notes: Vec<String> = catalog
-        .prepare("SELECT message FROM event WHERE store = 'mysql' AND level = 'info'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    let notes = notes.join("\n");
+    let notes = mysql_notes(job.path());
     assert!(
         !notes.contains("one consistent snapshot (")
             && notes.contains("NOT one consistent snapshot")
@@ -1083,5 +1075,49 @@ async fn a_lost_snapshot_connection_is_not_reported_as_one_snapshot() {
             && notes.contains("--delta"),
         "the summary says batches were read outside the snapshot: {notes}"
     );
+    db.drop_both().await;
+}
+
+/// The notes the MySQL store left in a job's history (its copy summary among them).
+fn mysql_notes(job: &std::path::Path) -> String {
+    let catalog = rusqlite::Connection::open(job.join("catalog.sqlite")).unwrap();
+    let notes: Vec<String> = catalog
+        .prepare("SELECT message FROM event WHERE store = 'mysql' AND level = 'info'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    notes.join("\n")
+}
+
+/// A run killed part-way through a table and resumed says that only its own rows came from its
+/// snapshot, and that the unit begun by the earlier run came from another.
+#[tokio::test]
+async fn a_resumed_copy_claims_only_its_own_rows_for_its_snapshot() {
+    let db = crate::stop::seeded("snapresume", 5_000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    let batches = ["--batch-rows", "500", "--parallel", "1"];
+    let killed = offload_env(
+        job.path(),
+        &args("copy", &f, &batches),
+        &[("OFFLOAD_FAILPOINT", "after-batch:2")],
+    );
+    assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
+    let mut resume = args("copy", &f, &batches);
+    resume.push("--resume");
+    let out = offload(job.path(), &resume);
+    assert_exit(&out, 0);
+    let said = text(&out);
+    assert!(
+        said.contains("this run's rows were read from one consistent snapshot")
+            && said.contains(
+                "1 unit(s) copied, wholly or in part, by an earlier run came from another"
+            )
+            && !said.contains("source read from one consistent snapshot"),
+        "{said}"
+    );
+    assert!(mysql_notes(job.path()).contains("this run's rows"));
     db.drop_both().await;
 }
