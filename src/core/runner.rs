@@ -302,6 +302,9 @@ impl Runner {
         };
         for kind in &kinds_with_work {
             self.catalog.phase_start(kind, Phase::Copy)?;
+            let earlier = self.catalog.units(Some(*kind))?.into_iter();
+            let earlier = earlier.filter(|r| r.state == UnitState::Copied || r.cursor.is_some());
+            by_kind[kind].copied_by_earlier_runs(earlier.count());
             let note = by_kind[kind].begin_copy(self.options.parallel).await?;
             if !note.is_empty() {
                 self.reporter.on_note(&note);

@@ -328,6 +328,10 @@ pub trait Store: Send + Sync {
         occupied: &[String],
     ) -> Result<(), StoreError>;
 
+    /// Once per run before `begin_copy`: how many of the store's units earlier runs of the job
+    /// copied, wholly or in part, so its notes can say what this run's reads do not cover.
+    fn copied_by_earlier_runs(&self, _units: usize) {}
+
     /// Once per run before copying: open what the run shares (a consistent snapshot of the source
     /// for `workers` concurrent batches). Returns a note on the consistency achieved.
     async fn begin_copy(&self, workers: usize) -> Result<String, StoreError>;

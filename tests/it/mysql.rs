@@ -904,3 +904,220 @@ impl Drop for WritableAtEnd {
         mariadb_client(&mysql_source(), None, "SET GLOBAL read_only = OFF;");
     }
 }
+
+/// The client character set, connection collation and database collation each of a view,
+/// routine and trigger was created under, as `information_schema` records them on one side.
+async fn object_charsets(url: &str, db: &str) -> Vec<Vec<Value>> {
+    let mut all = Vec::new();
+    for sql in [
+        format!("SELECT 'view', TABLE_NAME, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, '' FROM information_schema.VIEWS WHERE TABLE_SCHEMA = '{db}' ORDER BY TABLE_NAME"),
+        format!("SELECT ROUTINE_TYPE, ROUTINE_NAME, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = '{db}' ORDER BY ROUTINE_TYPE, ROUTINE_NAME"),
+        format!("SELECT 'trigger', TRIGGER_NAME, CHARACTER_SET_CLIENT, COLLATION_CONNECTION, DATABASE_COLLATION FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = '{db}' ORDER BY TRIGGER_NAME"),
+    ] {
+        all.extend(rows(url, &sql).await);
+    }
+    all
+}
+
+/// Views, routines and triggers created under `SET NAMES utf8mb3` keep that client character set
+/// and collation on the target (routines and triggers their database collation too, though the
+/// database's default changed since), their non-ASCII text intact; verify is clean, and names
+/// an object recreated on the target under another client character set.
+#[tokio::test]
+async fn objects_keep_the_client_character_set_they_were_created_under() {
+    let db = TestDb::new("charset").await;
+    let (src, tgt) = (mysql_source(), mysql_target());
+    let n = &db.name;
+    mariadb_client(
+        &src,
+        None,
+        &format!(
+            "CREATE DATABASE `{n}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;
+USE `{n}`;
+SET NAMES utf8mb4;
+CREATE TABLE t (id INT PRIMARY KEY, label VARCHAR(20));
+INSERT INTO t VALUES (1, 'one'), (2, 'two');
+SET NAMES utf8mb3;
+CREATE VIEW v AS SELECT id, CONCAT(label, 'é') AS l FROM t;
+DELIMITER ;;
+CREATE PROCEDURE p() BEGIN SELECT 'é' AS e; END;;
+CREATE FUNCTION f(x INT) RETURNS VARCHAR(10) DETERMINISTIC RETURN CONCAT('é', x);;
+CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.label = LOWER(NEW.label);;
+DELIMITER ;
+SET NAMES utf8mb4;
+ALTER DATABASE `{n}` COLLATE utf8mb4_unicode_ci;
+"
+        ),
+    );
+    let source = object_charsets(&src, n).await;
+    assert_eq!(source.len(), 4, "{source:?}");
+    for row in &source {
+        assert_eq!(row[2], Value::from("utf8mb3"), "{row:?}");
+        assert_eq!(row[3], Value::from("utf8mb3_general_ci"), "{row:?}");
+    }
+
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(n);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+    assert_eq!(object_charsets(&tgt, n).await, source);
+    let default = format!(
+        "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{n}'"
+    );
+    assert_eq!(
+        rows(&tgt, &default).await,
+        vec![vec![Value::from("utf8mb4_unicode_ci")]],
+        "the database's own collation is put back after each routine"
+    );
+    let query = format!("SELECT l, `{n}`.f(7) FROM `{n}`.v WHERE id = 1");
+    assert_eq!(rows(&tgt, &query).await, rows(&src, &query).await);
+    assert_eq!(
+        rows(&tgt, &query).await,
+        vec![vec![Value::from("oneé"), Value::from("é7")]]
+    );
+    assert_safe_to_switch(&offload(job.path(), &args("verify", &[], &[])));
+
+    // The same trigger, created again on the target under another client character set.
+    mariadb_client(
+        &tgt,
+        Some(n),
+        "SET NAMES latin1;
+DROP TRIGGER tr;
+CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.label = LOWER(NEW.label);",
+    );
+    let out = offload(job.path(), &args("verify", &[], &[]));
+    assert_exit(&out, 1);
+    let report = text(&out);
+    assert!(
+        report.contains("tr")
+            && report.contains(
+                "trigger character_set_client differs: source `utf8mb3`, target `latin1`"
+            )
+            && report.contains("trigger collation_connection differs: source `utf8mb3_general_ci`, target `latin1_swedish_ci`"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("definition differs"),
+        "only the character set differs: {report}"
+    );
+    db.drop_both().await;
+}
+
+/// A copy whose only snapshot connection is killed mid-way (held after its second batch) goes on
+/// outside the snapshot, and its summary says so instead of claiming one consistent snapshot.
+#[tokio::test]
+async fn a_lost_snapshot_connection_is_not_reported_as_one_snapshot() {
+    use crate::stop::{seeded, Background, HELD};
+    let db = seeded("snaplost", 5_000).await;
+    // A source account of this test's own, so that only this copy's connections are killed.
+    let user = format!("it_snap_{}", std::process::id());
+    let src = mysql_source();
+    exec(&src, &format!("DROP USER IF EXISTS '{user}'@'%'")).await;
+    exec(
+        &src,
+        &format!("CREATE USER '{user}'@'%' IDENTIFIED BY 'snap-pw'"),
+    )
+    .await;
+    exec(
+        &src,
+        &format!("GRANT ALL PRIVILEGES ON *.* TO '{user}'@'%'"),
+    )
+    .await;
+    let mut source_url = url::Url::parse(&src).unwrap();
+    source_url.set_username(&user).unwrap();
+    source_url.set_password(Some("snap-pw")).unwrap();
+    let f: Vec<String> = vec![
+        "--from-mysql".into(),
+        source_url.to_string(),
+        "--to-mysql".into(),
+        mysql_target(),
+        "--databases".into(),
+        db.name.clone(),
+    ];
+    let job = tempfile::tempdir().unwrap();
+    let batches = ["--batch-rows", "500", "--parallel", "1"];
+    let mut run = Background::start(
+        job.path(),
+        &args("copy", &f, &batches),
+        "hold-after-batch:2",
+    );
+    run.wait_for(HELD);
+    let in_snapshot = rows(
+        &src,
+        &format!(
+            "SELECT p.ID FROM information_schema.PROCESSLIST p JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID WHERE p.USER = '{user}'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        in_snapshot.len(),
+        1,
+        "one snapshot connection: {in_snapshot:?}"
+    );
+    let id = match &in_snapshot[0][0] {
+        Value::Int(i) => *i as u64,
+        Value::UInt(u) => *u,
+        Value::Bytes(b) => String::from_utf8_lossy(b).parse().unwrap(),
+        other => panic!("a connection id: {other:?}"),
+    };
+    exec(&src, &format!("KILL {id}")).await;
+    run.release();
+    let (status, stderr) = run.finish();
+    exec(&src, &format!("DROP USER IF EXISTS '{user}'@'%'")).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let table = format!("`{}`.`bulk`", db.name);
+    assert_eq!(count(&mysql_target(), &table).await, 5_000);
+
+    let notes = mysql_notes(job.path());
+    assert!(
+        !notes.contains("one consistent snapshot (")
+            && notes.contains("NOT one consistent snapshot")
+            && notes.contains(&format!("{}.bulk", db.name))
+            && notes.contains("--delta"),
+        "the summary says batches were read outside the snapshot: {notes}"
+    );
+    db.drop_both().await;
+}
+
+/// The notes the MySQL store left in a job's history (its copy summary among them).
+fn mysql_notes(job: &std::path::Path) -> String {
+    let catalog = rusqlite::Connection::open(job.join("catalog.sqlite")).unwrap();
+    let notes: Vec<String> = catalog
+        .prepare("SELECT message FROM event WHERE store = 'mysql' AND level = 'info'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    notes.join("\n")
+}
+
+/// A run killed part-way through a table and resumed says that only its own rows came from its
+/// snapshot, and that the unit begun by the earlier run came from another.
+#[tokio::test]
+async fn a_resumed_copy_claims_only_its_own_rows_for_its_snapshot() {
+    let db = crate::stop::seeded("snapresume", 5_000).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    let batches = ["--batch-rows", "500", "--parallel", "1"];
+    let killed = offload_env(
+        job.path(),
+        &args("copy", &f, &batches),
+        &[("OFFLOAD_FAILPOINT", "after-batch:2")],
+    );
+    assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
+    let mut resume = args("copy", &f, &batches);
+    resume.push("--resume");
+    let out = offload(job.path(), &resume);
+    assert_exit(&out, 0);
+    let said = text(&out);
+    assert!(
+        said.contains("this run's rows were read from one consistent snapshot")
+            && said.contains(
+                "1 unit(s) copied, wholly or in part, by an earlier run came from another"
+            )
+            && !said.contains("source read from one consistent snapshot"),
+        "{said}"
+    );
+    assert!(mysql_notes(job.path()).contains("this run's rows"));
+    db.drop_both().await;
+}

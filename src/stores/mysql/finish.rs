@@ -1,12 +1,14 @@
 //! What comes after the rows: secondary indexes and foreign keys (a table's indexes as soon as
 //! all its rows are copied, the rest at the end), views, routines, triggers and events replayed
-//! from the source, AUTO_INCREMENT counters, and the application users asked for.
+//! from the source under the client character set and collation each was created with,
+//! AUTO_INCREMENT counters, and the application users asked for.
 
 use futures_util::StreamExt;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value};
 
 use super::schema::{self, ident, quote};
+use super::shape::{canonical_charset_name, ClientCharset};
 use super::MysqlStore;
 use crate::core::{Cursor, Side, StoreError, Unit};
 
@@ -15,7 +17,7 @@ use crate::core::{Cursor, Side, StoreError, Unit};
 pub(super) type KeyRange = (Option<String>, Option<String>);
 
 pub(super) async fn finish_target(store: &MysqlStore) -> Result<Vec<String>, StoreError> {
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = store.snapshot_note().into_iter().collect();
     if let Some(reason) = store.load_data_refused.lock().expect("refusal").clone() {
         notes.push(format!("mysql: the target refused LOAD DATA LOCAL INFILE ({reason}); rows were sent as REPLACE statements instead"));
     }
@@ -34,25 +36,23 @@ pub(super) async fn finish_target(store: &MysqlStore) -> Result<Vec<String>, Sto
         for _pass in 0..8 {
             let mut still = Vec::new();
             for (kind, name) in pending {
-                let Some((ddl, mode)) = store
-                    .show_create(
-                        Side::Source,
-                        kind,
-                        db,
-                        &name,
-                        MysqlStore::create_column(kind),
-                    )
-                    .await?
-                else {
+                let Some(object) = store.show_object(Side::Source, kind, db, &name).await? else {
                     continue;
                 };
                 let (ddl, drop) = if kind == "VIEW" {
-                    (ddl.replacen("CREATE ", "CREATE OR REPLACE ", 1), None)
+                    (
+                        object.ddl.replacen("CREATE ", "CREATE OR REPLACE ", 1),
+                        None,
+                    )
                 } else {
                     let drop = format!("DROP {kind} IF EXISTS {}.{}", ident(db), ident(&name));
-                    (ddl, Some(drop))
+                    (object.ddl.clone(), Some(drop))
                 };
-                match store.replay_object(db, &ddl, mode.as_deref(), drop).await {
+                let session = ObjectSession {
+                    sql_mode: object.sql_mode.as_deref(),
+                    client: &object.client,
+                };
+                match store.replay_object(db, &ddl, &session, drop).await {
                     Ok(Some(note)) => notes.push(format!("mysql: {kind} {db}.{name} {note}")),
                     Ok(None) => {}
                     Err(e) => {
@@ -133,6 +133,7 @@ pub(super) async fn finish_target(store: &MysqlStore) -> Result<Vec<String>, Sto
             user.name, user.database
         ));
     }
+    store.snapshot_note_given();
     Ok(notes)
 }
 
@@ -162,20 +163,21 @@ pub(super) async fn pause_target_side_effects(store: &MysqlStore) -> Result<(), 
 
 impl MysqlStore {
     /// Create (or replace) a schema object on the target from its source definition, in its
-    /// database and with its own sql_mode; without the DEFINER clause when that account is missing.
+    /// database and under the session it was created in (sql_mode, client character set and
+    /// collation, database collation); without the DEFINER clause when that account is missing.
     async fn replay_object(
         &self,
         db: &str,
         ddl: &str,
-        sql_mode: Option<&str>,
+        session: &ObjectSession<'_>,
         drop: Option<String>,
     ) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn(Side::Target).await?;
         let drop = drop.as_deref();
-        match replay_once(&mut conn, db, ddl, sql_mode, drop).await {
+        match replay_once(&mut conn, db, ddl, session, drop).await {
             Ok(()) => Ok(None),
             Err(mysql_async::Error::Server(s)) if [1449, 1227, 1045, 1044].contains(&s.code) => {
-                replay_once(&mut conn, db, &schema::strip_definer(ddl), sql_mode, drop)
+                replay_once(&mut conn, db, &schema::strip_definer(ddl), session, drop)
                     .await
                     .map_err(|e| self.err(Side::Target, e))?;
                 Ok(Some(format!(
@@ -314,26 +316,115 @@ impl MysqlStore {
     }
 }
 
-/// Run one DDL statement in `db` with the object's own sql_mode, after an optional DROP.
+/// The session a schema object was created in on the source, to create it in again.
+struct ObjectSession<'a> {
+    sql_mode: Option<&'a str>,
+    client: &'a ClientCharset,
+}
+
+/// The copy session's own character set, put back after each object.
+const SESSION_NAMES: &str = "SET NAMES utf8mb4";
+
+/// Run one DDL statement in `db` after an optional DROP, as mysqldump does: with the object's own
+/// sql_mode, its client character set and connection collation, and (for routines, triggers and
+/// events) its database collation set on the database for the moment of the CREATE. The
+/// session and the database are put back afterwards, whether the statement worked or not.
 async fn replay_once(
     conn: &mut Conn,
     db: &str,
     ddl: &str,
-    sql_mode: Option<&str>,
+    session: &ObjectSession<'_>,
     drop: Option<&str>,
 ) -> mysql_async::Result<()> {
     conn.query_drop(format!("USE {}", ident(db))).await?;
-    if let Some(mode) = sql_mode {
+    if let Some(mode) = session.sql_mode {
         conn.query_drop(format!("SET SESSION sql_mode = {}", quote(mode)))
             .await?;
     }
     if let Some(drop) = drop {
         conn.query_drop(drop).await?;
     }
-    let result = conn.query_drop(ddl).await;
+    let database_default = match &session.client.database_collation {
+        Some(wanted) => {
+            let current: Option<(String, String)> = conn
+                .exec_first(
+                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?",
+                    (db,),
+                )
+                .await?;
+            match current {
+                Some((charset, collation))
+                    if canonical_charset_name(&collation) != canonical_charset_name(wanted) =>
+                {
+                    conn.query_drop(format!(
+                        "ALTER DATABASE {} COLLATE {}",
+                        ident(db),
+                        quote(wanted)
+                    ))
+                    .await?;
+                    Some((charset, collation))
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let result = async {
+        let text =
+            ddl_for_client(conn, ddl, session.client.character_set_client.as_deref()).await?;
+        if let Some(charset) = &session.client.character_set_client {
+            let mut set = format!(
+                "SET character_set_client = {0}, character_set_results = {0}",
+                quote(charset)
+            );
+            if let Some(collation) = &session.client.collation_connection {
+                set.push_str(&format!(", collation_connection = {}", quote(collation)));
+            }
+            conn.query_drop(set).await?;
+        }
+        conn.query_drop(text).await
+    }
+    .await;
+    conn.query_drop(SESSION_NAMES).await?;
     conn.query_drop("SET sql_mode = 'NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'")
         .await?;
+    if let Some((charset, collation)) = database_default {
+        conn.query_drop(format!(
+            "ALTER DATABASE {} CHARACTER SET {} COLLATE {}",
+            ident(db),
+            quote(&charset),
+            quote(&collation)
+        ))
+        .await?;
+    }
     result
+}
+
+/// The statement's bytes in the client character set it will be sent under. The text was read
+/// through a utf8mb4 session: it goes as it is for the UTF-8 character sets and for ASCII text;
+/// otherwise the target server converts it (the session still being utf8mb4 here).
+async fn ddl_for_client(
+    conn: &mut Conn,
+    ddl: &str,
+    charset: Option<&str>,
+) -> mysql_async::Result<Vec<u8>> {
+    let Some(charset) = charset else {
+        return Ok(ddl.as_bytes().to_vec());
+    };
+    let utf8 = canonical_charset_name(charset).starts_with("utf8");
+    let plain_name = charset
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if utf8 || ddl.is_ascii() || !plain_name {
+        return Ok(ddl.as_bytes().to_vec());
+    }
+    let converted: Option<Vec<u8>> = conn
+        .exec_first(
+            format!("SELECT CAST(CONVERT(? USING {charset}) AS BINARY)"),
+            (ddl,),
+        )
+        .await?;
+    Ok(converted.unwrap_or_else(|| ddl.as_bytes().to_vec()))
 }
 
 fn range_text(unit: &Unit) -> KeyRange {

@@ -94,6 +94,8 @@ pub struct MysqlStore {
     target_pool: Pool,
     /// Source connections inside one consistent snapshot, shared by this run's batches.
     snapshot: tokio::sync::Mutex<Vec<Conn>>,
+    /// How many of this run's batches read inside that snapshot, for the copy's note.
+    snapshot_record: Mutex<copy::SnapshotRecord>,
     tables: Mutex<HashMap<(String, String), Arc<TableInfo>>>,
     /// Whether this process set the source read_only (and so must undo it).
     frozen: Mutex<bool>,
@@ -136,6 +138,7 @@ impl MysqlStore {
             target,
             options,
             snapshot: tokio::sync::Mutex::new(Vec::new()),
+            snapshot_record: Mutex::new(copy::SnapshotRecord::default()),
             tables: Mutex::new(HashMap::new()),
             frozen: Mutex::new(false),
         }
@@ -271,6 +274,10 @@ impl Store for MysqlStore {
         occupied: &[String],
     ) -> Result<(), StoreError> {
         prepare::prepare_target(self, units, policy, occupied).await
+    }
+
+    fn copied_by_earlier_runs(&self, units: usize) {
+        MysqlStore::copied_by_earlier_runs(self, units)
     }
 
     async fn begin_copy(&self, workers: usize) -> Result<String, StoreError> {

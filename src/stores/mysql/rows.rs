@@ -73,8 +73,9 @@ impl MysqlStore {
         after: Option<&Cursor>,
         limit: Option<u64>,
     ) -> Result<(u64, u64, Option<Vec<Value>>), LoadFailure> {
-        let (mut src, from_snapshot) = self.source_conn_for_copy().await?;
+        // The target first: a snapshot connection taken is never dropped on an early return.
         let mut tgt = self.conn(Side::Target).await?;
+        let (mut src, from_snapshot) = self.source_conn_for_copy().await?;
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(LOAD_QUEUE);
         tgt.set_infile_handler(async move {
             let data = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -151,10 +152,13 @@ impl MysqlStore {
         };
         let (read, written) = tokio::join!(reader, writer);
         let keep_snapshot = read.as_ref().is_ok_and(|r| r.0) && written.is_ok();
+        if keep_snapshot {
+            self.batch_read(unit, from_snapshot);
+        }
         if from_snapshot && keep_snapshot {
             self.snapshot.lock().await.push(src);
         } else if from_snapshot {
-            tracing::warn!(store = "mysql", unit = %unit.name, "a snapshot connection failed; later batches of this run read outside the snapshot");
+            self.discard_snapshot_conn(unit, src).await;
         }
         match written {
             Err(mysql_async::Error::Server(s)) if LOCAL_INFILE_REFUSED.contains(&s.code) => {
@@ -222,8 +226,9 @@ impl MysqlStore {
         after: Option<&Cursor>,
         limit: Option<u64>,
     ) -> Result<(u64, u64, Option<Vec<Value>>), StoreError> {
-        let (mut src, from_snapshot) = self.source_conn_for_copy().await?;
+        // The target first: a snapshot connection taken is never dropped on an early return.
         let mut tgt = self.conn(Side::Target).await?;
+        let (mut src, from_snapshot) = self.source_conn_for_copy().await?;
         let (tx, mut rx) = mpsc::channel::<String>(2);
         // Statement buffers go back to the reader once written, so a batch reuses a handful of
         // buffers instead of allocating (and fragmenting the heap with) one per statement.
@@ -299,10 +304,14 @@ impl MysqlStore {
         };
         let (read, written) = tokio::join!(reader, writer);
         let read = read.map_err(|e| e.in_unit(&unit.name));
-        if from_snapshot && read.is_ok() && written.is_ok() {
+        let complete = read.is_ok() && written.is_ok();
+        if complete {
+            self.batch_read(unit, from_snapshot);
+        }
+        if from_snapshot && complete {
             self.snapshot.lock().await.push(src);
         } else if from_snapshot {
-            tracing::warn!(store = "mysql", unit = %unit.name, "a snapshot connection failed; later batches of this run read outside the snapshot");
+            self.discard_snapshot_conn(unit, src).await;
         }
         written?;
         read
