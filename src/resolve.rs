@@ -396,16 +396,37 @@ pub fn resolve_side<E: StoreEndpoint>(
     }
 }
 
+/// What the tests of every store's settings and endpoints share.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use crate::tutor::TutorConfig;
 
-    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
+    /// User names with every character a URL reserves, and some that are merely unusual.
+    pub const RESERVED_USERS: &[&str] = &[
+        "tgt:adm",
+        "a@b",
+        "x/y",
+        "p%q",
+        "ünï cødé",
+        "plain",
+        "a?b#c&d=e+f",
+    ];
+
+    /// A config.yml of `text` in a root of its own (kept while the folder lives), without
+    /// `TUTOR_*` overrides from the environment.
+    pub fn config(text: &str) -> (tempfile::TempDir, TutorConfig) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.yml"), text).unwrap();
         let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
         (dir, cfg)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::test_support::config as tutor;
 
     #[test]
     fn ports_and_numbers_from_config_are_checked() {

@@ -460,15 +460,7 @@ mod tests {
         assert!(MongoEndpoint::parse("mongodb://h/?tls=true").unwrap().tls());
     }
 
-    const USERS: &[&str] = &[
-        "tgt:adm",
-        "a@b",
-        "x/y",
-        "p%q",
-        "ünï cødé",
-        "plain",
-        "a?b#c&d=e+f",
-    ];
+    use crate::resolve::test_support::RESERVED_USERS as USERS;
 
     #[test]
     fn the_public_url_parses_back_to_the_same_endpoint() {

@@ -236,12 +236,7 @@ mod tests {
     use crate::resolve::TargetsFile;
     use crate::tutor::TutorConfig;
 
-    fn tutor(text: &str) -> (tempfile::TempDir, TutorConfig) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.yml"), text).unwrap();
-        let cfg = TutorConfig::load_with_env(dir.path(), std::iter::empty()).unwrap();
-        (dir, cfg)
-    }
+    use crate::resolve::test_support::config as tutor;
 
     fn context<'a>(cfg: &'a TutorConfig, targets: &'a TargetsFile) -> ResolveContext<'a> {
         ResolveContext {
