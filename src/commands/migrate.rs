@@ -53,6 +53,7 @@ pub async fn migrate(
 /// Plan and checks only: nothing is written to a server, the Tutor root or a job folder.
 async fn dry_run(args: &MigrateArgs, out: Output) -> anyhow::Result<Outcome> {
     let settings = Settings::resolve(&super::inputs(&args.copy.job), None)?;
+    super::check_reachable(&settings).await?;
     let plan = make_plan(&settings.open_stores()).await?;
     let search = match settings.meilisearch {
         Some(_) => reindex::plan_section(&args.copy.job).await?,

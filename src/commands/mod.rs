@@ -152,6 +152,7 @@ async fn open_job(
         .recorded_endpoints()?
         .filter(|_| !inputs.names_endpoints());
     let settings = Settings::resolve(inputs, recorded.as_ref())?;
+    check_reachable(&settings).await?;
     match folder.open(settings).await {
         Err(JobError::PlanFailed(plan)) => {
             if !out.json {
@@ -160,6 +161,56 @@ async fn open_job(
             Err(JobError::PlanFailed(plan).into())
         }
         other => Ok(other?),
+    }
+}
+
+/// Refuse settings naming a server this machine cannot reach, and print the Tutor commands that
+/// run this same command where those servers are (the job layer's error says which they are).
+pub async fn check_reachable(settings: &Settings) -> anyhow::Result<()> {
+    match crate::job::reach::check(settings).await {
+        Err(e @ JobError::Unreachable(_)) => {
+            print_tutor_commands();
+            Err(e.into())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// This command's arguments as Tutor's plugin would run them inside the platform's network:
+/// the same flags, less `--tutor-root` and `--job` (the plugin mounts both).
+fn print_tutor_commands() {
+    let mut args = Vec::new();
+    let mut skip_value = false;
+    for a in std::env::args().skip(1) {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if a == "--tutor-root" || a == "--job" {
+            skip_value = true;
+            continue;
+        }
+        if a.starts_with("--tutor-root=") || a.starts_with("--job=") {
+            continue;
+        }
+        args.push(shell_word(&a));
+    }
+    let args = args.join(" ");
+    eprintln!("To run this where Tutor's servers are (tutor-plugin/, docs/tutor.md):");
+    eprintln!("  tutor local do offload -- {args}");
+    eprintln!("  tutor k8s do offload -- {args}");
+}
+
+/// A word as a POSIX shell reads it back: as is when safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

@@ -15,6 +15,7 @@ mod cutover;
 mod freeze;
 pub mod lock;
 mod open;
+pub mod reach;
 mod reindex;
 mod verify;
 
@@ -80,6 +81,20 @@ pub enum JobError {
     /// A gate refused (cutover before a clean verify, a changed config.yml, ...).
     #[error("{0}")]
     Refused(String),
+    /// Servers the job names that this machine cannot reach; nothing was asked or written.
+    #[error("{}", unreachable_message(.0))]
+    Unreachable(Vec<reach::Unreachable>),
+}
+
+fn unreachable_message(servers: &[reach::Unreachable]) -> String {
+    let named: Vec<String> = servers
+        .iter()
+        .map(|u| format!("{} {} {} ({})", u.store, u.side, u.address, u.why))
+        .collect();
+    format!(
+        "cannot reach {}; nothing was written. Tutor's mysql, mongodb, redis, minio and meilisearch hosts exist only inside its Docker network (or its Kubernetes namespace): run offload there with the Tutor plugin (docs/tutor.md), or pass --from-*/--to-* addresses this machine can reach",
+        named.join("; ")
+    )
 }
 
 impl JobError {

@@ -114,6 +114,7 @@ impl JobFolder {
     /// may be written as `--if-exists` says (otherwise the copy's refusal). A refused new job
     /// writes nothing: the catalog is created only after both.
     pub async fn open(self, settings: Settings) -> Result<Job, JobError> {
+        super::reach::check(&settings).await?;
         let stores = settings.open_stores();
         if let Some(catalog) = self.existing {
             catalog.check_setup(&self.dir, &settings.setup(&stores))?;

@@ -81,6 +81,7 @@ pub async fn verify_unplanned(
     reporter: Arc<dyn Reporter>,
     cancel: &CancellationToken,
 ) -> Result<VerifyReport, JobError> {
+    super::reach::check(settings).await?;
     let stores = settings.open_stores();
     let mut units = Vec::new();
     for s in &stores {

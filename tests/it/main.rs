@@ -16,6 +16,7 @@ mod mysql;
 mod objects;
 mod plugin;
 mod progress;
+mod reach;
 mod redis;
 mod stop;
 mod support;
