@@ -64,7 +64,7 @@ pub enum LockError {
         started: String,
     },
 
-    #[error("cannot lock the job folder {job}: {detail}")]
+    #[error("cannot lock the job folder {job}: {detail}. Check that the folder can be written (its permissions, a read-only mount), or point --job elsewhere")]
     Io { job: String, detail: String },
 }
 
