@@ -92,7 +92,7 @@ fn unreachable_message(servers: &[reach::Unreachable]) -> String {
         .map(|u| format!("{} {} {} ({})", u.store, u.side, u.address, u.why))
         .collect();
     format!(
-        "cannot reach {}; nothing was written. Tutor's mysql, mongodb, redis, minio and meilisearch hosts exist only inside its Docker network (or its Kubernetes namespace): run offload there with the Tutor plugin (docs/tutor.md), or pass --from-*/--to-* addresses this machine can reach",
+        "cannot reach {}; nothing was written. Check that each server runs and listens at that address. Tutor's mysql, mongodb, redis, minio and meilisearch hosts exist only inside its Docker network (or its Kubernetes namespace): run offload there with the Tutor plugin (docs/tutor.md), or pass --from-*/--to-* addresses this machine can reach",
         named.join("; ")
     )
 }

@@ -1207,7 +1207,7 @@ async fn bad_inputs_stop_with_exit_2_and_nothing_written() {
     );
     assert_exit(&out, 2);
     assert!(
-        text(&out).contains("cannot talk to the source server"),
+        text(&out).contains("cannot reach mongodb source 127.0.0.1:1"),
         "{}",
         text(&out)
     );

@@ -513,7 +513,8 @@ async fn bad_inputs_stop_with_exit_2_and_nothing_written() {
     let out = offload(job.path(), &unreachable);
     assert_exit(&out, 2);
     assert!(
-        text(&out).contains("cannot talk to the source server"),
+        text(&out).contains("cannot reach mysql source 127.0.0.1:1")
+            && text(&out).contains("mysql target 127.0.0.1:2"),
         "{}",
         text(&out)
     );

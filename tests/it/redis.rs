@@ -736,7 +736,11 @@ fn bad_inputs_stop_before_writing() {
             target(),
             "ACL user",
         ),
-        (source(), "redis://127.0.0.1:1".to_string(), "reachable"),
+        (
+            source(),
+            "redis://127.0.0.1:1".to_string(),
+            "cannot reach redis target 127.0.0.1:1",
+        ),
         (
             source(),
             target().replacen("redis://", "rediss://", 1),
