@@ -141,7 +141,9 @@ pub fn if_exists(arg: IfExistsArg) -> IfExists {
 }
 
 /// Claim the job folder as asked, resolve the settings (from the flags, else from what the job
-/// recorded) and open the job. A new job whose plan fails prints the plan and writes nothing.
+/// recorded) and open the job. A new job whose plan fails prints the plan and writes nothing; a
+/// server this machine cannot reach is named, with the Tutor commands that run the same command
+/// where it is.
 async fn open_job(
     inputs: &Inputs,
     request: OpenRequest,
@@ -152,13 +154,16 @@ async fn open_job(
         .recorded_endpoints()?
         .filter(|_| !inputs.names_endpoints());
     let settings = Settings::resolve(inputs, recorded.as_ref())?;
-    check_reachable(&settings).await?;
     match folder.open(settings).await {
         Err(JobError::PlanFailed(plan)) => {
             if !out.json {
                 print!("{}", print::plan(&plan));
             }
             Err(JobError::PlanFailed(plan).into())
+        }
+        Err(e @ JobError::Unreachable(_)) => {
+            print_tutor_commands();
+            Err(e.into())
         }
         other => Ok(other?),
     }

@@ -64,16 +64,22 @@ impl ProgressFields {
             "phase_done" => out.push_str(" done"),
             _ => {}
         }
-        out.push_str(&format!(
-            ": {}, {}",
-            done_of(
-                self.records_done,
-                total(self.records_total),
-                self.records_noun
-            ),
-            bytes(self.bytes_done)
-        ));
-        if self.event != "phase_start" {
+        // A phase that moves no records (preparing targets, finishing them) says only when it
+        // starts and ends, and its units.
+        let moves_records =
+            self.records_total.is_some() || self.records_done > 0 || self.bytes_done > 0;
+        if moves_records {
+            out.push_str(&format!(
+                ": {}, {}",
+                done_of(
+                    self.records_done,
+                    total(self.records_total),
+                    self.records_noun
+                ),
+                bytes(self.bytes_done)
+            ));
+        }
+        if moves_records && self.event != "phase_start" {
             out.push_str(&format!(
                 "; {}, {}",
                 rate(self.records_per_second, self.records_noun),
@@ -121,6 +127,8 @@ struct State {
     bytes_done: u64,
     bytes_resumed: u64,
     stores: BTreeSet<StoreKind>,
+    /// Whether the phase reported its units one by one (copy, verify do; prepare, finish not).
+    saw_units: bool,
 }
 
 impl State {
@@ -138,6 +146,7 @@ impl State {
             bytes_done: 0,
             bytes_resumed: 0,
             stores: BTreeSet::new(),
+            saw_units: false,
         }
     }
 
@@ -308,6 +317,10 @@ impl Reporter for LineReporter {
             }
             state.phase = None;
             state.running.clear();
+            // A phase that did not report its units one by one did them all when it ends.
+            if !state.saw_units {
+                state.units_done = state.units_total;
+            }
             state.fields("phase_done", phase)
         };
         self.shared.write(&fields);
@@ -462,6 +475,27 @@ mod tests {
             assert!(json.get(key).is_some(), "{key} in {json}");
         }
         assert_eq!(json.as_object().unwrap().len(), 15, "{json}");
+    }
+
+    #[test]
+    fn a_phase_without_records_says_when_it_starts_and_ends_and_its_units() {
+        let r = LineReporter::new(LineFormat::Text, Duration::from_secs(3600));
+        r.on_phase_start(Phase::Prepare, 16, 0, 0);
+        let start = r.shared.state().fields("phase_start", Phase::Prepare);
+        assert_eq!(
+            start.text(),
+            "offload progress: prepare started; units 0 done, 0 running, 16 left"
+        );
+        r.on_phase_done(Phase::Prepare);
+        // What the done line said: the state keeps the phase's last counts.
+        let done = r.shared.state().fields("phase_done", Phase::Prepare);
+        assert!(
+            done.text()
+                .starts_with("offload progress: prepare done; in ")
+                && done.text().ends_with("units 16 done, 0 running, 0 left"),
+            "{}",
+            done.text()
+        );
     }
 
     #[test]
