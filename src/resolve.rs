@@ -68,6 +68,20 @@ pub struct TargetsFile {
     pub s3: Option<String>,
 }
 
+impl TargetsFile {
+    /// The target this file names for a store.
+    pub fn target(&self, kind: crate::core::StoreKind) -> Option<&str> {
+        use crate::core::StoreKind;
+        match kind {
+            StoreKind::Mysql => self.mysql.as_deref(),
+            StoreKind::Mongodb => self.mongodb.as_deref(),
+            StoreKind::Redis => self.redis.as_deref(),
+            StoreKind::Objects => self.s3.as_deref(),
+            StoreKind::Meilisearch => None,
+        }
+    }
+}
+
 /// A config.yml value as text (numbers and booleans as YAML writes them).
 pub fn config_text(cfg: &TutorConfig, key: &str) -> Option<String> {
     match cfg.get(key)? {

@@ -50,21 +50,11 @@ pub struct Inputs {
 impl Inputs {
     /// Whether the flags name any endpoint themselves (otherwise a job's record is used).
     pub fn names_endpoints(&self) -> bool {
-        let none = TargetsFile::default();
-        let ctx = ResolveContext {
-            tutor: None,
-            tutor_root: Path::new(""),
-            tutor_root_flag: false,
-            targets: &none,
-            batch_rows: None,
-            create_users: false,
-            deep: false,
-        };
         self.targets.is_some()
             || self.search.to_meilisearch.is_some()
             || COPY_STORES
                 .iter()
-                .any(|k| self.store_args.names_endpoint(*k, &ctx))
+                .any(|k| self.store_args.names_endpoint(*k))
     }
 
     /// The job folder these inputs name: `--job`, else beside the Tutor root.
@@ -194,7 +184,7 @@ impl Settings {
         };
         let mut stores = Vec::new();
         for kind in COPY_STORES {
-            if selected(kind, inputs.store_args.has_target(kind, &ctx)) {
+            if selected(kind, inputs.store_args.has_target(kind, &targets)) {
                 stores.push(StoreSettings::resolve(
                     kind,
                     &inputs.store_args,

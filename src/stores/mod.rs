@@ -14,7 +14,7 @@ pub mod redis;
 use std::sync::Arc;
 
 use crate::core::{Store, StoreKind};
-use crate::resolve::{ResolveContext, SettingsError};
+use crate::resolve::{ResolveContext, SettingsError, TargetsFile};
 
 /// Every copy store's flags, as the command line gives them.
 #[derive(Debug, Clone, Default)]
@@ -44,26 +44,38 @@ pub const COPY_STORES: [StoreKind; 4] = [
 ];
 
 impl StoreArgs {
-    /// Whether the flags (or the targets file) name an endpoint of this store.
-    pub fn names_endpoint(&self, kind: StoreKind, ctx: &ResolveContext) -> bool {
+    /// The URLs this store's flags give for its source and its target (`--from-*`, `--to-*`).
+    fn urls(&self, kind: StoreKind) -> (Option<&str>, Option<&str>) {
         match kind {
-            StoreKind::Mysql => self.mysql.names_endpoint(ctx),
-            StoreKind::Mongodb => self.mongodb.names_endpoint(ctx),
-            StoreKind::Redis => self.redis.names_endpoint(ctx),
-            StoreKind::Objects => self.objects.names_endpoint(ctx),
-            StoreKind::Meilisearch => false,
+            StoreKind::Mysql => (
+                self.mysql.from_mysql.as_deref(),
+                self.mysql.to_mysql.as_deref(),
+            ),
+            StoreKind::Mongodb => (
+                self.mongodb.from_mongodb.as_deref(),
+                self.mongodb.to_mongodb.as_deref(),
+            ),
+            StoreKind::Redis => (
+                self.redis.from_redis.as_deref(),
+                self.redis.to_redis.as_deref(),
+            ),
+            StoreKind::Objects => (
+                self.objects.from_s3.as_deref(),
+                self.objects.to_s3.as_deref(),
+            ),
+            StoreKind::Meilisearch => (None, None),
         }
     }
 
-    /// Whether the flags (or the targets file) name a target for this store.
-    pub fn has_target(&self, kind: StoreKind, ctx: &ResolveContext) -> bool {
-        match kind {
-            StoreKind::Mysql => self.mysql.has_target(ctx),
-            StoreKind::Mongodb => self.mongodb.has_target(ctx),
-            StoreKind::Redis => self.redis.has_target(ctx),
-            StoreKind::Objects => self.objects.has_target(ctx),
-            StoreKind::Meilisearch => false,
-        }
+    /// Whether the flags name an endpoint of this store.
+    pub fn names_endpoint(&self, kind: StoreKind) -> bool {
+        let (from, to) = self.urls(kind);
+        from.is_some() || to.is_some()
+    }
+
+    /// Whether the flags or the targets file name a target for this store.
+    pub fn has_target(&self, kind: StoreKind, targets: &TargetsFile) -> bool {
+        self.urls(kind).1.is_some() || targets.target(kind).is_some()
     }
 }
 

@@ -93,18 +93,6 @@ impl Default for MongoArgs {
     }
 }
 
-impl MongoArgs {
-    /// Whether these flags (or the targets file) name a MongoDB endpoint.
-    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
-        self.from_mongodb.is_some() || self.has_target(ctx)
-    }
-
-    /// Whether a target is named.
-    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
-        self.to_mongodb.is_some() || ctx.targets.mongodb.is_some()
-    }
-}
-
 /// A number of seconds, fractions allowed (`2`, `0.5`), at most a day.
 fn seconds(text: &str) -> Result<std::time::Duration, String> {
     match text.trim().parse::<f64>() {

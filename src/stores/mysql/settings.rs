@@ -50,18 +50,6 @@ pub struct MysqlArgs {
     pub split_bytes: u64,
 }
 
-impl MysqlArgs {
-    /// Whether these flags (or the targets file) name a MySQL endpoint.
-    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
-        self.from_mysql.is_some() || self.has_target(ctx)
-    }
-
-    /// Whether a target is named.
-    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
-        self.to_mysql.is_some() || ctx.targets.mysql.is_some()
-    }
-}
-
 /// The MySQL part of the settings.
 #[derive(Debug, Clone)]
 pub struct MysqlSettings {

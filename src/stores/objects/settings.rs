@@ -84,23 +84,6 @@ impl Default for ObjectsArgs {
     }
 }
 
-impl ObjectsArgs {
-    /// Whether these flags (or the targets file) name an object-storage endpoint.
-    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
-        self.from_s3.is_some() || self.has_target(ctx)
-    }
-
-    /// Whether a target is named.
-    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
-        self.target_url(ctx).is_some()
-    }
-
-    /// `--to-s3`, else the targets file's `s3:`.
-    fn target_url<'a>(&'a self, ctx: &'a ResolveContext) -> Option<&'a str> {
-        self.to_s3.as_deref().or(ctx.targets.s3.as_deref())
-    }
-}
-
 /// The objects part of the settings.
 #[derive(Debug, Clone)]
 pub struct ObjectsSettings {
@@ -433,7 +416,8 @@ pub fn resolve(
     recorded: Option<&serde_json::Value>,
 ) -> Result<ObjectsSettings, SettingsError> {
     let tutor = ctx.tutor;
-    let target_url = inputs.target_url(ctx);
+    // `--to-s3`, else the targets file's `s3:`.
+    let target_url = inputs.to_s3.as_deref().or(ctx.targets.s3.as_deref());
     let rec = |k: &str| recorded.map(|r| &r[k]).filter(|v| !v.is_null());
     let bucket_map = if inputs.bucket_map.is_empty() {
         rec("bucket_map")

@@ -55,18 +55,6 @@ pub struct RedisArgs {
     pub redis_scan: bool,
 }
 
-impl RedisArgs {
-    /// Whether these flags (or the targets file) name a Redis endpoint.
-    pub fn names_endpoint(&self, ctx: &ResolveContext) -> bool {
-        self.from_redis.is_some() || self.has_target(ctx)
-    }
-
-    /// Whether a target is named.
-    pub fn has_target(&self, ctx: &ResolveContext) -> bool {
-        self.to_redis.is_some() || ctx.targets.redis.is_some()
-    }
-}
-
 /// The Redis part of the settings.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
