@@ -66,7 +66,7 @@ impl fmt::Display for StoreKind {
 
 /// A position inside a unit, opaque to the engine: the store writes it, the catalog keeps it,
 /// and the store reads it back to continue after it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor(pub serde_json::Value);
 
 /// The part of a unit's key space it covers: keys strictly after `after`, up to and including `upto`.
@@ -188,6 +188,9 @@ pub struct RowDigest {
     /// Human-readable key (`id=42`), used to name differences.
     pub key: String,
     pub digest: [u8; 16],
+    /// The row's key as a cursor, when the store can address single rows by key range (the
+    /// delta pass then copies only the rows that differ); `None` for rows without a key.
+    pub cursor: Option<Cursor>,
 }
 
 /// What to do when the target already holds data for a unit.

@@ -160,8 +160,8 @@ pub fn delta_summary(d: &DeltaSummary) -> String {
         format!(" ({})", d.changed.join(", "))
     };
     format!(
-        "Delta pass: {} of {} unit(s) had changed; {} key range(s), {} record(s) copied again{changed}.\n",
-        d.units_changed, d.units_checked, d.chunks_recopied, d.rows_recopied
+        "Delta pass: {} of {} unit(s) had changed; {} key range(s) in {} chunk(s), {} record(s) copied again{changed}.\n",
+        d.units_changed, d.units_checked, d.ranges_recopied, d.chunks_recopied, d.rows_recopied
     )
 }
 

@@ -383,6 +383,52 @@ async fn big_tables_split_into_key_ranges() {
     db.drop_both().await;
 }
 
+/// The delta pass copies again only the rows around each change, not the whole chunks holding
+/// them: updated rows, a row deleted on the source and rows inserted in the middle and at the end.
+#[tokio::test]
+async fn delta_copies_only_the_rows_that_changed_not_their_chunks() {
+    let db = crate::stop::seeded("rowdelta", 10_000).await;
+    let src = mysql_source();
+    let table = format!("`{}`.`bulk`", db.name);
+    exec(&src, &format!("DELETE FROM {table} WHERE id = 7000")).await;
+    let job = tempfile::tempdir().unwrap();
+    let f = flags(&db.name);
+    assert_exit(&offload(job.path(), &args("copy", &f, &[])), 0);
+
+    exec(
+        &src,
+        &format!("UPDATE {table} SET note = 'edited' WHERE id IN (150, 4321, 4322, 9000)"),
+    )
+    .await;
+    exec(&src, &format!("DELETE FROM {table} WHERE id = 2500")).await;
+    exec(
+        &src,
+        &format!("INSERT INTO {table} VALUES (7000, 'back'), (10001, 'new')"),
+    )
+    .await;
+    let out = offload(
+        job.path(),
+        &args(
+            "copy",
+            &[],
+            &["--resume", "--delta", "--chunk-rows", "1000"],
+        ),
+    );
+    assert_exit(&out, 0);
+    // Ranges: 150; 4321-4322; 9000; 7000; 10001; and 2500, whose range ends at 2501, the next
+    // source row, so 2501 is written again too: seven records in six ranges.
+    assert!(
+        text(&out).contains(
+            "1 of 1 unit(s) had changed; 6 key range(s) in 6 chunk(s), 7 record(s) copied again"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_exit(&offload(job.path(), &args("verify", &[], &[])), 0);
+    assert_eq!(count(&mysql_target(), &table).await, 10_000);
+    db.drop_both().await;
+}
+
 #[tokio::test]
 async fn occupied_target_is_refused_untouched_then_skip_and_replace() {
     let db = TestDb::new("occupied").await;

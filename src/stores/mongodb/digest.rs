@@ -148,6 +148,7 @@ pub async fn row_digests(
             out.push(RowDigest {
                 key,
                 digest: keys::doc_digest(doc),
+                cursor: Some(keys::encode(id)),
             });
         }
         if docs.cut_untrusted(out.len() >= cap) {

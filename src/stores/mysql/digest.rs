@@ -76,13 +76,17 @@ pub(super) async fn row_digests(
             Some(cap as u64),
             |row| {
                 let digest = row_digest(&row);
-                let key = if info.keyless() {
-                    format!("row with digest {}", hex::encode(digest))
+                let (key, cursor) = if info.keyless() {
+                    (format!("row with digest {}", hex::encode(digest)), None)
                 } else {
                     let k: Vec<Value> = info.key.iter().map(|&k| row[k].clone()).collect();
-                    info.display_key(&k)
+                    (info.display_key(&k), Some(encode_cursor(&k)))
                 };
-                out.push(RowDigest { key, digest });
+                out.push(RowDigest {
+                    key,
+                    digest,
+                    cursor,
+                });
             },
         )
         .await;

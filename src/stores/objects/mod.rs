@@ -661,6 +661,8 @@ impl Store for ObjectsStore {
             .map(|(e, digest)| RowDigest {
                 key: format!("{}/{}", spec.to.bucket, e.key),
                 digest,
+                // Objects already skip what the target holds unchanged: no finer ranges needed.
+                cursor: None,
             })
             .collect())
     }

@@ -577,6 +577,7 @@ impl Store for RedisStore {
             out.push(RowDigest {
                 key: display_key(&d.key),
                 digest: d.digest,
+                cursor: None,
             });
             out.len() < cap
         })
