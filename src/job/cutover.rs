@@ -304,6 +304,7 @@ pub fn cutover(
                         .as_ref()
                         .map(|p| p.expose().to_string())
                         .unwrap_or_default(),
+                    databases: r.options.dbs.iter().map(|d| (d.source, d.target)).collect(),
                 })
             }
             StoreKind::Mongodb => {

@@ -71,6 +71,9 @@ pub struct RedisTarget {
     pub username: String,
     /// Empty for none.
     pub password: String,
+    /// The databases copied, source number to target number, when they were chosen
+    /// (`--redis-dbs SRC:DST`); empty when every database kept its number.
+    pub databases: Vec<(i64, i64)>,
 }
 
 /// The external Meilisearch server.
@@ -192,6 +195,7 @@ impl std::fmt::Debug for RedisTarget {
             .field("port", &self.port)
             .field("username", &self.username)
             .field("password", &Redacted(&self.password))
+            .field("databases", &self.databases)
             .finish()
     }
 }
@@ -498,6 +502,7 @@ fn plan_mongodb(
 }
 
 fn plan_redis(
+    cfg: &TutorConfig,
     t: &RedisTarget,
     edits: &mut ConfigEdits,
     warnings: &mut Vec<String>,
@@ -519,7 +524,39 @@ fn plan_redis(
         .set("REDIS_PASSWORD", t.password.as_str());
     warn_unescaped(warnings, "REDIS_USERNAME", &t.username, true);
     warn_unescaped(warnings, "REDIS_PASSWORD", &t.password, true);
+    plan_redis_databases(cfg, t, edits, warnings);
     Ok(())
+}
+
+/// The platform's Celery broker and Django cache databases follow the copy when it moved them
+/// (`--redis-dbs 0:2`); a database left out whose number now holds another one is warned about.
+fn plan_redis_databases(
+    cfg: &TutorConfig,
+    t: &RedisTarget,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) {
+    for (key, default) in [
+        ("OPENEDX_CELERY_REDIS_DB", 0),
+        ("OPENEDX_CACHE_REDIS_DB", 1),
+    ] {
+        let db = cfg.get(key).and_then(|v| v.as_i64()).unwrap_or(default);
+        match t.databases.iter().find(|(from, _)| *from == db) {
+            Some(&(_, to)) if to != db => {
+                edits.set(key, to);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(&(from, _)) = t.databases.iter().find(|(_, to)| *to == db) {
+                    warnings.push(format!(
+                        "{key} is {db}, a database offload did not copy, but database {db} on the \
+                         new Redis now holds source database {from}: the two would share it. Set \
+                         {key} to a database nothing else uses (`tutor config save --set {key}=N`)"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn plan_meilisearch(
@@ -706,7 +743,7 @@ pub fn plan_cutover(
         match target {
             CutoverTarget::Mysql(t) => plan_mysql(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::Mongodb(t) => plan_mongodb(t, &mut edits, &mut warnings)?,
-            CutoverTarget::Redis(t) => plan_redis(t, &mut edits, &mut warnings)?,
+            CutoverTarget::Redis(t) => plan_redis(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::Meilisearch(t) => plan_meilisearch(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::S3(t) => plan_s3(cfg, t, &mut edits, &mut warnings)?,
         }
@@ -1256,10 +1293,69 @@ mod tests {
             port: 6379,
             username: String::new(),
             password: "secret".into(),
+            databases: Vec::new(),
         };
-        let err = plan_redis(&target, &mut ConfigEdits::new(), &mut Vec::new()).unwrap_err();
+        let cfg = config_of("RUN_REDIS: true\n");
+        let err =
+            plan_redis(&cfg.1, &target, &mut ConfigEdits::new(), &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("`default`"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    /// A Tutor root holding this `config.yml`, and the config read from it.
+    fn config_of(text: &str) -> (tempfile::TempDir, TutorConfig) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join(CONFIG_FILENAME), text).unwrap();
+        let cfg = TutorConfig::load_with_env(root.path(), []).unwrap();
+        (root, cfg)
+    }
+
+    #[test]
+    fn redis_databases_follow_the_copy_and_a_shared_one_is_warned_about() {
+        let target = |databases: Vec<(i64, i64)>| RedisTarget {
+            host: "redis.internal".into(),
+            port: 6379,
+            username: String::new(),
+            password: String::new(),
+            databases,
+        };
+        let (_root, cfg) = config_of("OPENEDX_CACHE_REDIS_DB: 4\n");
+        let plan = |t: &RedisTarget| {
+            let (mut edits, mut warnings) = (ConfigEdits::new(), Vec::new());
+            plan_redis(&cfg, t, &mut edits, &mut warnings).unwrap();
+            (edits, warnings)
+        };
+
+        let (edits, warnings) = plan(&target(Vec::new()));
+        assert!(edits.get("OPENEDX_CELERY_REDIS_DB").is_none());
+        assert!(edits.get("OPENEDX_CACHE_REDIS_DB").is_none());
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        let (edits, warnings) = plan(&target(vec![(0, 2), (4, 3)]));
+        assert_eq!(
+            edits.get("OPENEDX_CELERY_REDIS_DB"),
+            Some(Some(&Value::from(2)))
+        );
+        assert_eq!(
+            edits.get("OPENEDX_CACHE_REDIS_DB"),
+            Some(Some(&Value::from(3)))
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // The cache is left out, and Celery's database lands on the cache's number.
+        let (edits, warnings) = plan(&target(vec![(0, 4)]));
+        assert_eq!(
+            edits.get("OPENEDX_CELERY_REDIS_DB"),
+            Some(Some(&Value::from(4)))
+        );
+        assert!(edits.get("OPENEDX_CACHE_REDIS_DB").is_none());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("OPENEDX_CACHE_REDIS_DB is 4")
+                    && w.contains("source database 0")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

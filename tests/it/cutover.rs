@@ -73,6 +73,7 @@ fn redis() -> CutoverTarget {
         port: 6380,
         username: "default".into(),
         password: "pässwörd-ü #1".into(),
+        databases: Vec::new(),
     })
 }
 
@@ -255,6 +256,29 @@ fn redis_cutover_matches_tutor() {
         "cache LOCATION not on the new host"
     );
     assert!(lms_env.contains("CELERY_BROKER_HOSTNAME: \"10.20.0.7:6380\""));
+}
+
+/// Databases moved by the copy (`--redis-dbs 0:2,1:3`) move in the platform's settings too.
+#[test]
+fn redis_cutover_follows_databases_the_copy_moved() {
+    let moved = CutoverTarget::Redis(RedisTarget {
+        host: "10.20.0.7".into(),
+        port: 6380,
+        username: String::new(),
+        password: String::new(),
+        databases: vec![(0, 2), (1, 3)],
+    });
+    let (root, _) = cutover_matches_tutor(&[moved]);
+    assert_printvalues(
+        root.path(),
+        &[
+            ("OPENEDX_CELERY_REDIS_DB", "2"),
+            ("OPENEDX_CACHE_REDIS_DB", "3"),
+        ],
+    );
+    let (_, lms, lms_env) = render(root.path());
+    assert!(lms.contains("@10.20.0.7:6380/3\""), "cache LOCATION");
+    assert!(lms_env.contains("CELERY_BROKER_VHOST: \"2\""), "{lms_env}");
 }
 
 #[test]
