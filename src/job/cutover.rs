@@ -261,7 +261,6 @@ pub fn cutover(
     }
     let mut targets = Vec::new();
     let mut forced = Vec::new();
-    let missing = |what: &str| JobError::Refused(format!("the job has no {what} target"));
     for (kind, verdict) in verdicts {
         if let Err(why) = &verdict {
             if !force {
@@ -273,58 +272,7 @@ pub fn cutover(
                 why: why.clone(),
             });
         }
-        targets.push(match kind {
-            StoreKind::Mysql => {
-                let m = settings.mysql().ok_or_else(|| missing("MySQL"))?;
-                CutoverTarget::Mysql(MysqlTarget {
-                    host: m.target.host.clone(),
-                    port: m.target.port,
-                    root_username: m.target.user.clone(),
-                    // A target without a password gets an empty one, not the old server's.
-                    root_password: Some(
-                        m.target
-                            .password
-                            .as_ref()
-                            .map(|p| p.expose().to_string())
-                            .unwrap_or_default(),
-                    ),
-                    app: None,
-                    plugin_users: Vec::new(),
-                })
-            }
-            StoreKind::Redis => {
-                let r = settings.redis().ok_or_else(|| missing("Redis"))?;
-                CutoverTarget::Redis(RedisTarget {
-                    host: r.target.host.clone(),
-                    port: r.target.port,
-                    username: r.target.username.clone().unwrap_or_default(),
-                    password: r
-                        .target
-                        .password
-                        .as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                    databases: r.options.dbs.iter().map(|d| (d.source, d.target)).collect(),
-                })
-            }
-            StoreKind::Mongodb => {
-                let m = settings.mongodb().ok_or_else(|| missing("MongoDB"))?;
-                CutoverTarget::Mongodb(mongodb_target(&m.target)?)
-            }
-            StoreKind::Objects => {
-                let o = settings
-                    .objects()
-                    .ok_or_else(|| missing("object-storage"))?;
-                CutoverTarget::S3(s3_target(o, &cfg)?)
-            }
-            StoreKind::Meilisearch => {
-                let m = settings
-                    .meilisearch
-                    .as_ref()
-                    .ok_or_else(|| missing("Meilisearch"))?;
-                CutoverTarget::Meilisearch(meilisearch_target(m)?)
-            }
-        });
+        targets.push(cutover_target(settings, kind, &cfg)?);
     }
     if targets.is_empty() {
         return Err(JobError::Refused(format!(
@@ -333,13 +281,62 @@ pub fn cutover(
         )));
     }
 
-    let plan = tutor::plan_cutover(&cfg, &targets)?;
-    let diff = plan.masked_diff();
+    let outcome = rewrite(settings, &cfg, &targets, forced, dry_run)?;
+    if let Some(backup) = &outcome.backup {
+        catalog.phase_done(
+            PhaseOwner::Job,
+            Phase::Cutover,
+            &backup.display().to_string(),
+        )?;
+    }
+    Ok(outcome)
+}
+
+/// Cut over without a job, for servers filled by other means: every store named by a target
+/// flag, none of them verified, so only with `force` (a dry run shows the change without it).
+pub fn cutover_without_job(
+    settings: &Settings,
+    dry_run: bool,
+    force: bool,
+) -> Result<CutoverOutcome, JobError> {
+    if !force && !dry_run {
+        return Err(JobError::Refused(format!(
+            "there is no job in {}, so nothing was copied or verified by offload. Point --job at the job that copied the data, or, for servers you filled by other means and checked yourself, add --force (try --dry-run first)",
+            settings.job_dir.display()
+        )));
+    }
+    let cfg = TutorConfig::load(&settings.tutor_root)?;
+    let mut kinds: Vec<StoreKind> = settings.stores.iter().map(|s| s.kind()).collect();
+    if settings.meilisearch.is_some() {
+        kinds.push(StoreKind::Meilisearch);
+    }
+    let mut targets = Vec::new();
+    let mut forced = Vec::new();
+    for kind in kinds {
+        tracing::warn!(store = %kind, "cutting over without a job: nothing was verified");
+        forced.push(Forced {
+            store: kind,
+            why: "there is no job, so nothing was verified".into(),
+        });
+        targets.push(cutover_target(settings, kind, &cfg)?);
+    }
+    rewrite(settings, &cfg, &targets, forced, dry_run)
+}
+
+/// Plan the rewrite of config.yml for these targets and, unless dry, apply it with a backup.
+fn rewrite(
+    settings: &Settings,
+    cfg: &TutorConfig,
+    targets: &[CutoverTarget],
+    forced: Vec<Forced>,
+    dry_run: bool,
+) -> Result<CutoverOutcome, JobError> {
+    let plan = tutor::plan_cutover(cfg, targets)?;
     let mut outcome = CutoverOutcome {
         dry_run,
         config: None,
         backup: None,
-        diff,
+        diff: plan.masked_diff(),
         warnings: plan.warnings.clone(),
         runbook: plan.runbook(),
         forced,
@@ -353,14 +350,70 @@ pub fn cutover(
         ))
         .map_err(|e| JobError::Refused(format!("formatting the backup timestamp: {e}")))?;
     let applied = tutor::apply_cutover(&settings.tutor_root, &plan, &cfg.digest(), &now)?;
-    catalog.phase_done(
-        PhaseOwner::Job,
-        Phase::Cutover,
-        &applied.backup_path.display().to_string(),
-    )?;
     outcome.config = Some(applied.config_path);
     outcome.backup = Some(applied.backup_path);
     Ok(outcome)
+}
+
+/// Where the platform will find one store after cutover, from the job's (or the flags') settings.
+fn cutover_target(
+    settings: &Settings,
+    kind: StoreKind,
+    cfg: &TutorConfig,
+) -> Result<CutoverTarget, JobError> {
+    let missing = |what: &str| JobError::Refused(format!("the job has no {what} target"));
+    Ok(match kind {
+        StoreKind::Mysql => {
+            let m = settings.mysql().ok_or_else(|| missing("MySQL"))?;
+            CutoverTarget::Mysql(MysqlTarget {
+                host: m.target.host.clone(),
+                port: m.target.port,
+                root_username: m.target.user.clone(),
+                // A target without a password gets an empty one, not the old server's.
+                root_password: Some(
+                    m.target
+                        .password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                ),
+                app: None,
+                plugin_users: Vec::new(),
+            })
+        }
+        StoreKind::Redis => {
+            let r = settings.redis().ok_or_else(|| missing("Redis"))?;
+            CutoverTarget::Redis(RedisTarget {
+                host: r.target.host.clone(),
+                port: r.target.port,
+                username: r.target.username.clone().unwrap_or_default(),
+                password: r
+                    .target
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+                databases: r.options.dbs.iter().map(|d| (d.source, d.target)).collect(),
+            })
+        }
+        StoreKind::Mongodb => {
+            let m = settings.mongodb().ok_or_else(|| missing("MongoDB"))?;
+            CutoverTarget::Mongodb(mongodb_target(&m.target)?)
+        }
+        StoreKind::Objects => {
+            let o = settings
+                .objects()
+                .ok_or_else(|| missing("object-storage"))?;
+            CutoverTarget::S3(s3_target(o, cfg)?)
+        }
+        StoreKind::Meilisearch => {
+            let m = settings
+                .meilisearch
+                .as_ref()
+                .ok_or_else(|| missing("Meilisearch"))?;
+            CutoverTarget::Meilisearch(meilisearch_target(m)?)
+        }
+    })
 }
 
 #[cfg(test)]

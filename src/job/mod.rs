@@ -31,7 +31,7 @@ use crate::tutor::TutorError;
 
 pub use copy::CopyOptions;
 pub use cross_checks::{active_versions_key, compare_course_index};
-pub use cutover::{cutover, CutoverOutcome, Forced};
+pub use cutover::{cutover, cutover_without_job, CutoverOutcome, Forced};
 pub use freeze::{Frozen, ThawFailure};
 pub use open::{check_job_folder, JobFolder, OpenRequest};
 pub use reindex::{reindex_alone, source_of_truth, ReindexPhase};

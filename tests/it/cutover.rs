@@ -511,6 +511,69 @@ fn offload_rollback(root: &Path, extra: &[&str]) -> std::process::Output {
         .expect("run offload")
 }
 
+/// Without a job, `offload cutover` with target flags refuses unless `--force`, then rewrites
+/// config.yml for the named stores as Tutor would, warns that nothing was verified, and rolls back.
+#[test]
+fn cutover_without_a_job_needs_force_then_rewrites_the_named_stores() {
+    let root = fixture_root();
+    let no_job = tempfile::tempdir().unwrap();
+    let job = no_job.path().join("none");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_offload"))
+            .arg("cutover")
+            .arg("--tutor-root")
+            .arg(root.path())
+            .arg("--job")
+            .arg(&job)
+            .args(["--to-redis", "redis://default:s3cret@10.20.0.7:6380"])
+            .args(extra)
+            .env_remove("TUTOR_ROOT")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run offload")
+    };
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no job") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+
+    let dry = run(&["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("REDIS_HOST"));
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+
+    let forced = run(&["--force"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&forced.stdout),
+        String::from_utf8_lossy(&forced.stderr),
+    );
+    assert_eq!(forced.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("nothing was verified"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("s3cret") && !stderr.contains("s3cret"),
+        "the password stays out of the output"
+    );
+    assert!(!job.exists(), "no job folder is made");
+    assert_printvalues(
+        root.path(),
+        &[
+            ("RUN_REDIS", "false"),
+            ("REDIS_HOST", "10.20.0.7"),
+            ("REDIS_PORT", "6380"),
+            ("RUN_MYSQL", "true"),
+        ],
+    );
+    assert_eq!(offload_rollback(root.path(), &[]).status.code(), Some(0));
+    assert_eq!(read(root.path(), "config.yml"), fixture_text());
+}
+
 /// A cut-over fixture root whose config.yml had mode 0640 before cutover.
 fn cut_over_root() -> tempfile::TempDir {
     let root = fixture_root();
