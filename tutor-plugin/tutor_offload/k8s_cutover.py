@@ -181,7 +181,8 @@ def fetch_job_folder(
         if code != 0:
             raise exceptions.TutorError(
                 f"kubectl could not create the pod {name} in {namespace} (exit {code}): see "
-                "kubectl's message above"
+                "kubectl's message above, and check that your kubectl context may create pods "
+                "in that namespace"
             )
         code, _ = _kubectl(
             "wait", "--namespace", namespace, "--for=condition=Ready",
