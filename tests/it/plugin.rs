@@ -2,7 +2,9 @@
 //! real Tutor: what `tutor config save` renders for Compose and Kubernetes, that no secret from
 //! config.yml lands in any file of the plugin's, that the manifests pass their schemas, and
 //! `tutor local|dev|k8s do offload -- ARGS` end to end through stand-ins for `docker` and
-//! `kubectl` (and for the Kubernetes API server Tutor polls) that run the real binary.
+//! `kubectl` (and for the Kubernetes API server Tutor polls) that run the real binary, and
+//! `tutor offload k8s-cutover` through the `kubectl` stand-in, whose `cp` copies from the folder
+//! standing for the claim.
 //!
 //! Schemas: Kubernetes manifests with `kubernetes-validate --strict` (the schemas of Kubernetes
 //! 1.37 it ships), the Compose jobs file with `check-jsonschema --builtin-schema
@@ -490,11 +492,13 @@ const STANDIN_PY: &str = r#"# A stand-in for `docker` and `kubectl`, written by 
 # it records each invocation Tutor makes (argv, and what it pipes or applies) as one JSON line in
 # $STANDIN_RECORD, answers the queries Tutor makes before a job, and runs the job's container
 # command on this machine: each mount becomes a symlink under a fresh folder standing for the
-# container's filesystem, and `offload` on the job's PATH is $STANDIN_OFFLOAD. It does not
-# isolate anything: no network namespace, no read-only mounts, no user switch.
+# container's filesystem, and `offload` on the job's PATH is $STANDIN_OFFLOAD. A Pod it is
+# given is only kept, for `kubectl cp` from the claims it mounts. It does not isolate anything:
+# no network namespace, no read-only mounts, no user switch.
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -619,8 +623,62 @@ def run_job(job):
         f.write(str(code))
 
 
+def namespaced(argv):
+    """argv without `--namespace NS`."""
+    if "--namespace" in argv:
+        i = argv.index("--namespace")
+        return argv[:i] + argv[i + 2 :]
+    return argv
+
+
+def pod_path(pod_name, path):
+    """Where `path` in the pod `pod_name` is on this machine: under the claim mounted there."""
+    with open(os.path.join(STATE, "pods", pod_name + ".json"), encoding="utf-8") as f:
+        pod = json.load(f)["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in pod["containers"][0].get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        if path == mount or path.startswith(mount + "/"):
+            claim = volumes[m["name"]]["persistentVolumeClaim"]["claimName"]
+            return os.path.join(STATE, "pvc", claim) + path[len(mount) :]
+    raise SystemExit(f"kubectl-standin: nothing is mounted at {path} in {pod_name}")
+
+
+def kubectl_cp(argv):
+    """`kubectl cp POD:PATH DEST`: DEST becomes a copy of the folder PATH (tar's way: the
+    folder's entries land directly in DEST). $STANDIN_KUBECTL_CP_FAIL makes it fail."""
+    source, dest = namespaced(argv)[1:3]
+    if os.environ.get("STANDIN_KUBECTL_CP_FAIL"):
+        print("kubectl-standin: error: cp failed (STANDIN_KUBECTL_CP_FAIL)", file=sys.stderr)
+        return 1
+    pod_name, path = source.split(":", 1)
+    shutil.copytree(pod_path(pod_name, path), dest)
+    return 0
+
+
+def kubectl_get_jobs():
+    """The Jobs this stand-in ran (all finished), and any named in $STANDIN_ACTIVE_JOBS as
+    running."""
+    items = []
+    jobs = os.path.join(STATE, "jobs")
+    for name in sorted(os.listdir(jobs)) if os.path.isdir(jobs) else []:
+        with open(os.path.join(jobs, name), encoding="utf-8") as f:
+            done = {"succeeded": 1} if f.read() == "0" else {"failed": 1}
+        items.append({"metadata": {"name": name}, "status": done})
+    for name in filter(None, os.environ.get("STANDIN_ACTIVE_JOBS", "").split(",")):
+        items.append({"metadata": {"name": name}, "status": {"active": 1}})
+    print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    return 0
+
+
 def kubectl(argv):
     entry = {"argv": argv}
+    if argv[:1] == ["cp"]:
+        record(entry)
+        return kubectl_cp(argv)
+    if namespaced(argv)[:2] == ["get", "jobs"]:
+        record(entry)
+        return kubectl_get_jobs()
     if argv[:1] == ["kustomize"]:
         record(entry)
         with open(os.path.join(argv[1], "kustomization.yml"), encoding="utf-8") as f:
@@ -633,7 +691,7 @@ def kubectl(argv):
             d["metadata"]["namespace"] = kustomization["namespace"]
         yaml.safe_dump_all(docs, sys.stdout)
         return 0
-    if argv[:1] == ["apply"] and "-f" in argv:
+    if argv[:1] in (["apply"], ["create"]) and "-f" in argv:
         source = argv[argv.index("-f") + 1]
         text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
         manifest = yaml.safe_load(text)
@@ -651,6 +709,11 @@ def kubectl(argv):
                         f.write(base64.b64decode(value))
             elif item["kind"] == "Job":
                 run_job(item)
+            elif item["kind"] == "Pod":
+                # Kept for `cp`, which reads the claims it mounts.
+                os.makedirs(os.path.join(STATE, "pods"), exist_ok=True)
+                with open(os.path.join(STATE, "pods", item["metadata"]["name"] + ".json"), "w", encoding="utf-8") as f:
+                    json.dump(item, f)
             print(f"{item['kind'].lower()}/{item['metadata']['name']} configured")
         return 0
     record(entry)
@@ -668,7 +731,8 @@ struct Standins {
 }
 
 impl Standins {
-    /// `offload` inside the stand-in containers runs `offload_bin`.
+    /// `offload` inside the stand-in containers, and on PATH beside the stand-ins, runs
+    /// `offload_bin`.
     fn new(offload_bin: &Path) -> Standins {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
@@ -685,6 +749,8 @@ impl Standins {
             symlink(&script, bin.join(tool)).unwrap();
         }
         symlink(offload_bin, dir.path().join("offload")).unwrap();
+        // And on the operator's machine (`tutor offload k8s-cutover` finds it on PATH).
+        symlink(offload_bin, bin.join("offload")).unwrap();
         Standins { dir }
     }
 
@@ -1047,7 +1113,7 @@ fn do_offload_hands_arguments_credentials_and_the_tutor_root_to_offload_in_every
 // ---- tutor k8s do offload ----------------------------------------------------------------------
 
 #[tokio::test]
-async fn k8s_do_offload_runs_a_job_on_the_claim_and_cutover_runs_from_its_copied_folder() {
+async fn k8s_do_offload_runs_a_job_on_the_claim_and_k8s_cutover_cuts_over_as_offload_does() {
     // The template's backoffLimit, which `tutor k8s do` replaces with its own.
     let m = MysqlPlatform::new("plugin_k8s", &["OFFLOAD_K8S_BACKOFF_LIMIT=3"]).await;
     let root = &m.platform.root;
@@ -1177,25 +1243,195 @@ async fn k8s_do_offload_runs_a_job_on_the_claim_and_cutover_runs_from_its_copied
     assert_success(&out, "tutor k8s do offload -- verify");
     assert!(text(&out).contains("Safe to switch"), "{}", text(&out));
 
-    // Cutover runs on the operator's machine, from a copy of the claim's folder (what `kubectl
-    // cp` from a pod mounting the claim gives), against the operator's own config.yml.
-    let local = dir.path().join("offload-job");
-    copy_dir(&claim, &local);
-    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
-        .args(["cutover", "--job"])
-        .arg(&local)
-        .arg("--tutor-root")
-        .arg(root)
-        .env_remove("TUTOR_ROOT")
-        .output()
-        .unwrap();
+    // Cutover runs on the operator's machine: `tutor offload k8s-cutover` copies the claim's
+    // folder down through a pod and runs offload cutover on it against the operator's own
+    // config.yml, which ends up exactly as offload cutover by hand on a copy of both leaves it.
+    let (bare, want) = bare_cutover(&claim, root, dir.path());
+    assert_exit(&bare, 0);
+    let (out, calls) = k8s_cutover(&standins, root, &[], &env);
     assert_exit(&out, 0);
+    let local = local_copy(root);
+    let pod = assert_fetch_calls(&calls, &local, 300);
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"].as_str().unwrap(),
+        format!("offload:{}", env!("CARGO_PKG_VERSION")),
+        "offload's own image by default"
+    );
+    assert_no_secret("the fetch pod", &pod.to_string(), &secrets_all);
+    assert!(text(&out).contains("Rewrote"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.join("config.yml")).unwrap(),
+        want,
+        "config.yml as offload cutover rewrites it"
+    );
     assert_eq!(m.platform.printvalue("RUN_MYSQL"), "false");
+    assert!(local.join("catalog.sqlite").is_file(), "the copy stays");
+    assert!(!partial_copy(&local).exists());
     m.done().await;
 }
 
+/// `tutor offload k8s-cutover ARGS` through the stand-ins (`offload` on PATH is theirs); its
+/// output, and the kubectl calls it made.
+fn k8s_cutover(
+    standins: &Standins,
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, Vec<serde_json::Value>) {
+    let before = standins.record().len();
+    let mut all = vec!["offload", "k8s-cutover"];
+    all.extend_from_slice(args);
+    let out = standins.tutor(root, &all, env);
+    (out, standins.record()[before..].to_vec())
+}
+
+/// Where `tutor offload k8s-cutover` copies the claim's job folder: under the Tutor root (as
+/// Tutor resolves it).
+fn local_copy(root: &Path) -> PathBuf {
+    root.canonicalize()
+        .unwrap()
+        .join("data/offload-k8s/offload")
+}
+
+/// The folder `kubectl cp` writes before it replaces the local copy.
+fn partial_copy(local: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial", local.display()))
+}
+
+/// The exact kubectl calls of a `tutor offload k8s-cutover` that reached the cluster: list the
+/// Jobs (none may be running), create the pod (its manifest on stdin), wait for it, copy the
+/// folder, delete the pod. Returns the pod, checked: the claim `offload`, read-only, at the
+/// folder copied.
+fn assert_fetch_calls(
+    calls: &[serde_json::Value],
+    local: &Path,
+    timeout: u32,
+) -> serde_json::Value {
+    let argvs: Vec<Vec<String>> = calls.iter().map(argv).collect();
+    assert_eq!(argvs.len(), 5, "{argvs:#?}");
+    assert_eq!(
+        argvs[0],
+        ["get", "jobs", "--namespace", "openedx", "--output", "json"]
+    );
+    assert_eq!(argvs[1], ["create", "--namespace", "openedx", "-f", "-"]);
+    let pod = calls[1]["manifest"].clone();
+    assert_eq!(pod["kind"], "Pod");
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("offload-fetch-"), "{name}");
+    assert_eq!(
+        argvs[2],
+        [
+            "wait",
+            "--namespace",
+            "openedx",
+            "--for=condition=Ready",
+            &format!("--timeout={timeout}s"),
+            &format!("pod/{name}"),
+        ]
+    );
+    assert_eq!(
+        argvs[3],
+        [
+            "cp",
+            "--namespace",
+            "openedx",
+            &format!("{name}:/job"),
+            &partial_copy(local).display().to_string(),
+        ]
+    );
+    assert_eq!(
+        argvs[4],
+        [
+            "delete",
+            "--namespace",
+            "openedx",
+            "pod",
+            &name,
+            "--ignore-not-found"
+        ]
+    );
+    let spec = &pod["spec"];
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["securityContext"]["runAsUser"], 10001);
+    let mounts = spec["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0]["mountPath"], "/job");
+    assert_eq!(mounts[0]["readOnly"], true);
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mounts[0]["name"])
+        .unwrap();
+    assert_eq!(
+        volume["persistentVolumeClaim"],
+        serde_json::json!({"claimName": "offload", "readOnly": true})
+    );
+    pod
+}
+
+/// offload cutover by hand, on copies of the claim's job folder and of `root`'s config.yml
+/// made in `scratch`: what `tutor offload k8s-cutover` must do. Its output and the config.yml
+/// it left.
+fn bare_cutover(claim: &Path, root: &Path, scratch: &Path) -> (Output, Vec<u8>) {
+    let job = scratch.join("bare-job");
+    let tutor_root = scratch.join("bare-tutor");
+    copy_dir(claim, &job);
+    std::fs::create_dir_all(&tutor_root).unwrap();
+    std::fs::copy(root.join("config.yml"), tutor_root.join("config.yml")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(["cutover", "--job"])
+        .arg(&job)
+        .arg("--tutor-root")
+        .arg(&tutor_root)
+        .env_remove("TUTOR_ROOT")
+        .output()
+        .unwrap();
+    (out, std::fs::read(tutor_root.join("config.yml")).unwrap())
+}
+
+/// `tutor offload k8s-cutover` is refused as offload cutover by hand is on the same folder:
+/// same exit code, offload's message, config.yml untouched. Returns the message.
+fn assert_refused_as_offload_refuses(
+    standins: &Standins,
+    root: &Path,
+    env: &[(&str, &str)],
+) -> String {
+    let before = std::fs::read(root.join("config.yml")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (bare, _) = bare_cutover(&standins.state().join("pvc/offload"), root, scratch.path());
+    assert_ne!(bare.status.code(), Some(0), "{}", text(&bare));
+    // The same words, naming the folder the command copied down.
+    let refusal = String::from_utf8_lossy(&bare.stderr).trim().replace(
+        &scratch.path().join("bare-job").display().to_string(),
+        &local_copy(root).display().to_string(),
+    );
+    assert!(!refusal.is_empty(), "{}", text(&bare));
+    let (out, calls) = k8s_cutover(standins, root, &[], env);
+    assert_eq!(
+        out.status.code(),
+        bare.status.code(),
+        "offload's exit code: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(&refusal),
+        "offload's message {refusal:?} in:\n{}",
+        text(&out)
+    );
+    assert_fetch_calls(&calls, &local_copy(root), 300);
+    assert_eq!(std::fs::read(root.join("config.yml")).unwrap(), before);
+    // Where offload says to verify, the plugin says how to, in the cluster.
+    assert!(
+        text(&out).contains("run `tutor k8s do offload -- verify`"),
+        "{}",
+        text(&out)
+    );
+    refusal
+}
+
 #[tokio::test]
-async fn k8s_cutover_from_a_copied_folder_is_refused_when_verify_did_not_pass() {
+async fn k8s_cutover_is_refused_as_offload_cutover_is_when_verify_did_not_pass() {
     let m = MysqlPlatform::new("plugin_k8s_refuse", &[]).await;
     let root = &m.platform.root;
     let standins = Standins::new(Path::new(env!("CARGO_BIN_EXE_offload")));
@@ -1218,25 +1454,30 @@ async fn k8s_cutover_from_a_copied_folder_is_refused_when_verify_did_not_pass() 
         &env,
     );
     assert_success(&out, "tutor k8s do offload -- copy");
-    let before = std::fs::read(root.join("config.yml")).unwrap();
-    let local = standins.dir.path().join("copied");
-    copy_dir(&standins.state().join("pvc/offload"), &local);
-    let out = Command::new(env!("CARGO_BIN_EXE_offload"))
-        .args(["cutover", "--job"])
-        .arg(&local)
-        .arg("--tutor-root")
-        .arg(root)
-        .env_remove("TUTOR_ROOT")
-        .output()
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    // No verify yet: `tutor offload k8s-cutover` is refused as offload cutover is.
+    let unverified = assert_refused_as_offload_refuses(&standins, root, &env);
     assert!(
-        text(&out).contains("is not safe to switch")
-            && text(&out).contains("not verified as matching"),
-        "{}",
-        text(&out)
+        unverified.contains("is not safe to switch")
+            && unverified.contains("16 of 16 unit(s) not verified as matching"),
+        "{unverified}"
     );
-    assert_eq!(std::fs::read(root.join("config.yml")).unwrap(), before);
+
+    // A verify that finds differences (a row changed on the target): refused too.
+    exec(
+        &target,
+        &format!(
+            "UPDATE `{}`.auth_user SET first_name = 'changed-on-the-target' LIMIT 1",
+            m.db.name
+        ),
+    )
+    .await;
+    let out = standins.tutor(root, &["k8s", "do", "offload", "--", "verify"], &env);
+    assert!(!out.status.success(), "{}", text(&out));
+    let differences = assert_refused_as_offload_refuses(&standins, root, &env);
+    assert!(
+        differences.contains("is not safe to switch") && differences != unverified,
+        "{differences}"
+    );
 
     // A Job that fails is reported failed by Tutor.
     let out = standins.tutor(
@@ -1260,4 +1501,121 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).unwrap();
         }
     }
+}
+
+#[test]
+fn k8s_cutover_checks_before_the_cluster_and_deletes_its_pod_even_when_the_copy_fails() {
+    let p = Platform::new(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen.json");
+    // offload on PATH is the recorder: it shows what the cutover would have been given.
+    let standins = Standins::new(&offload_recorder(dir.path(), &seen));
+    let local = local_copy(&p.root);
+
+    // Checked before anything happens in the cluster: offload missing, a flag the command sets
+    // itself, a Job still running on the folder. Exit 2, offload's code for an error.
+    let (out, calls) = k8s_cutover(
+        &standins,
+        &p.root,
+        &[],
+        &[("OFFLOAD_BINARY", "offload-not-installed")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("`offload-not-installed` is not on PATH")
+            && text(&out).contains("--offload-binary"),
+        "{}",
+        text(&out)
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    let (out, calls) = k8s_cutover(&standins, &p.root, &["--", "--tutor-root", "/srv"], &[]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("--tutor-root is set by `tutor offload k8s-cutover`"),
+        "{}",
+        text(&out)
+    );
+    assert!(calls.is_empty(), "{calls:?}");
+    let (out, calls) = k8s_cutover(
+        &standins,
+        &p.root,
+        &[],
+        &[("STANDIN_ACTIVE_JOBS", "offload-job-20261207101500")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("offload-job-20261207101500 is still running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(calls.len(), 1, "only the Jobs listed: {calls:?}");
+
+    // The copy fails: the pod is deleted all the same, nothing is left here, offload never runs.
+    let (out, calls) = k8s_cutover(&standins, &p.root, &[], &[("STANDIN_KUBECTL_CP_FAIL", "1")]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("kubectl cp of the job folder"),
+        "{}",
+        text(&out)
+    );
+    let pod = assert_fetch_calls(&calls, &local, 300);
+    assert!(!local.exists() && !partial_copy(&local).exists());
+    assert!(!seen.exists(), "offload ran");
+    // The pod passes the Kubernetes schemas.
+    let pod_file = dir.path().join("pod.yml");
+    std::fs::write(&pod_file, serde_yaml::to_string(&pod).unwrap()).unwrap();
+    venv_tool(
+        "kubernetes-validate",
+        &["--strict".as_ref(), pod_file.as_os_str()],
+    );
+
+    // A job folder on the claim: copied down whole, then offload cutover runs on the copy with
+    // this Tutor root and the arguments after `--`; another image and timeout by flags.
+    let claim = standins.state().join("pvc/offload");
+    std::fs::create_dir_all(claim.join("reports")).unwrap();
+    std::fs::write(claim.join("catalog.sqlite"), "standin catalog").unwrap();
+    std::fs::write(claim.join("reports/old.html"), "old").unwrap();
+    let args = [
+        "--image",
+        "docker.io/library/busybox:1.37",
+        "--timeout",
+        "20",
+        "--",
+        "--dry-run",
+        "--stores",
+        "mysql",
+    ];
+    let (out, calls) = k8s_cutover(&standins, &p.root, &args, &[]);
+    assert_exit(&out, 0);
+    let pod = assert_fetch_calls(&calls, &local, 20);
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "docker.io/library/busybox:1.37"
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    let root = p.root.canonicalize().unwrap();
+    assert_eq!(
+        got["argv"],
+        serde_json::json!([
+            "cutover",
+            "--job",
+            local.display().to_string(),
+            "--tutor-root",
+            root.display().to_string(),
+            "--dry-run",
+            "--stores",
+            "mysql"
+        ])
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("catalog.sqlite")).unwrap(),
+        "standin catalog"
+    );
+    // A second run replaces the copy whole: nothing of the last one stays.
+    std::fs::remove_file(claim.join("reports/old.html")).unwrap();
+    let (out, _) = k8s_cutover(&standins, &p.root, &[], &[]);
+    assert_exit(&out, 0);
+    assert!(local.join("catalog.sqlite").is_file());
+    assert!(!local.join("reports/old.html").exists());
 }

@@ -9,6 +9,8 @@ network or Kubernetes namespace, unreachable from the operator's shell. This plu
 - `tutor k8s do offload -- ARGS`: a Job `offload-job` in Tutor's namespace whose job folder is a
   PersistentVolumeClaim that outlives it, and whose config.yml and credentials come from Secrets
   made from the operator's files and environment at each run (never from a rendered file);
+- `tutor offload k8s-cutover -- ARGS`: the cutover of that job here, where config.yml is, from
+  a copy of the claim's job folder (`k8s_cutover.py`);
 - `tutor images build offload` (and pull, push): offload's image.
 """
 
@@ -28,6 +30,7 @@ from tutor import config as tutor_config
 from tutor import exceptions, fmt, hooks
 
 from .__about__ import __version__
+from .k8s_cutover import offload_command
 
 # Settings, all prefixed OFFLOAD_ (Tutor's convention for a plugin's keys).
 CONFIG_DEFAULTS: dict[str, t.Any] = {
@@ -44,6 +47,10 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     # The job folder (catalog, lock, reports), relative to the Tutor root unless absolute. Compose
     # mode only: in Kubernetes it is the PersistentVolumeClaim below.
     "JOB_DIR": "data/offload",
+    # `tutor offload k8s-cutover`: the image of the short-lived pod that copies the job folder
+    # down from its claim (it needs `sleep` and `tar`; offload's own image, which the cluster
+    # already pulls, has both).
+    "K8S_FETCH_IMAGE": "{{ OFFLOAD_DOCKER_IMAGE }}",
     # Kubernetes. offload holds about 256-512 MiB with its default batch sizes and transfers:
     # the request reserves the top of that range so the pod lands where it fits, and the limit
     # leaves twice that before the kernel kills it (raise both with --parallel or
@@ -244,3 +251,5 @@ def offload_job(context: t.Any, args: tuple[str, ...]) -> t.Iterator[tuple[str, 
 
 
 hooks.Filters.CLI_DO_COMMANDS.add_item(offload_job)
+# `tutor offload k8s-cutover`: the cutover of a Kubernetes job, where config.yml is.
+hooks.Filters.CLI_COMMANDS.add_item(offload_command)
