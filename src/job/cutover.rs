@@ -241,7 +241,11 @@ pub fn cutover(
     // The file must be the one the job planned against.
     if let Some(planned) = setup.endpoints["tutor_config_digest"].as_str() {
         if planned != cfg.digest() {
-            if let Some(backup) = cut_over_to(catalog, &cfg.digest())? {
+            let done = match cut_over_to(catalog, &cfg.digest())? {
+                Some(backup) => Some(backup),
+                None => tutor::cut_over_from(&settings.tutor_root, planned, &cfg.digest()),
+            };
+            if let Some(backup) = done {
                 return Err(JobError::Refused(format!(
                     "{} was already cut over by this job (the previous file is saved as {}): nothing to do. To go back to the old servers, run `offload rollback`",
                     cfg.path().display(),

@@ -302,6 +302,27 @@ pub fn written_by_cutover(backup: &Path) -> Option<String> {
     read_record(backup).map(|r| r.written_digest)
 }
 
+/// The newest backup in `root` of a cutover that started from the file with digest `planned`
+/// and wrote the file with digest `current`: config.yml is then that cutover's output. Found
+/// without the job's catalog (a copy of the folder taken before the cutover has no record of it).
+pub fn cut_over_from(root: &Path, planned: &str, current: &str) -> Option<PathBuf> {
+    let mut backups: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
+        })
+        .map(|e| e.path())
+        .collect();
+    backups.sort();
+    backups.into_iter().rev().find(|b| {
+        written_by_cutover(b).as_deref() == Some(current)
+            && std::fs::read_to_string(b).is_ok_and(|text| text_digest(&text) == planned)
+    })
+}
+
 /// A diff of two `config.yml` texts by setting (`-` old, `+` new), secret values masked.
 fn masked_text_diff(path: &Path, old_text: &str, new_text: &str, new_label: &str) -> String {
     let mut out = format!("--- {0}\n+++ {0} ({new_label})\n", path.display());

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use cutover::{
-    apply_cutover, plan_cutover, rollback, written_by_cutover, AppliedCutover, CutoverPlan,
-    CutoverTarget, EditedAfterCutover, MeilisearchTarget, MongodbTarget, MysqlPluginUser,
-    MysqlTarget, RedisTarget, RolledBack, S3Target,
+    apply_cutover, cut_over_from, plan_cutover, rollback, written_by_cutover, AppliedCutover,
+    CutoverPlan, CutoverTarget, EditedAfterCutover, MeilisearchTarget, MongodbTarget,
+    MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack, S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
 

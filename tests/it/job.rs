@@ -93,6 +93,17 @@ async fn tutor_platform_copy_verify_cutover_rollback() {
 
     let verify = ["verify", "--tutor-root", &root_s];
     assert_exit(&run(&verify), 0);
+    // A copy of the job folder taken now, as the Tutor plugin takes one from a Kubernetes
+    // claim before each cutover: it never learns of the cutover below.
+    let job_dir = offload::settings::default_job_dir(root.path());
+    let earlier = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&job_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, earlier.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let earlier_s = earlier.path().to_str().unwrap().to_string();
 
     let out = run(&["cutover", "--dry-run", "--tutor-root", &root_s]);
     assert_exit(&out, 0);
@@ -125,14 +136,19 @@ async fn tutor_platform_copy_verify_cutover_rollback() {
         "the target's (empty) password, not the old server's"
     );
 
-    // Run again, it says the job already cut over, and how to go back.
-    let out = run(&cut);
-    assert_exit(&out, 2);
-    assert!(
-        text(&out).contains("already cut over") && text(&out).contains("offload rollback"),
-        "{}",
-        text(&out)
-    );
+    // Run again, it says the job already cut over, and how to go back; so does the copy of
+    // the job folder taken before the cutover, from the backup and its record beside config.yml.
+    for job in [None, Some(earlier_s.as_str())] {
+        let mut again = cut.to_vec();
+        again.extend(job.map(|j| ["--job", j]).into_iter().flatten());
+        let out = run(&again);
+        assert_exit(&out, 2);
+        assert!(
+            text(&out).contains("already cut over") && text(&out).contains("offload rollback"),
+            "{job:?}: {}",
+            text(&out)
+        );
+    }
 
     let out = run(&["rollback", "--tutor-root", &root_s]);
     assert_exit(&out, 0);
