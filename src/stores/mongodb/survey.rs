@@ -63,6 +63,12 @@ pub async fn survey(store: &MongoStore) -> Result<Survey, StoreError> {
         },
     ));
 
+    survey.checks.push(Check::new(
+        "target redundancy",
+        true,
+        redundancy(target_hello),
+    ));
+
     let source_hello = &hellos["source"];
     let replica_set = source_hello.get_str("setName").is_ok();
     let stop = "stop the platform's writers first: `tutor local stop lms cms lms-worker cms-worker` (and the forum if it runs apart), then copy";
@@ -223,4 +229,38 @@ pub async fn compare_shape(
         }
     }
     Ok(out)
+}
+
+/// What the target's `hello` says about its redundancy: information for the plan, since Tutor's
+/// scaling guide warns that a single MongoDB server is a single point of failure.
+fn redundancy(hello: &Document) -> String {
+    if hello.get_str("msg") == Ok("isdbgrid") {
+        return "the target is a mongos router of a sharded cluster".into();
+    }
+    match hello.get_str("setName") {
+        Ok(set) => {
+            let members = hello.get_array("hosts").map(|h| h.len()).unwrap_or(0);
+            if members > 1 {
+                format!("the target is replica set `{set}` with {members} data-bearing members")
+            } else {
+                format!("the target is replica set `{set}` with one member: a single point of failure, as Tutor's scaling guide warns (information, not an error); add members for failover")
+            }
+        }
+        Err(_) => "the target is a standalone server: a single point of failure, as Tutor's scaling guide warns (information, not an error); a replica set of three members gives failover".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redundancy_names_standalone_servers_and_one_member_sets_as_single_points_of_failure() {
+        assert!(redundancy(&doc! {"isWritablePrimary": true}).contains("single point of failure"));
+        let one = doc! {"setName": "rs0", "hosts": ["a:27017"]};
+        assert!(redundancy(&one).contains("single point of failure"));
+        let three = doc! {"setName": "rs0", "hosts": ["a:27017", "b:27017", "c:27017"]};
+        assert!(redundancy(&three).contains("3 data-bearing members"));
+        assert!(redundancy(&doc! {"msg": "isdbgrid"}).contains("sharded"));
+    }
 }

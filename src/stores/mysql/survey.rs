@@ -184,6 +184,11 @@ pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
         true,
         "cannot be read over SQL: make sure the target has room for the bytes below plus indexes",
     ));
+    survey.checks.push(Check::new(
+        "target redundancy",
+        true,
+        target_redundancy(store).await?,
+    ));
     survey.notes.push(format!(
         "databases: {}",
         if dbs.is_empty() {
@@ -193,6 +198,53 @@ pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
         }
     ));
     Ok(survey)
+}
+
+/// Whether the target server reports replicas or cluster peers: information for the plan, since
+/// Tutor's scaling guide warns that a single database server is a single point of failure.
+async fn target_redundancy(store: &MysqlStore) -> Result<String, StoreError> {
+    let mut conn = store.conn(Side::Target).await?;
+    // Each query is tried in turn and any refusal ignored: which ones exist depends on the
+    // server (Galera, Group Replication, MySQL 8.0.22+, MariaDB) and on the user's privileges.
+    let galera: Option<(String, u64)> = conn
+        .query_first("SHOW STATUS LIKE 'wsrep_cluster_size'")
+        .await
+        .ok()
+        .flatten();
+    if let Some((_, nodes)) = galera.filter(|(_, n)| *n > 1) {
+        return Ok(format!("the target is a Galera cluster of {nodes} nodes"));
+    }
+    let group: Option<u64> = conn
+        .query_first("SELECT COUNT(*) FROM performance_schema.replication_group_members WHERE MEMBER_STATE = 'ONLINE'")
+        .await
+        .ok()
+        .flatten();
+    if let Some(members) = group.filter(|n| *n > 1) {
+        return Ok(format!(
+            "the target is a Group Replication member with {members} members online"
+        ));
+    }
+    let mut listed = false;
+    for sql in ["SHOW REPLICAS", "SHOW REPLICA HOSTS", "SHOW SLAVE HOSTS"] {
+        if let Ok(rows) = conn.query::<mysql_async::Row, _>(sql).await {
+            if !rows.is_empty() {
+                return Ok(format!(
+                    "{} replica(s) are registered with the target ({sql})",
+                    rows.len()
+                ));
+            }
+            listed = true;
+            break;
+        }
+    }
+    let seen = if listed {
+        "no replica is registered with the target and it is in no cluster"
+    } else {
+        "offload could not list the target's replicas (listing them needs REPLICATION SLAVE or REPLICATION MASTER ADMIN), and it is in no cluster"
+    };
+    Ok(format!(
+        "{seen}: if it has no standby, it is a single point of failure, as Tutor's scaling guide warns (information, not an error; a managed service's standby, e.g. RDS Multi-AZ, is not visible over SQL)"
+    ))
 }
 
 impl MysqlStore {
