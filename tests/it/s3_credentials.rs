@@ -2,8 +2,8 @@
 //! SeaweedFS servers: keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only, a profile per side
 //! in temporary AWS config and credentials files (with its region), the old `--s3-profile` name,
 //! the plan's "credentials:" lines, a resume asking the same way again, a missing profile, no
-//! credentials at all, wrong keys, and an instance metadata address that never answers (a
-//! loopback stand-in) not holding the plan up. No test reaches a real metadata service, STS or
+//! credentials at all, wrong keys, an instance metadata address that never answers (a loopback
+//! stand-in) not holding the plan up, and a container credentials endpoint stand-in. No test reaches a real metadata service, STS or
 //! SSO: those need AWS itself (see docs/objects.md).
 
 use std::path::Path;
@@ -408,4 +408,61 @@ fn instance_metadata_that_never_answers_does_not_hold_the_plan() {
         "{said}"
     );
     drop(silent);
+}
+
+/// A container credentials endpoint (what ECS and EKS Pod Identity give a pod), as a stand-in on
+/// loopback that answers every request with the stack's keys and a session token, the way the
+/// real one does: the chain finds it through `AWS_CONTAINER_CREDENTIALS_FULL_URI` and signs with
+/// what it gave. SeaweedFS, started with static keys only, knows no session token and refuses
+/// them: the refusal names the container endpoint as where the credentials came from.
+#[tokio::test]
+async fn a_container_credentials_endpoint_stand_in_is_found_by_the_chain() {
+    use std::io::{BufRead, BufReader, Write};
+    let bucket = source_bucket("container").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}/credentials", listener.local_addr().unwrap());
+    let (a, s) = keys();
+    let body = format!(
+        r#"{{"AccessKeyId":"{a}","SecretAccessKey":"{s}","Token":"stand-in-session-token","Expiration":"2099-01-01T00:00:00Z"}}"#
+    );
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    // Serves until the test process ends; each request is read to its blank line.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let files = AwsFiles::new("", "");
+    let mut env = source_keys_in_offload_variables();
+    env.push(("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri));
+    let plan = offload(
+        &dir.path().join("job"),
+        &files,
+        &args("plan", &s3_flags(&bucket), &[]),
+        &env,
+    );
+    assert_exit(&plan, 2);
+    let said = text(&plan);
+    assert!(
+        said.contains("the credentials were refused")
+            && said.contains(
+                "the target credentials came from container credentials endpoint (ECS task role or EKS Pod Identity)"
+            ),
+        "{said}"
+    );
+    assert!(!said.contains("stand-in-session-token"), "{said}");
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
