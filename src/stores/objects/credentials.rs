@@ -346,6 +346,34 @@ mod tests {
     }
 
     #[test]
+    fn job_records_name_the_lookup_and_older_profile_records_still_read() {
+        use super::super::CredentialSource;
+        let chain = CredentialSource::AwsChain {
+            found: "environment (AWS_ACCESS_KEY_ID)".into(),
+        };
+        let json = serde_json::to_value(&chain).unwrap();
+        assert_eq!(json["from"], "aws-chain");
+        let back: CredentialSource = serde_json::from_value(json).unwrap();
+        assert_eq!(back.aws_lookup(), Some(AwsLookup::Chain));
+        assert_eq!(back.describe(), "environment (AWS_ACCESS_KEY_ID)");
+        // A job written before the SDK chain recorded a profile by name only.
+        let old: CredentialSource =
+            serde_json::from_value(serde_json::json!({"from": "profile", "name": "prod"})).unwrap();
+        assert_eq!(old.aws_lookup(), Some(AwsLookup::Profile("prod".into())));
+        assert_eq!(old.describe(), "AWS profile `prod`");
+        let env = CredentialSource::Env {
+            access: "OFFLOAD_TO_S3_ACCESS_KEY".into(),
+            secret: "OFFLOAD_TO_S3_SECRET_KEY".into(),
+            token: None,
+        };
+        assert_eq!(env.aws_lookup(), None);
+        assert_eq!(
+            env.describe(),
+            "environment (OFFLOAD_TO_S3_ACCESS_KEY, OFFLOAD_TO_S3_SECRET_KEY)"
+        );
+    }
+
+    #[test]
     fn where_credentials_came_from_reads_as_words_without_values() {
         use AwsCredentialFeature as F;
         let chain = AwsLookup::Chain;
