@@ -228,7 +228,7 @@ fn an_explicit_s3_profile_wins_over_keys_in_the_environment() {
     assert_exit(&out, 2);
     let said = text(&out);
     assert!(
-        said.contains("--s3-profile") && said.contains("no-such-profile"),
+        said.contains("--to-s3-profile") && said.contains("no-such-profile"),
         "{said}"
     );
 }

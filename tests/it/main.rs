@@ -18,5 +18,6 @@ mod plugin;
 mod progress;
 mod reach;
 mod redis;
+mod s3_credentials;
 mod stop;
 mod support;

@@ -191,6 +191,7 @@ fn offload(job: &Path, root: &Path, args: &[&str], env: &[(&str, String)]) -> Ou
         .env_remove("OFFLOAD_FROM_S3_SECRET_KEY")
         .env("OFFLOAD_TO_S3_ACCESS_KEY", keys().0)
         .env("OFFLOAD_TO_S3_SECRET_KEY", keys().1)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);

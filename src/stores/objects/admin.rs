@@ -26,6 +26,10 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
     match &store.source {
         ObjectSource::S3 { endpoint, .. } => {
             s.source_version = format!("S3 API at {}", endpoint.public_url());
+            s.notes.push(format!(
+                "source credentials: {}",
+                endpoint.credentials.describe()
+            ));
             for (bucket, spec, _, _) in &places {
                 let r = store
                     .source_client()
@@ -103,6 +107,10 @@ pub async fn survey(store: &ObjectsStore) -> Result<Survey, StoreError> {
             "virtual-hosted"
         }
     );
+    s.notes.push(format!(
+        "target credentials: {}",
+        store.target.credentials.describe()
+    ));
     let mut seen = HashSet::new();
     for (_, spec, _, _) in &places {
         let b = &spec.to.bucket;

@@ -12,6 +12,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use serde::{Deserialize, Serialize};
 
+use super::credentials::{AwsLookup, LazyProvider};
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::resolve::{check_host, with_userinfo_hint};
 use crate::secret::Secret;
@@ -29,12 +30,58 @@ pub enum CredentialSource {
         #[serde(default)]
         token: Option<String>,
     },
-    /// A profile of the AWS shared credentials file.
-    Profile { name: String },
+    /// The profile named by `--from-s3-profile` / `--to-s3-profile`, through the AWS SDK (a job
+    /// asks it again on resume); `found` says how the profile gave them (for the plan).
+    Profile {
+        name: String,
+        #[serde(default)]
+        found: String,
+    },
+    /// The AWS SDK's default credential chain (a job asks it again on resume); `found` says
+    /// which of its sources answered.
+    #[serde(rename = "aws-chain")]
+    AwsChain { found: String },
     /// Tutor's config.yml keys.
     Tutor { access: String, secret: String },
     /// Anonymous requests.
     None,
+}
+
+impl CredentialSource {
+    /// Where the credentials come from, in words for the plan (never a value).
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialSource::Url => "URL".into(),
+            CredentialSource::Env {
+                access,
+                secret,
+                token,
+            } => {
+                let mut names = vec![access.as_str(), secret.as_str()];
+                names.extend(token.as_deref());
+                format!("environment ({})", names.join(", "))
+            }
+            CredentialSource::Profile { name, found } if found.is_empty() => {
+                format!("AWS profile `{name}`")
+            }
+            CredentialSource::Profile { found, .. } | CredentialSource::AwsChain { found } => {
+                found.clone()
+            }
+            CredentialSource::Tutor { access, secret } => {
+                format!("config.yml ({access}, {secret})")
+            }
+            CredentialSource::None => "none (anonymous requests)".into(),
+        }
+    }
+
+    /// How the AWS SDK is asked for them, when it is.
+    pub fn aws_lookup(&self) -> Option<AwsLookup> {
+        match self {
+            CredentialSource::Profile { name, .. } => Some(AwsLookup::Profile(name.clone())),
+            CredentialSource::AwsChain { .. } => Some(AwsLookup::Chain),
+            _ => None,
+        }
+    }
 }
 
 /// An S3-compatible endpoint with its credentials.
@@ -166,7 +213,11 @@ impl S3Endpoint {
         if let Some(url) = &self.url {
             b = b.endpoint_url(url.clone());
         }
-        if let (Some(access), Some(secret)) = (&self.access_key, &self.secret_key) {
+        if let Some(lookup) = self.credentials.aws_lookup() {
+            // Through the SDK's chain, so temporary credentials are renewed as they expire.
+            let region = (!self.region.is_empty()).then(|| self.region.clone());
+            b = b.credentials_provider(LazyProvider::new(lookup, region));
+        } else if let (Some(access), Some(secret)) = (&self.access_key, &self.secret_key) {
             b = b.credentials_provider(Credentials::new(
                 access.clone(),
                 secret.expose().to_string(),
@@ -316,96 +367,10 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 /// What to check when an endpoint refuses the credentials.
 pub fn credentials_hint(side: Side) -> String {
     if side == Side::Source {
-        "check the source access key and secret key (in the --from-s3 URL, OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, or OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY in config.yml)".into()
+        "check the source credentials, or give others (the --from-s3 URL, OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY in config.yml, the --from-s3-profile profile, or the AWS credential chain)".into()
     } else {
-        "check the target access key and secret key (in the --to-s3 URL, OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the --s3-profile profile)".into()
+        "check the target credentials, or give others (the --to-s3 URL, OFFLOAD_TO_S3_ACCESS_KEY / OFFLOAD_TO_S3_SECRET_KEY, the --to-s3-profile profile, or the AWS credential chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE...)".into()
     }
-}
-
-/// A profile's keys and region from the AWS shared files (`~/.aws/credentials`, `~/.aws/config`,
-/// or `AWS_SHARED_CREDENTIALS_FILE` / `AWS_CONFIG_FILE`).
-#[derive(Default)]
-pub struct Profile {
-    pub access_key: Option<String>,
-    pub secret_key: Option<Secret>,
-    pub session_token: Option<Secret>,
-    pub region: Option<String>,
-}
-
-impl Profile {
-    pub fn load(name: &str) -> Option<Profile> {
-        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-        let file = |var: &str, default: &str| {
-            std::env::var_os(var)
-                .map(std::path::PathBuf::from)
-                .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
-        };
-        let mut p = Profile::default();
-        let mut found = false;
-        if let Some(text) = file("AWS_SHARED_CREDENTIALS_FILE", "credentials")
-            .and_then(|f| std::fs::read_to_string(f).ok())
-        {
-            if let Some(section) = ini_section(&text, name) {
-                found = true;
-                for (k, v) in section {
-                    match k.as_str() {
-                        "aws_access_key_id" => p.access_key = Some(v),
-                        "aws_secret_access_key" => p.secret_key = Some(Secret::new(v)),
-                        "aws_session_token" => p.session_token = Some(Secret::new(v)),
-                        "region" => p.region = Some(v),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        if let Some(text) =
-            file("AWS_CONFIG_FILE", "config").and_then(|f| std::fs::read_to_string(f).ok())
-        {
-            let header = if name == "default" {
-                "default".to_string()
-            } else {
-                format!("profile {name}")
-            };
-            if let Some(section) = ini_section(&text, &header) {
-                found = true;
-                for (k, v) in section {
-                    match k.as_str() {
-                        "region" if p.region.is_none() => p.region = Some(v),
-                        "aws_access_key_id" if p.access_key.is_none() => p.access_key = Some(v),
-                        "aws_secret_access_key" if p.secret_key.is_none() => {
-                            p.secret_key = Some(Secret::new(v))
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        found.then_some(p)
-    }
-}
-
-/// The `key = value` lines of one `[section]` of an INI text.
-fn ini_section(text: &str, name: &str) -> Option<Vec<(String, String)>> {
-    let mut inside = false;
-    let mut found = false;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            inside = h.trim() == name;
-            found |= inside;
-            continue;
-        }
-        if inside {
-            if let Some((k, v)) = line.split_once('=') {
-                out.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-    }
-    found.then_some(out)
 }
 
 #[cfg(test)]
@@ -426,20 +391,6 @@ mod tests {
         assert!(aws.url.is_none() && !aws.path_style);
         assert!(S3Endpoint::parse("ftp://x").is_err());
         assert!(S3Endpoint::parse("http://h:1/bucket").is_err());
-    }
-
-    #[test]
-    fn reads_one_ini_section() {
-        let text = "[default]\naws_access_key_id = A\n[other]\naws_access_key_id=B\n aws_secret_access_key = S \n";
-        let s = ini_section(text, "other").unwrap();
-        assert_eq!(
-            s,
-            vec![
-                ("aws_access_key_id".to_string(), "B".to_string()),
-                ("aws_secret_access_key".to_string(), "S".to_string())
-            ]
-        );
-        assert!(ini_section(text, "missing").is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 #[macro_use]
 mod macros;
 mod admin;
+mod credentials;
 mod digest;
 mod endpoint;
 mod listing;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-pub use endpoint::{CredentialSource, Profile, S3Endpoint};
+pub use endpoint::{CredentialSource, S3Endpoint};
 pub use listing::{FolderSpec, KeySpace, Layout};
 pub use settings::{media_folders, minio_buckets, ObjectsArgs, ObjectsSettings};
 
@@ -190,6 +191,24 @@ impl ObjectsStore {
         })
     }
 
+    /// A side's refusal of its credentials, with where they came from put first in the hint
+    /// (listing is the first call of every command, so the operator learns it there).
+    fn naming_credentials(&self, side: Side, mut e: StoreError) -> StoreError {
+        let credentials = match (side, &self.source) {
+            (Side::Target, _) => Some(&self.target.credentials),
+            (Side::Source, ObjectSource::S3 { endpoint, .. }) => Some(&endpoint.credentials),
+            (Side::Source, ObjectSource::Media { .. }) => None,
+        };
+        if let (ErrorKind::Auth, Some(c)) = (e.kind, credentials) {
+            e.hint = format!(
+                "the {side} credentials came from {}; {}",
+                c.describe(),
+                e.hint
+            );
+        }
+        e
+    }
+
     /// The (source bucket or media bucket, spec, unit base name) of every place objects come from.
     fn places(&self) -> Vec<(String, Spec, String, String)> {
         match &self.source {
@@ -241,19 +260,18 @@ impl ObjectsStore {
         limit: usize,
     ) -> Result<(Vec<Listed>, bool), StoreError> {
         match (side, &spec.from) {
-            (Side::Target, _) => {
-                listing::list_s3(
-                    &self.target_client,
-                    Side::Target,
-                    &self.target.address(),
-                    &spec.to,
-                    after,
-                    upto,
-                    limit,
-                    true,
-                )
-                .await
-            }
+            (Side::Target, _) => listing::list_s3(
+                &self.target_client,
+                Side::Target,
+                &self.target.address(),
+                &spec.to,
+                after,
+                upto,
+                limit,
+                true,
+            )
+            .await
+            .map_err(|e| self.naming_credentials(Side::Target, e)),
             (Side::Source, From::S3 { bucket }) => {
                 let space = KeySpace {
                     bucket: bucket.clone(),
@@ -270,6 +288,7 @@ impl ObjectsStore {
                     false,
                 )
                 .await
+                .map_err(|e| self.naming_credentials(Side::Source, e))
             }
             (Side::Source, From::Folder(folder)) => {
                 let (folder, prefix) = (folder.clone(), spec.to.prefix.clone());

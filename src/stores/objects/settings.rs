@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::credentials::{self, AwsLookup, LookupError};
 use super::{
-    CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, Profile,
-    S3Endpoint, MIN_PART_SIZE,
+    CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, S3Endpoint,
+    MIN_PART_SIZE,
 };
 use crate::core::Side;
 use crate::resolve::{config_text, invalid, ResolveContext, SettingsError};
@@ -22,17 +23,19 @@ use crate::tutor::TutorConfig;
 pub struct ObjectsArgs {
     /// Source S3 endpoint (MinIO), overriding what config.yml says (`http(s)://MINIO_HOST`):
     /// http(s)://[access-key:secret-key@]host:port. Keys may instead come from
-    /// OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY or config.yml.
+    /// OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, config.yml, --from-s3-profile,
+    /// or the AWS credential chain.
     #[arg(long, value_name = "URL")]
     pub from_s3: Option<String>,
 
     /// Target S3-compatible endpoint: http(s)://[access-key:secret-key@]host:port, or `aws`.
-    /// Keys may instead come from a profile named by --s3-profile (first), OFFLOAD_TO_S3_ACCESS_KEY /
-    /// OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.
+    /// Keys may instead come from --to-s3-profile, OFFLOAD_TO_S3_ACCESS_KEY /
+    /// OFFLOAD_TO_S3_SECRET_KEY, or the AWS credential chain (AWS_ACCESS_KEY_ID..., AWS_PROFILE,
+    /// SSO, web identity (IRSA), ECS/EKS container credentials, EC2 instance role).
     #[arg(long, value_name = "URL")]
     pub to_s3: Option<String>,
 
-    /// Region of the target S3 [default: AWS_REGION, the profile's region, else us-east-1].
+    /// Region of the target S3 [default: AWS_REGION, the AWS profile's region, else us-east-1].
     #[arg(long, value_name = "REGION")]
     pub s3_region: Option<String>,
 
@@ -41,9 +44,16 @@ pub struct ObjectsArgs {
     #[arg(long, value_name = "STYLE")]
     pub s3_addressing: Option<String>,
 
-    /// AWS shared-credentials profile holding the target's keys.
+    /// AWS profile (~/.aws/config, ~/.aws/credentials) giving the source's credentials: keys,
+    /// SSO, credential_process or a role to assume. Wins over keys in the environment.
     #[arg(long, value_name = "NAME")]
-    pub s3_profile: Option<String>,
+    pub from_s3_profile: Option<String>,
+
+    /// AWS profile (~/.aws/config, ~/.aws/credentials) giving the target's credentials: keys,
+    /// SSO, credential_process or a role to assume. Wins over keys in the environment.
+    /// (`--s3-profile` is its old name.)
+    #[arg(long, value_name = "NAME", alias = "s3-profile")]
+    pub to_s3_profile: Option<String>,
 
     /// Source buckets to copy, comma-separated [default: the MinIO buckets named in config.yml].
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
@@ -74,7 +84,8 @@ impl Default for ObjectsArgs {
             to_s3: None,
             s3_region: None,
             s3_addressing: None,
-            s3_profile: None,
+            from_s3_profile: None,
+            to_s3_profile: None,
             buckets: Vec::new(),
             bucket_map: Vec::new(),
             create_buckets: false,
@@ -221,13 +232,15 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// Fill in an endpoint's keys from the first place that has them: the URL, then an explicit
-/// `--s3-profile` (a flag wins over the environment), then the variables, config.yml (source),
-/// `AWS_*` variables and the `AWS_PROFILE` or default profile (target).
+/// profile flag (a flag wins over the environment), then the `OFFLOAD_*_S3_*` variables,
+/// config.yml (source), and last the AWS SDK's default credential chain. `region` is the one a
+/// flag gave.
 fn find_keys(
     e: &mut S3Endpoint,
     side: Side,
     tutor: Option<&TutorConfig>,
     profile: Option<&str>,
+    region: Option<&str>,
 ) -> Result<(), SettingsError> {
     if e.credentials == CredentialSource::Url {
         if e.secret_key.is_none() {
@@ -239,8 +252,15 @@ fn find_keys(
         }
         return Ok(());
     }
-    if side == Side::Target && profile.is_some() {
-        return keys_from_profile(e, profile);
+    if let Some(name) = profile {
+        let name = name.trim();
+        if name.is_empty() || name.contains(['[', ']']) || name.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                profile_flag(side),
+                format!("`{name}` is not an AWS profile name (no spaces or brackets); list yours with `aws configure list-profiles`"),
+            ));
+        }
+        return from_aws(e, side, AwsLookup::Profile(name.to_string()), region, None);
     }
     let prefix = format!("OFFLOAD_{}_S3", side.env_prefix());
     let (ak, sk) = (
@@ -281,45 +301,81 @@ fn find_keys(
                 return Ok(());
             }
         }
-        return Ok(());
     }
-    if let (Some(a), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        e.access_key = Some(a);
-        e.secret_key = Some(Secret::new(s));
-        e.session_token = env("AWS_SESSION_TOKEN").map(Secret::new);
-        e.credentials = CredentialSource::Env {
-            access: "AWS_ACCESS_KEY_ID".into(),
-            secret: "AWS_SECRET_ACCESS_KEY".into(),
-            token: e
-                .session_token
-                .is_some()
-                .then(|| "AWS_SESSION_TOKEN".to_string()),
-        };
-        return Ok(());
-    }
-    keys_from_profile(e, profile)
+    from_aws(e, side, AwsLookup::Chain, region, None)
 }
 
-/// Keys from a profile of the AWS shared credentials file: `profile` (the flag), else
-/// `AWS_PROFILE`, else `default`. A profile named by the flag must have them.
-fn keys_from_profile(e: &mut S3Endpoint, profile: Option<&str>) -> Result<(), SettingsError> {
-    let name = profile
-        .map(str::to_string)
-        .or_else(|| env("AWS_PROFILE"))
-        .unwrap_or_else(|| "default".into());
-    match Profile::load(&name) {
-        Some(p) if p.access_key.is_some() && p.secret_key.is_some() => {
-            e.access_key = p.access_key;
-            e.secret_key = p.secret_key;
-            e.session_token = p.session_token;
-            e.credentials = CredentialSource::Profile { name };
+/// The flag naming a side's AWS profile.
+fn profile_flag(side: Side) -> String {
+    format!("--{}-s3-profile", side.env_prefix().to_ascii_lowercase())
+}
+
+/// Ask the AWS SDK for a side's credentials (and its region, unless one is known) and note
+/// where they came from. `job` is set when a job's record says to ask this way.
+fn from_aws(
+    e: &mut S3Endpoint,
+    side: Side,
+    lookup: AwsLookup,
+    region: Option<&str>,
+    job: Option<&CredentialSource>,
+) -> Result<(), SettingsError> {
+    let known = region.or((!e.region.is_empty()).then_some(e.region.as_str()));
+    let found = credentials::find(&lookup, known, e.url.is_none())
+        .map_err(|err| no_credentials(side, &lookup, err, job))?;
+    tracing::debug!(store = "objects", side = %side, from = %found.from, "S3 credentials found through the AWS SDK");
+    e.credentials = match lookup {
+        AwsLookup::Profile(name) => CredentialSource::Profile {
+            name,
+            found: found.from,
+        },
+        AwsLookup::Chain => CredentialSource::AwsChain { found: found.from },
+    };
+    // Long-term keys are kept (a cutover writes them into config.yml); the client always asks
+    // the chain, which renews temporary ones.
+    (e.access_key, e.secret_key) = found.keys.unzip();
+    e.session_token = None;
+    if e.region.is_empty() {
+        if let Some(r) = found.region {
+            e.region = r;
         }
-        _ if profile.is_some() => {
-            return Err(invalid("--s3-profile", format!("no keys for profile `{name}` in the AWS shared credentials file (~/.aws/credentials or $AWS_SHARED_CREDENTIALS_FILE)")));
-        }
-        _ => {}
     }
     Ok(())
+}
+
+/// The error for a side whose credentials the AWS SDK did not give, with every way to give them.
+fn no_credentials(
+    side: Side,
+    lookup: &AwsLookup,
+    err: LookupError,
+    job: Option<&CredentialSource>,
+) -> SettingsError {
+    let flag = profile_flag(side);
+    let pfx = side.env_prefix();
+    if let Some(source) = job {
+        return invalid(
+            format!("the {side} S3 credentials"),
+            format!("the job asks {} for them again, and {err}. Make them available the same way (or pass the S3 URL and credentials again)", match source {
+                CredentialSource::Profile { name, .. } => format!("AWS profile `{name}`"),
+                _ => "the AWS credential chain".to_string(),
+            }),
+        );
+    }
+    if let (AwsLookup::Profile(_), LookupError::NoProfile { .. }) = (lookup, &err) {
+        return invalid(
+            flag,
+            format!("{err}. Check the name (`aws configure list-profiles`), or point AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE at the files that have it"),
+        );
+    }
+    let lower = pfx.to_ascii_lowercase();
+    let config_yml = if side == Side::Source {
+        "; OPENEDX_AWS_ACCESS_KEY and OPENEDX_AWS_SECRET_ACCESS_KEY in config.yml"
+    } else {
+        ""
+    };
+    invalid(
+        format!("the {side} S3 credentials"),
+        format!("none given, and {err}. Give them one of these ways: in the --{lower}-s3 URL (access-key:secret-key@host); OFFLOAD_{pfx}_S3_ACCESS_KEY and OFFLOAD_{pfx}_S3_SECRET_KEY{config_yml}; AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; an AWS profile ({flag} NAME or AWS_PROFILE, in {}) with keys, SSO (`aws sso login`), credential_process or a role; a web identity token (IRSA: AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN); the ECS or EKS Pod Identity container credentials endpoint; or an EC2 instance role (instance metadata)", credentials::profile_files()),
+    )
 }
 
 /// Find an endpoint's keys again where the job says they came from.
@@ -368,16 +424,10 @@ fn recover_keys(
             e.secret_key = Some(Secret::new(need(secret)?));
             e.session_token = token.as_deref().and_then(env).map(Secret::new);
         }
-        CredentialSource::Profile { name } => {
-            let p = Profile::load(name).ok_or_else(|| {
-                invalid(
-                    format!("the {side} S3 keys"),
-                    format!("the job reads them from AWS profile `{name}`, which is gone"),
-                )
-            })?;
-            e.access_key = p.access_key;
-            e.secret_key = p.secret_key;
-            e.session_token = p.session_token;
+        CredentialSource::Profile { .. } | CredentialSource::AwsChain { .. } => {
+            let lookup = source.aws_lookup().expect("an AWS SDK source");
+            // Asked again the same way; what answers is shown anew.
+            return from_aws(e, side, lookup, None, Some(source));
         }
         CredentialSource::Tutor { access, secret } => {
             let cfg = tutor.ok_or_else(|| invalid(format!("the {side} S3 keys"), format!("the job reads them from config.yml ({access}, {secret}), but no config.yml was found; pass --tutor-root")))?;
@@ -399,10 +449,10 @@ fn reopen(
         S3Endpoint::parse(url).map_err(|d| invalid(format!("the job's {side} S3 URL"), d))?;
     let source: CredentialSource =
         serde_json::from_value(rec["credentials"].clone()).unwrap_or(CredentialSource::None);
-    recover_keys(&mut e, &source, side, tutor)?;
     if let Some(r) = rec["region"].as_str() {
         e.region = r.to_string();
     }
+    recover_keys(&mut e, &source, side, tutor)?;
     if let Some(p) = rec["path_style"].as_bool() {
         e.path_style = p;
     }
@@ -438,12 +488,13 @@ pub fn resolve(
     }
 
     // Source.
+    let from_profile = inputs.from_s3_profile.as_deref();
     let minio_on = tutor.is_some_and(|c| c.plugins().iter().any(|p| p == "minio"));
     let mut public_read = Vec::new();
     let mut public_media = Vec::new();
     let source = if let Some(url) = &inputs.from_s3 {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--from-s3", d))?;
-        find_keys(&mut e, Side::Source, tutor, None)?;
+        find_keys(&mut e, Side::Source, tutor, from_profile, None)?;
         let buckets = if !inputs.buckets.is_empty() {
             inputs.buckets.clone()
         } else if let Some(b) = rec("source")
@@ -488,7 +539,7 @@ pub fn resolve(
                 format!("{host}: {d}; fix it in config.yml or pass --from-s3 URL"),
             )
         })?;
-        find_keys(&mut e, Side::Source, tutor, None)?;
+        find_keys(&mut e, Side::Source, tutor, from_profile, None)?;
         let buckets = if inputs.buckets.is_empty() {
             minio_buckets(cfg)
         } else {
@@ -500,6 +551,9 @@ pub fn resolve(
             buckets,
         }
     } else {
+        if from_profile.is_some() {
+            return Err(invalid("--from-s3-profile", "the source is Tutor's media folders, not S3: leave the flag out, or name the S3 source with --from-s3 URL"));
+        }
         let root = rec("source")
             .and_then(|s| s["root"].as_str())
             .filter(|_| !ctx.tutor_root_flag)
@@ -511,36 +565,39 @@ pub fn resolve(
             root,
         }
     };
-    if let ObjectSource::S3 { endpoint, .. } = &source {
-        if endpoint.access_key.is_none() {
-            return Err(invalid("source S3 keys", "no access key and secret key found: put them in the --from-s3 URL (key:secret@host), in OFFLOAD_FROM_S3_ACCESS_KEY / OFFLOAD_FROM_S3_SECRET_KEY, or in config.yml (OPENEDX_AWS_ACCESS_KEY / OPENEDX_AWS_SECRET_ACCESS_KEY)"));
-        }
-    }
 
     // Target.
+    let region_flag = match inputs.s3_region.as_deref().map(str::trim) {
+        Some(r) if r.is_empty() || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') => {
+            return Err(invalid(
+                "--s3-region",
+                format!("`{r}` is not a region name (letters, digits and hyphens, e.g. eu-west-1)"),
+            ))
+        }
+        r => r.map(str::to_string),
+    };
     let mut target = if let Some(url) = target_url {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--to-s3", d))?;
-        find_keys(&mut e, Side::Target, tutor, inputs.s3_profile.as_deref())?;
+        find_keys(
+            &mut e,
+            Side::Target,
+            tutor,
+            inputs.to_s3_profile.as_deref(),
+            region_flag.as_deref(),
+        )?;
         e
     } else if let Some(t) = rec("target") {
         reopen(t, Side::Target, tutor)?
     } else {
         return Err(SettingsError::NoTarget { store: "s3".into() });
     };
-    let profile_region = match &target.credentials {
-        CredentialSource::Profile { name } => Profile::load(name).and_then(|p| p.region),
-        _ => None,
-    };
-    if let Some(r) = inputs.s3_region.clone().or_else(|| {
-        (target.region.is_empty())
-            .then(|| {
-                env("AWS_REGION")
-                    .or_else(|| env("AWS_DEFAULT_REGION"))
-                    .or(profile_region)
-            })
-            .flatten()
-    }) {
+    // The flag, else what the AWS SDK found with the credentials, else the environment.
+    if let Some(r) = region_flag {
         target.region = r;
+    } else if target.region.is_empty() {
+        if let Some(r) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+            target.region = r;
+        }
     }
     match inputs.s3_addressing.as_deref() {
         None | Some("auto") => {}
@@ -575,7 +632,7 @@ impl ObjectsSettings {
         let source = match &self.source {
             ObjectSource::S3 { endpoint, buckets } => json!({
                 "kind": "s3", "url": endpoint.public_url(), "credentials": endpoint.credentials,
-                "buckets": buckets,
+                "region": endpoint.region, "buckets": buckets,
             }),
             ObjectSource::Media { root, .. } => json!({
                 "kind": "filesystem", "root": root.display().to_string(),

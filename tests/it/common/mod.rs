@@ -174,6 +174,8 @@ pub fn offload_env(job: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("OFFLOAD_FROM_MONGODB_PASSWORD")
         .env_remove("OFFLOAD_TO_MONGODB_PASSWORD")
         .env_remove("OFFLOAD_FAILPOINT")
+        // No test may reach the EC2 instance metadata service through the AWS credential chain.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
