@@ -335,6 +335,29 @@ pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
     Ok(survey)
 }
 
+/// What the target's `INFO replication` and `INFO cluster` say about its redundancy: whether it
+/// takes writes (a replica does not), and information for the plan, since Tutor's scaling guide
+/// warns that a single Redis server is a single point of failure.
+fn redundancy(replication: &str, cluster: &str) -> (bool, String) {
+    if info_field(replication, "role") == Some("slave") {
+        return (
+            false,
+            "the target is a replica (role:slave) and refuses writes: point --to-redis at its primary".into(),
+        );
+    }
+    if info_field(cluster, "cluster_enabled") == Some("1") {
+        return (
+            false,
+            "the target runs in cluster mode, which has only database 0 and which Tutor's Redis settings do not address: use a primary with replicas instead".into(),
+        );
+    }
+    match info_u64(replication, "connected_slaves") {
+        Some(n) if n > 0 => (true, format!("the target has {n} connected replica(s)")),
+        Some(_) => (true, "the target has no connected replica: a single point of failure, as Tutor's scaling guide warns (information, not an error; a Sentinel or managed failover is not visible from the server)".into()),
+        None => (true, "INFO replication is not allowed on the target: offload cannot tell whether it has replicas".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -368,28 +391,5 @@ mod tests {
         assert_eq!(info_field(mem, "maxmemory_policy"), Some("noeviction"));
         assert!(version_at_least("7.0.15", 7, 0));
         assert!(!version_at_least("6.2.14", 7, 0));
-    }
-}
-
-/// What the target's `INFO replication` and `INFO cluster` say about its redundancy: whether it
-/// takes writes (a replica does not), and information for the plan, since Tutor's scaling guide
-/// warns that a single Redis server is a single point of failure.
-fn redundancy(replication: &str, cluster: &str) -> (bool, String) {
-    if info_field(replication, "role") == Some("slave") {
-        return (
-            false,
-            "the target is a replica (role:slave) and refuses writes: point --to-redis at its primary".into(),
-        );
-    }
-    if info_field(cluster, "cluster_enabled") == Some("1") {
-        return (
-            false,
-            "the target runs in cluster mode, which has only database 0 and which Tutor's Redis settings do not address: use a primary with replicas instead".into(),
-        );
-    }
-    match info_u64(replication, "connected_slaves") {
-        Some(n) if n > 0 => (true, format!("the target has {n} connected replica(s)")),
-        Some(_) => (true, "the target has no connected replica: a single point of failure, as Tutor's scaling guide warns (information, not an error; a Sentinel or managed failover is not visible from the server)".into()),
-        None => (true, "INFO replication is not allowed on the target: offload cannot tell whether it has replicas".into()),
     }
 }
