@@ -284,6 +284,7 @@ impl Runner {
         occupied_by_store: BTreeMap<StoreKind, (Vec<Unit>, Vec<String>)>,
     ) -> Result<(), CoreError> {
         for (kind, (units, occupied)) in occupied_by_store {
+            super::failpoint::reached("before-prepare");
             let store = &by_kind[&kind];
             self.reporter
                 .on_phase_start(Phase::Prepare, units.len() as u64, 0, 0);

@@ -848,3 +848,144 @@ async fn objects_source_lost_mid_copy_stops_then_resumes() {
     source_lost_mid_copy(&f, &[]).await;
     f.clean_up().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The job folder on a full disk: a small tmpfs of the test's own (`mount -t tmpfs`, as root).
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn job(&self) -> std::path::PathBuf {
+        self.dir.path().join("job")
+    }
+
+    fn filler(&self) -> std::path::PathBuf {
+        self.dir.path().join("filler")
+    }
+
+    /// Write zeros until the device says it is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// What offload says when the job folder fills up.
+fn assert_says_folder_full(stderr: &str) {
+    assert!(
+        stderr.contains("the job folder is full") && stderr.contains("Free space"),
+        "says the job folder is full and to free space: {stderr}"
+    );
+    assert!(stderr.contains("--resume"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The disk under the job folder fills up mid-copy: exit 2 saying the folder is full and to free
+/// space then `--resume`; the units marked copied are whole; once space is freed, `--resume`
+/// completes to a clean verify.
+#[tokio::test]
+async fn a_full_job_folder_stops_the_copy_clearly_and_resumes_once_freed() {
+    let f = Mysql::new("fault_disk").await;
+    let disk = SmallDisk::mount("4m");
+    let job = disk.job();
+    let flags = f.flags(&f.upstream(End::Source), &f.upstream(End::Target));
+    let opts = ["--parallel", "1"];
+    let mut copy = Background::start(&job, &args("copy", &flags, &opts), "hold-after-batch:2");
+    copy.wait_for(HELD);
+    disk.fill();
+    copy.release();
+    let (status, stderr) = copy.finish();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_says_folder_full(&stderr);
+    let (copied, total) = copied_units_are_whole(&f, &job).await;
+    assert!(copied < total, "stopped part way: {copied} of {total}");
+
+    disk.free();
+    let mut resume = args("copy", &flags, &opts);
+    resume.push("--resume");
+    assert_exit(&offload(&job, &resume), 0);
+    verified_whole(&f, &job).await;
+    f.clean_up().await;
+}
+
+/// `--if-exists replace` with the job folder full before the target is prepared: nothing on the
+/// target is dropped (the catalog could not record it), exit 2 says the folder is full; once
+/// freed, the same command with `--resume` replaces and copies to a clean verify.
+#[tokio::test]
+async fn replace_drops_nothing_while_the_job_folder_cannot_record_it() {
+    let f = Mysql::new("fault_diskrep").await;
+    let occupied = format!("`{}`.`bulk`", f.db.name);
+    exec(&mysql_target(), &format!("CREATE DATABASE `{}`", f.db.name)).await;
+    exec(
+        &mysql_target(),
+        &format!("CREATE TABLE {occupied} (id BIGINT PRIMARY KEY, note VARCHAR(40))"),
+    )
+    .await;
+    exec(
+        &mysql_target(),
+        &format!("INSERT INTO {occupied} VALUES (1, 'kept until recorded')"),
+    )
+    .await;
+    let disk = SmallDisk::mount("4m");
+    let job = disk.job();
+    let flags = f.flags(&f.upstream(End::Source), &f.upstream(End::Target));
+    let opts = ["--if-exists", "replace"];
+    let mut copy = Background::start(&job, &args("copy", &flags, &opts), "hold:before-prepare");
+    copy.wait_for(HELD);
+    disk.fill();
+    copy.release();
+    let (status, stderr) = copy.finish();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_says_folder_full(&stderr);
+    assert_eq!(
+        rows(&mysql_target(), &format!("SELECT note FROM {occupied}")).await,
+        vec![vec![mysql_async::Value::Bytes(
+            b"kept until recorded".to_vec()
+        )]],
+        "nothing dropped before the catalog recorded it"
+    );
+
+    disk.free();
+    let mut resume = args("copy", &flags, &opts);
+    resume.push("--resume");
+    assert_exit(&offload(&job, &resume), 0);
+    verified_whole(&f, &job).await;
+    f.clean_up().await;
+}
