@@ -150,3 +150,39 @@ impl From<rusqlite::Error> for CoreError {
         CoreError::of_catalog(String::from("catalog.sqlite"), e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: rusqlite::ErrorCode, extended: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error {
+                code,
+                extended_code: extended,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_full_disk_under_the_catalog_says_to_free_space_and_resume_not_damage() {
+        let full = CoreError::of_catalog(
+            "/jobs/a/catalog.sqlite".into(),
+            sqlite(rusqlite::ErrorCode::DiskFull, 13),
+        );
+        let said = full.to_string();
+        assert!(matches!(full, CoreError::JobFolderFull { .. }), "{said}");
+        assert!(said.contains("the job folder is full"), "{said}");
+        assert!(said.contains("/jobs/a/catalog.sqlite"), "{said}");
+        assert!(
+            said.contains("Free space") && said.contains("--resume"),
+            "{said}"
+        );
+        assert!(!said.contains("damaged"), "{said}");
+
+        let other =
+            CoreError::of_catalog("c".into(), sqlite(rusqlite::ErrorCode::NotADatabase, 26));
+        assert!(matches!(other, CoreError::Catalog { .. }));
+    }
+}

@@ -128,8 +128,8 @@ fn assert_clear_stop(out: &str, store: &str, host: &str) {
 }
 
 /// Connections cut every `every` bytes, `times` times, through the whole copy: the retries carry
-/// it to the end (each logged with its cause), or it stops with a clear error and `--resume`
-/// completes. Copied units are whole at every end; verify is clean.
+/// it to the end, each logged with its cause (every reset is an error a retry cures). Copied
+/// units are whole; verify is clean.
 async fn resets_repeatedly<F: Fixture>(f: &F, end: End, every: u64, times: u64, extra: &[&str]) {
     let job = tempfile::tempdir().unwrap();
     let (proxy, flags) = behind_proxy(f, end);
@@ -149,16 +149,10 @@ async fn resets_repeatedly<F: Fixture>(f: &F, end: End, every: u64, times: u64, 
         "each retry is logged with its cause:\n{said}"
     );
     copied_units_are_whole(f, job.path()).await;
-    match out.status.code() {
-        Some(0) => {}
-        Some(2) => {
-            assert_clear_stop(&said, F::STORE, &proxy.address());
-            let mut resume = opts.clone();
-            resume.push("--resume");
-            assert_exit(&run(f, job.path(), "copy", &flags, &resume), 0);
-        }
-        other => panic!("exit {other:?}:\n{said}"),
-    }
+    // Each cut costs at most one retry of one step, and `--retries` exceeds the cuts: a reset
+    // that stops the run was taken for an error no retry could cure.
+    assert!(times < 10);
+    assert_exit(&out, 0);
     verified_whole(f, job.path()).await;
 }
 
