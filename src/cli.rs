@@ -157,6 +157,12 @@ pub struct CopyArgs {
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub retries: u32,
 
+    /// Seconds one attempt at a batch (or at preparing a unit) may take before it counts as
+    /// stalled, a connection that stopped answering: it is dropped and retried as --retries
+    /// allows. 0: no limit.
+    #[arg(long, default_value = "600", value_name = "SECONDS", value_parser = stall_seconds)]
+    pub stall_timeout: std::time::Duration,
+
     /// After the copy, copy again only the key ranges whose source changed since the job copied
     /// them (the short final pass of a maintenance window): MySQL key ranges, MongoDB collection
     /// ranges, Redis databases and object prefixes whose digests differ.
@@ -319,4 +325,14 @@ pub enum IfExistsArg {
     Refuse,
     Skip,
     Replace,
+}
+
+/// `--stall-timeout`: whole or fractional seconds from 0 (no limit) to one day.
+fn stall_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "--stall-timeout {text:?}: expected seconds from 0 (no limit) to 86400, e.g. 600"
+        )),
+    }
 }

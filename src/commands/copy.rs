@@ -27,6 +27,7 @@ pub fn copy_options(args: &CopyArgs) -> CopyOptions {
         retries: args.retries,
         if_exists: if_exists(args.if_exists),
         chunk_rows: args.chunk_rows,
+        stall_timeout: (!args.stall_timeout.is_zero()).then_some(args.stall_timeout),
     }
 }
 

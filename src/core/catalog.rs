@@ -175,10 +175,7 @@ impl Catalog {
     }
 
     fn connect(path: &Path) -> Result<Connection, CoreError> {
-        let err = |e: rusqlite::Error| CoreError::Catalog {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        };
+        let err = |e: rusqlite::Error| CoreError::of_catalog(path.display().to_string(), e);
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
@@ -245,10 +242,7 @@ impl Catalog {
     }
 
     fn err(&self, e: rusqlite::Error) -> CoreError {
-        CoreError::Catalog {
-            path: self.path.display().to_string(),
-            detail: e.to_string(),
-        }
+        CoreError::of_catalog(self.path.display().to_string(), e)
     }
 
     fn with<T>(

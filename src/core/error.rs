@@ -92,6 +92,9 @@ pub enum CoreError {
     #[error("job catalog {path}: {detail}. The job folder may be damaged; start over with --restart or use another --job folder")]
     Catalog { path: String, detail: String },
 
+    #[error("the job folder is full: no space left on the device holding {path} ({detail}). The checkpoint before this point is kept and nothing was marked done that is not. Free space where the job folder is (or move the folder elsewhere), then run the same command with --resume")]
+    JobFolderFull { path: String, detail: String },
+
     #[error("the job folder {job} was created for a different setup ({what}: was {was}, now {now}). Resume it with the same options, discard it with --restart, or pick another folder with --job")]
     SetupMismatch {
         job: String,
@@ -125,11 +128,61 @@ impl CoreError {
     }
 }
 
-impl From<rusqlite::Error> for CoreError {
-    fn from(e: rusqlite::Error) -> Self {
+impl CoreError {
+    /// An error of the catalog at `path`: [`CoreError::JobFolderFull`] when its device is full
+    /// (a state to free space and resume from, not damage), else [`CoreError::Catalog`].
+    pub fn of_catalog(path: String, e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return CoreError::JobFolderFull {
+                path,
+                detail: e.to_string(),
+            };
+        }
         CoreError::Catalog {
-            path: String::from("catalog.sqlite"),
+            path,
             detail: e.to_string(),
         }
+    }
+}
+
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        CoreError::of_catalog(String::from("catalog.sqlite"), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: rusqlite::ErrorCode, extended: i32) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error {
+                code,
+                extended_code: extended,
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn a_full_disk_under_the_catalog_says_to_free_space_and_resume_not_damage() {
+        let full = CoreError::of_catalog(
+            "/jobs/a/catalog.sqlite".into(),
+            sqlite(rusqlite::ErrorCode::DiskFull, 13),
+        );
+        let said = full.to_string();
+        assert!(matches!(full, CoreError::JobFolderFull { .. }), "{said}");
+        assert!(said.contains("the job folder is full"), "{said}");
+        assert!(said.contains("/jobs/a/catalog.sqlite"), "{said}");
+        assert!(
+            said.contains("Free space") && said.contains("--resume"),
+            "{said}"
+        );
+        assert!(!said.contains("damaged"), "{said}");
+
+        let other =
+            CoreError::of_catalog("c".into(), sqlite(rusqlite::ErrorCode::NotADatabase, 26));
+        assert!(matches!(other, CoreError::Catalog { .. }));
     }
 }

@@ -24,10 +24,13 @@ fn die(point: &str) {
     }
 }
 
-/// A named point (`after-prepare`, `before-finish`).
+/// A named point (`after-prepare`, `before-finish`, `before-prepare`): `NAME` dies there, and
+/// `hold:NAME` holds there as `hold-after-batch:N` does.
 pub fn reached(point: &str) {
-    if configured() == Some(point) {
-        die(point);
+    match configured() {
+        Some(p) if p == point => die(point),
+        Some(p) if p.strip_prefix("hold:") == Some(point) => hold(p),
+        _ => {}
     }
 }
 

@@ -25,6 +25,10 @@ pub struct RunOptions {
     /// Attempts after the first for a retryable error.
     pub retries: u32,
     pub if_exists: IfExists,
+    /// Longest one attempt at preparing a unit or copying one batch may take before it counts
+    /// as stalled (a connection that stopped answering): it is dropped and retried. `None`: no
+    /// limit.
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Default for RunOptions {
@@ -33,6 +37,71 @@ impl Default for RunOptions {
             parallel: 4,
             retries: 5,
             if_exists: IfExists::Refuse,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+        }
+    }
+}
+
+/// The default of [`RunOptions::stall_timeout`] (`--stall-timeout`): a batch is a few MiB, so
+/// ten minutes without it completing means a connection stopped answering, not a slow one.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The first wait before a retry; each further one doubles, up to [`BACKOFF_CAP`].
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(8);
+
+/// The wait before retry number `attempt` (1 for the first): exponential from
+/// [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], with "equal jitter": half of it fixed, the other
+/// half random, so the workers that one dropped connection failed together do not all come back
+/// at the same instant.
+pub fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_CAP);
+    let half = ceiling / 2;
+    half + half.mul_f64(jitter_fraction())
+}
+
+/// A number in [0, 1), different on every call; not for cryptography, only to spread retries.
+fn jitter_fraction() -> f64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let hash = RandomState::new().hash_one((CALLS.fetch_add(1, Ordering::Relaxed), nanos));
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `op` bounded by `limit`: past it, the attempt is dropped (and its connection with it) and
+/// counts as a transient error of `store`, which [`with_retries`] tries again.
+/// `hosts` names both ends, as `source -> target`: which one stalled is not known here.
+pub async fn bounded<T>(
+    limit: Option<Duration>,
+    (store, hosts): (StoreKind, impl FnOnce() -> String),
+    what: &str,
+    op: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let Some(limit) = limit else {
+        return op.await;
+    };
+    match tokio::time::timeout(limit, op).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(StoreError::new(
+                store,
+                hosts(),
+                ErrorKind::Transient,
+                format!(
+                    "{what} did not complete within {} s: a connection to the source or the target stopped answering",
+                    limit.as_secs_f64()
+                ),
+                "offload drops it and retries; if it keeps stalling, check the network and both servers' load, or give slow batches more time with --stall-timeout",
+            ))
         }
     }
 }
@@ -57,8 +126,9 @@ pub struct Runner {
     pub options: RunOptions,
 }
 
-/// Run `op` again on retryable errors with exponential backoff, until `retries` is spent or the
-/// job is cancelled.
+/// Run `op` again on retryable errors with exponential backoff and jitter ([`backoff`]), until
+/// `retries` (the operator's `--retries`) is spent or the job is cancelled. Each retry is logged
+/// with its cause and passed to `on_retry` (the reporter).
 pub async fn with_retries<T, F, Fut>(
     retries: u32,
     cancel: &CancellationToken,
@@ -76,8 +146,8 @@ where
             Err(e) if e.is_retryable() && attempt < retries && !cancel.is_cancelled() => {
                 attempt += 1;
                 on_retry(attempt, &e);
-                tracing::warn!(store = %e.store, host = %e.host, attempt, error = %e, "retrying after a retryable error");
-                let wait = Duration::from_millis(250u64 << attempt.min(5));
+                let wait = backoff(attempt);
+                tracing::warn!(store = %e.store, host = %e.host, attempt, of = retries, wait_ms = wait.as_millis() as u64, error = %e, "retrying after a retryable error");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => return Err(e),
@@ -214,6 +284,7 @@ impl Runner {
         occupied_by_store: BTreeMap<StoreKind, (Vec<Unit>, Vec<String>)>,
     ) -> Result<(), CoreError> {
         for (kind, (units, occupied)) in occupied_by_store {
+            super::failpoint::reached("before-prepare");
             let store = &by_kind[&kind];
             self.reporter
                 .on_phase_start(Phase::Prepare, units.len() as u64, 0, 0);
@@ -329,13 +400,22 @@ impl Runner {
             let cancel = self.cancel.clone();
             let permits = permits.clone();
             let retries = self.options.retries;
+            let stall = self.options.stall_timeout;
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore open");
                 let unit = rec.unit.clone();
                 if cancel.is_cancelled() {
                     return (unit, Ok(UnitEnd::Interrupted));
                 }
-                let end = copy_unit(&*store, &catalog, &*reporter, &cancel, retries, rec).await;
+                let end = copy_unit(
+                    &*store,
+                    &catalog,
+                    &*reporter,
+                    &cancel,
+                    (retries, stall),
+                    rec,
+                )
+                .await;
                 (unit, end)
             });
         }
@@ -434,12 +514,16 @@ async fn copy_unit(
     catalog: &Catalog,
     reporter: &dyn Reporter,
     cancel: &CancellationToken,
-    retries: u32,
+    (retries, stall): (u32, Option<Duration>),
     rec: UnitRecord,
 ) -> Result<UnitEnd, CoreError> {
     let unit = &rec.unit;
     reporter.on_unit_start(Phase::Copy, unit);
     let on_retry = |attempt: u32, e: &StoreError| reporter.on_retry(unit, attempt, &e.to_string());
+    let ends = || {
+        let id = store.identity();
+        format!("{} -> {}", id.source.address, id.target.address)
+    };
     let fail = |e: StoreError| -> Result<UnitEnd, CoreError> {
         let msg = e.to_string();
         tracing::error!(store = %unit.store, unit = %unit.name, error = %msg, "unit failed; its target part is incomplete");
@@ -448,7 +532,16 @@ async fn copy_unit(
         Ok(UnitEnd::Failed(msg))
     };
 
-    if let Err(e) = with_retries(retries, cancel, on_retry, || store.prepare(unit)).await {
+    if let Err(e) = with_retries(retries, cancel, on_retry, || {
+        bounded(
+            stall,
+            (unit.store, ends),
+            "preparing the unit",
+            store.prepare(unit),
+        )
+    })
+    .await
+    {
         return fail(e);
     }
     catalog.set_state(unit, UnitState::Copying, None)?;
@@ -461,7 +554,12 @@ async fn copy_unit(
             return Ok(UnitEnd::Interrupted);
         }
         let batch = match with_retries(retries, cancel, on_retry, || {
-            store.copy_batch(unit, cursor.as_ref())
+            bounded(
+                stall,
+                (unit.store, ends),
+                "one batch",
+                store.copy_batch(unit, cursor.as_ref()),
+            )
         })
         .await
         {
@@ -500,4 +598,107 @@ async fn copy_unit(
     catalog.set_state(unit, UnitState::Copied, None)?;
     tracing::debug!(store = %unit.store, unit = %unit.name, rows, bytes, "unit copied");
     Ok(UnitEnd::Copied { rows, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_keeps_half_of_each_wait_fixed() {
+        for attempt in 1..=40 {
+            let ceiling = (BACKOFF_BASE * (1u32 << (attempt - 1).min(16))).min(BACKOFF_CAP);
+            let waits: Vec<Duration> = (0..50).map(|_| backoff(attempt)).collect();
+            for w in &waits {
+                assert!(
+                    *w >= ceiling / 2 && *w <= ceiling,
+                    "attempt {attempt}: {w:?}"
+                );
+            }
+            let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+            assert!(
+                distinct.len() > 1,
+                "attempt {attempt}: no jitter in {waits:?}"
+            );
+        }
+        assert!(backoff(1) <= Duration::from_millis(250));
+        assert!(backoff(u32::MAX) <= BACKOFF_CAP);
+    }
+
+    fn transient() -> StoreError {
+        StoreError::new(
+            StoreKind::Redis,
+            "127.0.0.1:1",
+            ErrorKind::Transient,
+            "connection reset",
+            "",
+        )
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_operators_limit_and_each_is_reported_with_its_cause() {
+        let calls = AtomicU32::new(0);
+        let mut seen = Vec::new();
+        let result: Result<(), _> = with_retries(
+            3,
+            &CancellationToken::new(),
+            |attempt, e| seen.push((attempt, e.detail.clone())),
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(transient()) }
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "the first attempt and 3 retries"
+        );
+        let attempts: Vec<u32> = seen.iter().map(|(a, _)| *a).collect();
+        assert_eq!(attempts, [1, 2, 3]);
+        assert!(seen.iter().all(|(_, d)| d == "connection reset"));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_attempt_becomes_a_retryable_error_naming_both_ends() {
+        let stalled = bounded(
+            Some(Duration::from_millis(20)),
+            (StoreKind::Mysql, || "a:1 -> b:2".to_string()),
+            "one batch",
+            std::future::pending::<Result<(), StoreError>>(),
+        )
+        .await
+        .unwrap_err();
+        assert!(stalled.is_retryable());
+        assert_eq!(stalled.host, "a:1 -> b:2");
+        assert!(stalled.to_string().contains("within 0.02 s"), "{stalled}");
+        assert!(stalled.to_string().contains("--stall-timeout"), "{stalled}");
+
+        // Attempts that stall twice and then answer: the copy goes on.
+        let calls = AtomicU32::new(0);
+        let value = with_retries(
+            5,
+            &CancellationToken::new(),
+            |_, _| {},
+            || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                bounded(
+                    Some(Duration::from_millis(20)),
+                    (StoreKind::Mysql, String::new),
+                    "one batch",
+                    async move {
+                        if n < 2 {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(n)
+                    },
+                )
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(value, 2);
+    }
 }

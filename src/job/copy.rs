@@ -23,6 +23,9 @@ pub struct CopyOptions {
     pub if_exists: IfExists,
     /// Rows per compared chunk in the delta pass.
     pub chunk_rows: u64,
+    /// Longest one attempt at a batch may take before it is dropped and retried (`None`: no
+    /// limit).
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 impl Job {
@@ -42,6 +45,7 @@ impl Job {
                 parallel: options.parallel.max(1),
                 retries: options.retries,
                 if_exists: options.if_exists,
+                stall_timeout: options.stall_timeout,
             },
         };
         let summary = runner.copy(&self.stores).await?;

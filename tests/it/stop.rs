@@ -29,6 +29,16 @@ pub struct Background {
 impl Background {
     /// `offload ARGS --job JOB` with `OFFLOAD_FAILPOINT=failpoint`, flags only (as `offload_env`).
     pub fn start(job: &Path, args: &[&str], failpoint: &str) -> Background {
+        Background::start_env(job, args, failpoint, &[])
+    }
+
+    /// As [`Background::start`], with these environment variables set too.
+    pub fn start_env(
+        job: &Path,
+        args: &[&str],
+        failpoint: &str,
+        env: &[(&str, String)],
+    ) -> Background {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_offload"));
         cmd.args(args)
             .arg("--job")
@@ -43,6 +53,9 @@ impl Background {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut child = cmd.spawn().expect("run offload");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = channel();

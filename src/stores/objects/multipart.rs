@@ -512,8 +512,8 @@ impl<'a> UploadBatch<'a> {
         let res = match res {
             Ok(r) => r,
             Err(e) => {
-                if let Some(Err(msg)) = sent {
-                    return Err(Failure::Object(msg));
+                if let Some(Err(f)) = sent {
+                    return Err(f.into_failure(store.source_address()));
                 }
                 return Err(classify(
                     Side::Target,
@@ -526,7 +526,7 @@ impl<'a> UploadBatch<'a> {
         };
         let md5 = match sent {
             Some(Ok(md5)) => md5.map(hex::encode),
-            Some(Err(msg)) => return Err(Failure::Object(msg)),
+            Some(Err(f)) => return Err(f.into_failure(store.source_address())),
             None => return Err(Failure::Object(format!("part {n} was not sent whole"))),
         };
         let etag = res.e_tag().map(clean_etag).unwrap_or_default();

@@ -295,8 +295,8 @@ pub async fn copy_one(
     let put = match put {
         Ok(p) => p,
         Err(e) => {
-            if let Some(Err(msg)) = sent {
-                return Err(Failure::Object(msg));
+            if let Some(Err(f)) = sent {
+                return Err(f.into_failure(store.source_address()));
             }
             if matches!(e.code(), Some("BadDigest" | "InvalidDigest")) {
                 return Err(Failure::Object(changed(
@@ -317,7 +317,7 @@ pub async fn copy_one(
         (Some(Ok(Some(md5))), _) => hex::encode(md5),
         // Counted only: the target accepted the bytes against the source's MD5.
         (Some(Ok(None)), Some(src)) => src.clone(),
-        (Some(Err(msg)), _) => return Err(Failure::Object(msg)),
+        (Some(Err(f)), _) => return Err(f.into_failure(store.source_address())),
         (None, _) if len == 0 => "d41d8cd98f00b204e9800998ecf8427e".to_string(),
         _ => {
             return Err(Failure::Object(

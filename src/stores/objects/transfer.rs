@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::digest::PartHasher;
+use super::endpoint::Failure;
+use crate::core::{ErrorKind, StoreError, StoreKind};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -78,7 +80,34 @@ impl Feed {
 
 /// What a body saw once it ended: the MD5 of everything (`None` when it only counted), or why
 /// it failed.
-pub type BodyReport = Arc<Mutex<Option<Result<Option<[u8; 16]>, String>>>>;
+pub type BodyReport = Arc<Mutex<Option<Result<Option<[u8; 16]>, BodyFailure>>>>;
+
+/// Why a body failed.
+#[derive(Debug, Clone)]
+pub enum BodyFailure {
+    /// The S3 source's stream broke off (connection reset, timeout): the object is fine, the
+    /// link was not, and the same copy may well succeed again.
+    SourceBroke(String),
+    /// This object's bytes are wrong (a file unreadable, more or fewer bytes than announced).
+    Object(String),
+}
+
+impl BodyFailure {
+    /// As the store acts on it: a broken S3 stream is a transient error of the source at
+    /// `source_address` (the runner retries the batch); anything else fails this object alone.
+    pub fn into_failure(self, source_address: String) -> Failure {
+        match self {
+            BodyFailure::SourceBroke(msg) => Failure::Fatal(StoreError::new(
+                StoreKind::Objects,
+                source_address,
+                ErrorKind::Transient,
+                format!("reading the source broke off: {msg}"),
+                "offload retries this on its own; if it keeps failing, check the network to the source and its logs",
+            )),
+            BodyFailure::Object(msg) => Failure::Object(msg),
+        }
+    }
+}
 
 /// A request body that passes a [`Feed`] through, counting (and, when asked, hashing) it, and
 /// fails the request when the source yields more or fewer bytes than announced.
@@ -125,7 +154,15 @@ impl HashingBody {
     }
 
     fn fail(&mut self, msg: String) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        *self.report.lock().expect("body report") = Some(Err(msg.clone()));
+        self.fail_as(BodyFailure::Object(msg.clone()), msg)
+    }
+
+    fn fail_as(
+        &mut self,
+        failure: BodyFailure,
+        msg: String,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        *self.report.lock().expect("body report") = Some(Err(failure));
         self.finished = true;
         self.hasher = None;
         Poll::Ready(Some(Err(msg.into())))
@@ -167,7 +204,13 @@ impl http_body::Body for HashingBody {
                 }
                 Poll::Ready(Some(Ok(http_body::Frame::data(bytes))))
             }
-            Poll::Ready(Some(Err(e))) => this.fail(format!("reading the source failed: {e}")),
+            Poll::Ready(Some(Err(e))) => {
+                let msg = format!("reading the source failed: {e}");
+                match this.feed {
+                    Feed::S3(_) => this.fail_as(BodyFailure::SourceBroke(msg.clone()), msg),
+                    Feed::File(_) => this.fail(msg),
+                }
+            }
             Poll::Ready(None) => {
                 if this.seen != this.expect {
                     let (seen, expect) = (this.seen, this.expect);
@@ -191,6 +234,6 @@ impl http_body::Body for HashingBody {
 }
 
 /// The outcome a body recorded, if it finished.
-pub fn body_result(report: &BodyReport) -> Option<Result<Option<[u8; 16]>, String>> {
+pub fn body_result(report: &BodyReport) -> Option<Result<Option<[u8; 16]>, BodyFailure>> {
     report.lock().expect("body report").clone()
 }
