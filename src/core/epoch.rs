@@ -14,7 +14,8 @@ pub struct TargetEpoch {
     /// the server when `started_at` tells the processes apart.
     pub process: String,
     /// When the process started, in Unix seconds, for servers that name no process: read as
-    /// "now minus uptime", it may be one second off between two reads.
+    /// "now minus uptime" (both whole seconds, in one statement), it may be one second off
+    /// between two reads, so a restart within a second of the previous start goes unnoticed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<i64>,
     /// Whether this life keeps what it acknowledged when it ends (every commit flushed to disk
@@ -28,7 +29,7 @@ pub struct TargetEpoch {
 
 /// Seconds two reads of one process's start time may differ by (each read is "now minus uptime",
 /// both whole seconds).
-const START_TIME_SLACK_S: i64 = 2;
+const START_TIME_SLACK_S: i64 = 1;
 
 impl TargetEpoch {
     /// Whether `other` is the same life of the same server as this one.
@@ -106,6 +107,7 @@ mod tests {
         let old = epoch("uuid", Some(1_000), false);
         assert!(old.same_life(&epoch("uuid", Some(1_001), false)));
         assert!(old.same_life(&epoch("uuid", Some(999), false)));
+        assert!(!old.same_life(&epoch("uuid", Some(1_002), false)));
         assert!(!old.same_life(&epoch("uuid", Some(1_010), false)));
         assert!(!old.same_life(&epoch("uuid", None, false)));
     }

@@ -18,5 +18,6 @@ mod plugin;
 mod progress;
 mod reach;
 mod redis;
+mod restart;
 mod stop;
 mod support;
