@@ -92,6 +92,49 @@ where
     }
 }
 
+/// After a pass that wrote outside the runner (the delta pass): whether each store's target is
+/// still the life the catalog recorded, or kept its writes when it restarted. A target that
+/// restarted and may have lost them has its units marked to copy again, said in the job's
+/// events, and the pass ends with an error that says to resume.
+pub async fn check_targets_kept(
+    stores: &[Arc<dyn Store>],
+    catalog: &Catalog,
+    retries: u32,
+    cancel: &CancellationToken,
+) -> Result<(), CoreError> {
+    for store in stores {
+        let kind = store.kind();
+        let read = || store.target_epoch();
+        let Some(now) = with_retries(retries, cancel, |_, _| {}, read).await? else {
+            continue;
+        };
+        let check = match catalog.target_epoch(kind)? {
+            Some(written) => (compare(&written, &now), written),
+            None => (EpochCheck::Same, now.clone()),
+        };
+        if let (EpochCheck::RestartedLost, written) = check {
+            let units = catalog.redo_store(kind)?;
+            catalog.record_target_epoch(kind, &now)?;
+            let message = format!(
+                "{kind}: the target restarted ({} -> {}) and may have lost what was written into it ({}); its {} written unit(s) are marked to copy again",
+                written.describe(),
+                now.describe(),
+                written.durability,
+                units.len()
+            );
+            tracing::warn!(store = %kind, units = units.len(), "{message}");
+            catalog.event("warn", Some(kind), None, &message)?;
+            return Err(CoreError::TargetRestarted {
+                store: kind,
+                times: 1,
+                durability: written.durability,
+            });
+        }
+        catalog.record_target_epoch(kind, &now)?;
+    }
+    Ok(())
+}
+
 /// The refusal of a target that already holds data for `occupied` units, before anything is
 /// written (`--if-exists refuse`).
 pub fn occupied_refusal(kind: StoreKind, host: String, occupied: &[String]) -> StoreError {
