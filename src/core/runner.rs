@@ -571,7 +571,8 @@ impl Runner {
             let earlier = earlier.filter(|r| r.state == UnitState::Copied || r.cursor.is_some());
             by_kind[kind].copied_by_earlier_runs(earlier.count());
             let note = by_kind[kind].begin_copy(self.options.parallel).await?;
-            if !note.is_empty() {
+            // Said once, also when a round copies again what a restarted target lost.
+            if !note.is_empty() && !summary.notes.contains(&note) {
                 self.reporter.on_note(&note);
                 summary.notes.push(note);
             }
