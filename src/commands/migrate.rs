@@ -189,7 +189,7 @@ async fn run_phases(
         for c in &cross {
             text.push_str(&format!("{} {}: {}\n", if c.ok { "ok    " } else { "FAILED" }, c.name, c.detail));
         }
-        text.push_str(&print::verify_report(report));
+        text.push_str(&print::verify_report(report, Some(&job.dir)));
         if let Some(c) = &cutover {
             text.push_str(&print::cutover(c));
         }

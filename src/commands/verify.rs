@@ -31,6 +31,7 @@ pub async fn verify(
         chunk_rows: args.chunk_rows.max(1),
         ..VerifyOptions::default()
     };
+    let mut planned = false;
     let report = match JobFolder::existing(job_dir.clone())? {
         Some(folder) => {
             let recorded = folder
@@ -38,6 +39,7 @@ pub async fn verify(
                 .filter(|_| !verify_inputs.names_endpoints());
             let settings = Settings::resolve(&verify_inputs, recorded.as_ref())?;
             let job = folder.open(settings).await?;
+            planned = true;
             let verified = job.verify(&options, false, out.reporter(), &cancel).await?;
             job.record_verify(verified.report.clean())?;
             verified.report
@@ -47,7 +49,8 @@ pub async fn verify(
             verify_unplanned(&settings, &options, out.reporter(), &cancel).await?
         }
     };
-    out.emit(&report, || print::verify_report(&report));
+    let job = planned.then_some(job_dir.as_path());
+    out.emit(&report, || print::verify_report(&report, job));
     if let Some(path) = &args.report {
         write_report(path, &report, &[], &job_dir)?;
     }

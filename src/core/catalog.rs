@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::epoch::TargetEpoch;
 use super::error::CoreError;
 use super::progress::Phase;
 use super::store::{Cursor, StoreKind, Unit};
@@ -294,6 +295,69 @@ impl Catalog {
             });
         }
         Ok(())
+    }
+
+    /// The life of a store's target that the job's writes went into, as last recorded.
+    pub fn target_epoch(&self, store: StoreKind) -> Result<Option<TargetEpoch>, CoreError> {
+        let key = format!("target_epoch:{store}");
+        let text: Option<String> = self.with(|c| {
+            c.query_row("SELECT value FROM setup WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| CoreError::Catalog {
+                path: self.path.display().to_string(),
+                detail: format!("unreadable {key}: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Record the life of a store's target that the job's writes go into from now on.
+    pub fn record_target_epoch(
+        &self,
+        store: StoreKind,
+        epoch: &TargetEpoch,
+    ) -> Result<(), CoreError> {
+        let text = serde_json::to_string(epoch).expect("epoch serializes");
+        self.put_setup(&format!("target_epoch:{store}"), &text)
+    }
+
+    /// A store's target lost what the job wrote into it (it restarted without keeping it): every
+    /// unit of the store that has anything written starts over, its copy and finish phases count
+    /// as not done, and the job's last verify no longer counts. Units skipped as the operator
+    /// asked stay skipped. One transaction; gives the names of the units reset.
+    pub fn redo_store(&self, store: StoreKind) -> Result<Vec<String>, CoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let names = {
+                let mut stmt = tx.prepare(
+                    "SELECT name FROM unit WHERE store = ?1 AND state <> 'skipped'
+                       AND (state <> 'pending' OR cursor IS NOT NULL OR rows_done > 0)
+                     ORDER BY seq",
+                )?;
+                let names = stmt
+                    .query_map([store.as_str()], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                names
+            };
+            tx.execute(
+                "UPDATE unit SET state = 'pending', cursor = NULL, rows_done = 0, bytes_done = 0,
+                        verify_state = NULL, verify_detail = NULL, updated_at = ?2
+                 WHERE store = ?1 AND state <> 'skipped'
+                   AND (state <> 'pending' OR cursor IS NOT NULL OR rows_done > 0)",
+                params![store.as_str(), now()],
+            )?;
+            tx.execute(
+                "DELETE FROM phase WHERE (store = ?1 AND name IN ('copy', 'finish'))
+                    OR (store = 'job' AND name = 'verify')",
+                [store.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(names)
+        })
     }
 
     /// Record units (in plan order); units already known keep their state.
@@ -631,6 +695,85 @@ mod tests {
         assert!(!read_unit(old).unwrap().size_known);
         let new = old.replace(r#""sized":false"#, r#""x":1"#);
         assert!(read_unit(&new).unwrap().size_known);
+    }
+
+    #[test]
+    fn a_store_whose_target_lost_its_writes_starts_its_written_units_over() {
+        use crate::core::store::KeyRange;
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup {
+            tool_version: "t".into(),
+            guard: serde_json::json!({}),
+            endpoints: serde_json::json!({}),
+        };
+        let catalog = Catalog::create(dir.path(), &setup).unwrap();
+        let unit = |name: &str, store| Unit {
+            store,
+            name: name.into(),
+            container: "c".into(),
+            object: name.into(),
+            range: KeyRange::default(),
+            est_rows: 1,
+            est_bytes: 1,
+            size_known: true,
+            spec: serde_json::Value::Null,
+        };
+        let units = [
+            unit("copied", StoreKind::Redis),
+            unit("part", StoreKind::Redis),
+            unit("skipped", StoreKind::Redis),
+            unit("untouched", StoreKind::Redis),
+            unit("other", StoreKind::Mysql),
+        ];
+        catalog.add_units(&units).unwrap();
+        catalog.record_batch(&units[0], None, 5, 50).unwrap();
+        catalog
+            .set_state(&units[0], UnitState::Copied, None)
+            .unwrap();
+        let cursor = Cursor(serde_json::json!({"scan": "7"}));
+        catalog
+            .record_batch(&units[1], Some(&cursor), 3, 30)
+            .unwrap();
+        catalog
+            .set_state(&units[2], UnitState::Skipped, None)
+            .unwrap();
+        catalog
+            .set_state(&units[4], UnitState::Copied, None)
+            .unwrap();
+        catalog
+            .phase_done(StoreKind::Redis, Phase::Finish, "")
+            .unwrap();
+        catalog
+            .phase_done(PhaseOwner::Job, Phase::Verify, "clean")
+            .unwrap();
+        let epoch = TargetEpoch {
+            process: "run-1".into(),
+            started_at: None,
+            keeps_writes: false,
+            durability: "no persistence".into(),
+        };
+        catalog
+            .record_target_epoch(StoreKind::Redis, &epoch)
+            .unwrap();
+
+        let reset = catalog.redo_store(StoreKind::Redis).unwrap();
+        assert_eq!(reset, vec!["copied".to_string(), "part".to_string()]);
+        let states: Vec<(String, UnitState, bool, u64)> = catalog
+            .units(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.unit.name, r.state, r.cursor.is_some(), r.rows_done))
+            .collect();
+        assert!(states.contains(&("copied".into(), UnitState::Pending, false, 0)));
+        assert!(states.contains(&("part".into(), UnitState::Pending, false, 0)));
+        assert!(states.contains(&("skipped".into(), UnitState::Skipped, false, 0)));
+        assert!(states.contains(&("other".into(), UnitState::Copied, false, 0)));
+        assert!(!catalog
+            .is_phase_done(StoreKind::Redis, Phase::Finish)
+            .unwrap());
+        assert_eq!(catalog.last_verify().unwrap(), None);
+        assert_eq!(catalog.target_epoch(StoreKind::Redis).unwrap(), Some(epoch));
+        assert_eq!(catalog.target_epoch(StoreKind::Mysql).unwrap(), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{Catalog, UnitState};
 use super::error::{CoreError, StoreError};
 use super::progress::{Phase, Reporter, UnitOutcome};
-use super::runner::with_retries;
+use super::runner::{check_targets_kept, with_retries};
 use super::store::{Cursor, KeyRange, RowDigest, Side, Store, Unit};
 
 /// What the delta pass did.
@@ -126,6 +126,8 @@ pub async fn delta(
         }
         catalog.phase_done(store.kind(), Phase::Finish, "after delta")?;
     }
+    // What the pass wrote counts only if its targets did not restart and lose it meanwhile.
+    check_targets_kept(stores, &catalog, retries, cancel).await?;
     summary.changed.sort();
     reporter.on_phase_done(Phase::Copy);
     Ok(summary)

@@ -112,6 +112,13 @@ pub enum CoreError {
     #[error("{count} unit(s) failed; the first: {first}. Fix the cause and run again with --resume to continue where it stopped")]
     UnitsFailed { count: usize, first: String },
 
+    #[error("the {store} target restarted during the copy {times} time(s) and may have lost what was written into it ({durability}); the units it held are marked to copy again. Find out why it restarts (memory limit, supervisor, crash), then run the same command with --resume")]
+    TargetRestarted {
+        store: StoreKind,
+        times: u32,
+        durability: String,
+    },
+
     #[error("interrupted; progress is saved. Run the same command with --resume to continue")]
     Interrupted,
 

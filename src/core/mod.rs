@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod delta;
+pub mod epoch;
 pub mod error;
 pub mod failpoint;
 pub mod plan;

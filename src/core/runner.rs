@@ -1,10 +1,13 @@
 //! The copy loop: runs every unit of every store through prepare, batches and finish, with a
 //! global concurrency budget, retries with backoff on retryable errors, a checkpoint after every
-//! batch, and cancellation that stops at a batch boundary with the cursor saved.
+//! batch, and cancellation that stops at a batch boundary with the cursor saved. A batch is
+//! recorded only while its target is still the server life it was written into (see
+//! [`super::epoch`]); a target that restarted and lost writes has its store's units copied again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Catalog, UnitRecord, UnitState};
+use super::epoch::{compare, EpochCheck, TargetEpoch};
 use super::error::{CoreError, ErrorKind, StoreError};
 use super::progress::{Phase, Reporter, StoreTotals, UnitOutcome};
 use super::store::{IfExists, Store, StoreKind, Unit};
@@ -158,6 +162,49 @@ where
     }
 }
 
+/// After a pass that wrote outside the runner (the delta pass): whether each store's target is
+/// still the life the catalog recorded, or kept its writes when it restarted. A target that
+/// restarted and may have lost them has its units marked to copy again, said in the job's
+/// events, and the pass ends with an error that says to resume.
+pub async fn check_targets_kept(
+    stores: &[Arc<dyn Store>],
+    catalog: &Catalog,
+    retries: u32,
+    cancel: &CancellationToken,
+) -> Result<(), CoreError> {
+    for store in stores {
+        let kind = store.kind();
+        let read = || store.target_epoch();
+        let Some(now) = with_retries(retries, cancel, |_, _| {}, read).await? else {
+            continue;
+        };
+        let check = match catalog.target_epoch(kind)? {
+            Some(written) => (compare(&written, &now), written),
+            None => (EpochCheck::Same, now.clone()),
+        };
+        if let (EpochCheck::RestartedLost, written) = check {
+            let units = catalog.redo_store(kind)?;
+            catalog.record_target_epoch(kind, &now)?;
+            let message = format!(
+                "{kind}: the target restarted ({} -> {}) and may have lost what was written into it ({}); its {} written unit(s) are marked to copy again",
+                written.describe(),
+                now.describe(),
+                written.durability,
+                units.len()
+            );
+            tracing::warn!(store = %kind, units = units.len(), "{message}");
+            catalog.event("warn", Some(kind), None, &message)?;
+            return Err(CoreError::TargetRestarted {
+                store: kind,
+                times: 1,
+                durability: written.durability,
+            });
+        }
+        catalog.record_target_epoch(kind, &now)?;
+    }
+    Ok(())
+}
+
 /// The refusal of a target that already holds data for `occupied` units, before anything is
 /// written (`--if-exists refuse`).
 pub fn occupied_refusal(kind: StoreKind, host: String, occupied: &[String]) -> StoreError {
@@ -177,10 +224,86 @@ pub fn occupied_refusal(kind: StoreKind, host: String, occupied: &[String]) -> S
 }
 
 enum UnitEnd {
-    Copied { rows: u64, bytes: u64 },
+    Copied {
+        rows: u64,
+        bytes: u64,
+    },
     Interrupted,
     Failed(String),
+    /// Its target restarted and may have lost what the unit wrote: not recorded, copied again.
+    TargetRestarted,
 }
+
+/// Rounds of copying again after the target lost writes, within one run, before it stops.
+const REDOS_PER_RUN: u32 = 3;
+
+/// One store's target during a run: the server life its writes go into, and whether a restart
+/// that may have lost them was seen.
+struct EpochWatch {
+    written: Mutex<TargetEpoch>,
+    lost: AtomicBool,
+}
+
+impl EpochWatch {
+    fn new(epoch: TargetEpoch) -> EpochWatch {
+        EpochWatch {
+            written: Mutex::new(epoch),
+            lost: AtomicBool::new(false),
+        }
+    }
+
+    fn written(&self) -> TargetEpoch {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Writes go into `epoch` from now on, nothing lost so far.
+    fn start_over(&self, epoch: TargetEpoch) {
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
+        self.lost.store(false, Ordering::SeqCst);
+    }
+
+    /// Read the target's epoch now: whether everything written so far is still there as far as
+    /// a restart goes. A restart that kept its writes is logged and the watch moves on to the
+    /// new life; one that may have lost them marks the watch lost.
+    async fn holds(
+        &self,
+        store: &dyn Store,
+        retries: u32,
+        cancel: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        if self.lost() {
+            return Ok(false);
+        }
+        let Some(now) = with_retries(retries, cancel, |_, _| {}, || store.target_epoch()).await?
+        else {
+            return Ok(true);
+        };
+        let written = self.written();
+        match compare(&written, &now) {
+            EpochCheck::Same => Ok(true),
+            EpochCheck::RestartedKept => {
+                tracing::warn!(store = %store.kind(), was = %written.describe(), now = %now.describe(), durability = %written.durability, "the target restarted; it keeps what it acknowledged, so the copy goes on");
+                self.start_over(now);
+                Ok(true)
+            }
+            EpochCheck::RestartedLost => {
+                tracing::warn!(store = %store.kind(), was = %written.describe(), now = %now.describe(), durability = %written.durability, "the target restarted and may have lost what was written into it; its units will be copied again");
+                self.lost.store(true, Ordering::SeqCst);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The watches of a run, one per store whose target tells its epoch.
+type Watches = BTreeMap<StoreKind, Arc<EpochWatch>>;
 
 /// The work of a copy run, and what is already done, as the catalog holds it.
 struct Work {
@@ -204,7 +327,8 @@ struct UnitEnds {
 type UnitTasks = JoinSet<(Unit, Result<UnitEnd, CoreError>)>;
 
 impl Runner {
-    /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped.
+    /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped,
+    /// unless their target restarted since and may have lost them: those are copied again.
     pub async fn copy(&self, stores: &[Arc<dyn Store>]) -> Result<CopySummary, CoreError> {
         let mut summary = CopySummary::default();
         let mut by_kind: BTreeMap<StoreKind, Arc<dyn Store>> = BTreeMap::new();
@@ -212,40 +336,181 @@ impl Runner {
             by_kind.insert(s.kind(), s.clone());
         }
 
+        let watches = self.watch_targets(&by_kind, &mut summary).await?;
         let occupied_by_store = self.check_targets(&by_kind).await?;
         self.prepare_targets(&by_kind, occupied_by_store).await?;
 
         super::failpoint::reached("after-prepare");
 
-        let work = self.work_to_do(&by_kind, &mut summary)?;
-        self.reporter.on_phase_start(
-            Phase::Copy,
-            summary.units_total as u64,
-            work.total_rows,
-            work.total_bytes,
-        );
-        if work.done_rows > 0 || work.done_bytes > 0 {
-            self.reporter.on_resumed(work.done_rows, work.done_bytes);
+        // Units copied by earlier runs (and not copied again in this one), by store.
+        let mut done_before: BTreeSet<(StoreKind, String)> = BTreeSet::new();
+        let mut redos = 0u32;
+        loop {
+            let mut counts = CopySummary::default();
+            let work = self.work_to_do(&by_kind, &mut counts)?;
+            if redos == 0 {
+                done_before = self
+                    .catalog
+                    .units(None)?
+                    .into_iter()
+                    .filter(|r| r.state == UnitState::Copied && by_kind.contains_key(&r.unit.store))
+                    .map(|r| (r.unit.store, r.unit.name))
+                    .collect();
+            }
+            summary.units_total = counts.units_total;
+            summary.units_skipped = counts.units_skipped;
+            self.reporter.on_phase_start(
+                Phase::Copy,
+                counts.units_total as u64,
+                work.total_rows,
+                work.total_bytes,
+            );
+            if work.done_rows > 0 || work.done_bytes > 0 {
+                self.reporter.on_resumed(work.done_rows, work.done_bytes);
+            }
+            for kind in by_kind.keys() {
+                let totals = StoreTotals::of_records(&self.catalog.units(Some(*kind))?);
+                self.reporter.on_store_totals(Phase::Copy, *kind, &totals);
+            }
+            let kinds_with_work = self
+                .begin_copies(&by_kind, &work.units, &mut summary)
+                .await?;
+            let tasks = self.spawn_units(&by_kind, &watches, work.units);
+            let ends = self.collect_unit_ends(tasks, &mut summary).await;
+            for kind in &kinds_with_work {
+                by_kind[kind].end_copy().await;
+            }
+            let lost = self.targets_lost(&by_kind, &watches).await;
+            let lost = match lost {
+                Ok(lost) => lost,
+                Err(e) => {
+                    self.stop_unless_all_copied(ends)?;
+                    return Err(e);
+                }
+            };
+            if lost.is_empty() {
+                self.stop_unless_all_copied(ends)?;
+                break;
+            }
+            for (kind, written, now) in &lost {
+                self.redo(*kind, written, now, &mut summary)?;
+                watches[kind].start_over(now.clone());
+                done_before.retain(|(k, _)| k != kind);
+            }
+            self.stop_unless_all_copied(ends)?;
+            redos += 1;
+            if redos > REDOS_PER_RUN {
+                let (kind, written, _) = &lost[0];
+                return Err(CoreError::TargetRestarted {
+                    store: *kind,
+                    times: redos,
+                    durability: written.durability.clone(),
+                });
+            }
         }
-        for kind in by_kind.keys() {
-            let totals = StoreTotals::of_records(&self.catalog.units(Some(*kind))?);
-            self.reporter.on_store_totals(Phase::Copy, *kind, &totals);
-        }
-        let kinds_with_work = self
-            .begin_copies(&by_kind, &work.units, &mut summary)
-            .await?;
-        let tasks = self.spawn_units(&by_kind, work.units);
-        let ends = self.collect_unit_ends(tasks, &mut summary).await;
-        for kind in &kinds_with_work {
-            by_kind[kind].end_copy().await;
-        }
-        self.stop_unless_all_copied(ends)?;
+        summary.units_already_done = done_before.len();
+        summary.units_copied_now = summary
+            .units_total
+            .saturating_sub(summary.units_skipped + summary.units_already_done);
         self.reporter.on_phase_done(Phase::Copy);
 
         super::failpoint::reached("before-finish");
 
         self.finish_targets(&by_kind, &mut summary).await?;
+        // A restart while the stores finished: the run cannot end as copied.
+        if let Some((kind, written, now)) = self.targets_lost(&by_kind, &watches).await?.first() {
+            self.redo(*kind, written, now, &mut summary)?;
+            return Err(CoreError::TargetRestarted {
+                store: *kind,
+                times: redos + 1,
+                durability: written.durability.clone(),
+            });
+        }
         Ok(summary)
+    }
+
+    /// Before a run writes: read each store's target epoch, compare it with the one the job's
+    /// writes went into (from the catalog), mark for copying again the units of a target that
+    /// restarted and may have lost them, and record the epoch writes go into now.
+    async fn watch_targets(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        summary: &mut CopySummary,
+    ) -> Result<Watches, CoreError> {
+        let mut watches = Watches::new();
+        for (kind, store) in by_kind {
+            let read = || store.target_epoch();
+            let Some(now) =
+                with_retries(self.options.retries, &self.cancel, |_, _| {}, read).await?
+            else {
+                continue;
+            };
+            if let Some(written) = self.catalog.target_epoch(*kind)? {
+                match compare(&written, &now) {
+                    EpochCheck::Same => {}
+                    EpochCheck::RestartedKept => {
+                        tracing::info!(store = %kind, was = %written.describe(), now = %now.describe(), durability = %written.durability, "the target restarted since the last run; it keeps what it acknowledged");
+                    }
+                    EpochCheck::RestartedLost => self.redo(*kind, &written, &now, summary)?,
+                }
+            }
+            self.catalog.record_target_epoch(*kind, &now)?;
+            watches.insert(*kind, Arc::new(EpochWatch::new(now)));
+        }
+        Ok(watches)
+    }
+
+    /// After the units of a round ended: the stores whose target restarted and may have lost
+    /// what was written, with the epoch written into and the one now. Targets that restarted
+    /// and kept their writes have their new epoch recorded.
+    async fn targets_lost(
+        &self,
+        by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        watches: &Watches,
+    ) -> Result<Vec<(StoreKind, TargetEpoch, TargetEpoch)>, CoreError> {
+        let mut lost = Vec::new();
+        for (kind, watch) in watches {
+            let written = watch.written();
+            let store = by_kind[kind].clone();
+            if !watch
+                .holds(&*store, self.options.retries, &self.cancel)
+                .await?
+            {
+                let read = || store.target_epoch();
+                let now = with_retries(self.options.retries, &self.cancel, |_, _| {}, read)
+                    .await?
+                    .unwrap_or_else(|| written.clone());
+                lost.push((*kind, written, now));
+            } else if watch.written() != written {
+                self.catalog.record_target_epoch(*kind, &watch.written())?;
+            }
+        }
+        Ok(lost)
+    }
+
+    /// A store's target restarted from `written` to `now` and may have lost what was written:
+    /// its units start over in the catalog, said in the job's events, the log and the notes.
+    fn redo(
+        &self,
+        kind: StoreKind,
+        written: &TargetEpoch,
+        now: &TargetEpoch,
+        summary: &mut CopySummary,
+    ) -> Result<(), CoreError> {
+        let units = self.catalog.redo_store(kind)?;
+        self.catalog.record_target_epoch(kind, now)?;
+        let message = format!(
+            "{kind}: the target restarted ({} -> {}) and may have lost what was written into it ({}); copying its {} written unit(s) again",
+            written.describe(),
+            now.describe(),
+            written.durability,
+            units.len()
+        );
+        tracing::warn!(store = %kind, units = units.len(), "{message}");
+        self.catalog.event("warn", Some(kind), None, &message)?;
+        self.reporter.on_note(&message);
+        summary.notes.push(message);
+        Ok(())
     }
 
     /// Check every store's target before writing to any of them: nothing half-written. Gives,
@@ -377,7 +642,8 @@ impl Runner {
             let earlier = earlier.filter(|r| r.state == UnitState::Copied || r.cursor.is_some());
             by_kind[kind].copied_by_earlier_runs(earlier.count());
             let note = by_kind[kind].begin_copy(self.options.parallel).await?;
-            if !note.is_empty() {
+            // Said once, also when a round copies again what a restarted target lost.
+            if !note.is_empty() && !summary.notes.contains(&note) {
                 self.reporter.on_note(&note);
                 summary.notes.push(note);
             }
@@ -389,6 +655,7 @@ impl Runner {
     fn spawn_units(
         &self,
         by_kind: &BTreeMap<StoreKind, Arc<dyn Store>>,
+        watches: &Watches,
         work: Vec<UnitRecord>,
     ) -> UnitTasks {
         let permits = Arc::new(Semaphore::new(self.options.parallel.max(1)));
@@ -401,21 +668,23 @@ impl Runner {
             let permits = permits.clone();
             let retries = self.options.retries;
             let stall = self.options.stall_timeout;
+            let watch = watches.get(&rec.unit.store).cloned();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("semaphore open");
                 let unit = rec.unit.clone();
                 if cancel.is_cancelled() {
                     return (unit, Ok(UnitEnd::Interrupted));
                 }
-                let end = copy_unit(
-                    &*store,
-                    &catalog,
-                    &*reporter,
-                    &cancel,
-                    (retries, stall),
-                    rec,
-                )
-                .await;
+                let run = UnitRun {
+                    store: &*store,
+                    catalog: &catalog,
+                    reporter: &*reporter,
+                    cancel: &cancel,
+                    retries,
+                    stall,
+                    watch: watch.as_deref(),
+                };
+                let end = copy_unit(run, rec).await;
                 (unit, end)
             });
         }
@@ -442,6 +711,14 @@ impl Runner {
                         .on_unit_done(Phase::Copy, &unit, &UnitOutcome::Done);
                 }
                 Ok(UnitEnd::Interrupted) => ends.interrupted = true,
+                Ok(UnitEnd::TargetRestarted) => {
+                    // Copied again after the round (the runner resets its store's units).
+                    self.reporter.on_unit_done(
+                        Phase::Copy,
+                        &unit,
+                        &UnitOutcome::Skipped("the target restarted; copying again".into()),
+                    );
+                }
                 Ok(UnitEnd::Failed(msg)) => {
                     self.reporter.on_unit_done(
                         Phase::Copy,
@@ -509,14 +786,29 @@ impl Runner {
     }
 }
 
-async fn copy_unit(
-    store: &dyn Store,
-    catalog: &Catalog,
-    reporter: &dyn Reporter,
-    cancel: &CancellationToken,
-    (retries, stall): (u32, Option<Duration>),
-    rec: UnitRecord,
-) -> Result<UnitEnd, CoreError> {
+/// What one unit's copy works with.
+struct UnitRun<'a> {
+    store: &'a dyn Store,
+    catalog: &'a Catalog,
+    reporter: &'a dyn Reporter,
+    cancel: &'a CancellationToken,
+    retries: u32,
+    /// How long one attempt at a batch or at preparing the unit may take (`--stall-timeout`).
+    stall: Option<Duration>,
+    /// The store's target epoch, when it tells one.
+    watch: Option<&'a EpochWatch>,
+}
+
+async fn copy_unit(run: UnitRun<'_>, rec: UnitRecord) -> Result<UnitEnd, CoreError> {
+    let UnitRun {
+        store,
+        catalog,
+        reporter,
+        cancel,
+        retries,
+        stall,
+        watch,
+    } = run;
     let unit = &rec.unit;
     reporter.on_unit_start(Phase::Copy, unit);
     let on_retry = |attempt: u32, e: &StoreError| reporter.on_retry(unit, attempt, &e.to_string());
@@ -553,6 +845,9 @@ async fn copy_unit(
         if cancel.is_cancelled() {
             return Ok(UnitEnd::Interrupted);
         }
+        if watch.is_some_and(|w| w.lost()) {
+            return Ok(UnitEnd::TargetRestarted);
+        }
         let batch = match with_retries(retries, cancel, on_retry, || {
             bounded(
                 stall,
@@ -566,6 +861,15 @@ async fn copy_unit(
             Ok(b) => b,
             Err(e) => return fail(e),
         };
+        // Recorded only if what it wrote is still there: the target has not restarted since
+        // the writes of this job began, or kept them when it did.
+        if let Some(watch) = watch {
+            match watch.holds(store, retries, cancel).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(UnitEnd::TargetRestarted),
+                Err(e) => return fail(e),
+            }
+        }
         catalog.record_batch(unit, batch.next.as_ref(), batch.rows, batch.bytes)?;
         for (key, why) in &batch.failed {
             let msg = format!("{key}: {why}");

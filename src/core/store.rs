@@ -7,6 +7,7 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use super::epoch::TargetEpoch;
 use super::error::StoreError;
 
 /// The kinds of store offload knows, in Tutor's offloading order.
@@ -334,6 +335,14 @@ pub trait Store: Send + Sync {
     /// Once per run before `begin_copy`: how many of the store's units earlier runs of the job
     /// copied, wholly or in part, so its notes can say what this run's reads do not cover.
     fn copied_by_earlier_runs(&self, _units: usize) {}
+
+    /// The life of the target server that writes go into now (see [`TargetEpoch`]): the runner
+    /// reads it before a run writes, before it records each batch and after each round of units,
+    /// and copies again what a restart may have lost. `None`: the target keeps every write it
+    /// acknowledged across restarts and needs no check (S3), or cannot tell.
+    async fn target_epoch(&self) -> Result<Option<TargetEpoch>, StoreError> {
+        Ok(None)
+    }
 
     /// Once per run before copying: open what the run shares (a consistent snapshot of the source
     /// for `workers` concurrent batches). Returns a note on the consistency achieved.

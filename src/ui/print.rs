@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::core::catalog::{PhaseRecord, UnitRecord, UnitState};
 use crate::core::delta::DeltaSummary;
@@ -180,7 +181,9 @@ pub fn kinds_line(kinds: &[KindCount]) -> String {
         .join(", ")
 }
 
-pub fn verify_report(r: &VerifyReport) -> String {
+/// The verify report in words, ending with whether it is safe to switch and, when it is not,
+/// the command that repairs what was found (for the job in `job`, when there is one).
+pub fn verify_report(r: &VerifyReport, job: Option<&Path>) -> String {
     let mut out = String::new();
     for u in &r.units {
         if u.matched() {
@@ -255,13 +258,36 @@ pub fn verify_report(r: &VerifyReport) -> String {
     } else {
         let _ = writeln!(
             out,
-            "NOT safe to switch: {} of {} unit(s) differ, {} shape difference(s). Copy again (offload copy --resume, or --if-exists replace) and verify.",
+            "NOT safe to switch: {} of {} unit(s) differ, {} shape difference(s). {}",
             r.units_differing(),
             r.units.len(),
-            r.shape.len()
+            r.shape.len(),
+            repair_advice(r, job)
         );
     }
     out
+}
+
+/// The command that repairs what a verify found. Differing records of a job are copied again by
+/// the delta pass (`--delta`; `--resume` alone copies nothing when every unit is marked copied,
+/// and with `--delta` it first copies the units not copied yet); shape differences, and a
+/// verify without a job, need a copy of the units afresh.
+fn repair_advice(r: &VerifyReport, job: Option<&Path>) -> String {
+    let rows_differ = r.units.iter().any(|u| !u.matched() && u.error.is_none());
+    match job {
+        Some(job) if rows_differ && r.shape.is_empty() => format!(
+            "Copy again what differs, then verify: offload copy --resume --delta --job {}",
+            job.display()
+        ),
+        Some(job) if rows_differ => format!(
+            "Copy again what differs (offload copy --resume --delta --job {}); the shape differences need their objects copied afresh (--if-exists replace). Then verify.",
+            job.display()
+        ),
+        Some(_) if r.units.iter().any(|u| u.error.is_some()) => {
+            "Fix what stopped the comparison (see ERROR above) and verify again.".to_string()
+        }
+        _ => "Copy again (offload copy, with --if-exists replace for what the target holds) and verify.".to_string(),
+    }
 }
 
 /// Seconds between an RFC 3339 time and now.

@@ -19,6 +19,7 @@ mod plugin;
 mod progress;
 mod reach;
 mod redis;
+mod restart;
 mod s3_credentials;
 mod stop;
 mod support;

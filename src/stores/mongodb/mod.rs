@@ -29,6 +29,7 @@ use serde_json::json;
 pub use endpoint::{map_error, MongoEndpoint};
 use shape::CollectionSpec;
 
+use crate::core::epoch::TargetEpoch;
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, KeyRange,
@@ -276,6 +277,32 @@ impl MongoStore {
     /// Count and size of a collection from `collStats`, or from a count where the server has no
     /// `collStats`; `None` when the source did not answer within `size_timeout` (a server that
     /// scans the collection to size it).
+    /// The target server process, as `hello` names it (`topologyVersion.processId`, new at
+    /// every start; `None` from a server older than 4.4, which names none). A write acknowledged
+    /// with the default write concern may not be in the journal yet, so a restart is taken to
+    /// lose writes.
+    async fn target_process(&self) -> Result<Option<TargetEpoch>, StoreError> {
+        let hello = self.hello(Side::Target).await?;
+        let process = hello
+            .get_document("topologyVersion")
+            .ok()
+            .and_then(|t| t.get("processId"))
+            .map(|id| match id {
+                Bson::ObjectId(oid) => oid.to_hex(),
+                other => other.to_string(),
+            });
+        let Some(process) = process else {
+            tracing::warn!(store = "mongodb", host = %self.target.address(), "the target's hello names no process (topologyVersion.processId, MongoDB 4.4 and later): a restart of it during the copy goes unnoticed; verify finds what it lost");
+            return Ok(None);
+        };
+        Ok(Some(TargetEpoch {
+            process,
+            started_at: None,
+            keeps_writes: false,
+            durability: "MongoDB acknowledges a write before its journal reaches disk: a crash may lose the last writes".into(),
+        }))
+    }
+
     async fn stats(&self, db: &str, coll: &str) -> Result<Option<(u64, u64)>, StoreError> {
         let d = self.db(Side::Source, db).await?;
         let num = |v: Option<&Bson>| match v {
@@ -491,6 +518,10 @@ impl Store for MongoStore {
                 .map_err(|e| self.err(Side::Target, e))?;
         }
         Ok(())
+    }
+
+    async fn target_epoch(&self) -> Result<Option<TargetEpoch>, StoreError> {
+        self.target_process().await
     }
 
     async fn begin_copy(&self, _workers: usize) -> Result<String, StoreError> {

@@ -33,6 +33,7 @@ use serde_json::json;
 pub use endpoint::{map_error, MysqlEndpoint, TlsMode};
 use schema::{TableInfo, SYSTEM_DATABASES};
 
+use crate::core::epoch::TargetEpoch;
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
@@ -230,6 +231,55 @@ impl MysqlStore {
         conn.exec(sql, params).await.map_err(|e| self.err(side, e))
     }
 
+    /// The target server process: its host and port, when it started (now minus `Uptime`, read
+    /// in one statement; MariaDB has no `server_uuid`, and no server names its process), and
+    /// whether a restart keeps what it acknowledged (InnoDB flushes its log at every commit:
+    /// `innodb_flush_log_at_trx_commit = 1`).
+    async fn target_process(&self) -> Result<TargetEpoch, StoreError> {
+        let mut conn = self.conn(Side::Target).await?;
+        let err = |e| self.err(Side::Target, e);
+        let row: Option<(String, u32, u32)> = conn
+            .query_first("SELECT @@hostname, @@port, @@innodb_flush_log_at_trx_commit")
+            .await
+            .map_err(err)?;
+        // MariaDB keeps the status in information_schema, MySQL 8 in performance_schema.
+        let mut started_at = None;
+        for table in [
+            "information_schema.GLOBAL_STATUS",
+            "performance_schema.global_status",
+        ] {
+            let sql = format!(
+                "SELECT UNIX_TIMESTAMP() - CAST(VARIABLE_VALUE AS SIGNED) FROM {table} WHERE VARIABLE_NAME = 'Uptime'"
+            );
+            if let Ok(Some(at)) = conn.query_first::<i64, _>(sql).await {
+                started_at = Some(at);
+                break;
+            }
+        }
+        let (Some((host, port, flush)), Some(started_at)) = (row, started_at) else {
+            return Err(StoreError::new(
+                StoreKind::Mysql,
+                self.target.address(),
+                ErrorKind::Query,
+                "the target answered no start time (Uptime in information_schema.GLOBAL_STATUS or performance_schema.global_status)",
+                "check that the target's user may read the server status",
+            ));
+        };
+        let keeps_writes = flush == 1;
+        Ok(TargetEpoch {
+            process: format!("{host}:{port}"),
+            started_at: Some(started_at),
+            keeps_writes,
+            durability: if keeps_writes {
+                "InnoDB flushes every commit to disk (innodb_flush_log_at_trx_commit = 1)".into()
+            } else {
+                format!(
+                    "innodb_flush_log_at_trx_commit = {flush}: a crash may lose the last commits"
+                )
+            },
+        })
+    }
+
     fn databases_of(units: &[Unit]) -> BTreeSet<String> {
         units.iter().map(|u| u.container.clone()).collect()
     }
@@ -278,6 +328,10 @@ impl Store for MysqlStore {
 
     fn copied_by_earlier_runs(&self, units: usize) {
         MysqlStore::copied_by_earlier_runs(self, units)
+    }
+
+    async fn target_epoch(&self) -> Result<Option<TargetEpoch>, StoreError> {
+        self.target_process().await.map(Some)
     }
 
     async fn begin_copy(&self, workers: usize) -> Result<String, StoreError> {

@@ -38,6 +38,7 @@ use copy::SideError;
 use digest::Cutoff;
 use values::display_key;
 
+use crate::core::epoch::TargetEpoch;
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
@@ -320,6 +321,39 @@ impl RedisStore {
             .collect())
     }
 
+    /// The target server process (`run_id`, new at every restart) and what a restart of it
+    /// keeps: Redis acknowledges writes before they reach disk, so never all of them.
+    async fn target_process(&self) -> Result<TargetEpoch, StoreError> {
+        let mut c = self.conn(Side::Target, 0).await?;
+        let read = async {
+            let server = survey::info(&mut c, "server").await?;
+            let persistence = survey::info(&mut c, "persistence").await?;
+            Ok::<_, RedisError>((server, persistence))
+        };
+        let (server, persistence) = match read.await {
+            Ok(v) => v,
+            Err(e) => {
+                let err = self.err(Side::Target, &e);
+                self.forget(Side::Target, 0, &err).await;
+                return Err(err);
+            }
+        };
+        let run_id = survey::info_field(&server, "run_id")
+            .unwrap_or("")
+            .to_string();
+        let durability = if survey::info_field(&persistence, "aof_enabled") == Some("1") {
+            "Redis with an append-only file: a restart may lose the last writes"
+        } else {
+            "Redis without an append-only file: a restart loses every write since its last snapshot, all of them without persistence"
+        };
+        Ok(TargetEpoch {
+            process: run_id,
+            started_at: None,
+            keeps_writes: false,
+            durability: durability.to_string(),
+        })
+    }
+
     /// The source server process's `run_id` (new at every restart).
     async fn source_run_id(&self) -> Result<String, StoreError> {
         if let Some(id) = self.run_id.lock().expect("run id").clone() {
@@ -440,6 +474,10 @@ impl Store for RedisStore {
             }
         }
         Ok(())
+    }
+
+    async fn target_epoch(&self) -> Result<Option<TargetEpoch>, StoreError> {
+        self.target_process().await.map(Some)
     }
 
     async fn begin_copy(&self, _workers: usize) -> Result<String, StoreError> {

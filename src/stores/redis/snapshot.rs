@@ -40,6 +40,12 @@ impl RedisStore {
     ) -> Result<Option<BatchOutcome>, StoreError> {
         let dbs = Self::dbs_of(unit);
         let open = self.feeds.lock().await.remove(&unit.name);
+        // An open snapshot goes on only where the checkpoint left it: a unit started over (its
+        // target lost what it wrote, say) reads a new one from its start.
+        let handed = after
+            .and_then(|c| c.0.get("snapshot"))
+            .and_then(|v| v.as_u64());
+        let open = open.filter(|f| Some(f.handed) == handed);
         let mut feed = match open {
             Some(f) => f,
             None => {
