@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::{
-    CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, Profile,
-    S3Endpoint, MIN_PART_SIZE,
+    CaBundle, CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions,
+    Profile, S3Endpoint, MIN_PART_SIZE,
 };
 use crate::core::Side;
 use crate::resolve::{config_text, invalid, ResolveContext, SettingsError};
@@ -31,6 +31,16 @@ pub struct ObjectsArgs {
     /// OFFLOAD_TO_S3_SECRET_KEY, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or AWS_PROFILE.
     #[arg(long, value_name = "URL")]
     pub to_s3: Option<String>,
+
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// source endpoint
+    /// [default: the AWS_CA_BUNDLE variable].
+    #[arg(long, value_name = "FILE")]
+    pub from_s3_ca_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// target endpoint
+    /// [default: the AWS_CA_BUNDLE variable].
+    #[arg(long, value_name = "FILE")]
+    pub to_s3_ca_file: Option<PathBuf>,
 
     /// Region of the target S3 [default: AWS_REGION, the profile's region, else us-east-1].
     #[arg(long, value_name = "REGION")]
@@ -72,6 +82,8 @@ impl Default for ObjectsArgs {
         ObjectsArgs {
             from_s3: None,
             to_s3: None,
+            from_s3_ca_file: None,
+            to_s3_ca_file: None,
             s3_region: None,
             s3_addressing: None,
             s3_profile: None,
@@ -409,6 +421,31 @@ fn reopen(
     Ok(e)
 }
 
+/// The CA file of one side: its flag, else the job's record, else `AWS_CA_BUNDLE`. A named file
+/// that cannot be read or holds no certificate is an error naming where it was named.
+fn ca_bundle(
+    flag: Option<&Path>,
+    side: Side,
+    recorded: Option<&serde_json::Value>,
+) -> Result<Option<std::sync::Arc<CaBundle>>, SettingsError> {
+    let name = format!("--{}-s3-ca-file", side.flag_prefix());
+    let (what, path) = if let Some(path) = flag {
+        (name, path.to_path_buf())
+    } else if let Some(path) = recorded.and_then(|r| r["ca_file"].as_str()) {
+        (
+            format!("the job's {side} S3 CA file (give {name} to change it)"),
+            PathBuf::from(path),
+        )
+    } else if let Some(path) = env("AWS_CA_BUNDLE") {
+        ("AWS_CA_BUNDLE".to_string(), PathBuf::from(path))
+    } else {
+        return Ok(None);
+    };
+    CaBundle::load(&what, &path)
+        .map(|c| Some(std::sync::Arc::new(c)))
+        .map_err(|d| invalid(what, d))
+}
+
 /// Resolve the objects settings; `recorded` is the objects part of a job's record.
 pub fn resolve(
     inputs: &ObjectsArgs,
@@ -444,6 +481,7 @@ pub fn resolve(
     let source = if let Some(url) = &inputs.from_s3 {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--from-s3", d))?;
         find_keys(&mut e, Side::Source, tutor, None)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, None)?;
         let buckets = if !inputs.buckets.is_empty() {
             inputs.buckets.clone()
         } else if let Some(b) = rec("source")
@@ -461,7 +499,8 @@ pub fn resolve(
             buckets,
         }
     } else if let Some(src) = rec("source").filter(|s| s["kind"] == "s3") {
-        let e = reopen(src, Side::Source, tutor)?;
+        let mut e = reopen(src, Side::Source, tutor)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, Some(src))?;
         let buckets: Vec<String> = if inputs.buckets.is_empty() {
             serde_json::from_value(src["buckets"].clone()).unwrap_or_default()
         } else {
@@ -489,6 +528,7 @@ pub fn resolve(
             )
         })?;
         find_keys(&mut e, Side::Source, tutor, None)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, None)?;
         let buckets = if inputs.buckets.is_empty() {
             minio_buckets(cfg)
         } else {
@@ -521,9 +561,12 @@ pub fn resolve(
     let mut target = if let Some(url) = target_url {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--to-s3", d))?;
         find_keys(&mut e, Side::Target, tutor, inputs.s3_profile.as_deref())?;
+        e.ca = ca_bundle(inputs.to_s3_ca_file.as_deref(), Side::Target, None)?;
         e
     } else if let Some(t) = rec("target") {
-        reopen(t, Side::Target, tutor)?
+        let mut e = reopen(t, Side::Target, tutor)?;
+        e.ca = ca_bundle(inputs.to_s3_ca_file.as_deref(), Side::Target, Some(t))?;
+        e
     } else {
         return Err(SettingsError::NoTarget { store: "s3".into() });
     };
@@ -575,7 +618,7 @@ impl ObjectsSettings {
         let source = match &self.source {
             ObjectSource::S3 { endpoint, buckets } => json!({
                 "kind": "s3", "url": endpoint.public_url(), "credentials": endpoint.credentials,
-                "buckets": buckets,
+                "buckets": buckets, "ca_file": endpoint.ca.as_ref().map(|c| c.path.display().to_string()),
             }),
             ObjectSource::Media { root, .. } => json!({
                 "kind": "filesystem", "root": root.display().to_string(),
@@ -588,6 +631,7 @@ impl ObjectsSettings {
                 "credentials": self.target.credentials,
                 "region": self.target.region,
                 "path_style": self.target.path_style,
+                "ca_file": self.target.ca.as_ref().map(|c| c.path.display().to_string()),
             },
             "bucket_map": self.options.bucket_map,
             "part_size": self.options.part_size,
