@@ -20,3 +20,4 @@ mod reach;
 mod redis;
 mod stop;
 mod support;
+mod tls;

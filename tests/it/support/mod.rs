@@ -1,3 +1,4 @@
-//! Test support beyond the shared helpers: the Meilisearch stand-in.
+//! Test support beyond the shared helpers: the Meilisearch stand-in, and servers that speak TLS.
 
 pub mod meili_standin;
+pub mod tls;
