@@ -484,6 +484,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_options_are_checked_and_skipping_the_check_is_warned_about() {
+        let err = |uri: &str| MongoEndpoint::parse(uri).unwrap_err();
+        assert!(err("mongodb://h/?tls=true&tlsCAFile=/nonexistent/ca.pem")
+            .contains("tlsCAFile: cannot read"));
+        assert!(err("mongodb://h/?tls=yes").contains("tls=yes is not true or false"));
+        assert!(err("mongodb://h/?tlsCAFile=/etc/hostname").contains("TLS connections only"));
+        assert!(
+            err("mongodb://h/?tls=true&tlsAllowInvalidHostnames=true").contains("not supported")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = MongoEndpoint::parse(&format!("mongodb://h/?tls=true&tlsCAFile={}", ca.display()))
+            .unwrap();
+        assert!(e.tls() && e.tls_warning().is_none());
+        for key in ["tlsAllowInvalidCertificates", "tlsInsecure"] {
+            let e = MongoEndpoint::parse(&format!("mongodb://h/?tls=true&{key}=true")).unwrap();
+            let w = e.tls_warning().unwrap();
+            assert!(w.contains(key) && w.contains("tlsCAFile=FILE"), "{w}");
+        }
+        let srv =
+            MongoEndpoint::parse("mongodb+srv://u@cluster.example.org/?tlsInsecure=true").unwrap();
+        assert!(srv.tls_warning().is_some());
+        assert!(
+            MongoEndpoint::parse("mongodb://h/?tls=true&tlsInsecure=false")
+                .unwrap()
+                .tls_warning()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn parses_uris_and_hides_the_password() {
         let e = MongoEndpoint::parse(
             "mongodb://app%40x:p%40ss:w@db1:27018,db2/openedx?replicaSet=rs0&authSource=admin",

@@ -644,6 +644,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ca_file_comes_from_the_flag_then_the_record_and_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let got = ca_bundle(Some(&ca), Side::Target, None).unwrap().unwrap();
+        assert_eq!(got.path, ca);
+        let rec = json!({ "ca_file": ca.display().to_string() });
+        let got = ca_bundle(None, Side::Source, Some(&rec)).unwrap().unwrap();
+        assert_eq!(got.path, ca);
+        let err = ca_bundle(Some(Path::new("/nonexistent/ca.pem")), Side::Target, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--to-s3-ca-file") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = ca_bundle(Some(Path::new("/etc/hostname")), Side::Source, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--from-s3-ca-file") && err.contains("no PEM"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bucket_maps_parse_and_reject_bad_names() {
         let m = parse_bucket_map(&["openedx=prod-openedx".into(), " a = b.c-d ".into()]).unwrap();
         assert_eq!(m["openedx"], "prod-openedx");
