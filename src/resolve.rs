@@ -277,6 +277,28 @@ pub fn check_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Check a CA file named by a TLS option (`ssl-ca=`, `ca=`, `tlsCAFile=`, `--to-s3-ca-file`):
+/// it must be readable and hold at least one PEM certificate. `option` names the option in the
+/// message, which says what to do.
+pub fn check_ca_file(option: &str, path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read(path).map_err(|e| {
+        format!(
+            "{option}: cannot read the CA file {}: {e}; name a readable PEM file holding the CA certificate that signed the server's",
+            path.display()
+        )
+    })?;
+    if !text
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(format!(
+            "{option}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); name the CA certificate file in PEM form",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Characters left as they are in the user part of a URL offload writes: RFC 3986's unreserved
 /// ones. Everything else (`@`, `:`, `/`, `%`, non-ASCII, ...) is percent-encoded, so that parsing
 /// the URL gives back the same user.

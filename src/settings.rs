@@ -258,6 +258,12 @@ impl Settings {
         })
     }
 
+    /// Every side whose server certificate goes unverified or partly verified by an explicit
+    /// option, for the plan's warnings.
+    pub fn tls_warnings(&self) -> Vec<crate::core::plan::TlsWarning> {
+        self.stores.iter().flat_map(|s| s.tls_warnings()).collect()
+    }
+
     /// The copy stores these settings describe, ready to work.
     pub fn open_stores(&self) -> Vec<Arc<dyn Store>> {
         self.stores.iter().map(|s| s.open(self.parallel)).collect()

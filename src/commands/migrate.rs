@@ -54,7 +54,8 @@ pub async fn migrate(
 async fn dry_run(args: &MigrateArgs, out: Output) -> anyhow::Result<Outcome> {
     let settings = Settings::resolve(&super::inputs(&args.copy.job), None)?;
     super::check_reachable(&settings).await?;
-    let plan = make_plan(&settings.open_stores()).await?;
+    let mut plan = make_plan(&settings.open_stores()).await?;
+    plan.tls_warnings = settings.tls_warnings();
     let search = match settings.meilisearch {
         Some(_) => reindex::plan_section(&args.copy.job).await?,
         None => None,

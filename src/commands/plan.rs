@@ -32,7 +32,8 @@ pub async fn plan(args: JobArgs, out: Output) -> anyhow::Result<Outcome> {
     }
     let settings = settings.expect("settings resolved when a store has a target");
     super::check_reachable(&settings).await?;
-    let plan = make_plan(&settings.open_stores()).await?;
+    let mut plan = make_plan(&settings.open_stores()).await?;
+    plan.tls_warnings = settings.tls_warnings();
     let mut json = serde_json::to_value(&plan).expect("serializable plan");
     if let Some(m) = &meilisearch {
         json["meilisearch"] = m.clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::CoreError;
-use super::store::{Store, StoreKind, Survey, Unit};
+use super::store::{Side, Store, StoreKind, Survey, Unit};
 
 /// The plan for one store.
 #[derive(Debug, Clone, Serialize)]
@@ -22,10 +22,22 @@ pub struct StorePlan {
     pub total_bytes: u64,
 }
 
+/// A side of a store whose server certificate goes unverified, or only partly verified, because
+/// an explicit option says so: the plan shows one warning line for each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsWarning {
+    pub store: StoreKind,
+    pub side: Side,
+    /// What is not verified, the option that says so, and how to verify instead.
+    pub detail: String,
+}
+
 /// The plan for the whole job.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub stores: Vec<StorePlan>,
+    /// Sides whose certificate check is skipped or weakened (filled in from the settings).
+    pub tls_warnings: Vec<TlsWarning>,
 }
 
 impl Plan {
@@ -57,5 +69,8 @@ pub async fn make_plan(stores: &[Arc<dyn Store>]) -> Result<Plan, CoreError> {
             occupied,
         });
     }
-    Ok(Plan { stores: out })
+    Ok(Plan {
+        stores: out,
+        tls_warnings: Vec::new(),
+    })
 }

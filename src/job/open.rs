@@ -115,6 +115,9 @@ impl JobFolder {
     /// writes nothing: the catalog is created only after both.
     pub async fn open(self, settings: Settings) -> Result<Job, JobError> {
         super::reach::check(&settings).await?;
+        for w in settings.tls_warnings() {
+            tracing::warn!(store = %w.store, side = %w.side, "certificate not fully verified: {}", w.detail);
+        }
         let stores = settings.open_stores();
         if let Some(catalog) = self.existing {
             catalog.check_setup(&self.dir, &settings.setup(&stores))?;

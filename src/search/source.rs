@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mysql_async::prelude::*;
-use mysql_async::{Pool, Row};
+use mysql_async::Row;
 
 use super::documents::{
     Block, CourseMode, CourseOverview, CourseTree, ForumComment, ForumThread, Micros,
 };
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
 use crate::stores::mongodb::{map_error, MongoEndpoint};
-use crate::stores::mysql::MysqlEndpoint;
+use crate::stores::mysql::{MysqlEndpoint, SettledPool};
 
 /// One course in the split modulestore's course index (MySQL).
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub struct CourseIndexEntry {
 
 /// Where the source of truth is read.
 pub struct SourceReader {
-    pool: Pool,
+    pool: SettledPool,
     mysql_address: String,
     database: String,
     /// The modulestore's database, with its endpoint and side for messages.
@@ -82,7 +82,7 @@ impl SourceReader {
             "SET time_zone = '+00:00'".to_string(),
         ];
         SourceReader {
-            pool: Pool::new(mysql.opts(setup, 2)),
+            pool: SettledPool::new(mysql, setup, 2),
             mysql_address: mysql.address(),
             database: database.to_string(),
             mongo,

@@ -13,6 +13,7 @@ pub mod redis;
 
 use std::sync::Arc;
 
+use crate::core::plan::TlsWarning;
 use crate::core::{Store, StoreKind};
 use crate::resolve::{ResolveContext, SettingsError, TargetsFile};
 
@@ -143,6 +144,25 @@ impl StoreSettings {
                 o.options.clone(),
             )),
         }
+    }
+
+    /// The sides whose server certificate goes unverified or partly verified by an explicit
+    /// option (ssl-mode, insecure=, tlsAllowInvalidCertificates=), for the plan's warnings.
+    pub fn tls_warnings(&self) -> Vec<TlsWarning> {
+        let sides = match self {
+            StoreSettings::Mysql(m) => m.tls_warnings(),
+            StoreSettings::Mongodb(m) => m.tls_warnings(),
+            StoreSettings::Redis(r) => r.tls_warnings(),
+            StoreSettings::Objects(_) => Vec::new(),
+        };
+        sides
+            .into_iter()
+            .map(|(side, detail)| TlsWarning {
+                store: self.kind(),
+                side,
+                detail,
+            })
+            .collect()
     }
 
     /// What the job records to reconnect later (URLs without secrets, where secrets come from).

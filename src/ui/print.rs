@@ -40,6 +40,13 @@ struct ObjectTotals {
 
 pub fn plan(plan: &Plan) -> String {
     let mut out = String::new();
+    for w in &plan.tls_warnings {
+        let _ = writeln!(
+            out,
+            "WARNING: {} {}: certificate not fully verified: {}",
+            w.store, w.side, w.detail
+        );
+    }
     for s in &plan.stores {
         let (parts, records) = s.store.nouns();
         let _ = writeln!(out, "{}: {} -> {}", s.store, s.source, s.target);

@@ -23,3 +23,4 @@ mod restart;
 mod s3_credentials;
 mod stop;
 mod support;
+mod tls;

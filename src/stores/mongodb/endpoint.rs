@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
-use crate::resolve::{check_host, encode_userinfo, parse_port, with_userinfo_hint};
+use crate::resolve::{check_ca_file, check_host, encode_userinfo, parse_port, with_userinfo_hint};
 use crate::secret::Secret;
 use mongodb::error::{Error as DriverError, ErrorKind as DriverKind, WriteFailure};
 use mongodb::options::ClientOptions;
@@ -119,13 +119,61 @@ impl MongoEndpoint {
                 .ok_or_else(|| format!("URI option `{pair}` has no value"))?;
             options.push((k.to_string(), v.to_string()));
         }
-        Ok(MongoEndpoint {
+        let endpoint = MongoEndpoint {
             srv,
             user,
             password,
             hosts: hosts.to_string(),
             path_db: (!db.is_empty()).then(|| decode(db)),
             options,
+        };
+        endpoint.check_tls_options()?;
+        Ok(endpoint)
+    }
+
+    /// The TLS options of the URI, checked before the driver sees them: booleans are `true` or
+    /// `false`, a CA file is readable and holds a certificate, options that only apply to TLS
+    /// are not given with `tls=false`, and `tlsAllowInvalidHostnames` (which this build's TLS
+    /// library cannot honour) is refused rather than ignored.
+    fn check_tls_options(&self) -> Result<(), String> {
+        for key in ["tls", "ssl", "tlsInsecure", "tlsAllowInvalidCertificates"] {
+            if let Some(v) = self.option(key) {
+                if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
+                    return Err(format!(
+                        "in the MongoDB URI, {key}={v} is not true or false"
+                    ));
+                }
+            }
+        }
+        if self.option("tlsAllowInvalidHostnames").is_some() {
+            return Err("in the MongoDB URI, tlsAllowInvalidHostnames is not supported by offload's TLS library: connect by a name the certificate holds, or use tlsAllowInvalidCertificates=true (no certificate check, which the plan warns about)".into());
+        }
+        let tls_only = ["tlsCAFile", "tlsInsecure", "tlsAllowInvalidCertificates"];
+        if !self.tls() {
+            if let Some(key) = tls_only.iter().find(|k| self.option(k).is_some()) {
+                return Err(format!(
+                    "in the MongoDB URI, {key} applies to TLS connections only: add tls=true, or leave {key} out"
+                ));
+            }
+        }
+        if let Some(ca) = self.option("tlsCAFile") {
+            check_ca_file("tlsCAFile", std::path::Path::new(&decode(ca)))?;
+        }
+        Ok(())
+    }
+
+    /// What the certificate check of this endpoint skips, for the plan's warning; `None` when
+    /// the connection is plain or verified.
+    pub fn tls_warning(&self) -> Option<String> {
+        let on = |k: &str| {
+            self.option(k)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        let key = ["tlsAllowInvalidCertificates", "tlsInsecure"]
+            .into_iter()
+            .find(|k| on(k))?;
+        self.tls().then(|| {
+            format!("{key}=true: encrypted, but the server's certificate is not verified; pass tlsCAFile=FILE (the CA that signed it) instead to verify it")
         })
     }
 
@@ -254,8 +302,15 @@ fn password_places(side: Side) -> String {
     )
 }
 
-fn tls_hint(e: &MongoEndpoint) -> String {
-    if e.tls() {
+fn tls_hint(e: &MongoEndpoint, message: &str) -> String {
+    let lower = message.to_ascii_lowercase();
+    if e.tls() && lower.contains("not valid for name") {
+        "the server's certificate does not name the host dialled: connect by a name the certificate holds (or, to skip the check, tlsAllowInvalidCertificates=true, which the plan warns about)".into()
+    } else if e.tls()
+        && (lower.contains("invalid peer certificate") || lower.contains("unknownissuer"))
+    {
+        "the server's certificate is not signed by a trusted CA: pass the CA that signed it with tlsCAFile=FILE in the URI (or, to skip the check, tlsAllowInvalidCertificates=true, which the plan warns about)".into()
+    } else if e.tls() {
         "TLS is on for this connection (tls=true, or mongodb+srv://): if the server does not speak TLS, add ?tls=false; if its certificate is self-signed, add &tlsCAFile=/path/ca.pem (or tlsAllowInvalidCertificates=true)".into()
     } else {
         "if the server requires TLS, add ?tls=true to the URI (Tutor: MONGODB_USE_SSL: true)".into()
@@ -395,7 +450,7 @@ pub fn map_error(side: Side, endpoint: &MongoEndpoint, e: DriverError) -> StoreE
                     format!("cannot talk to the {side} server: {message}"),
                     format!(
                         "check that it is running and reachable from this machine, and that host and port are right{}{}",
-                        if tlsish { format!("; {}", tls_hint(endpoint)) } else { String::new() },
+                        if tlsish { format!("; {}", tls_hint(endpoint, message)) } else { String::new() },
                         if side == Side::Source {
                             " (Tutor's `mongodb` host is only reachable inside its Docker network: pass --from-mongodb with an address this machine can reach)"
                         } else {
@@ -408,12 +463,12 @@ pub fn map_error(side: Side, endpoint: &MongoEndpoint, e: DriverError) -> StoreE
         DriverKind::Io(io) => (
             ErrorKind::Connect,
             format!("cannot talk to the {side} server: {io}"),
-            format!("check that it is running and reachable; {}", tls_hint(endpoint)),
+            format!("check that it is running and reachable; {}", tls_hint(endpoint, &io.to_string())),
         ),
         _ if lower.contains("tls") || lower.contains("certificate") => (
             ErrorKind::Connect,
             format!("{side}: {text}"),
-            tls_hint(endpoint),
+            tls_hint(endpoint, &text),
         ),
         _ => (ErrorKind::Query, format!("{side}: {text}"), String::new()),
     };
@@ -427,6 +482,42 @@ pub fn map_error(side: Side, endpoint: &MongoEndpoint, e: DriverError) -> StoreE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_options_are_checked_and_skipping_the_check_is_warned_about() {
+        let err = |uri: &str| MongoEndpoint::parse(uri).unwrap_err();
+        assert!(err("mongodb://h/?tls=true&tlsCAFile=/nonexistent/ca.pem")
+            .contains("tlsCAFile: cannot read"));
+        assert!(err("mongodb://h/?tls=yes").contains("tls=yes is not true or false"));
+        assert!(err("mongodb://h/?tlsCAFile=/etc/hostname").contains("TLS connections only"));
+        assert!(
+            err("mongodb://h/?tls=true&tlsAllowInvalidHostnames=true").contains("not supported")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = MongoEndpoint::parse(&format!("mongodb://h/?tls=true&tlsCAFile={}", ca.display()))
+            .unwrap();
+        assert!(e.tls() && e.tls_warning().is_none());
+        for key in ["tlsAllowInvalidCertificates", "tlsInsecure"] {
+            let e = MongoEndpoint::parse(&format!("mongodb://h/?tls=true&{key}=true")).unwrap();
+            let w = e.tls_warning().unwrap();
+            assert!(w.contains(key) && w.contains("tlsCAFile=FILE"), "{w}");
+        }
+        let srv =
+            MongoEndpoint::parse("mongodb+srv://u@cluster.example.org/?tlsInsecure=true").unwrap();
+        assert!(srv.tls_warning().is_some());
+        assert!(
+            MongoEndpoint::parse("mongodb://h/?tls=true&tlsInsecure=false")
+                .unwrap()
+                .tls_warning()
+                .is_none()
+        );
+    }
 
     #[test]
     fn parses_uris_and_hides_the_password() {

@@ -272,6 +272,15 @@ pub fn resolve(
 }
 
 impl MongoSettings {
+    /// The sides whose certificate `tlsAllowInvalidCertificates` / `tlsInsecure` leaves
+    /// unverified.
+    pub fn tls_warnings(&self) -> Vec<(Side, String)> {
+        [(Side::Source, &self.source), (Side::Target, &self.target)]
+            .into_iter()
+            .filter_map(|(side, e)| e.tls_warning().map(|w| (side, w)))
+            .collect()
+    }
+
     /// What the job records to reconnect later: URIs without passwords, where each password
     /// comes from, and the selection.
     pub fn record(&self) -> serde_json::Value {

@@ -27,10 +27,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Pool, Value};
+use mysql_async::{Conn, Value};
 use serde_json::json;
 
-pub use endpoint::{map_error, MysqlEndpoint, TlsMode};
+pub use endpoint::{map_error, MysqlEndpoint, SettledPool, TlsMode, TlsSettled};
 use schema::{TableInfo, SYSTEM_DATABASES};
 
 use crate::core::epoch::TargetEpoch;
@@ -91,8 +91,8 @@ pub struct MysqlStore {
     source: MysqlEndpoint,
     target: MysqlEndpoint,
     options: MysqlOptions,
-    source_pool: Pool,
-    target_pool: Pool,
+    source_pool: SettledPool,
+    target_pool: SettledPool,
     /// Source connections inside one consistent snapshot, shared by this run's batches.
     snapshot: tokio::sync::Mutex<Vec<Conn>>,
     /// How many of this run's batches read inside that snapshot, for the copy's note.
@@ -133,8 +133,8 @@ impl MysqlStore {
             load_data_refused: Mutex::new(None),
             ranges_done: Mutex::new(HashMap::new()),
             parallel,
-            source_pool: Pool::new(source.opts(source_setup, conns)),
-            target_pool: Pool::new(target.opts(target_setup, conns)),
+            source_pool: SettledPool::new(&source, source_setup, conns),
+            target_pool: SettledPool::new(&target, target_setup, conns),
             source,
             target,
             options,

@@ -18,7 +18,8 @@ use crate::tutor::TutorConfig;
 /// The MySQL flags.
 #[derive(Debug, clap::Args, Clone, Default)]
 pub struct MysqlArgs {
-    /// Source MySQL, overriding what config.yml says: mysql://user[:password]@host:port.
+    /// Source MySQL, overriding what config.yml says:
+    /// mysql://user[:password]@host:port[?ssl-mode=MODE&ssl-ca=FILE].
     /// The password may instead come from OFFLOAD_FROM_MYSQL_PASSWORD or --from-mysql-password-file.
     #[arg(long, value_name = "URL")]
     pub from_mysql: Option<String>,
@@ -27,7 +28,8 @@ pub struct MysqlArgs {
     #[arg(long, value_name = "FILE")]
     pub from_mysql_password_file: Option<PathBuf>,
 
-    /// Target MySQL: mysql://user[:password]@host:port[?ssl-mode=required]. The password may
+    /// Target MySQL: mysql://user[:password]@host:port[?ssl-mode=MODE&ssl-ca=FILE] (MODE as MySQL
+    /// defines it: disabled, preferred, required, verify_ca, verify_identity). The password may
     /// instead come from OFFLOAD_TO_MYSQL_PASSWORD or --to-mysql-password-file.
     #[arg(long, value_name = "URL")]
     pub to_mysql: Option<String>,
@@ -82,12 +84,14 @@ pub fn from_tutor(cfg: &TutorConfig) -> Result<MysqlEndpoint, SettingsError> {
             "is empty; fix it in config.yml or pass --from-mysql URL",
         ));
     }
+    let host = config_host(cfg, "MYSQL_HOST", "mysql", "--from-mysql")?;
     Ok(MysqlEndpoint {
-        host: config_host(cfg, "MYSQL_HOST", "mysql", "--from-mysql")?,
+        tls: TlsMode::default_for(&host),
+        host,
         port: config_port(cfg, "MYSQL_PORT", 3306, "--from-mysql")?,
         user,
         password: None,
-        tls: TlsMode::Disabled,
+        ca_file: None,
     })
 }
 
@@ -193,6 +197,14 @@ pub fn resolve(
 }
 
 impl MysqlSettings {
+    /// The sides whose certificate the ssl-mode leaves unverified or partly verified.
+    pub fn tls_warnings(&self) -> Vec<(Side, String)> {
+        [(Side::Source, &self.source), (Side::Target, &self.target)]
+            .into_iter()
+            .filter_map(|(side, e)| e.tls_warning().map(|w| (side, w)))
+            .collect()
+    }
+
     /// What the job records to reconnect later: URLs without passwords, where each password
     /// comes from, and the selection.
     pub fn record(&self) -> serde_json::Value {

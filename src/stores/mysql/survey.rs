@@ -31,6 +31,10 @@ pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
                 store.endpoint(side).user
             ),
         ));
+        survey.notes.push(format!(
+            "{side} connection: {}",
+            store.tls_note(side).await?
+        ));
         match side {
             Side::Source => survey.source_version = shown,
             Side::Target => survey.target_version = shown,
@@ -251,6 +255,23 @@ impl MysqlStore {
     async fn grants(&self, side: Side) -> Result<String, StoreError> {
         let grants = self.query_strings(side, "SHOW GRANTS", vec![]).await?;
         Ok(grants.join("\n").to_ascii_uppercase())
+    }
+
+    /// How the connection to one side is protected: the session's cipher and what its
+    /// ssl-mode verified, or why it is plain.
+    pub(super) async fn tls_note(&self, side: Side) -> Result<String, StoreError> {
+        let mut conn = self.conn(side).await?;
+        let row: Option<(String, String)> = conn
+            .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+            .await
+            .map_err(|e| self.err(side, e))?;
+        let pool = match side {
+            Side::Source => &self.source_pool,
+            Side::Target => &self.target_pool,
+        };
+        Ok(self
+            .endpoint(side)
+            .tls_description(row.as_ref().map(|(_, c)| c.as_str()), pool.settled()))
     }
 
     pub(super) async fn variable(

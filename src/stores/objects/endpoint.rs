@@ -3,6 +3,7 @@
 //! them again without storing them), the SDK client built from it, and the mapping of SDK errors
 //! to what the runner and the operator can act on.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::credentials::{AwsLookup, LazyProvider};
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
-use crate::resolve::{check_host, with_userinfo_hint};
+use crate::resolve::{check_ca_file, check_host, with_userinfo_hint};
 use crate::secret::Secret;
 
 /// Where an endpoint's access key and secret key were found; recorded in the job (never the keys).
@@ -95,6 +96,29 @@ pub struct S3Endpoint {
     pub secret_key: Option<Secret>,
     pub session_token: Option<Secret>,
     pub credentials: CredentialSource,
+    /// CA certificates trusted besides the system's for an https:// endpoint
+    /// (`--from-s3-ca-file` / `--to-s3-ca-file`, else `AWS_CA_BUNDLE`).
+    pub ca: Option<std::sync::Arc<CaBundle>>,
+}
+
+/// A CA file and the PEM certificates read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pem: Vec<u8>,
+}
+
+impl CaBundle {
+    /// Read and check the CA file named by `option` (a flag or variable, for the message).
+    pub fn load(option: &str, path: &Path) -> Result<CaBundle, String> {
+        check_ca_file(option, path)?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("{option}: cannot read the CA file {}: {e}", path.display()))?;
+        Ok(CaBundle {
+            path: path.to_path_buf(),
+            pem,
+        })
+    }
 }
 
 impl std::fmt::Debug for S3Endpoint {
@@ -104,6 +128,7 @@ impl std::fmt::Debug for S3Endpoint {
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .field("credentials", &self.credentials)
+            .field("ca", &self.ca.as_ref().map(|c| &c.path))
             .finish_non_exhaustive()
     }
 }
@@ -121,6 +146,7 @@ impl S3Endpoint {
             secret_key: None,
             session_token: None,
             credentials: CredentialSource::None,
+            ca: None,
         };
         if trimmed.eq_ignore_ascii_case("aws") || trimmed == "s3://" {
             e.path_style = false;
@@ -183,11 +209,23 @@ impl S3Endpoint {
     /// An SDK client for this endpoint: path-style or virtual-hosted, checksums only where S3
     /// requires them (so streaming uploads stay plain), rustls with ring.
     pub fn client(&self, transfers: usize) -> aws_sdk_s3::Client {
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-        let http = aws_smithy_http_client::Builder::new()
+        use aws_smithy_http_client::tls::{
+            rustls_provider::CryptoMode, Provider, TlsContext, TrustStore,
+        };
+        let mut http = aws_smithy_http_client::Builder::new()
             .pool_max_idle_per_host(transfers.max(8) * 2)
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+            .tls_provider(Provider::Rustls(CryptoMode::Ring));
+        if let Some(ca) = &self.ca {
+            // The system's roots stay trusted; the CA file's certificates are added to them.
+            let trust = TrustStore::default().with_pem_certificate(ca.pem.clone());
+            http = http.tls_context(
+                TlsContext::builder()
+                    .with_trust_store(trust)
+                    .build()
+                    .expect("a TLS context with a trust store builds"),
+            );
+        }
+        let http = http.build_https();
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(if self.region.is_empty() {
@@ -285,7 +323,16 @@ where
     match e {
         SdkError::DispatchFailure(d) => {
             let text = source_chain(e);
-            if d.is_timeout() {
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("invalid peer certificate") || lower.contains("not valid for name") || lower.contains("unknownissuer") {
+                let flag = format!("--{}-s3-ca-file", side.flag_prefix());
+                let hint = if lower.contains("not valid for name") {
+                    "the certificate does not name the host dialled: use the endpoint by a name its certificate holds".to_string()
+                } else {
+                    format!("pass the CA that signed it with {flag} FILE (or the AWS_CA_BUNDLE variable)")
+                };
+                fatal(ErrorKind::Input, format!("the {side} S3 endpoint's TLS certificate was refused: {text}"), hint)
+            } else if d.is_timeout() {
                 fatal(ErrorKind::Transient, format!("{what} on the {side}: timed out ({text})"), "offload retries this on its own; if it keeps failing, check the server's load".into())
             } else if d.is_io() || d.is_other() {
                 fatal(ErrorKind::Connect, format!("cannot talk to the {side} S3 endpoint: {text}"), "check that it is running and reachable from this machine, and that the URL (scheme, host, port) is right".into())

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-pub use endpoint::{CredentialSource, S3Endpoint};
+pub use endpoint::{CaBundle, CredentialSource, S3Endpoint};
 pub use listing::{FolderSpec, KeySpace, Layout};
 pub use settings::{media_folders, minio_buckets, ObjectsArgs, ObjectsSettings};
 

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::credentials::{self, AwsLookup, LookupError};
 use super::{
-    CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions, S3Endpoint,
-    MIN_PART_SIZE,
+    CaBundle, CredentialSource, FolderSpec, Layout, MediaFolder, ObjectSource, ObjectsOptions,
+    S3Endpoint, MIN_PART_SIZE,
 };
 use crate::core::Side;
 use crate::resolve::{config_text, invalid, ResolveContext, SettingsError};
@@ -34,6 +34,16 @@ pub struct ObjectsArgs {
     /// SSO, web identity (IRSA), ECS/EKS container credentials, EC2 instance role).
     #[arg(long, value_name = "URL")]
     pub to_s3: Option<String>,
+
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// source endpoint
+    /// [default: the AWS_CA_BUNDLE variable].
+    #[arg(long, value_name = "FILE")]
+    pub from_s3_ca_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) to trust, besides the system's, for an https:// target endpoint
+    /// [default: the AWS_CA_BUNDLE variable].
+    #[arg(long, value_name = "FILE")]
+    pub to_s3_ca_file: Option<PathBuf>,
 
     /// Region of the target S3 [default: AWS_REGION, the AWS profile's region, else us-east-1].
     #[arg(long, value_name = "REGION")]
@@ -82,6 +92,8 @@ impl Default for ObjectsArgs {
         ObjectsArgs {
             from_s3: None,
             to_s3: None,
+            from_s3_ca_file: None,
+            to_s3_ca_file: None,
             s3_region: None,
             s3_addressing: None,
             from_s3_profile: None,
@@ -459,6 +471,31 @@ fn reopen(
     Ok(e)
 }
 
+/// The CA file of one side: its flag, else the job's record, else `AWS_CA_BUNDLE`. A named file
+/// that cannot be read or holds no certificate is an error naming where it was named.
+fn ca_bundle(
+    flag: Option<&Path>,
+    side: Side,
+    recorded: Option<&serde_json::Value>,
+) -> Result<Option<std::sync::Arc<CaBundle>>, SettingsError> {
+    let name = format!("--{}-s3-ca-file", side.flag_prefix());
+    let (what, path) = if let Some(path) = flag {
+        (name, path.to_path_buf())
+    } else if let Some(path) = recorded.and_then(|r| r["ca_file"].as_str()) {
+        (
+            format!("the job's {side} S3 CA file (give {name} to change it)"),
+            PathBuf::from(path),
+        )
+    } else if let Some(path) = env("AWS_CA_BUNDLE") {
+        ("AWS_CA_BUNDLE".to_string(), PathBuf::from(path))
+    } else {
+        return Ok(None);
+    };
+    CaBundle::load(&what, &path)
+        .map(|c| Some(std::sync::Arc::new(c)))
+        .map_err(|d| invalid(what, d))
+}
+
 /// Resolve the objects settings; `recorded` is the objects part of a job's record.
 pub fn resolve(
     inputs: &ObjectsArgs,
@@ -495,6 +532,7 @@ pub fn resolve(
     let source = if let Some(url) = &inputs.from_s3 {
         let mut e = S3Endpoint::parse(url).map_err(|d| invalid("--from-s3", d))?;
         find_keys(&mut e, Side::Source, tutor, from_profile, None)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, None)?;
         let buckets = if !inputs.buckets.is_empty() {
             inputs.buckets.clone()
         } else if let Some(b) = rec("source")
@@ -512,7 +550,8 @@ pub fn resolve(
             buckets,
         }
     } else if let Some(src) = rec("source").filter(|s| s["kind"] == "s3") {
-        let e = reopen(src, Side::Source, tutor)?;
+        let mut e = reopen(src, Side::Source, tutor)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, Some(src))?;
         let buckets: Vec<String> = if inputs.buckets.is_empty() {
             serde_json::from_value(src["buckets"].clone()).unwrap_or_default()
         } else {
@@ -540,6 +579,7 @@ pub fn resolve(
             )
         })?;
         find_keys(&mut e, Side::Source, tutor, from_profile, None)?;
+        e.ca = ca_bundle(inputs.from_s3_ca_file.as_deref(), Side::Source, None)?;
         let buckets = if inputs.buckets.is_empty() {
             minio_buckets(cfg)
         } else {
@@ -585,9 +625,12 @@ pub fn resolve(
             inputs.to_s3_profile.as_deref(),
             region_flag.as_deref(),
         )?;
+        e.ca = ca_bundle(inputs.to_s3_ca_file.as_deref(), Side::Target, None)?;
         e
     } else if let Some(t) = rec("target") {
-        reopen(t, Side::Target, tutor)?
+        let mut e = reopen(t, Side::Target, tutor)?;
+        e.ca = ca_bundle(inputs.to_s3_ca_file.as_deref(), Side::Target, Some(t))?;
+        e
     } else {
         return Err(SettingsError::NoTarget { store: "s3".into() });
     };
@@ -633,6 +676,7 @@ impl ObjectsSettings {
             ObjectSource::S3 { endpoint, buckets } => json!({
                 "kind": "s3", "url": endpoint.public_url(), "credentials": endpoint.credentials,
                 "region": endpoint.region, "buckets": buckets,
+                "ca_file": endpoint.ca.as_ref().map(|c| c.path.display().to_string()),
             }),
             ObjectSource::Media { root, .. } => json!({
                 "kind": "filesystem", "root": root.display().to_string(),
@@ -645,6 +689,7 @@ impl ObjectsSettings {
                 "credentials": self.target.credentials,
                 "region": self.target.region,
                 "path_style": self.target.path_style,
+                "ca_file": self.target.ca.as_ref().map(|c| c.path.display().to_string()),
             },
             "bucket_map": self.options.bucket_map,
             "part_size": self.options.part_size,
@@ -655,6 +700,36 @@ impl ObjectsSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_comes_from_the_flag_then_the_record_and_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let got = ca_bundle(Some(&ca), Side::Target, None).unwrap().unwrap();
+        assert_eq!(got.path, ca);
+        let rec = json!({ "ca_file": ca.display().to_string() });
+        let got = ca_bundle(None, Side::Source, Some(&rec)).unwrap().unwrap();
+        assert_eq!(got.path, ca);
+        let err = ca_bundle(Some(Path::new("/nonexistent/ca.pem")), Side::Target, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--to-s3-ca-file") && err.contains("cannot read"),
+            "{err}"
+        );
+        let err = ca_bundle(Some(Path::new("/etc/hostname")), Side::Source, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--from-s3-ca-file") && err.contains("no PEM"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn bucket_maps_parse_and_reject_bad_names() {

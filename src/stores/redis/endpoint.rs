@@ -12,7 +12,7 @@ use redis::{
 };
 
 use crate::core::{ErrorKind, Side, StoreError, StoreKind};
-use crate::resolve::{check_host, encode_userinfo, with_userinfo_hint};
+use crate::resolve::{check_ca_file, check_host, encode_userinfo, with_userinfo_hint};
 use crate::secret::Secret;
 
 /// TLS settings of a `rediss://` URL.
@@ -98,6 +98,15 @@ impl RedisEndpoint {
         if !tls && (insecure || ca_file.is_some()) {
             return Err("insecure= and ca= apply to TLS only: use rediss://".into());
         }
+        if insecure && ca_file.is_some() {
+            return Err(
+                "ca= verifies the certificate and insecure=true skips that: keep one of them"
+                    .into(),
+            );
+        }
+        if let Some(ca) = &ca_file {
+            check_ca_file("ca", ca)?;
+        }
         Ok(RedisEndpoint {
             host,
             port: parsed.port().unwrap_or(6379),
@@ -151,6 +160,14 @@ impl RedisEndpoint {
             format!("?{}", query.join("&"))
         };
         format!("{scheme}://{user}{}{db}{query}", self.address())
+    }
+
+    /// What the certificate check of this endpoint skips, for the plan's warning; `None` when
+    /// the connection is plain or verified.
+    pub fn tls_warning(&self) -> Option<String> {
+        self.tls.as_ref().filter(|t| t.insecure).map(|_| {
+            "rediss:// with insecure=true: encrypted, but the server's certificate is not verified; pass ca=FILE (the CA that signed it) instead to verify it".to_string()
+        })
     }
 
     /// A client for one database of this server.
@@ -252,6 +269,18 @@ pub fn map_error(side: Side, address: &str, e: &RedisError) -> StoreError {
             ErrorKind::Input,
             format!("the {side} server has fewer databases than the number asked for: raise its `databases` setting or map the database with --redis-dbs SRC:DST"),
         )
+    } else if lower.contains("invalid peer certificate")
+        || lower.contains("certificate not valid for name")
+        || lower.contains("unknownissuer")
+    {
+        (
+            ErrorKind::Input,
+            if lower.contains("not valid for name") {
+                format!("the {side} server's certificate does not name the host dialled: connect by a name the certificate holds (or, to skip the check, add ?insecure=true to the {side} URL, which the plan warns about)")
+            } else {
+                format!("the {side} server's certificate is not signed by a trusted CA: pass the CA that signed it with ?ca=FILE in the {side} URL (or, to skip the check, ?insecure=true, which the plan warns about)")
+            },
+        )
     } else if lower.contains("tls")
         || lower.contains("certificate")
         || lower.contains("handshake")
@@ -300,16 +329,20 @@ mod tests {
 
     #[test]
     fn parses_urls_and_hides_the_password() {
-        let e = RedisEndpoint::parse(
-            "rediss://app%40x:p%40ss:w@cache.example.org:6380/3?ca=/etc/ca.pem",
-        )
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, PEM).unwrap();
+        let e = RedisEndpoint::parse(&format!(
+            "rediss://app%40x:p%40ss:w@cache.example.org:6380/3?ca={}",
+            ca.display()
+        ))
         .unwrap();
         assert_eq!(e.username.as_deref(), Some("app@x"));
         assert_eq!(e.password.as_ref().unwrap().expose(), "p@ss:w");
         assert_eq!(e.address(), "cache.example.org:6380");
         assert_eq!(e.db, Some(3));
         let tls = e.tls.clone().unwrap();
-        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.ca_file, Some(ca.clone()));
         assert!(!tls.insecure);
         let shown = e.public_url();
         assert!(
@@ -340,17 +373,55 @@ mod tests {
         );
     }
 
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_files_are_checked_and_insecure_is_warned_about() {
+        let err = RedisEndpoint::parse("rediss://h?ca=/nonexistent/ca.pem").unwrap_err();
+        assert!(err.contains("ca: cannot read"), "{err}");
+        let err = RedisEndpoint::parse("rediss://h?ca=/etc/hostname").unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, PEM).unwrap();
+        let both = format!("rediss://h?ca={}&insecure=true", ca.display());
+        assert!(RedisEndpoint::parse(&both)
+            .unwrap_err()
+            .contains("keep one"));
+        let w = RedisEndpoint::parse("rediss://h?insecure=true")
+            .unwrap()
+            .tls_warning()
+            .unwrap();
+        assert!(w.contains("not verified") && w.contains("ca=FILE"), "{w}");
+        assert!(RedisEndpoint::parse("rediss://h")
+            .unwrap()
+            .tls_warning()
+            .is_none());
+        assert!(RedisEndpoint::parse("redis://h")
+            .unwrap()
+            .tls_warning()
+            .is_none());
+    }
+
     use crate::resolve::test_support::RESERVED_USERS as USERS;
 
     #[test]
     fn the_public_url_parses_back_to_the_same_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my ca").join("ca%1.pem");
+        std::fs::create_dir_all(ca.parent().unwrap()).unwrap();
+        std::fs::write(&ca, PEM).unwrap();
         for user in USERS {
             for host in ["cache.example.org", "::1"] {
                 for tls in [
                     None,
                     Some(RedisTls {
+                        insecure: false,
+                        ca_file: Some(ca.clone()),
+                    }),
+                    Some(RedisTls {
                         insecure: true,
-                        ca_file: Some(PathBuf::from("/etc/my ca/ca%1.pem")),
+                        ca_file: None,
                     }),
                 ] {
                     let e = RedisEndpoint {

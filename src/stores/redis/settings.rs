@@ -207,6 +207,14 @@ fn databases(
 }
 
 impl RedisSettings {
+    /// The sides whose certificate `insecure=true` leaves unverified.
+    pub fn tls_warnings(&self) -> Vec<(Side, String)> {
+        [(Side::Source, &self.source), (Side::Target, &self.target)]
+            .into_iter()
+            .filter_map(|(side, e)| e.tls_warning().map(|w| (side, w)))
+            .collect()
+    }
+
     /// What the job records to reconnect later: URLs without passwords, where each password
     /// comes from, and the databases.
     pub fn record(&self) -> serde_json::Value {
