@@ -255,7 +255,9 @@ fn classify(content: &str) -> LineKind {
     };
     if content.trim().is_empty() {
         LineKind::Blank
-    } else if content.starts_with([' ', '\t']) {
+    } else if content.starts_with([' ', '\t', '\u{85}', '\u{2028}', '\u{2029}']) {
+        // PyYAML writes U+0085, U+2028 and U+2029 inside a quoted value as line breaks, so a
+        // line may start with one at column 0: it continues the setting above (found by fuzzing).
         LineKind::Indented
     } else if content.starts_with(['#', '%']) || marker("---") || marker("...") {
         LineKind::Comment
