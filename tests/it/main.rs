@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod cutover;
+mod fuzz;
 mod inputs;
 mod job;
 mod lines;
