@@ -792,3 +792,44 @@ fn config_lines_starting_with_a_unicode_line_break_continue_their_setting() {
         "A: '\n\n\u{2028}  \\'\nB: 2\nC: 1\n"
     );
 }
+
+/// A list item PyYAML folded over two lines made the rewriter read the other items with YAML 1.2
+/// rules (`0o17` as the number 15), so it refused to write what Tutor writes.
+#[test]
+fn a_folded_list_item_leaves_the_others_read_as_pyyaml_reads_them() {
+    let long = "00  a0aaa00a0aa  a00     0 a   aa a0aa0aaa a0aa  00a000a 0aaaa00a  0a0  0aa a a 0";
+    let mut edits = ConfigEdits::new();
+    edits.set("A", Value::Sequence(vec!["0o17".into(), long.into()]));
+    let written = apply_edits("A: ''\n", &edits).expect("editable");
+    // What PyYAML 6 writes for {"A": ["0o17", long]}.
+    assert_eq!(
+        written,
+        "A:\n- 0o17\n- 00  a0aaa00a0aa  a00     0 a   aa a0aa0aaa a0aa  00a000a 0aaaa00a  0a0  0aa a a\n  0\n"
+    );
+    assert_eq!(apply_edits(&written, &edits).expect("reads back"), written);
+}
+
+/// A user or password with a raw `/` puts the rest of the user part in the URL's path, which the
+/// Redis and S3 refusals quoted, password included.
+#[test]
+fn refusals_never_quote_a_path_that_holds_the_password() {
+    use offload::stores::objects::S3Endpoint;
+    use offload::stores::redis::RedisEndpoint;
+    let e = RedisEndpoint::parse("redis://cache/ops:hunter2secret@10.0.0.5:6379").unwrap_err();
+    assert!(
+        !e.contains("hunter2secret") && e.contains("percent-encode"),
+        "{e}"
+    );
+    let e = S3Endpoint::parse("http://AKIA/x:hunter2secret@minio:9000").unwrap_err();
+    assert!(
+        !e.contains("hunter2secret") && e.contains("percent-encode"),
+        "{e}"
+    );
+    // Paths without a user part are still shown.
+    assert!(RedisEndpoint::parse("redis://cache/x")
+        .unwrap_err()
+        .contains("`/x`"));
+    assert!(S3Endpoint::parse("http://minio:9000/bucket")
+        .unwrap_err()
+        .contains("/bucket"));
+}

@@ -79,7 +79,20 @@ impl RedisEndpoint {
                 path.parse::<i64>()
                     .ok()
                     .filter(|d| *d >= 0)
-                    .ok_or_else(|| format!("`/{path}` is not a database number; {expected}"))?,
+                    .ok_or_else(|| {
+                        if path.contains('@') {
+                            // A user or password with a raw `/` puts the rest of it in the path:
+                            // never echo it (found by fuzzing).
+                            with_userinfo_hint(
+                                url,
+                                format!(
+                                    "the Redis URL's path is not a database number; {expected}"
+                                ),
+                            )
+                        } else {
+                            format!("`/{path}` is not a database number; {expected}")
+                        }
+                    })?,
             )
         };
         let mut insecure = parsed.fragment() == Some("insecure");
