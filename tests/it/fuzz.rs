@@ -570,8 +570,19 @@ fn setting() -> impl Strategy<Value = Setting> {
     ]
 }
 
+/// A setting name as Tutor's are; not a YAML 1.1 word (`ON`, `NO`, ...), which PyYAML would
+/// quote and offload never edits.
+fn key_name(pattern: &'static str) -> impl Strategy<Value = String> {
+    pattern.prop_filter("a YAML 1.1 word", |k| {
+        !matches!(
+            k.as_str(),
+            "ON" | "NO" | "OFF" | "YES" | "TRUE" | "FALSE" | "NULL"
+        )
+    })
+}
+
 fn settings() -> impl Strategy<Value = BTreeMap<String, Setting>> {
-    prop::collection::btree_map("[A-Z][A-Z0-9_]{0,10}", setting(), 0..8)
+    prop::collection::btree_map(key_name("[A-Z][A-Z0-9_]{0,10}"), setting(), 0..8)
 }
 
 /// Whether offload refuses `value` by design (Tutor would render it with Jinja on load).
@@ -588,7 +599,7 @@ fn refused_by_design(value: &Setting) -> bool {
 
 /// Short names, so that some are also in the file and some are not.
 fn unset_keys() -> impl Strategy<Value = Vec<String>> {
-    prop::collection::vec("[A-Z][A-Z0-9_]{0,2}", 0..3)
+    prop::collection::vec(key_name("[A-Z][A-Z0-9_]{0,2}"), 0..3)
 }
 
 fn json_doc(map: &BTreeMap<String, Setting>) -> serde_json::Value {
