@@ -10,6 +10,19 @@ use serde_json::{json, Value};
 use crate::core::{ErrorKind, StoreError, StoreKind};
 use crate::secret::Secret;
 
+/// `url` with everything between `://` and its last `@` replaced by `***`, for messages about a
+/// URL that may carry a password (a password may hold `/` or `?` unencoded, so the last `@`
+/// ends the user part; hiding too much is safe). Found by fuzzing: refusals showed it.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// One Meilisearch server.
 #[derive(Clone)]
 pub struct MeilisearchClient {
@@ -51,10 +64,11 @@ pub struct IndexInfo {
 impl MeilisearchClient {
     /// A client for `url` (`http://host:7700`), authenticating with `key` when given.
     pub fn new(url: &str, key: Option<Secret>, role: &'static str) -> Result<Self, StoreError> {
+        let shown = without_userinfo(url);
         let base = url::Url::parse(url).map_err(|e| {
             StoreError::new(
                 StoreKind::Meilisearch,
-                url,
+                &shown,
                 ErrorKind::Input,
                 format!("not a Meilisearch URL ({e})"),
                 "expected http://host:7700 or https://host",
@@ -63,7 +77,7 @@ impl MeilisearchClient {
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(StoreError::new(
                 StoreKind::Meilisearch,
-                url,
+                &shown,
                 ErrorKind::Input,
                 "the Meilisearch URL must be http:// or https:// with a host",
                 "expected http://host:7700 or https://host",
@@ -85,7 +99,7 @@ impl MeilisearchClient {
             .map_err(|e| {
                 StoreError::new(
                     StoreKind::Meilisearch,
-                    url,
+                    &shown,
                     ErrorKind::Input,
                     format!("cannot build an HTTP client: {e}"),
                     "",

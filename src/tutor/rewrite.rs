@@ -255,7 +255,9 @@ fn classify(content: &str) -> LineKind {
     };
     if content.trim().is_empty() {
         LineKind::Blank
-    } else if content.starts_with([' ', '\t']) {
+    } else if content.starts_with([' ', '\t', '\u{85}', '\u{2028}', '\u{2029}']) {
+        // PyYAML writes U+0085, U+2028 and U+2029 inside a quoted value as line breaks, so a
+        // line may start with one at column 0: it continues the setting above (found by fuzzing).
         LineKind::Indented
     } else if content.starts_with(['#', '%']) || marker("---") || marker("...") {
         LineKind::Comment
@@ -421,14 +423,22 @@ fn read_entries(text: &str, path: &Path) -> Result<(Mapping, Vec<Entry>), TutorE
         if entry.more.is_empty() && is_plain_scalar_text(&entry.inline) {
             *value = pyyaml::resolve_plain(&entry.inline);
         } else if let (true, Value::Sequence(items)) = (entry.inline.is_empty(), &mut *value) {
-            let texts: Vec<&str> = entry
-                .more
-                .iter()
-                .filter_map(|l| l.strip_prefix("- "))
-                .collect();
-            if texts.len() == entry.more.len() && texts.len() == items.len() {
-                for (item, text) in items.iter_mut().zip(texts) {
-                    if is_plain_scalar_text(text) {
+            // Each item is its `- ` line and the indented lines that continue it (PyYAML folds
+            // long items): only one-line items are plain scalars to resolve, but every item must
+            // be found, or an item folded over two lines left the others read as YAML 1.2 (a
+            // `0o17` beside it became 15; found by fuzzing).
+            let mut texts: Vec<(&str, bool)> = Vec::new();
+            let mut complete = true;
+            for line in &entry.more {
+                match (line.strip_prefix("- "), texts.last_mut()) {
+                    (Some(text), _) => texts.push((text, true)),
+                    (None, Some(last)) if classify(line) == LineKind::Indented => last.1 = false,
+                    _ => complete = false,
+                }
+            }
+            if complete && texts.len() == items.len() {
+                for (item, (text, one_line)) in items.iter_mut().zip(texts) {
+                    if one_line && is_plain_scalar_text(text) {
                         *item = pyyaml::resolve_plain(text);
                     }
                 }

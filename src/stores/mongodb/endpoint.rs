@@ -114,9 +114,15 @@ impl MongoEndpoint {
         };
         let mut options = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("URI option `{pair}` has no value"))?;
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                if pair.contains('@') {
+                    // A user or password with a raw `/` or `?` puts the rest of it here: never
+                    // echo it (found by fuzzing).
+                    with_userinfo_hint(uri, "a URI option has no value".into())
+                } else {
+                    format!("URI option `{pair}` has no value")
+                }
+            })?;
             options.push((k.to_string(), v.to_string()));
         }
         let endpoint = MongoEndpoint {

@@ -170,9 +170,18 @@ impl S3Endpoint {
             return Err("in the S3 URL, 0 is not a port (1-65535)".into());
         }
         if parsed.path() != "/" && !parsed.path().is_empty() {
-            return Err(format!(
-                "the S3 URL has a path ({}); give only the endpoint, and buckets with --buckets / --bucket-map",
-                parsed.path()
+            // A key or secret with a raw `/` puts the rest of it in the path: then the path is
+            // not shown (found by fuzzing).
+            let shown = if parsed.path().contains('@') {
+                String::new()
+            } else {
+                format!(" ({})", parsed.path())
+            };
+            return Err(with_userinfo_hint(
+                trimmed,
+                format!(
+                    "the S3 URL has a path{shown}; give only the endpoint, and buckets with --buckets / --bucket-map"
+                ),
             ));
         }
         let decode = |s: &str| {

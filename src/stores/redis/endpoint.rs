@@ -79,7 +79,20 @@ impl RedisEndpoint {
                 path.parse::<i64>()
                     .ok()
                     .filter(|d| *d >= 0)
-                    .ok_or_else(|| format!("`/{path}` is not a database number; {expected}"))?,
+                    .ok_or_else(|| {
+                        if path.contains('@') {
+                            // A user or password with a raw `/` puts the rest of it in the path:
+                            // never echo it (found by fuzzing).
+                            with_userinfo_hint(
+                                url,
+                                format!(
+                                    "the Redis URL's path is not a database number; {expected}"
+                                ),
+                            )
+                        } else {
+                            format!("`/{path}` is not a database number; {expected}")
+                        }
+                    })?,
             )
         };
         let mut insecure = parsed.fragment() == Some("insecure");
@@ -89,9 +102,13 @@ impl RedisEndpoint {
                 "insecure" => insecure = matches!(v.as_ref(), "true" | "1" | "yes"),
                 "ca" => ca_file = Some(PathBuf::from(v.as_ref())),
                 other => {
-                    return Err(format!(
-                        "unknown Redis URL option `{other}`; known: insecure=true, ca=FILE (with rediss://)"
-                    ))
+                    let known = "known: insecure=true, ca=FILE (with rediss://)";
+                    // A user or password with a raw `?` puts the rest of it here: never echo it.
+                    return Err(if other.contains('@') {
+                        with_userinfo_hint(url, format!("an unknown Redis URL option; {known}"))
+                    } else {
+                        format!("unknown Redis URL option `{other}`; {known}")
+                    });
                 }
             }
         }

@@ -15,7 +15,7 @@ mod digest;
 mod endpoint;
 mod freeze;
 mod pass;
-mod rdb;
+pub mod rdb;
 mod replica;
 pub mod settings;
 mod snapshot;

@@ -2,11 +2,20 @@
 //! value is taken as the bytes `DUMP` would return for it (type byte, serialized value, RDB
 //! version, CRC-64), so `RESTORE` on the target accepts it unchanged. Values are never decoded,
 //! only measured; one bigger than the caller's limit is read past, and only its name is kept.
+//!
+//! The stream is treated as hostile: every length it declares is checked before anything is
+//! allocated for it (key names are capped at [`MAX_KEY_BYTES`], payloads at the caller's limit,
+//! and both only grow as bytes really arrive), LZF expansion stops the moment it would pass the
+//! declared size, and no input-derived value is used unchecked as an index or in arithmetic.
 
 use std::io::{self, Read};
 
 /// Highest RDB format this reader knows (Redis 7.4 and 8.x write 12).
 pub const MAX_RDB_VERSION: u16 = 12;
+
+/// The longest key name this reader holds in memory. Redis allows up to 512 MiB, but Open edX's
+/// keys are short; a snapshot declaring a longer one is read with SCAN instead.
+pub const MAX_KEY_BYTES: u64 = 1 << 20;
 
 /// One key of the snapshot.
 #[derive(Debug)]
@@ -18,17 +27,36 @@ pub struct SnapshotKey {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Why a snapshot could not be read.
+/// Why a snapshot could not be read. Every kind but `Io` means "read this database another
+/// way" (live with SCAN); `Io` means the connection broke and a retry may succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum RdbError {
     #[error("reading the snapshot stream: {0}")]
     Io(#[from] io::Error),
     /// A layout this reader does not know (a newer server, a module value, ...): the caller
     /// reads the database another way.
-    #[error("the snapshot holds {0}, which this version of offload cannot cut into keys")]
+    #[error(
+        "the snapshot holds {0}, which this version of offload cannot cut into keys; the keys \
+         are read live with SCAN instead"
+    )]
     Unsupported(String),
-    #[error("the snapshot stream is damaged: {0}")]
-    Corrupt(String),
+    /// Bytes that no Redis writes: `at` is the offset in the stream.
+    #[error(
+        "the snapshot stream is damaged at byte {at}: {what}; the keys are read live with SCAN \
+         instead (if this recurs, check the source server's memory and disk)"
+    )]
+    Corrupt { at: u64, what: String },
+    /// A declared length over what this reader holds in memory.
+    #[error(
+        "the snapshot declares {what} of {declared} bytes at byte {at}, over this reader's \
+         limit of {cap}; the keys are read live with SCAN instead"
+    )]
+    TooLarge {
+        what: &'static str,
+        declared: u64,
+        cap: u64,
+        at: u64,
+    },
 }
 
 /// A length as RDB writes it: a number, or the marker of a specially encoded string.
@@ -44,6 +72,8 @@ struct Tap<R> {
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    /// Bytes of the stream before `buf[0]`, for the offsets errors name.
+    before: u64,
     /// CRC-64 of the bytes before `buf[0]`.
     crc: u64,
     /// Where in `buf` the payload being cut starts.
@@ -61,6 +91,7 @@ impl<R: Read> Tap<R> {
             buf: vec![0u8; 256 * 1024].into_boxed_slice(),
             pos: 0,
             end: 0,
+            before: 0,
             crc: 0,
             capture: None,
             payload: Vec::new(),
@@ -73,12 +104,38 @@ impl<R: Read> Tap<R> {
         if self.over || from >= to {
             return;
         }
-        if self.payload.len() + (to - from) > self.limit {
+        if self.payload.len().saturating_add(to - from) > self.limit {
             self.over = true;
             self.payload = Vec::new();
-        } else {
-            self.payload.extend_from_slice(&self.buf[from..to]);
+        } else if let Some(bytes) = self.buf.get(from..to) {
+            self.payload.extend_from_slice(bytes);
         }
+    }
+
+    /// The offset in the stream of the next byte to read.
+    fn offset(&self) -> u64 {
+        self.before + self.pos as u64
+    }
+
+    /// A `Corrupt` error at the current offset.
+    fn corrupt(&self, what: impl Into<String>) -> RdbError {
+        RdbError::Corrupt {
+            at: self.offset(),
+            what: what.into(),
+        }
+    }
+
+    /// `n` as a size to hold in memory, if it is at most `cap`.
+    fn within(&self, what: &'static str, n: u64, cap: u64) -> Result<usize, RdbError> {
+        usize::try_from(n)
+            .ok()
+            .filter(|_| n <= cap)
+            .ok_or(RdbError::TooLarge {
+                what,
+                declared: n,
+                cap,
+                at: self.offset(),
+            })
     }
 
     /// Called when the buffer is used up: account for it and read more.
@@ -88,6 +145,7 @@ impl<R: Read> Tap<R> {
             self.keep(from, self.end);
             self.capture = Some(0);
         }
+        self.before += self.end as u64;
         self.pos = 0;
         self.end = 0;
         loop {
@@ -179,7 +237,7 @@ impl<R: Read> Tap<R> {
             2 => match b {
                 0x80 => Len::Plain(u64::from(u32::from_be_bytes(self.fixed()?))),
                 0x81 => Len::Plain(u64::from_be_bytes(self.fixed()?)),
-                _ => return Err(RdbError::Corrupt(format!("length marker {b:#04x}"))),
+                _ => return Err(self.corrupt(format!("length marker {b:#04x}"))),
             },
             _ => Len::Special(b & 0x3f),
         })
@@ -188,9 +246,7 @@ impl<R: Read> Tap<R> {
     fn count(&mut self) -> Result<u64, RdbError> {
         match self.length()? {
             Len::Plain(n) => Ok(n),
-            Len::Special(_) => Err(RdbError::Corrupt(
-                "an encoded string where a count belongs".into(),
-            )),
+            Len::Special(_) => Err(self.corrupt("an encoded string where a count belongs")),
         }
     }
 
@@ -206,16 +262,17 @@ impl<R: Read> Tap<R> {
                 self.count()?;
                 self.skip(packed)
             }
-            Len::Special(e) => Err(RdbError::Corrupt(format!("string encoding {e}"))),
+            Len::Special(e) => Err(self.corrupt(format!("string encoding {e}"))),
         }
     }
 
-    /// Read one string whole (key names, auxiliary fields), decoding integers and LZF.
-    fn string(&mut self) -> Result<Vec<u8>, RdbError> {
-        let mut raw = Vec::new();
+    /// Read one key name whole, decoding integers and LZF; at most [`MAX_KEY_BYTES`].
+    fn key_name(&mut self) -> Result<Vec<u8>, RdbError> {
         match self.length()? {
             Len::Plain(n) => {
-                self.take(n, Some(&mut raw))?;
+                let n = self.within("a key name", n, MAX_KEY_BYTES)?;
+                let mut raw = Vec::with_capacity(n.min(64 * 1024));
+                self.take(n as u64, Some(&mut raw))?;
                 Ok(raw)
             }
             Len::Special(0) => Ok((self.fixed::<1>()?[0] as i8).to_string().into_bytes()),
@@ -223,12 +280,14 @@ impl<R: Read> Tap<R> {
             Len::Special(2) => Ok(i32::from_le_bytes(self.fixed()?).to_string().into_bytes()),
             Len::Special(3) => {
                 let packed = self.count()?;
-                let plain = usize::try_from(self.count()?)
-                    .map_err(|_| RdbError::Corrupt("a length beyond memory".into()))?;
-                self.take(packed, Some(&mut raw))?;
-                lzf_decompress(&raw, plain)
+                let packed = self.within("a compressed key name", packed, MAX_KEY_BYTES)?;
+                let plain = self.count()?;
+                let plain = self.within("a key name", plain, MAX_KEY_BYTES)?;
+                let mut raw = Vec::with_capacity(packed.min(64 * 1024));
+                self.take(packed as u64, Some(&mut raw))?;
+                lzf_decompress(&raw, plain).map_err(|what| self.corrupt(what))
             }
-            Len::Special(e) => Err(RdbError::Corrupt(format!("string encoding {e}"))),
+            Len::Special(e) => Err(self.corrupt(format!("string encoding {e}"))),
         }
     }
 
@@ -243,7 +302,7 @@ impl<R: Read> Tap<R> {
                 3 => self.skip(4)?,
                 4 => self.skip(8)?,
                 5 => self.skip_string()?,
-                op => return Err(RdbError::Corrupt(format!("module opcode {op}"))),
+                op => return Err(self.corrupt(format!("module opcode {op}"))),
             }
         }
     }
@@ -352,13 +411,22 @@ impl<R: Read> RdbReader<R> {
     pub fn new(inner: R, limit: usize) -> Result<RdbReader<R>, RdbError> {
         let mut tap = Tap::new(inner, limit);
         let header: [u8; 9] = tap.fixed()?;
-        if &header[..5] != b"REDIS" {
-            return Err(RdbError::Corrupt("no RDB header".into()));
+        let (magic, digits) = header.split_at(5);
+        if magic != b"REDIS" {
+            return Err(RdbError::Corrupt {
+                at: 0,
+                what: "it does not start with an RDB header".into(),
+            });
         }
-        let version = std::str::from_utf8(&header[5..])
-            .ok()
-            .and_then(|v| v.parse::<u16>().ok())
-            .ok_or_else(|| RdbError::Corrupt("unreadable RDB version".into()))?;
+        let version = digits
+            .iter()
+            .try_fold(0u16, |v, d| {
+                d.is_ascii_digit().then(|| v * 10 + u16::from(d - b'0'))
+            })
+            .ok_or_else(|| RdbError::Corrupt {
+                at: 5,
+                what: "its RDB version is not a number".into(),
+            })?;
         if version > MAX_RDB_VERSION {
             return Err(RdbError::Unsupported(format!(
                 "RDB format version {version}"
@@ -394,18 +462,20 @@ impl<R: Read> RdbReader<R> {
                         let expected = self.tap.crc_so_far();
                         let stated = u64::from_le_bytes(self.tap.fixed()?);
                         if stated != 0 && stated != expected {
-                            return Err(RdbError::Corrupt("its checksum does not match".into()));
+                            return Err(self.tap.corrupt("its checksum does not match"));
                         }
                     }
                     return Ok(None);
                 }
                 0xfe => {
-                    self.db = i64::try_from(self.tap.count()?)
-                        .map_err(|_| RdbError::Corrupt("database number".into()))?;
+                    let db = self.tap.count()?;
+                    self.db = i64::try_from(db)
+                        .map_err(|_| self.tap.corrupt(format!("{db} is not a database number")))?;
                 }
                 0xfd => {
                     let secs = u32::from_le_bytes(self.tap.fixed()?);
-                    expire_at_ms = Some(i64::from(secs) * 1000);
+                    // At most about 4.3e12: no u32 of seconds overflows as milliseconds.
+                    expire_at_ms = i64::from(secs).checked_mul(1000);
                 }
                 0xfc => expire_at_ms = Some(i64::from_le_bytes(self.tap.fixed()?)),
                 0xfb => {
@@ -439,7 +509,7 @@ impl<R: Read> RdbReader<R> {
                         expire_at_ms = None;
                         continue;
                     }
-                    let key = self.tap.string()?;
+                    let key = self.tap.key_name()?;
                     return self.value(kind, key, expire_at_ms).map(Some);
                 }
                 other => {
@@ -473,37 +543,48 @@ impl<R: Read> RdbReader<R> {
     }
 }
 
-/// Expand an LZF block (the compression RDB uses for strings) to `plain` bytes.
-fn lzf_decompress(packed: &[u8], plain: usize) -> Result<Vec<u8>, RdbError> {
-    let bad = || RdbError::Corrupt("a compressed string does not expand".into());
-    // The stated size is only trusted as far as a reasonable reservation goes.
-    let mut out = Vec::with_capacity(plain.min(64 << 20));
-    let mut i = 0;
-    while i < packed.len() {
-        let ctrl = usize::from(packed[i]);
-        i += 1;
+/// Expand an LZF block (the compression RDB uses for strings) to exactly `plain` bytes; the
+/// output never grows past `plain`, whatever the block says. `plain` is already capped.
+fn lzf_decompress(packed: &[u8], plain: usize) -> Result<Vec<u8>, &'static str> {
+    const PAST: &str = "a compressed string expands past its declared size";
+    const BROKEN: &str = "a compressed string is cut short or refers before its start";
+    let mut out = Vec::with_capacity(plain.min(64 * 1024));
+    let mut rest = packed;
+    while let Some((&ctrl, tail)) = rest.split_first() {
+        rest = tail;
+        let ctrl = usize::from(ctrl);
         if ctrl < 32 {
             let run = ctrl + 1;
-            let lit = packed.get(i..i + run).ok_or_else(bad)?;
+            if out.len() + run > plain {
+                return Err(PAST);
+            }
+            let lit = rest.get(..run).ok_or(BROKEN)?;
             out.extend_from_slice(lit);
-            i += run;
+            rest = &rest[run..];
         } else {
             let mut len = ctrl >> 5;
             if len == 7 {
-                len += usize::from(*packed.get(i).ok_or_else(bad)?);
-                i += 1;
+                let (&more, tail) = rest.split_first().ok_or(BROKEN)?;
+                len += usize::from(more);
+                rest = tail;
             }
-            let back = ((ctrl & 0x1f) << 8) + usize::from(*packed.get(i).ok_or_else(bad)?) + 1;
-            i += 1;
-            let from = out.len().checked_sub(back).ok_or_else(bad)?;
-            for j in 0..len + 2 {
-                let b = out[from + j];
+            let (&low, tail) = rest.split_first().ok_or(BROKEN)?;
+            rest = tail;
+            let back = ((ctrl & 0x1f) << 8) + usize::from(low) + 1;
+            let copy = len + 2;
+            if out.len() + copy > plain {
+                return Err(PAST);
+            }
+            let from = out.len().checked_sub(back).ok_or(BROKEN)?;
+            // Byte by byte: a reference may overlap what it is writing (a run).
+            for j in from..from + copy {
+                let b = *out.get(j).ok_or(BROKEN)?;
                 out.push(b);
             }
         }
     }
     if out.len() != plain {
-        return Err(bad());
+        return Err("a compressed string expands to less than its declared size");
     }
     Ok(out)
 }
@@ -669,7 +750,7 @@ mod tests {
         })
         .find(Result::is_err);
         assert!(
-            matches!(outcome, Some(Err(RdbError::Corrupt(_)))),
+            matches!(outcome, Some(Err(RdbError::Corrupt { .. }))),
             "a wrong checksum: {outcome:?}"
         );
         let cut = &snapshot()[..40];
@@ -683,6 +764,126 @@ mod tests {
             RdbReader::new(&newer[..], 1024),
             Err(RdbError::Unsupported(_))
         ));
+    }
+
+    /// A snapshot header, database 0, and `body` (no end marker: readers stop before it).
+    fn hostile(body: &[u8]) -> Vec<u8> {
+        let mut s = b"REDIS0010\xfe\x00".to_vec();
+        s.extend_from_slice(body);
+        s
+    }
+
+    fn first_error(data: &[u8], limit: usize) -> RdbError {
+        let mut r = RdbReader::new(data, limit).expect("header");
+        loop {
+            match r.next_key() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("read to the end"),
+                Err(e) => return e,
+            }
+        }
+    }
+
+    #[test]
+    fn declared_lengths_over_the_caps_are_refused_before_anything_is_allocated() {
+        // A string value named by a 4 GiB key name (64-bit length form).
+        let mut body = vec![0x00, 0x81];
+        body.extend((4u64 << 30).to_be_bytes());
+        let e = first_error(&hostile(&body), 1024);
+        assert!(
+            matches!(e, RdbError::TooLarge { what: "a key name", declared, cap: MAX_KEY_BYTES, at: 21 } if declared == 4 << 30),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("SCAN"),
+            "says what happens next: {e}"
+        );
+        // An LZF key name declaring 4 GiB once expanded, from 3 packed bytes.
+        let mut body = vec![0x00, 0xc3, 0x03, 0x81];
+        body.extend((4u64 << 30).to_be_bytes());
+        body.extend([0x00, b'a', 0x00]);
+        let e = first_error(&hostile(&body), 1024);
+        assert!(
+            matches!(
+                e,
+                RdbError::TooLarge {
+                    what: "a key name",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // A declared 4 GiB value is read past (never held: over the limit) until the stream ends.
+        let mut body = vec![0x00, 0x01, b'k', 0x80];
+        body.extend(u32::MAX.to_be_bytes());
+        body.extend([b'x'; 100]);
+        let e = first_error(&hostile(&body), 16);
+        assert!(
+            matches!(e, RdbError::Io(ref io) if io.kind() == io::ErrorKind::UnexpectedEof),
+            "{e:?}"
+        );
+        // A set declaring 2^64-1 members ends with the stream too, without allocating for them.
+        let mut body = vec![0x02, 0x01, b'k', 0x81];
+        body.extend(u64::MAX.to_be_bytes());
+        body.extend([0x01, b'm']);
+        assert!(matches!(first_error(&hostile(&body), 16), RdbError::Io(_)));
+    }
+
+    #[test]
+    fn lzf_stops_as_soon_as_it_would_pass_the_declared_size() {
+        // One literal, then a back reference of 264 bytes: far past a declared 10.
+        let bomb = [0x00, b'a', 0xe0, 0xff, 0x00];
+        assert_eq!(
+            lzf_decompress(&bomb, 10),
+            Err("a compressed string expands past its declared size")
+        );
+        assert_eq!(
+            lzf_decompress(&[0x05, b'a'], 6).unwrap_err(),
+            "a compressed string is cut short or refers before its start"
+        );
+        assert!(
+            lzf_decompress(&[0x20, 0x05], 3).is_err(),
+            "a reference before the start"
+        );
+        assert_eq!(lzf_decompress(&[], 0).unwrap(), b"");
+        // The same bomb inside a snapshot: a damaged stream, with the offset named.
+        let mut body = vec![0x00, 0xc3, 0x05, 0x0a];
+        body.extend(bomb);
+        let e = first_error(&hostile(&body), 1024);
+        assert!(matches!(e, RdbError::Corrupt { at: 20, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn any_expiry_is_read_and_damage_is_named_by_offset() {
+        for ms in [i64::MIN, -1, 0, i64::MAX] {
+            let mut body = vec![0xfc];
+            body.extend(ms.to_le_bytes());
+            body.extend([0x00, 0x01, b'k', 0x01, b'v', 0xff]);
+            let data = hostile(&body);
+            let mut r = RdbReader::new(&data[..], 1024).unwrap();
+            assert_eq!(r.next_key().unwrap().unwrap().expire_at_ms, Some(ms));
+        }
+        let mut body = vec![0xfd];
+        body.extend(u32::MAX.to_le_bytes());
+        body.extend([0x00, 0x01, b'k', 0x01, b'v', 0xff]);
+        let data = hostile(&body);
+        let mut r = RdbReader::new(&data[..], 1024).unwrap();
+        assert_eq!(
+            r.next_key().unwrap().unwrap().expire_at_ms,
+            Some(i64::from(u32::MAX) * 1000)
+        );
+        // A length marker no Redis writes (0x82): the offset named is where reading stopped.
+        let e = first_error(&hostile(&[0x00, 0x01, b'k', 0x82]), 1024);
+        assert!(
+            matches!(e, RdbError::Corrupt { at: 15, ref what } if what.contains("0x82")),
+            "{e:?}"
+        );
+        for header in [&b"REDIS+010"[..], b"REDIS 010", b"RADIS0010"] {
+            assert!(
+                matches!(RdbReader::new(header, 1024), Err(RdbError::Corrupt { .. })),
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

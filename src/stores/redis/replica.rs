@@ -42,8 +42,10 @@ impl From<RdbError> for FeedError {
     fn from(e: RdbError) -> Self {
         match e {
             RdbError::Io(e) => FeedError::Io(e),
-            RdbError::Unsupported(_) => FeedError::Refused(e.to_string()),
-            RdbError::Corrupt(_) => FeedError::Corrupt(e.to_string()),
+            RdbError::Unsupported(_) | RdbError::TooLarge { .. } => {
+                FeedError::Refused(e.to_string())
+            }
+            RdbError::Corrupt { .. } => FeedError::Corrupt(e.to_string()),
         }
     }
 }
@@ -170,8 +172,11 @@ impl SnapshotFeed {
         match expire_at_ms {
             None => -1,
             Some(at) => {
-                let now = self.source_ms + self.clock_at.elapsed().as_millis() as i64;
-                (at - now).max(0)
+                // The deadline comes from the snapshot: any i64, so no arithmetic may overflow.
+                let elapsed =
+                    i64::try_from(self.clock_at.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let now = self.source_ms.saturating_add(elapsed);
+                at.saturating_sub(now).max(0)
             }
         }
     }
@@ -229,10 +234,11 @@ fn source_clock(stream: &mut TcpStream, reader: &mut impl BufRead) -> Result<i64
         let _len = line(reader).map_err(FeedError::Io)?;
         parts.push(line(reader).map_err(FeedError::Io)?);
     }
-    match (parts[0].parse::<i64>(), parts[1].parse::<i64>()) {
-        (Ok(s), Ok(us)) => Ok(s * 1000 + us / 1000),
-        _ => Ok(local()),
-    }
+    let ms = match (parts[0].parse::<i64>(), parts[1].parse::<i64>()) {
+        (Ok(s), Ok(us)) => s.checked_mul(1000).and_then(|ms| ms.checked_add(us / 1000)),
+        _ => None,
+    };
+    Ok(ms.unwrap_or_else(local))
 }
 
 /// Connect, authenticate and ask for a full synchronization; returns the reader positioned at
