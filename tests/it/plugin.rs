@@ -257,6 +257,10 @@ fn k8s_job_reads_config_and_credentials_from_secrets_and_keeps_its_folder_on_a_c
     // image's entrypoint.
     assert_eq!(c["command"], Value::Sequence(vec![]));
     assert_eq!(pod["restartPolicy"].as_str(), Some("Never"));
+    assert!(
+        pod.get("serviceAccountName").is_none(),
+        "the namespace's default account unless one is named"
+    );
     assert_eq!(job["spec"]["backoffLimit"].as_u64(), Some(1));
     assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(10001));
     assert_eq!(pod["securityContext"]["fsGroup"].as_u64(), Some(10001));
@@ -333,9 +337,12 @@ fn k8s_job_reads_config_and_credentials_from_secrets_and_keeps_its_folder_on_a_c
         "OFFLOAD_K8S_MEDIA_PVC=openedx-media".into(),
         "OFFLOAD_K8S_STORAGE_CLASS=fast".into(),
         "OFFLOAD_K8S_BACKOFF_LIMIT=3".into(),
+        "OFFLOAD_K8S_SERVICE_ACCOUNT=offload-s3".into(),
     ]);
     let (job, pvc) = p.k8s_objects();
     let pod = &job["spec"]["template"]["spec"];
+    // An account of the operator's (IRSA, Pod Identity) gives S3 credentials without keys.
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("offload-s3"));
     let media = pod["containers"][0]["volumeMounts"]
         .as_sequence()
         .unwrap()

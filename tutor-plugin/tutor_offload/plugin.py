@@ -67,6 +67,10 @@ CONFIG_DEFAULTS: dict[str, t.Any] = {
     # Tutor on Kubernetes keeps no media on a shared volume (media belong in MinIO or S3). If yours
     # does, name its claim here: it is mounted read-only where offload looks for filesystem media.
     "K8S_MEDIA_PVC": "",
+    # The Job's service account. On EKS, one annotated with an IAM role (IRSA) or bound by a Pod
+    # Identity association gives offload S3 credentials without keys (the AWS credential chain
+    # reads what the cluster injects); empty: the namespace's default account.
+    "K8S_SERVICE_ACCOUNT": "",
 }
 
 # Names of the Kubernetes objects the plugin manages besides the Job.
