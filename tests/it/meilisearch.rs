@@ -925,6 +925,51 @@ async fn the_servers_rules_for_keys_index_uids_and_settings() {
         json!(["alpha", "mid", "zeta"]),
         "{label}"
     );
+
+    // A key as Tutor's (every action on `<prefix>*`) reaches the prefix's indexes only; a key
+    // with one action, only that action.
+    for (actions, path, allowed) in [
+        (json!(["*"]), format!("/indexes/{uid}/settings"), true),
+        (
+            json!(["*"]),
+            "/indexes/other_index/settings".to_string(),
+            false,
+        ),
+        (json!(["search"]), format!("/indexes/{uid}/settings"), false),
+        (
+            json!(["settings.*"]),
+            format!("/indexes/{uid}/settings"),
+            true,
+        ),
+    ] {
+        let key_uid = fresh_uuid();
+        meili.owns_key(&key_uid);
+        let (status, key) = raw(
+            &meili,
+            Method::POST,
+            "/keys",
+            json!({"uid": key_uid, "actions": actions, "indexes": [format!("{p}*")], "expiresAt": null}),
+        )
+        .await;
+        assert_eq!(status, 201, "{label}: {key}");
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", meili.url))
+            .bearer_auth(key["key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if allowed {
+            assert_eq!(status, 200, "{label}: {actions} on {path}: {body}");
+        } else {
+            assert_eq!(
+                (status, body["code"].clone()),
+                (403, json!("invalid_api_key")),
+                "{label}: {actions} on {path}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -34,7 +34,7 @@ impl Default for StandinConfig {
         StandinConfig {
             master_key: Some("standin-master-key-0123456789".into()),
             payload_limit: 100 * 1024 * 1024,
-            version: "1.8.4-standin".into(),
+            version: "1.50.0-standin".into(),
         }
     }
 }
@@ -92,13 +92,14 @@ pub struct MeiliStandin {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The settings of a new index, as Meilisearch 1.50 gives them.
 fn default_settings() -> Map<String, Value> {
     json!({
         "displayedAttributes": ["*"],
         "searchableAttributes": ["*"],
         "filterableAttributes": [],
         "sortableAttributes": [],
-        "rankingRules": ["words", "typo", "proximity", "attribute", "sort", "exactness"],
+        "rankingRules": ["words", "typo", "proximity", "attributeRank", "sort", "wordPosition", "exactness"],
         "stopWords": [],
         "nonSeparatorTokens": [],
         "separatorTokens": [],
@@ -106,10 +107,14 @@ fn default_settings() -> Map<String, Value> {
         "synonyms": {},
         "distinctAttribute": null,
         "proximityPrecision": "byWord",
-        "typoTolerance": {"enabled": true, "minWordSizeForTypos": {"oneTypo": 5, "twoTypos": 9}, "disableOnWords": [], "disableOnAttributes": []},
+        "typoTolerance": {"enabled": true, "minWordSizeForTypos": {"oneTypo": 5, "twoTypos": 9}, "disableOnWords": [], "disableOnAttributes": [], "disableOnNumbers": false},
         "faceting": {"maxValuesPerFacet": 100, "sortFacetValuesBy": {"*": "alpha"}},
         "pagination": {"maxTotalHits": 1000},
+        "embedders": {},
         "searchCutoffMs": null,
+        "localizedAttributes": null,
+        "facetSearch": true,
+        "prefixSearch": "indexingTime",
     })
     .as_object()
     .cloned()
@@ -343,6 +348,65 @@ fn valid_index_pattern(pattern: &str) -> bool {
     }
 }
 
+/// The action Meilisearch requires of an API key for a route offload uses, and the index the
+/// route is about.
+fn route_action<'a>(method: &Method, segs: &[&'a str]) -> (&'static str, Option<&'a str>) {
+    let read = *method == Method::GET;
+    match segs {
+        ["version"] => ("version", None),
+        ["indexes"] if read => ("indexes.get", None),
+        ["indexes"] => ("indexes.create", None),
+        ["indexes", uid] if read => ("indexes.get", Some(uid)),
+        ["indexes", uid] if *method == Method::DELETE => ("indexes.delete", Some(uid)),
+        ["indexes", uid] => ("indexes.update", Some(uid)),
+        ["indexes", uid, "settings", ..] if read => ("settings.get", Some(uid)),
+        ["indexes", uid, "settings", ..] => ("settings.update", Some(uid)),
+        ["indexes", uid, "documents", ..] if read => ("documents.get", Some(uid)),
+        ["indexes", uid, "documents", ..] if *method == Method::DELETE => {
+            ("documents.delete", Some(uid))
+        }
+        ["indexes", uid, "documents", ..] => ("documents.add", Some(uid)),
+        ["indexes", uid, "stats"] => ("stats.get", Some(uid)),
+        ["indexes", uid, "search"] => ("search", Some(uid)),
+        ["swap-indexes"] => ("indexes.swap", None),
+        ["tasks", ..] => ("tasks.get", None),
+        ["keys", ..] if read => ("keys.get", None),
+        ["keys", ..] if *method == Method::DELETE => ("keys.delete", None),
+        ["keys", ..] if *method == Method::POST => ("keys.create", None),
+        ["keys", ..] => ("keys.update", None),
+        _ => ("*", None),
+    }
+}
+
+/// Whether an API key may call a route: one of its actions is `*`, the route's action, or
+/// `<group>.*` of it, and one of its index patterns covers the route's index.
+fn key_allows(key: &Value, method: &Method, segs: &[&str]) -> bool {
+    let (action, index) = route_action(method, segs);
+    let strings = |field: &str| -> Vec<String> {
+        key[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let action_ok = strings("actions").iter().any(|a| {
+        a == "*"
+            || a == action
+            || a.strip_suffix(".*")
+                .is_some_and(|group| action.split('.').next() == Some(group))
+    });
+    let index_ok = index.is_none_or(|uid| {
+        strings("indexes")
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => uid.starts_with(prefix),
+                None => p == uid,
+            })
+    });
+    action_ok && index_ok
+}
+
 /// The key a `/keys/{uid_or_key}` path names: by uid when the segment reads as a UUID, else by
 /// its value.
 fn find_key<'a>(keys: &'a BTreeMap<String, Value>, id: &str) -> Option<&'a Value> {
@@ -564,13 +628,14 @@ async fn handle(
             );
         };
         let is_master = token == master;
-        let is_key = state
-            .lock()
-            .unwrap()
-            .keys
-            .values()
-            .any(|k| k["key"] == token);
-        if !is_master && (!is_key || segs.first() == Some(&"keys")) {
+        let allowed = is_master
+            || state
+                .lock()
+                .unwrap()
+                .keys
+                .values()
+                .any(|k| k["key"] == token && key_allows(k, &method, &segs));
+        if !allowed {
             return api_error(
                 StatusCode::FORBIDDEN,
                 "invalid_api_key",
