@@ -211,7 +211,7 @@ pub fn check_api_key_uid(what: &str, uid: &str) -> Result<(), SettingsError> {
         return Err(invalid(
             what,
             format!(
-                "`{uid}` has capital letters: Meilisearch derives the key from the lowercase form, so its key would differ from the MEILISEARCH_API_KEY Tutor computes from this text; write it in lowercase ({})",
+                "`{uid}` has capital letters: Meilisearch derives the key from the lowercase form, so its key would differ from the MEILISEARCH_API_KEY Tutor computes from this text; write it in lowercase ({}) and run again; nothing was changed",
                 uid.to_ascii_lowercase()
             ),
         ));
