@@ -13,7 +13,7 @@ use crate::core::Side;
 use crate::resolve::{ResolveContext, TargetsFile};
 use crate::search::plan::{plan_section as search_plan_section, SearchPlanInputs};
 use crate::search::rebuild::RebuildOptions;
-use crate::search::settings::{old_client, target_client, TO_KEY_ENV};
+use crate::search::settings::{api_key_uid, old_client, target_client, TO_KEY_ENV};
 use crate::search::source::{MongoSource, SourceReader};
 use crate::search::specs::IndexKind;
 use crate::search::{self, Mode, ReindexJob};
@@ -139,10 +139,7 @@ pub async fn reindex(args: ReindexArgs, out: Output) -> anyhow::Result<Outcome> 
         .mongodb_database
         .clone()
         .unwrap_or_else(|| config_or(tutor, "MONGODB_DATABASE", "openedx"));
-    let api_key_uid = args
-        .meilisearch_api_key_uid
-        .clone()
-        .or_else(|| tutor.and_then(|t| crate::resolve::config_text(t, "MEILISEARCH_API_KEY_UID")));
+    let api_key_uid = api_key_uid(args.meilisearch_api_key_uid.as_deref(), tutor)?;
 
     // Check the target first: a wrong key or an unreachable server stops before any reading.
     search::check_target(&target).await?;
@@ -196,6 +193,10 @@ pub async fn reindex(args: ReindexArgs, out: Output) -> anyhow::Result<Outcome> 
 pub async fn plan_section(args: &JobArgs) -> anyhow::Result<Option<serde_json::Value>> {
     let tutor = load_tutor(args)?;
     let target = target_client(&args.search)?;
+    if target.is_some() {
+        // The key the cutover will need is checked before any server is asked.
+        api_key_uid(None, tutor.as_ref())?;
+    }
     let root = tutor_root(args.tutor_root.as_deref());
     let targets = TargetsFile::default();
     let ctx = context(tutor.as_ref(), &root, &targets);

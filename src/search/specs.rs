@@ -202,7 +202,8 @@ impl IndexSettings {
     }
 
     /// The differences from `actual`, named: filterable and sortable attributes compare as sets
-    /// (Meilisearch returns them sorted), searchable attributes and ranking rules in order.
+    /// (their order means nothing to a search; Meilisearch returns filterable ones in the order
+    /// set and sortable ones sorted), searchable attributes and ranking rules in order.
     pub fn differences(&self, actual: &IndexSettings) -> Vec<String> {
         let mut out = Vec::new();
         let set = |v: &[String]| {

@@ -4,6 +4,10 @@
 //! which one. Tests whose name contains `standin` need a server behaviour only the stand-in can be
 //! configured for (an old version, a small payload limit) and always use it.
 //!
+//! A real server is shared by every test and every run: each test names its own index prefix and
+//! API key uids (fresh UUIDs) through [`TestMeili::owns_prefix`] and [`TestMeili::owns_key`], and
+//! what it owns is removed when its `TestMeili` is dropped, also when the test fails.
+//!
 //! The source of truth is the MySQL fixture (fixtures/mysql/openedx.sql) and the modulestore
 //! fixture (fixtures/meilisearch/modulestore.json) on the stack's source servers; expected
 //! documents are written out by hand from those fixtures.
@@ -24,6 +28,8 @@ pub(crate) struct TestMeili {
     pub(crate) url: String,
     pub(crate) key: String,
     pub(crate) label: String,
+    /// Index prefixes and key uids this test created on a shared (real) server.
+    owned: std::sync::Mutex<(Vec<String>, Vec<String>)>,
     _standin: Option<MeiliStandin>,
 }
 
@@ -36,6 +42,7 @@ pub(crate) fn server() -> TestMeili {
             label: format!("real Meilisearch at {url}"),
             url,
             key,
+            owned: Default::default(),
             _standin: None,
         },
         _ => standin(StandinConfig::default()),
@@ -48,6 +55,7 @@ fn standin(config: StandinConfig) -> TestMeili {
         url: s.url.clone(),
         key: s.master_key.clone().unwrap_or_default(),
         label: format!("Meilisearch STAND-IN at {}", s.url),
+        owned: Default::default(),
         _standin: Some(s),
     }
 }
@@ -56,11 +64,104 @@ impl TestMeili {
     pub(crate) fn client(&self) -> MeilisearchClient {
         MeilisearchClient::new(&self.url, Some(Secret::new(self.key.clone())), "target").unwrap()
     }
+
+    /// Claim an index prefix for this test: indexes under it left by an earlier run are removed
+    /// now, and those this test creates when the server is dropped.
+    pub(crate) fn owns_prefix(&self, prefix: &str) {
+        self.owned.lock().unwrap().0.push(prefix.to_string());
+        self.remove(&[prefix.to_string()], &[]);
+    }
+
+    /// Claim an API key uid created by this test; it is deleted when the server is dropped.
+    pub(crate) fn owns_key(&self, uid: &str) {
+        self.owned.lock().unwrap().1.push(uid.to_string());
+    }
+
+    /// Delete the indexes under `prefixes` and the keys `key_uids` on a real server (a stand-in
+    /// dies with its test). Runs on its own thread and runtime, so it works from `Drop` inside
+    /// an async test.
+    fn remove(&self, prefixes: &[String], key_uids: &[String]) {
+        if self._standin.is_some() || (prefixes.is_empty() && key_uids.is_empty()) {
+            return;
+        }
+        let (client, url, key) = (self.client(), self.url.clone(), self.key.clone());
+        let (prefixes, key_uids) = (prefixes.to_vec(), key_uids.to_vec());
+        let label = self.label.clone();
+        let outcome = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for prefix in &prefixes {
+                    for uid in client
+                        .list_indexes(prefix)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        let task = client.delete_index(&uid).await.map_err(|e| e.to_string())?;
+                        client
+                            .wait(task, "test cleanup")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                let http = reqwest::Client::new();
+                for uid in &key_uids {
+                    let status = http
+                        .delete(format!("{url}/keys/{uid}"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .status();
+                    if !(status.is_success() || status == reqwest::StatusCode::NOT_FOUND) {
+                        return Err(format!("DELETE /keys/{uid} answered {status}"));
+                    }
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test cleanup on the {label}: {e}"),
+            Err(_) => eprintln!("test cleanup on the {label} panicked"),
+        }
+    }
+}
+
+impl Drop for TestMeili {
+    fn drop(&mut self) {
+        let (prefixes, keys) = std::mem::take(&mut *self.owned.lock().unwrap());
+        self.remove(&prefixes, &keys);
+    }
 }
 
 /// A prefix unique to one test run.
 fn prefix(tag: &str) -> String {
     format!("it{}_{tag}_", std::process::id())
+}
+
+/// A fresh random UUID (version 4) in the form Tutor writes with `{{ 4|uuid }}`: a key uid no
+/// other test or run uses.
+pub(crate) fn fresh_uuid() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("random bytes from /dev/urandom");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn mongo_source() -> String {
@@ -141,10 +242,14 @@ async fn reindex_rebuilds_the_fixture_indexes_as_the_platform_would() {
     load_modulestore(&db.name).await;
     let job = tempfile::tempdir().unwrap();
     let p = prefix("fixture");
+    meili.owns_prefix(&p);
+    // The key uid is a UUID, as Tutor makes one; a fresh one, so runs on one server never meet.
+    let key_uid = fresh_uuid();
+    meili.owns_key(&key_uid);
     let mut args = reindex_args(&meili, &db.name, &p);
     args.extend([
         "--meilisearch-api-key-uid".into(),
-        format!("{p}uid-1"),
+        key_uid.clone(),
         "--json".into(),
     ]);
 
@@ -327,23 +432,26 @@ async fn reindex_rebuilds_the_fixture_indexes_as_the_platform_would() {
         "{label}"
     );
     let forum = client.get_settings(&format!("{p}comments")).await.unwrap();
+    // Meilisearch gives filterable attributes back in the order they were set.
     assert_eq!(
         forum["filterableAttributes"],
-        json!(["_pk", "commentable_id", "context", "course_id"]),
+        json!(["_pk", "context", "course_id", "commentable_id"]),
         "{label}"
     );
 
     // The API key Tutor expects exists, with the value Tutor computes.
     let key = client
-        .get_key(&format!("{p}uid-1"))
+        .get_key(&key_uid)
         .await
         .unwrap()
         .expect("the API key was created");
-    assert_eq!(key["actions"], json!(["*"]));
-    assert_eq!(key["indexes"], json!([format!("{p}*")]));
+    assert_eq!(key["uid"], json!(key_uid), "{label}");
+    assert_eq!(key["actions"], json!(["*"]), "{label}");
+    assert_eq!(key["indexes"], json!([format!("{p}*")]), "{label}");
     assert_eq!(
         key["key"].as_str().unwrap(),
-        offload::search::api_key::derive(&meili.key, &format!("{p}uid-1"))
+        offload::search::api_key::derive(&meili.key, &key_uid),
+        "{label}"
     );
 
     // A second run is idempotent: same counts, same documents, no shadow index left over.
@@ -370,14 +478,15 @@ async fn reindex_rebuilds_the_fixture_indexes_as_the_platform_would() {
         leftovers.is_empty(),
         "{label}: shadow indexes left: {leftovers:?}"
     );
+    let mut built = client.list_indexes(&p).await.unwrap();
+    built.sort();
+    let mut expected: Vec<String> = IndexKind::ALL
+        .iter()
+        .map(|k| format!("{p}{}", k.name()))
+        .collect();
+    expected.sort();
+    assert_eq!(built, expected, "{label}");
 
-    for k in IndexKind::ALL {
-        let t = client
-            .delete_index(&format!("{p}{}", k.name()))
-            .await
-            .unwrap();
-        client.wait(t, "cleanup").await.unwrap();
-    }
     drop_mongo(&db.name).await;
     db.drop_both().await;
 }
@@ -405,6 +514,7 @@ fn simple_settings() -> offload::search::specs::IndexSettings {
 async fn swap_leaves_no_window_without_an_index() {
     let meili = server();
     let client = meili.client();
+    meili.owns_prefix(&prefix("swap"));
     let uid = format!("{}live", prefix("swap"));
     let settings = simple_settings();
     let small = RebuildOptions {
@@ -452,14 +562,13 @@ async fn swap_leaves_no_window_without_an_index() {
     assert_eq!(count(&client, &uid).await, 1500);
     let doc = client.get_document(&uid, "d7").await.unwrap().unwrap();
     assert_eq!(doc["tag"], "new");
-    let t = client.delete_index(&uid).await.unwrap();
-    client.wait(t, "cleanup").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_task_stops_the_rebuild_and_leaves_the_live_index() {
     let meili = server();
     let client = meili.client();
+    meili.owns_prefix(&prefix("failed"));
     let uid = format!("{}live", prefix("failed"));
     let settings = simple_settings();
     let options = RebuildOptions::default();
@@ -509,8 +618,6 @@ async fn a_failed_task_stops_the_rebuild_and_leaves_the_live_index() {
             .is_none(),
         "the shadow is removed"
     );
-    let t = client.delete_index(&uid).await.unwrap();
-    client.wait(t, "cleanup").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,6 +625,7 @@ async fn bad_key_or_unreachable_server_exits_2_without_touching_the_live_index()
     let meili = server();
     let client = meili.client();
     let p = prefix("badkey");
+    meili.owns_prefix(&p);
     let uid = format!("{p}comments");
     rebuild_index(
         &client,
@@ -561,8 +669,6 @@ async fn bad_key_or_unreachable_server_exits_2_without_touching_the_live_index()
         "{}",
         text(&out)
     );
-    let t = client.delete_index(&uid).await.unwrap();
-    client.wait(t, "cleanup").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -628,6 +734,7 @@ async fn copy_mode_reads_settings_and_documents_from_the_old_server() {
     let old = standin(StandinConfig::default());
     let target = server();
     let p = prefix("copy");
+    target.owns_prefix(&p);
     let uid = format!("{p}comments");
     let mut settings = simple_settings();
     settings.filterable = vec!["context".into(), "course_id".into()];
@@ -680,6 +787,328 @@ async fn copy_mode_reads_settings_and_documents_from_the_old_server() {
         "{}",
         target.label
     );
-    let t = client.delete_index(&uid).await.unwrap();
-    client.wait(t, "cleanup").await.unwrap();
+}
+
+/// A request with the master key, answered as `(status, JSON body)`.
+async fn raw(meili: &TestMeili, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", meili.url))
+        .bearer_auth(&meili.key);
+    if !body.is_null() {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// The rules of the real server that offload depends on, checked on whichever server the tests
+/// use, so the stand-in is held to them: key uids are UUIDs (refused with Meilisearch's error
+/// body otherwise; the key derived from the lowercase hyphenated form), index uids are checked,
+/// settings come back as the real server gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_rules_for_keys_index_uids_and_settings() {
+    use reqwest::Method;
+    let meili = server();
+    let label = meili.label.clone();
+    let p = prefix("rules");
+    meili.owns_prefix(&p);
+    let key_body = |uid: Value| json!({"uid": uid, "actions": ["search"], "indexes": [format!("{p}*")], "expiresAt": null});
+
+    let (status, body) = raw(
+        &meili,
+        Method::POST,
+        "/keys",
+        key_body(json!("tutor-api-key")),
+    )
+    .await;
+    assert_eq!(status, 400, "{label}: {body}");
+    assert_eq!(
+        body,
+        json!({
+            "message": "Invalid value at `.uid`: invalid character: found `t` at 0",
+            "code": "invalid_api_key_uid",
+            "type": "invalid_request",
+            "link": "https://docs.meilisearch.com/errors#invalid_api_key_uid",
+        }),
+        "{label}"
+    );
+    let (status, body) = raw(&meili, Method::POST, "/keys", key_body(json!("0123abcd"))).await;
+    assert_eq!(
+        (status, body["message"].clone()),
+        (
+            400,
+            json!("Invalid value at `.uid`: invalid length: found 8")
+        ),
+        "{label}"
+    );
+
+    // Any case is accepted; the uid is kept, and the key derived, in lowercase.
+    let uid = fresh_uuid();
+    meili.owns_key(&uid);
+    let (status, key) = raw(
+        &meili,
+        Method::POST,
+        "/keys",
+        key_body(json!(uid.to_ascii_uppercase())),
+    )
+    .await;
+    assert_eq!(status, 201, "{label}: {key}");
+    assert_eq!(key["uid"], json!(uid), "{label}");
+    assert_eq!(
+        key["key"],
+        json!(offload::search::api_key::derive(&meili.key, &uid)),
+        "{label}"
+    );
+    let (status, again) = raw(&meili, Method::POST, "/keys", key_body(json!(uid))).await;
+    assert_eq!(
+        (status, again["code"].clone()),
+        (409, json!("api_key_already_exists")),
+        "{label}: {again}"
+    );
+    let (status, found) = raw(&meili, Method::GET, &format!("/keys/{uid}"), Value::Null).await;
+    assert_eq!((status, &found["uid"]), (200, &json!(uid)), "{label}");
+    let (status, _) = raw(&meili, Method::DELETE, &format!("/keys/{uid}"), Value::Null).await;
+    assert_eq!(status, 204, "{label}");
+    let (status, gone) = raw(&meili, Method::GET, &format!("/keys/{uid}"), Value::Null).await;
+    assert_eq!(
+        (status, gone["code"].clone()),
+        (404, json!("api_key_not_found")),
+        "{label}"
+    );
+
+    let (status, body) = raw(
+        &meili,
+        Method::POST,
+        "/indexes",
+        json!({"uid": format!("{p}not valid!"), "primaryKey": "id"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (400, json!("invalid_index_uid")),
+        "{label}: {body}"
+    );
+
+    // Filterable and searchable attributes come back in the order set, sortable ones sorted.
+    let client = meili.client();
+    let uid = format!("{p}order");
+    let task = client
+        .update_settings(
+            &uid,
+            &json!({
+                "filterableAttributes": ["zeta", "alpha", "mid"],
+                "sortableAttributes": ["zeta", "alpha", "mid"],
+                "searchableAttributes": ["zeta", "alpha", "mid"],
+            }),
+        )
+        .await
+        .unwrap();
+    client.wait(task, "settings").await.unwrap();
+    let settings = client.get_settings(&uid).await.unwrap();
+    assert_eq!(
+        settings["filterableAttributes"],
+        json!(["zeta", "alpha", "mid"]),
+        "{label}"
+    );
+    assert_eq!(
+        settings["searchableAttributes"],
+        json!(["zeta", "alpha", "mid"]),
+        "{label}"
+    );
+    assert_eq!(
+        settings["sortableAttributes"],
+        json!(["alpha", "mid", "zeta"]),
+        "{label}"
+    );
+
+    // A key as Tutor's (every action on `<prefix>*`) reaches the prefix's indexes only; a key
+    // with one action, only that action.
+    for (actions, path, allowed) in [
+        (json!(["*"]), format!("/indexes/{uid}/settings"), true),
+        (
+            json!(["*"]),
+            "/indexes/other_index/settings".to_string(),
+            false,
+        ),
+        (json!(["search"]), format!("/indexes/{uid}/settings"), false),
+        (
+            json!(["settings.*"]),
+            format!("/indexes/{uid}/settings"),
+            true,
+        ),
+    ] {
+        let key_uid = fresh_uuid();
+        meili.owns_key(&key_uid);
+        let (status, key) = raw(
+            &meili,
+            Method::POST,
+            "/keys",
+            json!({"uid": key_uid, "actions": actions, "indexes": [format!("{p}*")], "expiresAt": null}),
+        )
+        .await;
+        assert_eq!(status, 201, "{label}: {key}");
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", meili.url))
+            .bearer_auth(key["key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if allowed {
+            assert_eq!(status, 200, "{label}: {actions} on {path}: {body}");
+        } else {
+            assert_eq!(
+                (status, body["code"].clone()),
+                (403, json!("invalid_api_key")),
+                "{label}: {actions} on {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn standin_refuses_a_master_key_shorter_than_16_bytes() {
+    // Meilisearch in production does not start with one; neither does the stand-in.
+    let short = std::panic::catch_unwind(|| {
+        MeiliStandin::start(StandinConfig {
+            master_key: Some("fifteen-bytes15".into()),
+            ..StandinConfig::default()
+        })
+    });
+    assert!(short.is_err());
+}
+
+/// `offload` with a Tutor root holding `config`, and no key or password from the caller's
+/// environment.
+fn offload_with_config(
+    config: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Output, tempfile::TempDir) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("config.yml"), config).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_offload"));
+    cmd.args(args)
+        .arg("--tutor-root")
+        .arg(root.path())
+        .arg("--job")
+        .arg(root.path().join("job"))
+        .env_remove("OFFLOAD_TO_MEILISEARCH_KEY")
+        .env_remove("OFFLOAD_FROM_MEILISEARCH_KEY")
+        .env_remove("TUTOR_ROOT")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.output().expect("run offload"), root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_uid_or_master_key_meilisearch_refuses_stops_before_anything_is_written() {
+    let meili = server();
+    let label = meili.label.clone();
+    let p = prefix("badinput");
+    meili.owns_prefix(&p);
+    let config = |uid: &str| {
+        format!("MEILISEARCH_API_KEY_UID: {uid}\nMEILISEARCH_INDEX_PREFIX: {p}\nMEILISEARCH_MASTER_KEY: old-master-key-0123456789\n")
+    };
+    let good = fresh_uuid();
+
+    // plan, migrate and reindex refuse a uid that is not a UUID, naming the config.yml key.
+    for command in [
+        vec!["plan"],
+        vec!["migrate", "--no-progress"],
+        vec!["reindex", "--no-progress"],
+    ] {
+        let mut args = command.clone();
+        args.extend(["--to-meilisearch", meili.url.as_str()]);
+        let (out, root) = offload_with_config(
+            &config("tutor-api-key"),
+            &args,
+            &[("OFFLOAD_TO_MEILISEARCH_KEY", &meili.key)],
+        );
+        assert_exit(&out, 2);
+        let said = text(&out);
+        assert!(
+            said.contains("config.yml MEILISEARCH_API_KEY_UID: `tutor-api-key` is not a UUID")
+                && said.contains("tutor config save --set MEILISEARCH_API_KEY_UID="),
+            "{command:?}: {said}"
+        );
+        assert!(
+            !root.path().join("job").exists(),
+            "{command:?}: no job folder"
+        );
+    }
+
+    // The flag is named when it is the one at fault; a capitalised UUID is refused with the reason.
+    let (out, _root) = offload_with_config(
+        &config(&good),
+        &[
+            "reindex",
+            "--to-meilisearch",
+            &meili.url,
+            "--meilisearch-api-key-uid",
+            &good.to_ascii_uppercase(),
+        ],
+        &[("OFFLOAD_TO_MEILISEARCH_KEY", &meili.key)],
+    );
+    assert_exit(&out, 2);
+    let said = text(&out);
+    assert!(
+        said.contains("--meilisearch-api-key-uid: ") && said.contains("write it in lowercase"),
+        "{said}"
+    );
+
+    // A master key shorter than 16 bytes, from the environment or a file: named, never shown.
+    let short = "fifteen-bytes15";
+    let (out, root) = offload_with_config(
+        &config(&good),
+        &["plan", "--to-meilisearch", &meili.url],
+        &[("OFFLOAD_TO_MEILISEARCH_KEY", short)],
+    );
+    assert_exit(&out, 2);
+    let said = text(&out);
+    assert!(
+        said.contains("OFFLOAD_TO_MEILISEARCH_KEY: ") && said.contains("at least 16 bytes"),
+        "{said}"
+    );
+    assert!(!said.contains(short), "the key is not shown: {said}");
+    let key_file = root.path().join("meili-key");
+    std::fs::write(&key_file, format!("{short}\n")).unwrap();
+    let key_file = key_file.display().to_string();
+    for command in ["migrate", "reindex"] {
+        let (out, root) = offload_with_config(
+            &config(&good),
+            &[
+                command,
+                "--to-meilisearch",
+                &meili.url,
+                "--to-meilisearch-key-file",
+                &key_file,
+                "--no-progress",
+            ],
+            &[],
+        );
+        assert_exit(&out, 2);
+        let said = text(&out);
+        assert!(
+            said.contains("--to-meilisearch-key-file: ") && said.contains("at least 16 bytes"),
+            "{command}: {said}"
+        );
+        assert!(!said.contains(short), "{command}: {said}");
+        assert!(
+            !root.path().join("job").exists(),
+            "{command}: no job folder"
+        );
+    }
+    assert!(
+        meili.client().list_indexes(&p).await.unwrap().is_empty(),
+        "nothing was created on the {label}"
+    );
 }

@@ -336,7 +336,7 @@ async fn html_report_shows_the_failing_unit_in_a_browser() {
 
 use mongodb::bson::{doc, oid::ObjectId, Document};
 
-use crate::meilisearch::{server as meilisearch_server, TestMeili};
+use crate::meilisearch::{fresh_uuid, server as meilisearch_server, TestMeili};
 
 const S3_SOURCE: (&str, &str) = ("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333");
 const S3_TARGET: (&str, &str) = ("OFFLOAD_TEST_S3_TARGET", "http://127.0.0.1:28333");
@@ -525,6 +525,14 @@ impl WholePlatform {
         put_object(&buckets[0], "course-assets/logo.png", b"png bytes").await;
         put_object(&buckets[3], "grades/report.csv", b"id,grade\n1,0.9\n").await;
 
+        // The search indexes' prefix and API key uid are this test's own: a real Meilisearch is
+        // shared by every test and run, and keeps keys and indexes (the fixture's fixed key uid
+        // would be created by one test with its prefix and refused to the next).
+        let meili = meilisearch_server();
+        meili.owns_prefix(&prefix);
+        let api_key_uid = fresh_uuid();
+        meili.owns_key(&api_key_uid);
+
         // config.yml names the source servers and the names above.
         let mongo_src = url::Url::parse(&env_or(
             "OFFLOAD_TEST_MONGODB_SOURCE",
@@ -540,6 +548,7 @@ impl WholePlatform {
             format!("REDIS_HOST={}", redis_src.host_str().unwrap()),
             format!("REDIS_PORT={}", redis_src.port().unwrap()),
             format!("MEILISEARCH_INDEX_PREFIX={prefix}"),
+            format!("MEILISEARCH_API_KEY_UID={api_key_uid}"),
         ];
         for (key, b) in MINIO_KEYS.iter().zip(&buckets) {
             sets.push(format!("{key}={b}"));
@@ -553,7 +562,7 @@ impl WholePlatform {
             p,
             mongo_db,
             buckets,
-            meili: meilisearch_server(),
+            meili,
             prefix,
             _redis: redis_lock,
             _freeze: freeze_lock,

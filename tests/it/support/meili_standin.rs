@@ -1,10 +1,12 @@
-//! A Meilisearch STAND-IN for the tests: no Meilisearch server can be installed on these
-//! machines, so this in-process HTTP server keeps Meilisearch's semantics for the endpoints offload
-//! uses (asynchronous tasks with enqueued/processing/succeeded/failed statuses, settings, NDJSON
-//! and JSON documents with primary-key validation, the payload limit, index swap, keys with
-//! Meilisearch's key derivation, bearer authentication). It is not Meilisearch: results against it
-//! are stand-in results. Set OFFLOAD_TEST_MEILISEARCH_URL and OFFLOAD_TEST_MEILISEARCH_KEY to run
-//! the same tests against a real server.
+//! A Meilisearch STAND-IN for the tests: no Meilisearch server can be installed from a registry on
+//! these machines, so this in-process HTTP server keeps Meilisearch's rules for the endpoints
+//! offload uses (asynchronous tasks with enqueued/processing/succeeded/failed statuses, settings
+//! returned as the real server returns them, NDJSON and JSON documents with primary-key
+//! validation, index uid validation, the payload limit, index swap, keys whose uid must be a UUID
+//! with Meilisearch's key derivation, a master key of at least 16 bytes, bearer authentication).
+//! It is not Meilisearch: results against it are stand-in results. What it keeps was compared with
+//! a real server (docs/meilisearch.md). Set OFFLOAD_TEST_MEILISEARCH_URL and
+//! OFFLOAD_TEST_MEILISEARCH_KEY to run the same tests against a real server.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -32,7 +34,7 @@ impl Default for StandinConfig {
         StandinConfig {
             master_key: Some("standin-master-key-0123456789".into()),
             payload_limit: 100 * 1024 * 1024,
-            version: "1.8.4-standin".into(),
+            version: "1.50.0-standin".into(),
         }
     }
 }
@@ -90,13 +92,14 @@ pub struct MeiliStandin {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
+/// The settings of a new index, as Meilisearch 1.50 gives them.
 fn default_settings() -> Map<String, Value> {
     json!({
         "displayedAttributes": ["*"],
         "searchableAttributes": ["*"],
         "filterableAttributes": [],
         "sortableAttributes": [],
-        "rankingRules": ["words", "typo", "proximity", "attribute", "sort", "exactness"],
+        "rankingRules": ["words", "typo", "proximity", "attributeRank", "sort", "wordPosition", "exactness"],
         "stopWords": [],
         "nonSeparatorTokens": [],
         "separatorTokens": [],
@@ -104,20 +107,34 @@ fn default_settings() -> Map<String, Value> {
         "synonyms": {},
         "distinctAttribute": null,
         "proximityPrecision": "byWord",
-        "typoTolerance": {"enabled": true, "minWordSizeForTypos": {"oneTypo": 5, "twoTypos": 9}, "disableOnWords": [], "disableOnAttributes": []},
+        "typoTolerance": {"enabled": true, "minWordSizeForTypos": {"oneTypo": 5, "twoTypos": 9}, "disableOnWords": [], "disableOnAttributes": [], "disableOnNumbers": false},
         "faceting": {"maxValuesPerFacet": 100, "sortFacetValuesBy": {"*": "alpha"}},
         "pagination": {"maxTotalHits": 1000},
+        "embedders": {},
         "searchCutoffMs": null,
+        "localizedAttributes": null,
+        "facetSearch": true,
+        "prefixSearch": "indexingTime",
     })
     .as_object()
     .cloned()
     .expect("object")
 }
 
+/// The shortest master key Meilisearch starts with in production.
+pub const MASTER_KEY_MIN_BYTES: usize = 16;
+
 impl MeiliStandin {
     /// Start a stand-in on a random loopback port, on its own thread and runtime (so a test may
-    /// block on the `offload` binary while it serves).
+    /// block on the `offload` binary while it serves). Like Meilisearch in production, it refuses
+    /// to start with a master key shorter than 16 bytes.
     pub fn start(config: StandinConfig) -> MeiliStandin {
+        if let Some(key) = &config.master_key {
+            assert!(
+                key.len() >= MASTER_KEY_MIN_BYTES,
+                "the stand-in, like Meilisearch in production, needs a master key of at least {MASTER_KEY_MIN_BYTES} bytes"
+            );
+        }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -246,6 +263,159 @@ fn key_value(master: &str, uid: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// A key uid as Meilisearch reads one (the `uuid` crate's forms: hyphenated, simple, braced,
+/// URN; any case), in the lowercase hyphenated form the key's value is derived from; or why not,
+/// in the words of Meilisearch's `invalid_api_key_uid` message.
+fn parse_key_uid(text: &str) -> Result<String, String> {
+    let braced = text
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .filter(|t| t.len() == 36);
+    let (inner, offset) = match (text.strip_prefix("urn:uuid:"), braced) {
+        (Some(rest), _) => (rest, 9),
+        (None, Some(inner)) => (inner, 1),
+        (None, None) => (text, 0),
+    };
+    let hex: String = match inner.len() {
+        32 => inner.to_string(),
+        36 if [8, 13, 18, 23].iter().all(|&i| inner.as_bytes()[i] == b'-') => {
+            inner.replace('-', "")
+        }
+        _ => String::new(),
+    };
+    if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let h = hex.to_ascii_lowercase();
+        return Ok(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ));
+    }
+    if let Some((i, c)) = inner
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii_hexdigit() && *c != '-')
+    {
+        return Err(format!("invalid character: found `{c}` at {}", i + offset));
+    }
+    let groups: Vec<&str> = inner.split('-').collect();
+    if groups.len() == 1 {
+        return Err(format!("invalid length: found {}", text.len()));
+    }
+    if groups.len() != 5 {
+        return Err(format!(
+            "invalid group count: expected 5, found {}",
+            groups.len()
+        ));
+    }
+    let (group, (g, expected)) = groups
+        .iter()
+        .zip([8, 4, 4, 4, 12])
+        .enumerate()
+        .find(|(_, (g, n))| g.len() != *n)
+        .expect("a malformed hyphenated uuid has a group of the wrong length");
+    Err(format!(
+        "invalid group length in group {group}: expected {expected}, found {}",
+        g.len()
+    ))
+}
+
+/// Whether Meilisearch accepts `uid` as an index uid.
+fn valid_index_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 400
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn invalid_index_uid(uid: &str) -> Response<Full<Bytes>> {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_index_uid",
+        &format!("`{uid}` is not a valid index uid. Index uid can be an integer or a string containing only alphanumeric characters, hyphens (-) and underscores (_), and can not be more than 512 bytes."),
+    )
+}
+
+/// Whether Meilisearch accepts `pattern` in a key's `indexes`.
+fn valid_index_pattern(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some("") => true,
+        Some(prefix) => valid_index_uid(prefix),
+        None => valid_index_uid(pattern),
+    }
+}
+
+/// The action Meilisearch requires of an API key for a route offload uses, and the index the
+/// route is about.
+fn route_action<'a>(method: &Method, segs: &[&'a str]) -> (&'static str, Option<&'a str>) {
+    let read = *method == Method::GET;
+    match segs {
+        ["version"] => ("version", None),
+        ["indexes"] if read => ("indexes.get", None),
+        ["indexes"] => ("indexes.create", None),
+        ["indexes", uid] if read => ("indexes.get", Some(uid)),
+        ["indexes", uid] if *method == Method::DELETE => ("indexes.delete", Some(uid)),
+        ["indexes", uid] => ("indexes.update", Some(uid)),
+        ["indexes", uid, "settings", ..] if read => ("settings.get", Some(uid)),
+        ["indexes", uid, "settings", ..] => ("settings.update", Some(uid)),
+        ["indexes", uid, "documents", ..] if read => ("documents.get", Some(uid)),
+        ["indexes", uid, "documents", ..] if *method == Method::DELETE => {
+            ("documents.delete", Some(uid))
+        }
+        ["indexes", uid, "documents", ..] => ("documents.add", Some(uid)),
+        ["indexes", uid, "stats"] => ("stats.get", Some(uid)),
+        ["indexes", uid, "search"] => ("search", Some(uid)),
+        ["swap-indexes"] => ("indexes.swap", None),
+        ["tasks", ..] => ("tasks.get", None),
+        ["keys", ..] if read => ("keys.get", None),
+        ["keys", ..] if *method == Method::DELETE => ("keys.delete", None),
+        ["keys", ..] if *method == Method::POST => ("keys.create", None),
+        ["keys", ..] => ("keys.update", None),
+        _ => ("*", None),
+    }
+}
+
+/// Whether an API key may call a route: one of its actions is `*`, the route's action, or
+/// `<group>.*` of it, and one of its index patterns covers the route's index.
+fn key_allows(key: &Value, method: &Method, segs: &[&str]) -> bool {
+    let (action, index) = route_action(method, segs);
+    let strings = |field: &str| -> Vec<String> {
+        key[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let action_ok = strings("actions").iter().any(|a| {
+        a == "*"
+            || a == action
+            || a.strip_suffix(".*")
+                .is_some_and(|group| action.split('.').next() == Some(group))
+    });
+    let index_ok = index.is_none_or(|uid| {
+        strings("indexes")
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => uid.starts_with(prefix),
+                None => p == uid,
+            })
+    });
+    action_ok && index_ok
+}
+
+/// The key a `/keys/{uid_or_key}` path names: by uid when the segment reads as a UUID, else by
+/// its value.
+fn find_key<'a>(keys: &'a BTreeMap<String, Value>, id: &str) -> Option<&'a Value> {
+    match parse_key_uid(id) {
+        Ok(uid) => keys.get(&uid),
+        Err(_) => keys.values().find(|k| k["key"] == *id),
+    }
+}
+
 fn valid_document_id(v: &Value) -> Option<String> {
     match v {
         Value::String(s)
@@ -299,8 +469,10 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
                 } else {
                     v
                 };
+                // Meilisearch keeps filterable attributes (a list of rules) and searchable
+                // attributes in the order set; sortable attributes are a set, returned sorted.
                 let value = match (k.as_str(), value) {
-                    ("filterableAttributes" | "sortableAttributes", Value::Array(mut a)) => {
+                    ("sortableAttributes", Value::Array(mut a)) => {
                         a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
                         a.dedup();
                         Value::Array(a)
@@ -398,6 +570,18 @@ fn process(s: &mut State, uid: u64, _config: &StandinConfig) {
     }
 }
 
+/// How Meilisearch's error messages name a JSON value's type.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "a map",
+    }
+}
+
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == name)
@@ -444,13 +628,14 @@ async fn handle(
             );
         };
         let is_master = token == master;
-        let is_key = state
-            .lock()
-            .unwrap()
-            .keys
-            .values()
-            .any(|k| k["key"] == token);
-        if !is_master && (!is_key || segs.first() == Some(&"keys")) {
+        let allowed = is_master
+            || state
+                .lock()
+                .unwrap()
+                .keys
+                .values()
+                .any(|k| k["key"] == token && key_allows(k, &method, &segs));
+        if !allowed {
             return api_error(
                 StatusCode::FORBIDDEN,
                 "invalid_api_key",
@@ -515,6 +700,9 @@ async fn handle(
                     "Missing field `uid`",
                 );
             };
+            if !valid_index_uid(uid) {
+                return invalid_index_uid(uid);
+            }
             let pk = v["primaryKey"].as_str().map(str::to_string);
             enqueue(
                 state,
@@ -553,6 +741,12 @@ async fn handle(
                     &format!("Index `{uid}` not found."),
                 ),
             }
+        }
+        (Method::PATCH, ["indexes", uid, "settings"]) if !valid_index_uid(uid) => {
+            invalid_index_uid(uid)
+        }
+        (Method::POST | Method::PUT, ["indexes", uid, "documents"]) if !valid_index_uid(uid) => {
+            invalid_index_uid(uid)
         }
         (Method::PATCH, ["indexes", uid, "settings"]) => {
             let Ok(Value::Object(patch)) = json_body() else {
@@ -713,8 +907,26 @@ async fn handle(
         }
         (Method::GET, ["keys", id]) => {
             let s = state.lock().unwrap();
-            match s.keys.values().find(|k| k["uid"] == *id || k["key"] == *id) {
+            match find_key(&s.keys, id) {
                 Some(k) => reply(StatusCode::OK, k.clone()),
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "api_key_not_found",
+                    &format!("API key `{id}` not found."),
+                ),
+            }
+        }
+        (Method::DELETE, ["keys", id]) => {
+            let mut s = state.lock().unwrap();
+            let uid = find_key(&s.keys, id).map(|k| k["uid"].as_str().unwrap_or("").to_string());
+            match uid {
+                Some(uid) => {
+                    s.keys.remove(&uid);
+                    Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap()
+                }
                 None => api_error(
                     StatusCode::NOT_FOUND,
                     "api_key_not_found",
@@ -726,10 +938,53 @@ async fn handle(
             let Ok(v) = json_body() else {
                 return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
             };
-            let uid = v["uid"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("standin-{}", state.lock().unwrap().keys.len()));
+            // Meilisearch's checks, in its order: the uid (a UUID; a fresh one when absent), then
+            // the required fields.
+            let uid = match &v["uid"] {
+                Value::Null => {
+                    let n = state.lock().unwrap().keys.len() as u64;
+                    Ok(format!("00000000-0000-4000-8000-{n:012x}"))
+                }
+                Value::String(text) => {
+                    parse_key_uid(text).map_err(|why| format!("Invalid value at `.uid`: {why}"))
+                }
+                other => Err(format!(
+                    "Invalid value type at `.uid`: expected a string, but found {}: `{other}`",
+                    json_kind(other)
+                )),
+            };
+            let uid = match uid {
+                Ok(uid) => uid,
+                Err(message) => {
+                    return api_error(StatusCode::BAD_REQUEST, "invalid_api_key_uid", &message)
+                }
+            };
+            for (field, code) in [
+                ("actions", "missing_api_key_actions"),
+                ("indexes", "missing_api_key_indexes"),
+                ("expiresAt", "missing_api_key_expires_at"),
+            ] {
+                if v.get(field).is_none() {
+                    return api_error(
+                        StatusCode::BAD_REQUEST,
+                        code,
+                        &format!("Missing field `{field}`"),
+                    );
+                }
+            }
+            if let Some(bad) = v["indexes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| !p.as_str().is_some_and(valid_index_pattern))
+            {
+                let shown = bad.as_str().map(str::to_string).unwrap_or(bad.to_string());
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_api_key_indexes",
+                    &format!("Invalid value at `.indexes[0]`: `{shown}` is not a valid index uid pattern. Index uid patterns can be an integer or a string containing only alphanumeric characters, hyphens (-), underscores (_), and optionally end with a star (*)."),
+                );
+            }
             let mut s = state.lock().unwrap();
             if s.keys.contains_key(&uid) {
                 return api_error(
@@ -739,9 +994,9 @@ async fn handle(
                 );
             }
             let key = json!({
-                "uid": uid,
-                "key": key_value(config.master_key.as_deref().unwrap_or(""), &uid),
                 "name": v["name"], "description": v["description"],
+                "key": key_value(config.master_key.as_deref().unwrap_or(""), &uid),
+                "uid": uid,
                 "actions": v["actions"], "indexes": v["indexes"], "expiresAt": v["expiresAt"],
                 "createdAt": "2024-01-01T00:00:00Z", "updatedAt": "2024-01-01T00:00:00Z",
             });
