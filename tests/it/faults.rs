@@ -671,34 +671,7 @@ async fn redis_source_lost_mid_copy_stops_then_resumes() {
 // ---------------------------------------------------------------------------------------------
 // Object storage: two buckets of the test's own on the stack's SeaweedFS servers.
 
-fn s3_source() -> String {
-    env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333")
-}
-
-fn s3_target() -> String {
-    env_or("OFFLOAD_TEST_S3_TARGET", "http://127.0.0.1:28333")
-}
-
-fn s3_keys() -> (String, String) {
-    (
-        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
-        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
-    )
-}
-
-fn s3_client(url: &str) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-    let (a, s) = s3_keys();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(a, s, None, None, "test"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
+use crate::common::{s3_client, s3_keys, s3_source_url as s3_source, s3_target_url as s3_target};
 
 struct Objects {
     buckets: Vec<String>,

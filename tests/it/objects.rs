@@ -8,43 +8,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use md5::{Digest, Md5};
 
-use crate::common::{assert_exit, assert_safe_to_switch, env_or, text};
-
-fn source_url() -> String {
-    env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333")
-}
-
-fn target_url() -> String {
-    env_or("OFFLOAD_TEST_S3_TARGET", "http://127.0.0.1:28333")
-}
-
-fn keys() -> (String, String) {
-    (
-        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
-        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
-    )
-}
-
-/// A plain SDK client for one of the test servers (built here, independent of offload's own).
-fn client(url: &str) -> Client {
-    let (a, s) = keys();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(a, s, None, None, "test"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    Client::from_conf(conf)
-}
+use crate::common::{
+    assert_exit, assert_safe_to_switch, s3_client as client, s3_keys as keys,
+    s3_source_url as source_url, s3_target_url as target_url, text,
+};
 
 fn src() -> Client {
     client(&source_url())

@@ -654,33 +654,12 @@ impl Drop for OwnSeaweed {
     }
 }
 
-fn s3_keys() -> (String, String) {
-    (
-        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
-        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
-    )
-}
-
-fn s3_client(url: &str) -> aws_sdk_s3::Client {
-    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-    let (a, s) = s3_keys();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(a, s, None, None, "test"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// S3 stores each acknowledged object durably, so offload keeps no epoch for it: a target that
 /// restarts mid-copy still holds every object of the buckets already recorded, the copy goes on
 /// once it answers, and verify is clean.
 #[tokio::test]
 async fn s3_target_restarted_mid_copy_keeps_its_objects_and_the_copy_completes() {
-    let source_url = env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333");
+    let source_url = s3_source_url();
     let buckets: Vec<String> = ["a", "b", "c"]
         .iter()
         .map(|x| format!("it-restart{x}-{}", std::process::id()))

@@ -9,42 +9,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
 
-use crate::common::{assert_exit, env_or, text};
-
-fn source_url() -> String {
-    env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333")
-}
-
-fn target_url() -> String {
-    env_or("OFFLOAD_TEST_S3_TARGET", "http://127.0.0.1:28333")
-}
-
-fn keys() -> (String, String) {
-    (
-        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
-        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
-    )
-}
-
-/// A plain SDK client with the stack's keys, to set up and check the servers.
-fn client(url: &str) -> Client {
-    let (a, s) = keys();
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(url)
-        .force_path_style(true)
-        .credentials_provider(Credentials::new(a, s, None, None, "test"))
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    Client::from_conf(conf)
-}
+use crate::common::{
+    assert_exit, s3_client as client, s3_keys as keys, s3_source_url as source_url,
+    s3_target_url as target_url, text,
+};
 
 /// A source bucket unique to this test, holding one object.
 async fn source_bucket(tag: &str) -> String {

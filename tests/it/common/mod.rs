@@ -13,6 +13,45 @@ pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// The stack's S3 source (SeaweedFS).
+pub fn s3_source_url() -> String {
+    env_or("OFFLOAD_TEST_S3_SOURCE", "http://127.0.0.1:18333")
+}
+
+/// The stack's S3 target (SeaweedFS).
+pub fn s3_target_url() -> String {
+    env_or("OFFLOAD_TEST_S3_TARGET", "http://127.0.0.1:28333")
+}
+
+/// The stack's S3 keys (both servers, and the tests' own SeaweedFS servers, use them).
+pub fn s3_keys() -> (String, String) {
+    (
+        env_or("OFFLOAD_TEST_S3_ACCESS_KEY", "offload-test-access"),
+        env_or("OFFLOAD_TEST_S3_SECRET_KEY", "offload-test-secret"),
+    )
+}
+
+/// A plain SDK client with the stack's keys, built here independently of offload's own, to set
+/// up and check an S3 server.
+pub fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{
+        BehaviorVersion, Credentials, Region, RequestChecksumCalculation,
+        ResponseChecksumValidation,
+    };
+    let (a, s) = s3_keys();
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(a, s, None, None, "test"))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 pub fn mysql_source() -> String {
     env_or("OFFLOAD_TEST_MYSQL_SOURCE", "mysql://root@127.0.0.1:23306")
 }
