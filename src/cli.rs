@@ -297,7 +297,7 @@ pub struct ReindexArgs {
     pub indexes: Vec<String>,
 
     /// Largest NDJSON request body; keep it under the server's payload limit (100 MB by default).
-    #[arg(long, default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, default_value_t = crate::search::rebuild::DEFAULT_BATCH_BYTES, value_name = "BYTES")]
     pub meilisearch_batch_bytes: usize,
 
     /// Documents per index compared field by field after the swap.
