@@ -85,6 +85,14 @@ impl MongoEndpoint {
                 "the MongoDB URI has no host".into(),
             ));
         }
+        // A raw `/` or `?` in the user part ends the authority early, leaving the password and
+        // the real host in the path or the options, where they would be shown as a database.
+        if userinfo.is_none() && tail.contains('@') {
+            return Err(with_userinfo_hint(
+                uri,
+                "the MongoDB URI has an `@` after its host part".into(),
+            ));
+        }
         if srv && hosts.contains([',', ':']) {
             return Err(with_userinfo_hint(
                 uri,
@@ -607,5 +615,17 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("se/cret"), "{err}");
+    }
+
+    #[test]
+    fn a_raw_slash_in_the_user_part_is_refused_without_showing_the_password() {
+        for uri in [
+            "mongodb://u/ser:s3cret@host/",
+            "mongodb://u?ser:s3cret@host:27017/db",
+        ] {
+            let err = MongoEndpoint::parse(uri).unwrap_err();
+            assert!(err.contains("percent-encode"), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 }
