@@ -506,6 +506,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -655,6 +656,15 @@ def kubectl_cp(argv):
     """`kubectl cp POD:PATH DEST`: DEST becomes a copy of the folder PATH (tar's way: the
     folder's entries land directly in DEST). $STANDIN_KUBECTL_CP_FAIL makes it fail."""
     source, dest = namespaced(argv)[1:3]
+    held = os.environ.get("STANDIN_KUBECTL_CP_HOLD")
+    if held:
+        # Part of the folder arrives, then the copy hangs until it is killed; the file named by
+        # $STANDIN_KUBECTL_CP_HOLD says it is there.
+        os.makedirs(dest)
+        open(os.path.join(dest, "catalog.sqlite"), "w", encoding="utf-8").close()
+        open(held, "w", encoding="utf-8").close()
+        while True:
+            signal.pause()
     if os.environ.get("STANDIN_KUBECTL_CP_FAIL"):
         print("kubectl-standin: error: cp failed (STANDIN_KUBECTL_CP_FAIL)", file=sys.stderr)
         return 1
@@ -767,6 +777,13 @@ impl Standins {
 
     /// Tutor, with the stand-ins first on PATH.
     fn tutor(&self, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.tutor_command(root, args, env)
+            .output()
+            .expect("run tutor")
+    }
+
+    /// Tutor with the stand-ins first on `PATH`, not started.
+    fn tutor_command(&self, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = tutor_command(root);
         let path = format!(
             "{}:{}",
@@ -781,7 +798,7 @@ impl Standins {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().expect("run tutor")
+        cmd
     }
 
     /// Every invocation the stand-ins saw, in order.
@@ -1508,6 +1525,55 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).unwrap();
         }
     }
+}
+
+/// SIGTERM while the job folder is being copied down stops `tutor offload k8s-cutover` as
+/// Ctrl-C does: the fetch pod is deleted (it would hold the claim), the partial copy removed,
+/// offload never runs, exit 130.
+#[test]
+fn k8s_cutover_stopped_by_sigterm_deletes_its_pod_and_exits_130() {
+    let p = Platform::new(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen.json");
+    let standins = Standins::new(&offload_recorder(dir.path(), &seen));
+    let local = local_copy(&p.root);
+    let held = dir.path().join("cp-held");
+    let held_s = held.to_str().unwrap();
+    let mut child = standins
+        .tutor_command(
+            &p.root,
+            &["offload", "k8s-cutover"],
+            &[("STANDIN_KUBECTL_CP_HOLD", held_s)],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tutor");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !held.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tutor ended before the copy"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(partial_copy(&local).exists(), "part of the folder arrived");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 130);
+    let calls: Vec<Vec<String>> = standins.record().iter().map(argv).collect();
+    let last = calls.last().unwrap();
+    assert_eq!(last[0], "delete", "the pod is deleted last: {calls:?}");
+    assert!(
+        last.iter().any(|a| a.starts_with("offload-fetch-")),
+        "{last:?}"
+    );
+    assert!(!local.exists() && !partial_copy(&local).exists());
+    assert!(!seen.exists(), "offload ran");
 }
 
 #[test]

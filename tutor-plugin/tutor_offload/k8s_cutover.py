@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import typing as t
 from datetime import datetime
@@ -225,18 +226,46 @@ def fetch_job_folder(
     os.rename(partial, local)
 
 
+# Signals that stop this command as Ctrl-C does (`kill`, `timeout`, systemd, a closed terminal).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(_signum: int, _frame: t.Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _keep_waiting(_signum: int, _frame: t.Any) -> None:
+    """offload stops by itself on the signals sent to it: this process waits for it."""
+
+
+def _on_stop_signals(handler: t.Callable[[int, t.Any], None]) -> dict[int, t.Any]:
+    """Install `handler` for SIGTERM and SIGHUP; the handlers they had, to put back."""
+    return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
+
+def _restore(handlers: dict[int, t.Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
 def run_offload(command: list[str]) -> int:
-    """Run offload in the foreground and return its exit code. An interrupt reaches offload
-    too, and it stops by itself (exit 130): wait for it rather than kill it mid-write."""
+    """Run offload in the foreground and return its exit code. An interrupt, SIGTERM or SIGHUP
+    reaches offload too, and it stops by itself (exit 130): wait for it rather than kill it
+    mid-write."""
     click.echo(fmt.command(shlex.join(command)))
     process = subprocess.Popen(command)
-    while True:
-        try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            continue
-        # Killed by a signal: the shell's convention, 128 + its number.
-        return 128 - code if code < 0 else code
+    # Installed after the start: offload itself keeps the default handlers.
+    handlers = _on_stop_signals(_keep_waiting)
+    try:
+        while True:
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:
+                continue
+            # Killed by a signal: the shell's convention, 128 + its number.
+            return 128 - code if code < 0 else code
+    finally:
+        _restore(handlers)
 
 
 @click.command(
@@ -320,7 +349,16 @@ def cutover_from_claim(
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     pod = fetch_pod(f"offload-fetch-{stamp}", image, K8S_VOLUME, config)
     local = os.path.join(root, LOCAL_COPIES_DIR, K8S_VOLUME)
-    fetch_job_folder(namespace, pod, local, timeout)
+    # SIGTERM and SIGHUP stop the copy as Ctrl-C does: the pod is deleted, the partial copy
+    # removed, and the command exits 130.
+    handlers = _on_stop_signals(_interrupt)
+    try:
+        fetch_job_folder(namespace, pod, local, timeout)
+    except KeyboardInterrupt:
+        fmt.echo_alert("Interrupted: the fetch pod was deleted and nothing was cut over")
+        return 130
+    finally:
+        _restore(handlers)
     fmt.echo_info(f"Copied the job folder of the claim {K8S_VOLUME} to {local}")
     code = run_offload([offload, "cutover", "--job", local, "--tutor-root", root, *args])
     if code != 0:
