@@ -306,21 +306,30 @@ pub fn written_by_cutover(backup: &Path) -> Option<String> {
 /// and wrote the file with digest `current`: config.yml is then that cutover's output. Found
 /// without the job's catalog (a copy of the folder taken before the cutover has no record of it).
 pub fn cut_over_from(root: &Path, planned: &str, current: &str) -> Option<PathBuf> {
-    let mut backups: Vec<PathBuf> = std::fs::read_dir(root)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
-        })
-        .map(|e| e.path())
-        .collect();
+    let mut backups = backups(root).ok()?;
     backups.sort();
     backups.into_iter().rev().find(|b| {
         written_by_cutover(b).as_deref() == Some(current)
             && std::fs::read_to_string(b).is_ok_and(|text| text_digest(&text) == planned)
     })
+}
+
+/// The cutover backups in `root` (`config.yml.offload-backup-*` files), in no order.
+fn backups(root: &Path) -> Result<Vec<PathBuf>, TutorError> {
+    let entries = std::fs::read_dir(root).map_err(|source| TutorError::Read {
+        path: root.to_owned(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
+                && e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.path())
+        .collect())
 }
 
 /// A diff of two `config.yml` texts by setting (`-` old, `+` new), secret values masked.
@@ -1135,19 +1144,8 @@ pub fn apply_cutover(
 /// saves the current file as `config.yml.offload-before-rollback-<now>` (0600). A backup without
 /// a cutover record (older releases) counts as edited. Backups are kept.
 pub fn rollback(root: &Path, force: bool, now: &str) -> Result<RolledBack, TutorError> {
-    let entries = std::fs::read_dir(root).map_err(|source| TutorError::Read {
-        path: root.to_owned(),
-        source,
-    })?;
-    let newest = entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(BACKUP_PREFIX))
-                && e.file_type().is_ok_and(|t| t.is_file())
-        })
-        .map(|e| e.path())
+    let newest = backups(root)?
+        .into_iter()
         .max()
         .ok_or_else(|| TutorError::NoBackup {
             root: root.to_owned(),
