@@ -73,6 +73,10 @@ pub enum Command {
     /// With a job folder, checks the job's units and records the outcome; without one, plans afresh
     /// from the same flags. Exit code 1 when anything differs.
     Verify(VerifyArgs),
+    /// Keep the targets in step with the sources after the copy (MySQL's binary log, Redis'
+    /// replication stream), from where the copy read, until stopped (Ctrl-C, SIGTERM) or until
+    /// the final pass (`migrate --resume --freeze-source`) takes the job over.
+    Follow(FollowArgs),
     /// Show the job's phases and per-unit progress from its catalog (works while a job runs).
     Status(StatusArgs),
     /// Rewrite Tutor's config.yml to use the new servers (after a clean verify), with a backup.
@@ -196,6 +200,16 @@ pub struct MigrateArgs {
     /// Also write the verification report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// Longest a follower waits for changes before it records its lag and looks again.
+    #[arg(long, default_value = "1", value_parser = poll_seconds, value_name = "SECONDS")]
+    pub poll: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -333,6 +347,15 @@ fn stall_seconds(text: &str) -> Result<std::time::Duration, String> {
         Ok(s) if (0.0..=86_400.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
         _ => Err(format!(
             "--stall-timeout {text:?}: expected seconds from 0 (no limit) to 86400, e.g. 600"
+        )),
+    }
+}
+
+fn poll_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.05..=60.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "--poll {text:?}: expected seconds from 0.05 to 60, e.g. 1"
         )),
     }
 }

@@ -4,6 +4,7 @@
 
 mod copy;
 mod cutover;
+mod follow;
 mod migrate;
 mod plan;
 mod reindex;
@@ -89,6 +90,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
         Command::Migrate(args) => migrate::migrate(args, out, cancel).await,
         Command::Copy(args) => copy::copy(args, out, cancel).await,
         Command::Verify(args) => verify::verify(args, out, cancel).await,
+        Command::Follow(args) => follow::follow(args, out, cancel).await,
         Command::Status(args) => status::status(args, out),
         Command::Cutover(args) => cutover::cutover(args, out).await,
         Command::Rollback(args) => rollback::rollback(args, out),

@@ -10,10 +10,21 @@ use serde::{Deserialize, Serialize};
 
 use super::epoch::TargetEpoch;
 use super::error::CoreError;
+use super::follow::{FollowCheckpoint, StreamPosition, Touched};
 use super::progress::Phase;
 use super::store::{Cursor, StoreKind, Unit};
 
 pub const CATALOG_FILE: &str = "catalog.sqlite";
+
+/// Touched keys the catalog keeps per unit before it records the unit as touched whole (and the
+/// verify in the window checks all of it).
+pub const TOUCHED_KEYS_PER_UNIT: usize = 20_000;
+
+/// A unit a follower changed and the keys it changed there (`None`: the unit as a whole).
+pub type TouchedUnit = (String, Option<Vec<Cursor>>);
+
+/// The `touched` key that stands for a whole unit.
+const WHOLE_UNIT: &str = "*";
 
 /// What a job was started with. `guard` is compared on resume; `endpoints` lets `verify` and
 /// `status` reconnect from the job folder alone (URLs without passwords, and where each password
@@ -142,7 +153,8 @@ pub struct Catalog {
     conn: Mutex<Connection>,
 }
 
-fn now() -> String {
+/// Now, as the catalog writes times (RFC 3339, UTC).
+pub fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -159,6 +171,8 @@ CREATE TABLE IF NOT EXISTS unit (
     bytes_done INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
     verify_state TEXT, verify_detail TEXT, updated_at TEXT,
     PRIMARY KEY (store, name));
+CREATE TABLE IF NOT EXISTS touched (
+    store TEXT NOT NULL, unit TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (store, unit, key));
 CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY, at TEXT NOT NULL, level TEXT NOT NULL, store TEXT, unit TEXT,
     message TEXT NOT NULL);
@@ -299,9 +313,16 @@ impl Catalog {
 
     /// The life of a store's target that the job's writes went into, as last recorded.
     pub fn target_epoch(&self, store: StoreKind) -> Result<Option<TargetEpoch>, CoreError> {
-        let key = format!("target_epoch:{store}");
+        self.setup_value(&format!("target_epoch:{store}"))
+    }
+
+    /// A value the catalog keeps as JSON in the setup table under `key`, when there is one.
+    fn setup_value<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CoreError> {
         let text: Option<String> = self.with(|c| {
-            c.query_row("SELECT value FROM setup WHERE key = ?1", [&key], |r| {
+            c.query_row("SELECT value FROM setup WHERE key = ?1", [key], |r| {
                 r.get(0)
             })
             .optional()
@@ -313,6 +334,153 @@ impl Catalog {
             })
         })
         .transpose()
+    }
+
+    /// Where a store's change stream must be read from to apply every change the job's copy
+    /// may have missed (see `Store::stream_start`), as last recorded.
+    pub fn stream_start(&self, store: StoreKind) -> Result<Option<StreamPosition>, CoreError> {
+        self.setup_value(&format!("stream_start:{store}"))
+    }
+
+    /// Record (or with `None`, forget) where a store's change stream must be read from.
+    pub fn record_stream_start(
+        &self,
+        store: StoreKind,
+        position: Option<&StreamPosition>,
+    ) -> Result<(), CoreError> {
+        let key = format!("stream_start:{store}");
+        match position {
+            Some(p) => self.put_setup(
+                &key,
+                &serde_json::to_string(p).expect("position serializes"),
+            ),
+            None => self.with(|c| {
+                c.execute("DELETE FROM setup WHERE key = ?1", [&key])
+                    .map(|_| ())
+            }),
+        }
+    }
+
+    /// A store's follower checkpoint, when it has followed.
+    pub fn follow_checkpoint(
+        &self,
+        store: StoreKind,
+    ) -> Result<Option<FollowCheckpoint>, CoreError> {
+        self.setup_value(&format!("follow:{store}"))
+    }
+
+    /// After a follower applied changes: its new checkpoint and the keys it touched, in one
+    /// transaction, so a crash leaves either both or neither. A unit with more than
+    /// [`TOUCHED_KEYS_PER_UNIT`] touched keys is recorded as touched whole.
+    pub fn record_follow(
+        &self,
+        store: StoreKind,
+        checkpoint: &FollowCheckpoint,
+        touched: &[Touched],
+    ) -> Result<(), CoreError> {
+        let text = serde_json::to_string(checkpoint).expect("checkpoint serializes");
+        let store_name = store.as_str();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO setup(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![format!("follow:{store}"), text],
+            )?;
+            let mut by_unit: std::collections::BTreeMap<&str, Option<Vec<String>>> =
+                std::collections::BTreeMap::new();
+            for t in touched {
+                let entry = by_unit.entry(&t.unit).or_insert_with(|| Some(Vec::new()));
+                match (&t.key, entry.as_mut()) {
+                    (Some(k), Some(keys)) => keys.push(k.0.to_string()),
+                    (None, _) => *entry = None,
+                    (Some(_), None) => {}
+                }
+            }
+            let mark_whole = |tx: &rusqlite::Transaction, unit: &str| -> rusqlite::Result<()> {
+                tx.execute(
+                    "DELETE FROM touched WHERE store = ?1 AND unit = ?2",
+                    params![store_name, unit],
+                )?;
+                tx.execute(
+                    "INSERT INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
+                    params![store_name, unit, WHOLE_UNIT],
+                )
+                .map(|_| ())
+            };
+            for (unit, keys) in by_unit {
+                let whole_already = tx
+                    .query_row(
+                        "SELECT 1 FROM touched WHERE store = ?1 AND unit = ?2 AND key = ?3",
+                        params![store_name, unit, WHOLE_UNIT],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if whole_already {
+                    continue;
+                }
+                let Some(keys) = keys else {
+                    mark_whole(&tx, unit)?;
+                    continue;
+                };
+                {
+                    let mut insert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
+                    )?;
+                    for key in &keys {
+                        insert.execute(params![store_name, unit, key])?;
+                    }
+                }
+                let count: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM touched WHERE store = ?1 AND unit = ?2",
+                    params![store_name, unit],
+                    |r| r.get(0),
+                )?;
+                if count as usize > TOUCHED_KEYS_PER_UNIT {
+                    mark_whole(&tx, unit)?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// What followers changed since the last clean verify, per store and unit: the keys, or
+    /// `None` for a unit touched whole.
+    pub fn touched(&self, store: StoreKind) -> Result<Vec<TouchedUnit>, CoreError> {
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut q =
+                c.prepare("SELECT unit, key FROM touched WHERE store = ?1 ORDER BY unit, key")?;
+            let rows = q
+                .query_map([store.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let mut out: Vec<TouchedUnit> = Vec::new();
+        for (unit, key) in rows {
+            if out.last().map(|(u, _)| u != &unit).unwrap_or(true) {
+                out.push((unit.clone(), Some(Vec::new())));
+            }
+            let entry = out.last_mut().expect("pushed above");
+            if key == WHOLE_UNIT {
+                entry.1 = None;
+            } else if let Some(keys) = entry.1.as_mut() {
+                let value = serde_json::from_str(&key).map_err(|e| CoreError::Catalog {
+                    path: self.path.display().to_string(),
+                    detail: format!("unreadable touched key of {unit}: {e}"),
+                })?;
+                keys.push(Cursor(value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget what followers touched (a clean verify covered it).
+    pub fn clear_touched(&self, store: StoreKind) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM touched WHERE store = ?1", [store.as_str()])
+                .map(|_| ())
+        })
     }
 
     /// Record the life of a store's target that the job's writes go into from now on.
@@ -695,6 +863,67 @@ mod tests {
         assert!(!read_unit(old).unwrap().size_known);
         let new = old.replace(r#""sized":false"#, r#""x":1"#);
         assert!(read_unit(&new).unwrap().size_known);
+    }
+
+    #[test]
+    fn a_follow_checkpoint_and_its_touched_keys_are_kept_and_a_crowded_unit_counts_whole() {
+        use crate::core::follow::{FollowCheckpoint, Lag, StreamPosition, Touched};
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup {
+            tool_version: "t".into(),
+            guard: serde_json::json!({}),
+            endpoints: serde_json::json!({}),
+        };
+        let catalog = Catalog::create(dir.path(), &setup).unwrap();
+        let kind = StoreKind::Mysql;
+        assert_eq!(catalog.stream_start(kind).unwrap(), None);
+        let start = StreamPosition(serde_json::json!({"file": "bin.000001", "pos": 4}));
+        catalog.record_stream_start(kind, Some(&start)).unwrap();
+        assert_eq!(catalog.stream_start(kind).unwrap(), Some(start));
+        catalog.record_stream_start(kind, None).unwrap();
+        assert_eq!(catalog.stream_start(kind).unwrap(), None);
+
+        let checkpoint = FollowCheckpoint {
+            position: StreamPosition(serde_json::json!({"file": "bin.000001", "pos": 900})),
+            events: 3,
+            transactions: 1,
+            lag: Lag::default(),
+            at: now(),
+        };
+        let key = |k: i64| Touched {
+            unit: "db.t".into(),
+            key: Some(Cursor(serde_json::json!([k]))),
+        };
+        catalog
+            .record_follow(kind, &checkpoint, &[key(1), key(2), key(1)])
+            .unwrap();
+        assert_eq!(
+            catalog.follow_checkpoint(kind).unwrap(),
+            Some(checkpoint.clone())
+        );
+        assert_eq!(
+            catalog.touched(kind).unwrap(),
+            vec![(
+                "db.t".to_string(),
+                Some(vec![
+                    Cursor(serde_json::json!([1])),
+                    Cursor(serde_json::json!([2]))
+                ])
+            )]
+        );
+        let many: Vec<Touched> = (0..=TOUCHED_KEYS_PER_UNIT as i64).map(key).collect();
+        catalog.record_follow(kind, &checkpoint, &many).unwrap();
+        assert_eq!(
+            catalog.touched(kind).unwrap(),
+            vec![("db.t".to_string(), None)]
+        );
+        catalog.record_follow(kind, &checkpoint, &[key(5)]).unwrap();
+        assert_eq!(
+            catalog.touched(kind).unwrap(),
+            vec![("db.t".to_string(), None)]
+        );
+        catalog.clear_touched(kind).unwrap();
+        assert!(catalog.touched(kind).unwrap().is_empty());
     }
 
     #[test]

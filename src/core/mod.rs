@@ -8,6 +8,7 @@ pub mod delta;
 pub mod epoch;
 pub mod error;
 pub mod failpoint;
+pub mod follow;
 pub mod plan;
 pub mod progress;
 pub mod runner;

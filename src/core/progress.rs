@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::catalog::{UnitRecord, UnitState};
+use super::follow::FollowCheckpoint;
 use super::store::{StoreKind, Unit};
 
 /// The phases of a job, in order, as progress reports them and the catalog records them.
@@ -15,6 +16,8 @@ pub enum Phase {
     Prepare,
     Copy,
     Finish,
+    /// Keeping the target in step with the source's change stream after the copy.
+    Follow,
     /// The final pass: copy again only what changed.
     Delta,
     Verify,
@@ -23,12 +26,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Plan,
         Phase::Freeze,
         Phase::Prepare,
         Phase::Copy,
         Phase::Finish,
+        Phase::Follow,
         Phase::Delta,
         Phase::Verify,
         Phase::Reindex,
@@ -42,6 +46,7 @@ impl Phase {
             Phase::Prepare => "prepare",
             Phase::Copy => "copy",
             Phase::Finish => "finish",
+            Phase::Follow => "follow",
             Phase::Delta => "delta",
             Phase::Verify => "verify",
             Phase::Reindex => "reindex",
@@ -142,6 +147,8 @@ pub trait Reporter: Send + Sync {
     fn on_retry(&self, _unit: &Unit, _attempt: u32, _error: &str) {}
     /// A one-line message for the operator (not an error).
     fn on_note(&self, _message: &str) {}
+    /// A store's follower applied changes (or reports its lag while idle).
+    fn on_follow(&self, _store: StoreKind, _checkpoint: &FollowCheckpoint) {}
 }
 
 /// A reporter that shows nothing.

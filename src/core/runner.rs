@@ -327,6 +327,29 @@ struct UnitEnds {
 type UnitTasks = JoinSet<(Unit, Result<UnitEnd, CoreError>)>;
 
 impl Runner {
+    /// After a store's copy round: where its change stream must be read from to apply what the
+    /// job's reads may have missed, combined with what earlier runs recorded. When the store
+    /// cannot say, the recorded point is forgotten (a follower then starts from a fresh
+    /// snapshot, or the final pass uses the delta), never kept stale.
+    async fn record_stream_start(
+        &self,
+        kind: StoreKind,
+        store: &Arc<dyn Store>,
+    ) -> Result<(), CoreError> {
+        let earlier = self.catalog.stream_start(kind)?;
+        match store.stream_start(earlier.as_ref()).await {
+            Ok(position) => self.catalog.record_stream_start(kind, position.as_ref()),
+            Err(e) => {
+                let message = format!(
+                    "{kind}: where to follow the source's changes from could not be read ({e}); following starts from a fresh snapshot or the final pass uses the delta"
+                );
+                tracing::warn!(store = %kind, "{message}");
+                self.catalog.event("warn", Some(kind), None, &message)?;
+                self.catalog.record_stream_start(kind, None)
+            }
+        }
+    }
+
     /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped,
     /// unless their target restarted since and may have lost them: those are copied again.
     pub async fn copy(&self, stores: &[Arc<dyn Store>]) -> Result<CopySummary, CoreError> {
@@ -379,6 +402,7 @@ impl Runner {
             let ends = self.collect_unit_ends(tasks, &mut summary).await;
             for kind in &kinds_with_work {
                 by_kind[kind].end_copy().await;
+                self.record_stream_start(*kind, &by_kind[kind]).await?;
             }
             let lost = self.targets_lost(&by_kind, &watches).await;
             let lost = match lost {

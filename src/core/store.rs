@@ -5,6 +5,8 @@
 use std::fmt;
 
 use async_trait::async_trait;
+
+use super::follow::{Follower, StreamPosition};
 use serde::{Deserialize, Serialize};
 
 use super::epoch::TargetEpoch;
@@ -427,6 +429,55 @@ pub trait Store: Send + Sync {
     /// Undo [`Store::freeze_source`]. Called on every path, also after errors and Ctrl-C.
     async fn thaw_source(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// After a run's copy (`end_copy`): where the source's change stream must be read from so
+    /// that every change the job's reads may have missed is applied, combining `earlier` (what
+    /// earlier runs recorded) with this run's reads. `None`: the store has no change stream, or
+    /// this copy gives no exact point to follow from (then following starts with a fresh
+    /// snapshot where the store can take one, else the final pass uses the delta).
+    async fn stream_start(
+        &self,
+        _earlier: Option<&StreamPosition>,
+    ) -> Result<Option<StreamPosition>, StoreError> {
+        Ok(None)
+    }
+
+    /// Open the source's change stream at `from` (a position this store's `stream_start` or a
+    /// follower's checkpoint gave) and apply it to the target. `units` are the job's units of
+    /// this store, so touched keys are named by unit. Stores without a change stream say so.
+    async fn follower(
+        &self,
+        _from: &StreamPosition,
+        _units: &[Unit],
+    ) -> Result<Box<dyn Follower>, StoreError> {
+        Err(StoreError::new(
+            self.kind(),
+            "-",
+            super::error::ErrorKind::Unsupported,
+            format!("the {} store has no change stream to follow", self.kind()),
+            "the final pass copies what changed with the delta pass (offload copy --resume --delta)",
+        ))
+    }
+
+    /// Per-row digests of the rows with these keys on one side, computed as `row_digests` does
+    /// (a key with no row is left out), for the verify in the window that checks only what a
+    /// follower touched. Stores that cannot address single rows say so; the unit is then
+    /// verified whole.
+    async fn row_digests_at(
+        &self,
+        _side: Side,
+        unit: &Unit,
+        _keys: &[Cursor],
+    ) -> Result<Vec<RowDigest>, StoreError> {
+        Err(StoreError::new(
+            self.kind(),
+            "-",
+            super::error::ErrorKind::Unsupported,
+            format!("the {} store cannot digest single rows by key", self.kind()),
+            "the unit is verified whole instead",
+        )
+        .in_unit(&unit.name))
     }
 
     /// A key range of a unit in words, for reports (`id > 10 AND id <= 20`).

@@ -12,6 +12,7 @@
 mod copy;
 mod cross_checks;
 mod cutover;
+mod follow;
 mod freeze;
 pub mod lock;
 mod open;
@@ -32,6 +33,10 @@ use crate::tutor::TutorError;
 pub use copy::CopyOptions;
 pub use cross_checks::{active_versions_key, compare_course_index};
 pub use cutover::{cutover, cutover_without_job, CutoverOutcome, Forced};
+pub use follow::{
+    handover_requested, request_handover, FollowOptions, FollowSummary, FollowUntil, StoreFollowed,
+    HANDOVER_FILE,
+};
 pub use freeze::{Frozen, ThawFailure};
 pub use open::{check_job_folder, JobFolder, OpenRequest};
 pub use reindex::{reindex_alone, source_of_truth, ReindexPhase};

@@ -173,6 +173,51 @@ pub fn delta_summary(d: &DeltaSummary) -> String {
     )
 }
 
+/// A store's lag in words: `2.1 s, 40 events behind`, or `in step` when nothing is behind.
+pub fn lag(l: &crate::core::follow::Lag) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = l.seconds {
+        parts.push(format!("{s:.1} s"));
+    }
+    if let Some(b) = l.behind {
+        if b == 0 && parts.is_empty() {
+            return "in step".into();
+        }
+        parts.push(format!("{b} {} behind", l.behind_unit));
+    }
+    if parts.is_empty() {
+        "lag unknown".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What `offload follow` (or the final pass's catch-up) did, store by store.
+pub fn follow_summary(f: &crate::job::FollowSummary) -> String {
+    let mut out = format!("Follow {} after {:.1} s.\n", f.ended, f.seconds);
+    for s in &f.followed {
+        out.push_str(&format!(
+            "  {:<8} {} change(s) in {} transaction(s) this run (started from the {}); {} in all; lag: {}\n",
+            s.store.as_str(),
+            s.events,
+            s.transactions,
+            s.started_from,
+            s.checkpoint.events,
+            lag(&s.checkpoint.lag)
+        ));
+    }
+    for (store, why) in &f.not_followed {
+        out.push_str(&format!(
+            "  {:<8} not followed: {why}; the final pass copies what changed with the delta pass\n",
+            store.as_str()
+        ));
+    }
+    if f.interrupted {
+        out.push_str("Stopped; every applied change is checkpointed. `offload follow` continues from here, and `offload migrate --resume --freeze-source` takes over for the final pass.\n");
+    }
+    out
+}
+
 /// Counts by kind, `string 10, hash 2` when both sides agree, `string 10 -> 9` where not.
 pub fn kinds_line(kinds: &[KindCount]) -> String {
     kinds
