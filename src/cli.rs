@@ -197,6 +197,17 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub no_cutover: bool,
 
+    /// After the copy and a full verify, keep the targets in step with the sources (as
+    /// `offload follow`) until stopped or until the final pass (`migrate --resume
+    /// --freeze-source`) takes over; no cutover in this run.
+    #[arg(long, conflicts_with_all = ["no_cutover", "dry_run"])]
+    pub follow: bool,
+
+    /// In the final pass, compare every unit again instead of only what changed since the last
+    /// full verify.
+    #[arg(long)]
+    pub full_verify: bool,
+
     /// Also write the verification report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{inputs, Outcome, Output};
 use crate::cli::VerifyArgs;
 use crate::core::verify::{CrossCheck, VerifyOptions, VerifyReport};
-use crate::job::{verify_unplanned, JobFolder};
+use crate::job::{verify_unplanned, JobFolder, VerifyScope};
 use crate::settings::{Inputs, Settings};
 use crate::ui::{html, print};
 
@@ -40,8 +40,10 @@ pub async fn verify(
             let settings = Settings::resolve(&verify_inputs, recorded.as_ref())?;
             let job = folder.open(settings).await?;
             planned = true;
-            let verified = job.verify(&options, false, out.reporter(), &cancel).await?;
-            job.record_verify(verified.report.clean())?;
+            let verified = job
+                .verify(&options, false, VerifyScope::Full, out.reporter(), &cancel)
+                .await?;
+            job.record_verify(verified.report.clean(), &verified.report)?;
             verified.report
         }
         None => {

@@ -387,60 +387,17 @@ impl Catalog {
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![format!("follow:{store}"), text],
             )?;
-            let mut by_unit: std::collections::BTreeMap<&str, Option<Vec<String>>> =
-                std::collections::BTreeMap::new();
-            for t in touched {
-                let entry = by_unit.entry(&t.unit).or_insert_with(|| Some(Vec::new()));
-                match (&t.key, entry.as_mut()) {
-                    (Some(k), Some(keys)) => keys.push(k.0.to_string()),
-                    (None, _) => *entry = None,
-                    (Some(_), None) => {}
-                }
-            }
-            let mark_whole = |tx: &rusqlite::Transaction, unit: &str| -> rusqlite::Result<()> {
-                tx.execute(
-                    "DELETE FROM touched WHERE store = ?1 AND unit = ?2",
-                    params![store_name, unit],
-                )?;
-                tx.execute(
-                    "INSERT INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
-                    params![store_name, unit, WHOLE_UNIT],
-                )
-                .map(|_| ())
-            };
-            for (unit, keys) in by_unit {
-                let whole_already = tx
-                    .query_row(
-                        "SELECT 1 FROM touched WHERE store = ?1 AND unit = ?2 AND key = ?3",
-                        params![store_name, unit, WHOLE_UNIT],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if whole_already {
-                    continue;
-                }
-                let Some(keys) = keys else {
-                    mark_whole(&tx, unit)?;
-                    continue;
-                };
-                {
-                    let mut insert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
-                    )?;
-                    for key in &keys {
-                        insert.execute(params![store_name, unit, key])?;
-                    }
-                }
-                let count: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM touched WHERE store = ?1 AND unit = ?2",
-                    params![store_name, unit],
-                    |r| r.get(0),
-                )?;
-                if count as usize > TOUCHED_KEYS_PER_UNIT {
-                    mark_whole(&tx, unit)?;
-                }
-            }
+            insert_touched(&tx, store_name, touched)?;
+            tx.commit()
+        })
+    }
+
+    /// Keys (or whole units) something other than a follower wrote again on the target since
+    /// the last clean verify (the delta pass), so the verify in the window checks them.
+    pub fn record_touched(&self, store: StoreKind, touched: &[Touched]) -> Result<(), CoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            insert_touched(&tx, store.as_str(), touched)?;
             tx.commit()
         })
     }
@@ -739,6 +696,45 @@ impl Catalog {
         self.verdict(PhaseOwner::Job, Phase::Verify)
     }
 
+    /// A full verify (every unit, every chunk) finished: it is the baseline later verifies in
+    /// the window start from. Every unit not in `differing` was equal then; those in it (which
+    /// differed, or could not be compared) count as touched whole, so a verify in the window
+    /// compares them again. Followers and delta passes add what they write after.
+    pub fn record_full_verify(&self, differing: &[(StoreKind, String)]) -> Result<(), CoreError> {
+        let at = now();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO setup(key, value) VALUES ('last_full_verify', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [&serde_json::to_string(&at).expect("text serializes")],
+            )?;
+            tx.execute("DELETE FROM touched", [])?;
+            for (store, unit) in differing {
+                tx.execute(
+                    "INSERT OR IGNORE INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
+                    params![store.as_str(), unit, WHOLE_UNIT],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// When the last full verify finished, if nothing was copied since outside what followers
+    /// and delta passes record as touched.
+    pub fn last_full_verify(&self) -> Result<Option<String>, CoreError> {
+        self.setup_value("last_full_verify")
+    }
+
+    /// Data reached the target by a way that records no touched keys (a copy run): the last
+    /// full verify no longer covers the job.
+    pub fn forget_full_verify(&self) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM setup WHERE key = 'last_full_verify'", [])
+                .map(|_| ())
+        })
+    }
+
     /// How the job's last Meilisearch reindex ended; `None` when it never ran.
     pub fn last_reindex(&self) -> Result<Option<Verdict>, CoreError> {
         self.verdict(PhaseOwner::Store(StoreKind::Meilisearch), Phase::Reindex)
@@ -852,6 +848,70 @@ fn render(v: &serde_json::Value) -> String {
     }
 }
 
+/// Record touched keys in an open transaction: a unit touched whole, or with more than
+/// [`TOUCHED_KEYS_PER_UNIT`] keys, keeps only the whole-unit mark.
+fn insert_touched(
+    tx: &rusqlite::Transaction,
+    store_name: &str,
+    touched: &[Touched],
+) -> rusqlite::Result<()> {
+    let mut by_unit: std::collections::BTreeMap<&str, Option<Vec<String>>> =
+        std::collections::BTreeMap::new();
+    for t in touched {
+        let entry = by_unit.entry(&t.unit).or_insert_with(|| Some(Vec::new()));
+        match (&t.key, entry.as_mut()) {
+            (Some(k), Some(keys)) => keys.push(k.0.to_string()),
+            (None, _) => *entry = None,
+            (Some(_), None) => {}
+        }
+    }
+    let mark_whole = |tx: &rusqlite::Transaction, unit: &str| -> rusqlite::Result<()> {
+        tx.execute(
+            "DELETE FROM touched WHERE store = ?1 AND unit = ?2",
+            params![store_name, unit],
+        )?;
+        tx.execute(
+            "INSERT INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
+            params![store_name, unit, WHOLE_UNIT],
+        )
+        .map(|_| ())
+    };
+    for (unit, keys) in by_unit {
+        let whole_already = tx
+            .query_row(
+                "SELECT 1 FROM touched WHERE store = ?1 AND unit = ?2 AND key = ?3",
+                params![store_name, unit, WHOLE_UNIT],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if whole_already {
+            continue;
+        }
+        let Some(keys) = keys else {
+            mark_whole(tx, unit)?;
+            continue;
+        };
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO touched(store, unit, key) VALUES (?1, ?2, ?3)",
+            )?;
+            for key in &keys {
+                insert.execute(params![store_name, unit, key])?;
+            }
+        }
+        let count: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM touched WHERE store = ?1 AND unit = ?2",
+            params![store_name, unit],
+            |r| r.get(0),
+        )?;
+        if count as usize > TOUCHED_KEYS_PER_UNIT {
+            mark_whole(tx, unit)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,6 +984,17 @@ mod tests {
         );
         catalog.clear_touched(kind).unwrap();
         assert!(catalog.touched(kind).unwrap().is_empty());
+        catalog.record_follow(kind, &checkpoint, &[key(7)]).unwrap();
+        catalog
+            .record_full_verify(&[(kind, "db.u".into())])
+            .unwrap();
+        assert_eq!(
+            catalog.touched(kind).unwrap(),
+            vec![("db.u".to_string(), None)]
+        );
+        assert!(catalog.last_full_verify().unwrap().is_some());
+        catalog.forget_full_verify().unwrap();
+        assert!(catalog.last_full_verify().unwrap().is_none());
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn delta(
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore open");
             if cancel.is_cancelled() {
-                return Ok((rec.unit.name.clone(), UnitDelta::default()));
+                return Ok((rec.unit.store, rec.unit.name.clone(), UnitDelta::default()));
             }
             reporter.on_unit_start(Phase::Copy, &rec.unit);
             let result = delta_unit(
@@ -89,14 +89,22 @@ pub async fn delta(
                 Err(e) => UnitOutcome::Failed(e.to_string()),
             };
             reporter.on_unit_done(Phase::Copy, &rec.unit, &outcome);
-            result.map(|found| (rec.unit.name.clone(), found))
+            result.map(|found| (rec.unit.store, rec.unit.name.clone(), found))
         });
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok((name, found))) => {
+            Ok(Ok((kind, name, found))) => {
                 if found.chunks > 0 {
+                    // What was written again is checked again by the verify in the window.
+                    catalog.record_touched(
+                        kind,
+                        &[crate::core::follow::Touched {
+                            unit: name.clone(),
+                            key: None,
+                        }],
+                    )?;
                     summary.units_changed += 1;
                     summary.chunks_recopied += found.chunks;
                     summary.ranges_recopied += found.ranges;

@@ -10,7 +10,7 @@ use crate::core::catalog::PhaseOwner;
 use crate::core::delta::{delta, DeltaSummary};
 use crate::core::progress::{Phase, Reporter};
 use crate::core::runner::{CopySummary, RunOptions, Runner};
-use crate::core::IfExists;
+use crate::core::{IfExists, StoreKind};
 
 /// How a job copies.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,13 @@ impl Job {
                 stall_timeout: options.stall_timeout,
             },
         };
-        let summary = runner.copy(&self.stores).await?;
+        let summary = runner.copy(&self.stores).await;
+        if summary.as_ref().map_or(true, |s| s.units_copied_now > 0) {
+            // What this run wrote (or may have written, when it failed) is not covered by the
+            // last full verify: the next verify checks everything.
+            self.catalog.forget_full_verify()?;
+        }
+        let summary = summary?;
         self.catalog.phase_done(PhaseOwner::Job, Phase::Copy, "")?;
         Ok(summary)
     }
@@ -60,9 +66,27 @@ impl Job {
         reporter: Arc<dyn Reporter>,
         cancel: &CancellationToken,
     ) -> Result<DeltaSummary, JobError> {
+        let all: Vec<StoreKind> = self.stores.iter().map(|s| s.kind()).collect();
+        self.delta_of(&all, options, reporter, cancel).await
+    }
+
+    /// The delta pass over some of the job's stores (those the final pass does not follow).
+    pub async fn delta_of(
+        &self,
+        kinds: &[StoreKind],
+        options: &CopyOptions,
+        reporter: Arc<dyn Reporter>,
+        cancel: &CancellationToken,
+    ) -> Result<DeltaSummary, JobError> {
+        let stores: Vec<_> = self
+            .stores
+            .iter()
+            .filter(|s| kinds.contains(&s.kind()))
+            .cloned()
+            .collect();
         self.catalog.phase_start(PhaseOwner::Job, Phase::Delta)?;
         let d = delta(
-            &self.stores,
+            &stores,
             self.catalog.clone(),
             options.chunk_rows,
             options.parallel.max(1),

@@ -99,7 +99,60 @@ pub fn request_handover(job_dir: &Path) -> std::io::Result<()> {
     std::fs::write(job_dir.join(HANDOVER_FILE), b"")
 }
 
+/// Before a final pass: when a follower of the job in `job_dir` is running, ask it to hand the
+/// job over and wait (at most `wait`) until it has checkpointed and let go. Returns whether
+/// there was one. A holder that is not following is left alone (opening the job then says who
+/// holds it).
+pub async fn take_over_from_follower(job_dir: &Path, wait: Duration) -> Result<bool, JobError> {
+    let Some(holder) = super::lock::JobLock::holder(job_dir) else {
+        return Ok(false);
+    };
+    if !crate::core::catalog::Catalog::exists(job_dir) {
+        return Ok(false);
+    }
+    let catalog = crate::core::catalog::Catalog::open(job_dir)?;
+    let following = catalog
+        .phase(PhaseOwner::Job, Phase::Follow)?
+        .is_some_and(|p| p.started_at.is_some() && p.done_at.is_none());
+    if !following {
+        return Ok(false);
+    }
+    request_handover(job_dir).map_err(|e| {
+        CoreError::Invalid(format!(
+            "cannot ask the follower (pid {} on {}) to hand the job over: writing {} failed ({e}). Stop it (Ctrl-C or SIGTERM), then run this again",
+            holder.pid,
+            holder.host,
+            job_dir.join(HANDOVER_FILE).display()
+        ))
+    })?;
+    let deadline = Instant::now() + wait;
+    while super::lock::JobLock::holder(job_dir).is_some() {
+        if Instant::now() >= deadline {
+            return Err(CoreError::Invalid(format!(
+                "the follower of this job (pid {} on {}) was asked to hand the job over and still holds it after {} s. Stop it (Ctrl-C or SIGTERM; its checkpoint is kept), then run this again",
+                holder.pid,
+                holder.host,
+                wait.as_secs()
+            ))
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(true)
+}
+
 impl Job {
+    /// Whether any store of the job has a point to follow from (the copy recorded where its
+    /// change stream starts, or a follower checkpointed).
+    pub fn has_follow_positions(&self) -> Result<bool, JobError> {
+        for store in &self.stores {
+            if start_position(self, store.kind())?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The stores of the job that can be followed, with their followers opened at their start
     /// positions, and those that cannot, with why.
     async fn open_followers(

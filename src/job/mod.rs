@@ -34,13 +34,13 @@ pub use copy::CopyOptions;
 pub use cross_checks::{active_versions_key, compare_course_index};
 pub use cutover::{cutover, cutover_without_job, CutoverOutcome, Forced};
 pub use follow::{
-    handover_requested, request_handover, FollowOptions, FollowSummary, FollowUntil, StoreFollowed,
-    HANDOVER_FILE,
+    handover_requested, request_handover, take_over_from_follower, FollowOptions, FollowSummary,
+    FollowUntil, StoreFollowed, HANDOVER_FILE,
 };
 pub use freeze::{Frozen, ThawFailure};
 pub use open::{check_job_folder, JobFolder, OpenRequest};
 pub use reindex::{reindex_alone, source_of_truth, ReindexPhase};
-pub use verify::{verify_unplanned, JobVerify};
+pub use verify::{verify_unplanned, JobVerify, VerifyScope};
 
 /// A job ready to run: its folder, catalog, stores and settings.
 pub struct Job {

@@ -237,6 +237,13 @@ pub fn kinds_line(kinds: &[KindCount]) -> String {
 /// the command that repairs what was found (for the job in `job`, when there is one).
 pub fn verify_report(r: &VerifyReport, job: Option<&Path>) -> String {
     let mut out = String::new();
+    if let Some(w) = &r.window {
+        let _ = writeln!(
+            out,
+            "Verified in the window: {} unit(s) at the {} key(s) changed since the full verify of {}, {} unit(s) whole; {} unit(s) unchanged since then were not compared again (`offload verify` compares everything).",
+            w.units_by_key, w.keys, w.last_full_verify, w.units_whole, w.units_untouched
+        );
+    }
     for u in &r.units {
         if u.matched() {
             continue;
