@@ -208,6 +208,11 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub full_verify: bool,
 
+    /// In the final pass, do not catch up from the change streams: copy what changed with the
+    /// delta pass instead (for a source whose log no longer reaches back to the copy).
+    #[arg(long, conflicts_with = "follow")]
+    pub no_follow: bool,
+
     /// Also write the verification report as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,

@@ -122,7 +122,7 @@ async fn run_phases(
     // the verify compares only what changed since the last full verify.
     let frozen = copy.freeze_source;
     let mut covered: Vec<StoreKind> = Vec::new();
-    let followed = if frozen && job.has_follow_positions()? {
+    let followed = if frozen && !args.no_follow && job.has_follow_positions()? {
         let options = FollowOptions {
             until: FollowUntil::CaughtUp,
             poll: CATCH_UP_POLL,
