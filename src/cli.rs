@@ -87,6 +87,12 @@ pub enum Command {
     /// them from the old server), swapping each in atomically, then verify them and create the
     /// platform's API key. Exit code 1 when a rebuilt index differs from what was sent.
     Reindex(ReindexArgs),
+    /// After cutover and `tutor local start`: ask the running platform whether it works on the
+    /// new servers: the LMS and CMS heartbeats with their extended checks (MySQL, MongoDB,
+    /// Celery), a search on every index with the key browsers get, a Celery round trip through
+    /// the new Redis answered by the platform's workers, and an object read through its S3
+    /// settings. Exit code 1 when something does not work.
+    Check(CheckArgs),
 }
 
 /// Where the platform and the job are, what to move and where to.
@@ -335,6 +341,36 @@ pub struct ReindexArgs {
     pub sample: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Tutor root whose config.yml names the platform's services [default: $TUTOR_ROOT, else
+    /// ~/.local/share/tutor].
+    #[arg(long, value_name = "DIR")]
+    pub tutor_root: Option<PathBuf>,
+
+    /// The LMS as browsers reach it, e.g. https://learn.example.org (http(s)://LMS_HOST).
+    #[arg(long, value_name = "URL")]
+    pub lms_url: String,
+
+    /// Studio as browsers reach it, e.g. https://studio.learn.example.org (http(s)://CMS_HOST);
+    /// without it the CMS is not asked.
+    #[arg(long, value_name = "URL")]
+    pub cms_url: Option<String>,
+
+    /// Seconds to wait for one HTTP answer (a heartbeat's Celery check alone may take
+    /// HEARTBEAT_CELERY_TIMEOUT, 5 s by default).
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = check_seconds)]
+    pub timeout: std::time::Duration,
+
+    /// Seconds to wait for the Celery workers to answer the control ping.
+    #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = check_seconds)]
+    pub celery_timeout: std::time::Duration,
+
+    /// Also write the outcome as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
 pub enum MeilisearchModeArg {
     #[default]
@@ -372,6 +408,16 @@ fn poll_seconds(text: &str) -> Result<std::time::Duration, String> {
         Ok(s) if (0.05..=60.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
         _ => Err(format!(
             "--poll {text:?}: expected seconds from 0.05 to 60, e.g. 1"
+        )),
+    }
+}
+
+/// `--timeout`, `--celery-timeout`: seconds from 0.1 to 600.
+fn check_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if (0.1..=600.0).contains(&s) => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{text:?}: expected seconds from 0.1 to 600, e.g. 30"
         )),
     }
 }

@@ -2,6 +2,7 @@
 //! layer → print. This is the command-line edge, so errors are `anyhow` here and nowhere deeper;
 //! only these files and `ui` print.
 
+mod check;
 mod copy;
 mod cutover;
 mod follow;
@@ -87,6 +88,11 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<Outcome>
     let out = Output::of(&cli);
     match cli.command {
         Command::Plan(args) => plan::plan(args, out).await,
+        // A check writes nothing but its own short-lived Celery reply queue, which it removes.
+        Command::Check(args) => tokio::select! {
+            r = check::check(args, out) => r,
+            _ = cancel.cancelled() => Err(crate::core::CoreError::Interrupted.into()),
+        },
         Command::Migrate(args) => migrate::migrate(args, out, cancel).await,
         Command::Copy(args) => copy::copy(args, out, cancel).await,
         Command::Verify(args) => verify::verify(args, out, cancel).await,

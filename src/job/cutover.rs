@@ -15,6 +15,7 @@ use crate::search::settings::MeilisearchSettings;
 use crate::settings::Settings;
 use crate::stores::mongodb::MongoEndpoint;
 use crate::stores::objects::{ObjectSource, ObjectsSettings};
+use crate::tutor::workers::HostResources;
 use crate::tutor::{
     self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target,
     TutorConfig,
@@ -342,7 +343,7 @@ fn rewrite(
         backup: None,
         diff: plan.masked_diff(),
         warnings: plan.warnings.clone(),
-        runbook: plan.runbook(),
+        runbook: plan.runbook_ending_with(&closing_steps(cfg)),
         forced,
     };
     if dry_run {
@@ -357,6 +358,75 @@ fn rewrite(
     outcome.config = Some(applied.config_path);
     outcome.backup = Some(applied.backup_path);
     Ok(outcome)
+}
+
+/// This host's CPUs (as many as this process may use) and memory (`MemTotal`), when it can tell.
+pub fn host_resources() -> Option<HostResources> {
+    let cpus = std::thread::available_parallelism().ok()?.get() as u64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(HostResources {
+        cpus,
+        memory_bytes: kib * 1024,
+    })
+}
+
+/// The runbook's last steps, once the platform runs on the new servers: web worker counts for
+/// this host in the installed Tutor's keys, then `offload check` against the platform's own
+/// addresses.
+fn closing_steps(cfg: &TutorConfig) -> Vec<String> {
+    let mut steps = Vec::new();
+    if let Some(host) = host_resources() {
+        if let Some(advice) = tutor::workers::advise(cfg, host) {
+            steps.push(advice.step_text(host));
+        }
+    }
+    let scheme = if cfg.get_bool("ENABLE_HTTPS").unwrap_or(false) {
+        "https"
+    } else {
+        "http"
+    };
+    let host = |key: &str| {
+        cfg.get_str(key)
+            .filter(|h| !h.is_empty() && !h.contains("{{"))
+            .map(|h| format!("{scheme}://{h}"))
+    };
+    let mut command = format!(
+        "offload check --tutor-root {}",
+        shell_word(&cfg.root().display().to_string())
+    );
+    match host("LMS_HOST") {
+        Some(lms) => command.push_str(&format!(" --lms-url {}", shell_word(&lms))),
+        None => command.push_str(" --lms-url URL"),
+    }
+    if let Some(cms) = host("CMS_HOST") {
+        command.push_str(&format!(" --cms-url {}", shell_word(&cms)));
+    }
+    steps.push(format!(
+        "Check that the platform works on the new servers (the LMS and CMS heartbeats, a search \
+         with the browsers' key, a Celery round trip, an object read; exit 0 when all work):\n     {command}"
+    ));
+    steps
+}
+
+/// A word as a POSIX shell reads it back: as is when safe, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Where the platform will find one store after cutover, from the job's (or the flags') settings.

@@ -9,6 +9,7 @@
 //! It takes resolved [`Settings`], never command-line types, returns typed outcomes and prints
 //! nothing: the commands call it in the order of the runbook and hand the outcomes to `ui`.
 
+pub mod check;
 mod copy;
 mod cross_checks;
 mod cutover;

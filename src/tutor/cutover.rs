@@ -844,6 +844,12 @@ impl CutoverPlan {
 
     /// The Tutor commands to run after the new `config.yml` is written, and how to roll back.
     pub fn runbook(&self) -> String {
+        self.runbook_ending_with(&[])
+    }
+
+    /// [`Self::runbook`] with `closing` steps (text without a number; continuation lines indented
+    /// by five spaces) after Tutor's own, before how to roll back.
+    pub fn runbook_ending_with(&self, closing: &[String]) -> String {
         let root = shell_quote(&self.root.display().to_string());
         let has = |store: &str| self.stores.contains(&store);
         let mut services: Vec<&str> = Vec::new();
@@ -929,6 +935,9 @@ impl CutoverPlan {
             next(),
             self.check_keys().join(" ; tutor config printvalue ")
         );
+        for step in closing {
+            let _ = writeln!(out, "{}. {step}", next());
+        }
         let _ = writeln!(
             out,
             "\nTo roll back: offload rollback --tutor-root {root}\n  (restores config.yml from the \

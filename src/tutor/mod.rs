@@ -9,6 +9,7 @@
 pub mod cutover;
 pub(crate) mod pyyaml;
 pub mod rewrite;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

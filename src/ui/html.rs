@@ -152,6 +152,62 @@ pub fn render(
     h
 }
 
+/// `offload check`'s outcome as one self-contained page: the verdict, then one row per answer.
+pub fn render_check(report: &crate::job::check::CheckReport, meta: &[(&str, String)]) -> String {
+    use crate::job::check::CheckStatus;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>offload check: {}</title><style>{STYLE}</style></head><body>",
+        esc(&report.tutor_root)
+    );
+    let _ = write!(
+        h,
+        "<h1>offload check: {}</h1><table>",
+        esc(&report.tutor_root)
+    );
+    for (label, value) in meta {
+        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(label), esc(value));
+    }
+    h.push_str("</table>");
+    if report.working {
+        let _ = write!(
+            h,
+            "<p class=\"verdict ok\" id=\"verdict\">The platform works on its servers: {} check(s) ok, {} warning(s), {} skipped.</p>",
+            report.count(CheckStatus::Ok),
+            report.count(CheckStatus::Warning),
+            report.count(CheckStatus::Skipped)
+        );
+    } else {
+        let _ = write!(
+            h,
+            "<p class=\"verdict bad\" id=\"verdict\">NOT working: {} check(s) failed.</p>",
+            report.count(CheckStatus::Failed)
+        );
+    }
+    h.push_str(
+        "<table><tr><th>service</th><th>check</th><th>result</th><th>answer</th><th>next</th></tr>",
+    );
+    for r in &report.results {
+        let class = match r.status {
+            CheckStatus::Failed => "bad",
+            CheckStatus::Ok => "ok",
+            _ => "",
+        };
+        let _ = write!(
+            h,
+            "<tr class=\"{class}\"><td>{}</td><td><code>{}</code></td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.service),
+            esc(&r.name),
+            r.status.label(),
+            esc(&r.detail),
+            esc(r.fix.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

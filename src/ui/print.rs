@@ -560,6 +560,9 @@ pub fn maintenance_runbook() -> String {
      4. Final pass, writers held off:        offload migrate --resume --delta --freeze-source\n\
         (copies only what changed since step 1, verifies everything, then rewrites config.yml)\n\
      5. Start on the new servers:            tutor config save && tutor local start -d\n\
+     6. Check that the platform works there: offload check --lms-url URL --cms-url URL\n\
+        (heartbeats, search, a Celery round trip, an object read; cutover's runbook gives the\n\
+        exact command, and web worker counts for this host)\n\
      Roll back at any point before step 5 with: offload rollback\n"
         .to_string()
 }
@@ -585,4 +588,48 @@ pub fn cutover(done: &crate::job::CutoverOutcome) -> String {
         text.push_str(&done.runbook);
     }
     text
+}
+
+/// What `offload check` found, for people: one line per answer, what to do under each one that
+/// failed, and the verdict.
+pub fn check_report(report: &crate::job::check::CheckReport) -> String {
+    use crate::job::check::CheckStatus;
+    let mut out = String::new();
+    for r in &report.results {
+        let _ = writeln!(
+            out,
+            "[{:<7}] {:<12} {}: {}",
+            r.status.label(),
+            r.service,
+            r.name,
+            r.detail
+        );
+        if let Some(fix) = &r.fix {
+            let _ = writeln!(out, "            next: {fix}");
+        }
+    }
+    let failed = report.count(CheckStatus::Failed);
+    let warnings = report.count(CheckStatus::Warning);
+    if report.working {
+        let _ = writeln!(
+            out,
+            "The platform works on its servers: {} check(s) ok{}{}.",
+            report.count(CheckStatus::Ok),
+            if warnings > 0 {
+                format!(", {warnings} warning(s)")
+            } else {
+                String::new()
+            },
+            match report.count(CheckStatus::Skipped) {
+                0 => String::new(),
+                n => format!(", {n} skipped"),
+            }
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "NOT working: {failed} check(s) failed (see `next:` under each). Fix them, then run offload check again; `offload rollback` returns config.yml to the old servers."
+        );
+    }
+    out
 }

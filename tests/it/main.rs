@@ -3,6 +3,7 @@
 //! Endpoints come from `OFFLOAD_TEST_*` variables (printed by `scripts/stack env`), defaulting to
 //! the stack's ports. A test whose server is missing fails and says how to start it.
 
+mod check;
 mod cli;
 mod common;
 mod cutover;

@@ -2,8 +2,9 @@
 //! these machines, so this in-process HTTP server keeps Meilisearch's rules for the endpoints
 //! offload uses (asynchronous tasks with enqueued/processing/succeeded/failed statuses, settings
 //! returned as the real server returns them, NDJSON and JSON documents with primary-key
-//! validation, index uid validation, the payload limit, index swap, keys whose uid must be a UUID
-//! with Meilisearch's key derivation, a master key of at least 16 bytes, bearer authentication).
+//! validation, index uid validation, the payload limit, index swap, placeholder search, keys whose
+//! uid must be a UUID with Meilisearch's key derivation, a master key of at least 16 bytes, bearer
+//! authentication).
 //! It is not Meilisearch: results against it are stand-in results. What it keeps was compared with
 //! a real server (docs/meilisearch.md). Set OFFLOAD_TEST_MEILISEARCH_URL and
 //! OFFLOAD_TEST_MEILISEARCH_KEY to run the same tests against a real server.
@@ -852,6 +853,40 @@ async fn handle(
                         &format!("Document `{id}` not found."),
                     ),
                 },
+                None => api_error(
+                    StatusCode::NOT_FOUND,
+                    "index_not_found",
+                    &format!("Index `{uid}` not found."),
+                ),
+            }
+        }
+        // A placeholder search (`q` empty) finds every document; otherwise documents whose JSON
+        // holds `q`, without case (the stand-in has no ranking: hits come in id order).
+        (Method::POST, ["indexes", uid, "search"]) => {
+            let Ok(v) = json_body() else {
+                return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid JSON");
+            };
+            let q = v["q"].as_str().unwrap_or("").to_lowercase();
+            let limit = v["limit"].as_u64().unwrap_or(20) as usize;
+            let offset = v["offset"].as_u64().unwrap_or(0) as usize;
+            match state.lock().unwrap().indexes.get(*uid) {
+                Some(i) => {
+                    let found: Vec<&Value> = i
+                        .docs
+                        .values()
+                        .filter(|d| q.is_empty() || d.to_string().to_lowercase().contains(&q))
+                        .collect();
+                    let hits: Vec<Value> = found
+                        .iter()
+                        .skip(offset)
+                        .take(limit)
+                        .map(|d| (*d).clone())
+                        .collect();
+                    reply(
+                        StatusCode::OK,
+                        json!({"hits": hits, "query": q, "processingTimeMs": 0, "limit": limit, "offset": offset, "estimatedTotalHits": found.len()}),
+                    )
+                }
                 None => api_error(
                     StatusCode::NOT_FOUND,
                     "index_not_found",

@@ -1,6 +1,7 @@
-//! Test support beyond the shared helpers: the Meilisearch stand-in, the TCP fault proxy, and
-//! servers that speak TLS.
+//! Test support beyond the shared helpers: the Meilisearch and Open edX heartbeat stand-ins, the
+//! TCP fault proxy, and servers that speak TLS.
 
 pub mod fault_proxy;
+pub mod heartbeat_standin;
 pub mod meili_standin;
 pub mod tls;
