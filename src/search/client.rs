@@ -330,14 +330,43 @@ impl MeilisearchClient {
         primary_key: &str,
         body: Vec<u8>,
     ) -> Result<u64, StoreError> {
-        let (_, v) = self
-            .send(
-                Method::POST,
-                &format!("/indexes/{uid}/documents?primaryKey={primary_key}"),
-                Some(("application/x-ndjson", body)),
-            )
-            .await?;
-        self.task_uid(&v)
+        match self.try_add_ndjson(uid, primary_key, body).await? {
+            Some(task) => Ok(task),
+            None => Err(self.error(
+                ErrorKind::Query,
+                format!("POST /indexes/{uid}/documents answered 413: payload_too_large"),
+                "the server's payload limit (--http-payload-size-limit) is lower than the batch: pass a smaller --meilisearch-batch-bytes",
+            )),
+        }
+    }
+
+    /// [`MeilisearchClient::add_ndjson`], with `None` when the server refuses the body as larger
+    /// than its payload limit (413 `payload_too_large`), so the caller can send it in parts.
+    pub async fn try_add_ndjson(
+        &self,
+        uid: &str,
+        primary_key: &str,
+        body: Vec<u8>,
+    ) -> Result<Option<u64>, StoreError> {
+        let path = format!("/indexes/{uid}/documents?primaryKey={primary_key}");
+        let mut req = self.http.request(Method::POST, self.endpoint(&path));
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key.expose());
+        }
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body);
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.api_error(status, &Method::POST, &path, &value));
+        }
+        self.task_uid(&value).map(Some)
     }
 
     /// The number of documents in an index.

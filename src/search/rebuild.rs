@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::client::MeilisearchClient;
 use super::specs::IndexSettings;
-use crate::core::StoreError;
+use crate::core::{ErrorKind, StoreError, StoreKind};
 
 /// The suffix of the shadow index a rebuild fills before the swap.
 pub const SHADOW_SUFFIX: &str = "__offload_shadow";
@@ -142,17 +142,22 @@ where
         let mut outcome = IndexOutcome::default();
         let mut sample: BTreeMap<[u8; 16], Value> = BTreeMap::new();
         let mut body: Vec<u8> = Vec::with_capacity(options.batch_bytes.min(64 << 20));
-        let mut docs_in_body = 0u64;
         let mut pending: VecDeque<(u64, u64, u64)> = VecDeque::new();
-        let send = |body: Vec<u8>| client.add_ndjson(shadow, primary_key, body);
+        // The body size that fits the server's payload limit, halved on every 413.
+        let mut limit = options.batch_bytes;
         while let Some(doc) = rx.recv().await {
             let line = serde_json::to_vec(&doc).expect("a JSON value serializes");
-            if !body.is_empty() && body.len() + line.len() + 1 > options.batch_bytes {
-                let size = body.len() as u64;
-                let task = send(std::mem::take(&mut body)).await?;
-                pending.push_back((task, docs_in_body, size));
-                outcome.batches += 1;
-                docs_in_body = 0;
+            if !body.is_empty() && body.len() + line.len() + 1 > limit {
+                let sent = send_fitting(
+                    client,
+                    shadow,
+                    primary_key,
+                    std::mem::take(&mut body),
+                    &mut limit,
+                )
+                .await?;
+                outcome.batches += sent.len() as u64;
+                pending.extend(sent);
                 while pending.len() > options.in_flight.max(1) {
                     let (t, n, b) = pending.pop_front().expect("non-empty");
                     client.wait(t, "add a batch of documents").await?;
@@ -161,16 +166,14 @@ where
             }
             body.extend_from_slice(&line);
             body.push(b'\n');
-            docs_in_body += 1;
             outcome.documents += 1;
             outcome.bytes += line.len() as u64 + 1;
             keep_sample(&mut sample, options.sample, doc, primary_key);
         }
         if !body.is_empty() {
-            let size = body.len() as u64;
-            let task = send(body).await?;
-            pending.push_back((task, docs_in_body, size));
-            outcome.batches += 1;
+            let sent = send_fitting(client, shadow, primary_key, body, &mut limit).await?;
+            outcome.batches += sent.len() as u64;
+            pending.extend(sent);
         }
         while let Some((t, n, b)) = pending.pop_front() {
             client.wait(t, "add a batch of documents").await?;
@@ -184,6 +187,62 @@ where
     let outcome = consumed?;
     produced?;
     Ok(outcome)
+}
+
+/// Send one NDJSON body; when the server refuses it as larger than its payload limit (a server
+/// started with a lower `--http-payload-size-limit`), split it at the line nearest its middle
+/// and send the halves, and halve `limit` so later bodies fit at once. Gives each task sent, in
+/// order, with its document count and bytes. A single document larger than the limit is an
+/// error naming the limit.
+async fn send_fitting(
+    client: &MeilisearchClient,
+    shadow: &str,
+    primary_key: &str,
+    body: Vec<u8>,
+    limit: &mut usize,
+) -> Result<Vec<(u64, u64, u64)>, StoreError> {
+    let mut sent = Vec::new();
+    // Parts still to send, the next one last.
+    let mut parts = vec![body];
+    while let Some(part) = parts.pop() {
+        let docs = part.iter().filter(|&&b| b == b'\n').count() as u64;
+        let size = part.len() as u64;
+        // The body is moved into the request; keep a copy only while it may need splitting.
+        let retry = (docs > 1).then(|| part.clone());
+        match client.try_add_ndjson(shadow, primary_key, part).await? {
+            Some(task) => sent.push((task, docs, size)),
+            None => {
+                let Some(part) = retry else {
+                    return Err(StoreError::new(
+                        StoreKind::Meilisearch,
+                        "-",
+                        ErrorKind::Input,
+                        format!("one document of {size} bytes is larger than the server's payload limit"),
+                        "raise the server's --http-payload-size-limit (MEILI_HTTP_PAYLOAD_SIZE_LIMIT) above it",
+                    ));
+                };
+                let middle = part.len() / 2;
+                let cut = part[..middle]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .or_else(|| {
+                        part[middle..]
+                            .iter()
+                            .position(|&b| b == b'\n')
+                            .map(|i| middle + i)
+                    })
+                    .map(|i| i + 1)
+                    .filter(|&i| i < part.len())
+                    .unwrap_or(part.len());
+                let (first, second) = part.split_at(cut);
+                *limit = (*limit / 2).max(first.len().max(second.len()) / 2).max(1);
+                tracing::info!(index = shadow, bytes = size, now = *limit, "the server refused a batch as larger than its payload limit; sending it in halves");
+                parts.push(second.to_vec());
+                parts.push(first.to_vec());
+            }
+        }
+    }
+    Ok(sent)
 }
 
 /// Bottom-k sampling by a hash of the primary key: deterministic, bounded.
