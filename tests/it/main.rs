@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod cutover;
+mod cutover_tls;
 mod faults;
 mod fuzz;
 mod inputs;
