@@ -996,17 +996,17 @@ impl CutoverPlan {
                 next()
             );
         }
-        if let Some(note) = self.plugin_note() {
+        if let (Some(note), Some(plugin)) = (self.plugin_note(), &self.plugin) {
+            let dir = plugin.path.parent().unwrap_or(Path::new("."));
             let _ = writeln!(
                 out,
-                "{}. Nothing to do for the settings patch: {note}\n     \
-                 Run Tutor with the same TUTOR_PLUGINS_ROOT as offload (here {}).",
+                "{}. Check the settings patch: `tutor plugins list` must show {} as enabled.\n     \
+                 {note}\n     Tutor reads it from {}: run Tutor with \
+                 TUTOR_PLUGINS_ROOT={} if that is not its plugins root (`tutor plugins printroot`).",
                 next(),
-                self.plugin
-                    .as_ref()
-                    .and_then(|p| p.path.parent())
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_default()
+                plugin.name,
+                dir.display(),
+                shell_quote(&dir.display().to_string()),
             );
         }
         let _ = writeln!(

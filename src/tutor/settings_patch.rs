@@ -306,7 +306,8 @@ if isinstance(_offload_broker, str) and _offload_broker.startswith("redis://") a
         }
         let _ = writeln!(py, "_offload_mongodb_tls = {{{}}}", items.join(", "));
         py.push_str(
-            r#"mongodb_parameters.update(_offload_mongodb_tls)
+            r#"if "mongodb_parameters" in globals():
+    mongodb_parameters.update(_offload_mongodb_tls)
 for _offload_store in MODULESTORE["default"]["OPTIONS"]["stores"]:
     if "DOC_STORE_CONFIG" in _offload_store:
         _offload_store["DOC_STORE_CONFIG"].update(_offload_mongodb_tls)

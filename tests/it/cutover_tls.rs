@@ -290,7 +290,7 @@ fn tls_targets_get_a_settings_patch_that_tutor_renders_and_that_connects() {
             "_offload_redis_at = \"@127.0.0.1:{}/\"",
             redis_server.port
         )));
-        assert!(settings.contains("mongodb_parameters.update(_offload_mongodb_tls)"));
+        assert!(settings.contains("    mongodb_parameters.update(_offload_mongodb_tls)"));
     }
 
     // The rendered settings, run: TLS on, the CA written where the containers can read it, and
