@@ -27,13 +27,19 @@ pub fn rollback(args: RollbackArgs, out: Output) -> anyhow::Result<Outcome> {
         other => other?,
     };
     out.emit(
-        &json!({"restored_from": restored.restored_from, "saved_current": restored.saved_current}),
+        &json!({"restored_from": restored.restored_from, "saved_current": restored.saved_current, "removed_plugin": restored.removed_plugin}),
         || {
             let mut text = String::new();
             if let Some(saved) = &restored.saved_current {
                 text.push_str(&format!(
                     "Saved the edited config.yml as {} before rolling back.\n",
                     saved.display()
+                ));
+            }
+            if let Some(plugin) = &restored.removed_plugin {
+                text.push_str(&format!(
+                    "Removed the settings-patch plugin {} that cutover wrote.\n",
+                    plugin.display()
                 ));
             }
             text.push_str(&format!(

@@ -15,32 +15,61 @@ use crate::search::settings::MeilisearchSettings;
 use crate::settings::Settings;
 use crate::stores::mongodb::MongoEndpoint;
 use crate::stores::objects::{ObjectSource, ObjectsSettings};
+use crate::tutor::settings_patch::{self, MongodbTls, MysqlSslMode, MysqlTls, RedisTls, TargetTls};
 use crate::tutor::workers::HostResources;
 use crate::tutor::{
     self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target,
     TutorConfig,
 };
 
-/// Tutor's MongoDB keys for a target URI: one host, authentication and TLS as separate settings.
-fn mongodb_target(e: &MongoEndpoint) -> Result<MongodbTarget, JobError> {
-    if e.srv || e.hosts.contains(',') {
-        return Err(JobError::Refused(format!("the MongoDB target `{}` has several hosts or is a mongodb+srv:// name; Tutor's MONGODB_HOST takes one host, so set MONGODB_HOST and friends by hand (docs/cutover.md)", e.hosts)));
-    }
-    // `host:port`, `[v6]:port` or a bare host (IPv6 hosts are bracketed in URIs).
-    let brackets = |h: &str| h.trim_matches(|c| c == '[' || c == ']').to_string();
-    let (host, port) = match e.hosts.rsplit_once(':') {
-        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-            (brackets(h), p.parse().unwrap_or(27017))
+/// `host:port`, `[v6]:port` or a bare host of a URI's host list, as (host, port); IPv6 hosts
+/// keep their brackets.
+fn host_and_port(item: &str) -> (&str, u16) {
+    match item.rsplit_once(':') {
+        Some((h, p))
+            if !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!item.starts_with('[') || h.ends_with(']')) =>
+        {
+            (h, p.parse().unwrap_or(27017))
         }
-        _ => (brackets(&e.hosts), 27017),
-    };
+        _ => (item, 27017),
+    }
+}
+
+/// `MONGODB_HOST` and `MONGODB_PORT` for a target URI, in the forms Tutor's templates take: one
+/// host; several hosts (a replica set's members) as a comma-separated list sharing one port,
+/// since Tutor's init job waits on each at `MONGODB_PORT`; a `mongodb+srv://` name as it is.
+fn mongodb_host(e: &MongoEndpoint) -> Result<(String, u16), JobError> {
+    if e.srv {
+        return Ok((format!("mongodb+srv://{}", e.hosts), 27017));
+    }
+    let members: Vec<(&str, u16)> = e.hosts.split(',').map(host_and_port).collect();
+    if let [(host, port)] = members.as_slice() {
+        // One host: bare, as Tutor writes it (IPv6 without brackets).
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        return Ok((host.to_string(), *port));
+    }
+    let port = members[0].1;
+    if members.iter().any(|(_, p)| *p != port) {
+        return Err(JobError::Refused(format!(
+            "the MongoDB target `{}` has hosts on different ports; Tutor's MONGODB_HOST list shares one MONGODB_PORT (its init job waits on each host at that port): give the members one port, or use the replica set's mongodb+srv:// name",
+            e.hosts
+        )));
+    }
+    let hosts: Vec<&str> = members.iter().map(|(h, _)| *h).collect();
+    Ok((hosts.join(","), port))
+}
+
+/// Tutor's MongoDB keys for a target URI: the hosts, authentication and TLS as separate settings.
+fn mongodb_target(e: &MongoEndpoint) -> Result<MongodbTarget, JobError> {
+    let (host, port) = mongodb_host(e)?;
     let option = |name: &str| {
         e.options
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
     };
-    let on = |v: Option<String>| v.is_some_and(|v| v.eq_ignore_ascii_case("true"));
     Ok(MongodbTarget {
         host,
         port,
@@ -50,7 +79,7 @@ fn mongodb_target(e: &MongoEndpoint) -> Result<MongodbTarget, JobError> {
             .as_ref()
             .map(|p| p.expose().to_string())
             .unwrap_or_default(),
-        use_ssl: on(option("tls")) || on(option("ssl")),
+        use_ssl: e.tls(),
         auth_source: option("authSource")
             .or_else(|| e.path_db.clone())
             .unwrap_or_else(|| "admin".into()),
@@ -336,7 +365,8 @@ fn rewrite(
     forced: Vec<Forced>,
     dry_run: bool,
 ) -> Result<CutoverOutcome, JobError> {
-    let plan = tutor::plan_cutover(cfg, targets)?;
+    let tls = target_tls(settings, targets)?;
+    let plan = tutor::plan_cutover_with_tls(cfg, targets, &tls, &settings_patch::plugins_root())?;
     let mut outcome = CutoverOutcome {
         dry_run,
         config: None,
@@ -427,6 +457,73 @@ fn shell_word(word: &str) -> String {
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
     }
+}
+
+/// The CA certificates in `path` (a target's CA file), for the settings patch.
+fn ca_pem(store: &str, flag: &str, path: &Path) -> Result<String, JobError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        JobError::Refused(format!(
+            "cannot read the {store} target's CA file {} ({flag}): {e}; the cutover copies the CA certificates into Tutor's settings, so give a readable PEM file",
+            path.display()
+        ))
+    })
+}
+
+/// TLS of the targets being cut over that Tutor has no key for (MySQL `ssl-mode` above
+/// `preferred`, `rediss://`, a MongoDB CA or skipped check), with their CA files read.
+fn target_tls(settings: &Settings, targets: &[CutoverTarget]) -> Result<TargetTls, JobError> {
+    use crate::stores::mysql::TlsMode;
+    let moved = |pick: fn(&CutoverTarget) -> bool| targets.iter().any(pick);
+    let mut tls = TargetTls::default();
+    if let Some(m) = settings
+        .mysql()
+        .filter(|_| moved(|t| matches!(t, CutoverTarget::Mysql(_))))
+    {
+        let mode = match m.target.tls {
+            TlsMode::Disabled | TlsMode::Preferred => None,
+            TlsMode::Required => Some(MysqlSslMode::Required),
+            TlsMode::VerifyCa => Some(MysqlSslMode::VerifyCa),
+            TlsMode::VerifyIdentity => Some(MysqlSslMode::VerifyIdentity),
+        };
+        if let Some(mode) = mode {
+            let ca_pem = match &m.target.ca_file {
+                Some(f) => Some(ca_pem("MySQL", "ssl-ca", f)?),
+                None => None,
+            };
+            tls.mysql = Some(MysqlTls { mode, ca_pem });
+        }
+    }
+    if let Some(r) = settings
+        .redis()
+        .filter(|_| moved(|t| matches!(t, CutoverTarget::Redis(_))))
+    {
+        if let Some(t) = &r.target.tls {
+            let ca_pem = match &t.ca_file {
+                Some(f) => Some(ca_pem("Redis", "ca=", f)?),
+                None => None,
+            };
+            tls.redis = Some(RedisTls {
+                verify: !t.insecure,
+                ca_pem,
+            });
+        }
+    }
+    if let Some(m) = settings
+        .mongodb()
+        .filter(|_| moved(|t| matches!(t, CutoverTarget::Mongodb(_))))
+    {
+        if m.target.tls() {
+            let ca_pem = match m.target.ca_file() {
+                Some(f) => Some(ca_pem("MongoDB", "tlsCAFile", &f)?),
+                None => None,
+            };
+            tls.mongodb = Some(MongodbTls {
+                ca_pem,
+                allow_invalid_certificates: m.target.skips_certificate_check(),
+            });
+        }
+    }
+    Ok(tls)
 }
 
 /// Where the platform will find one store after cutover, from the job's (or the flags') settings.
@@ -563,6 +660,38 @@ mod tests {
         assert_eq!(
             (t.addressing_style.as_str(), t.region.as_str()),
             ("auto", "us-east-1")
+        );
+    }
+
+    #[test]
+    fn mongodb_hosts_take_the_forms_tutor_reads() {
+        let target = |uri: &str| mongodb_target(&MongoEndpoint::parse(uri).unwrap());
+        let t = target("mongodb://u:p@m1.internal:27018/?authSource=admin").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.use_ssl),
+            ("m1.internal", 27018, false)
+        );
+        let t = target("mongodb://u:p@[fd00::5]:27019/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("fd00::5", 27019));
+        let t = target("mongodb://u:p@m1:27018,m2:27018,[fd00::5]:27018/?replicaSet=rs0&tls=true")
+            .unwrap();
+        assert_eq!(t.host, "m1,m2,[fd00::5]");
+        assert_eq!(
+            (t.port, t.use_ssl, t.replica_set.as_str()),
+            (27018, true, "rs0")
+        );
+        let t = target("mongodb://u:p@m1,m2/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("m1,m2", 27017));
+        // TLS is on by default for mongodb+srv://, and Tutor passes MONGODB_USE_SSL as `ssl`.
+        let t = target("mongodb+srv://u:p@cluster0.example.mongodb.net/").unwrap();
+        assert_eq!(t.host, "mongodb+srv://cluster0.example.mongodb.net");
+        assert!(t.use_ssl);
+        let err = target("mongodb://u:p@m1:27017,m2:27018/")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("different ports") && err.contains("mongodb+srv://"),
+            "{err}"
         );
     }
 

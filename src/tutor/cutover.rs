@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml::Value;
 
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
+use super::settings_patch::{self, SettingsPatchPlugin, TargetTls};
 use super::{
     is_secret_key, pyyaml, text_digest, Redacted, TutorConfig, TutorError, CONFIG_FILENAME,
     KNOWN_TUTOR_MAJORS,
@@ -49,6 +50,8 @@ pub struct MysqlPluginUser {
 /// The external MongoDB server. Authentication goes in these fields, never inside `host`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MongodbTarget {
+    /// `MONGODB_HOST` as Tutor's templates take it: one host, a comma-separated list of hosts
+    /// that all listen on `port` (a replica set's members), or `mongodb+srv://name`.
     pub host: String,
     pub port: u16,
     /// Empty for no authentication.
@@ -145,6 +148,8 @@ pub struct CutoverPlan {
     stores: Vec<&'static str>,
     original: String,
     updated: String,
+    /// The Tutor plugin holding the settings Tutor has no key for, when a target needs one.
+    plugin: Option<SettingsPatchPlugin>,
 }
 
 impl std::fmt::Debug for MysqlTarget {
@@ -236,6 +241,7 @@ impl std::fmt::Debug for CutoverPlan {
             .field("stores", &self.stores)
             .field("edits", &self.edits)
             .field("warnings", &self.warnings)
+            .field("plugin", &self.plugin.as_ref().map(|p| &p.path))
             .finish_non_exhaustive()
     }
 }
@@ -256,6 +262,8 @@ pub struct RolledBack {
     pub restored_from: PathBuf,
     /// Where the replaced `config.yml` was saved first (`--force` over edits made after cutover).
     pub saved_current: Option<PathBuf>,
+    /// The settings-patch plugin file the cutover wrote, now removed.
+    pub removed_plugin: Option<PathBuf>,
 }
 
 /// What rollback would discard: `config.yml` is not the file cutover wrote.
@@ -283,6 +291,9 @@ const SAVED_PREFIX: &str = "config.yml.offload-before-rollback-";
 struct CutoverRecord {
     written_digest: String,
     original_mode: u32,
+    /// The settings-patch plugin file this cutover wrote and enabled, which rollback removes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plugin_file: Option<PathBuf>,
 }
 
 /// The cutover record that belongs to `backup` (same timestamp, [`RECORD_PREFIX`]).
@@ -387,6 +398,41 @@ fn check_host(store: &'static str, field: &str, host: &str) -> Result<(), TutorE
                  port or path: those have their own settings)"
             ),
         ));
+    }
+    Ok(())
+}
+
+/// `MONGODB_HOST` in a form Tutor 22 handles: its LMS init job waits for `mongodb+srv://` names
+/// not at all, and for each host of a comma-separated list on `MONGODB_PORT`, while pymongo takes
+/// the value as its `host`. So a list holds bare hosts (IPv6 ones in brackets), no ports.
+fn check_mongodb_host(host: &str) -> Result<(), TutorError> {
+    if let Some(name) = host.strip_prefix("mongodb+srv://") {
+        if name.contains(',') || name.contains(':') {
+            return Err(target_error(
+                "MongoDB",
+                "a mongodb+srv:// host names one DNS name, without a port",
+            ));
+        }
+        return check_host("MongoDB", "the mongodb+srv:// name", name);
+    }
+    if !host.contains(',') {
+        return check_host("MongoDB", "host", host);
+    }
+    for member in host.split(',') {
+        let bare = member
+            .strip_prefix('[')
+            .and_then(|m| m.strip_suffix(']'))
+            .filter(|m| m.parse::<Ipv6Addr>().is_ok())
+            .unwrap_or(member);
+        if bare != member || !bare.contains(':') {
+            check_host("MongoDB", "each host of the list", bare)?;
+        } else {
+            return Err(target_error(
+                "MongoDB",
+                "each host of the list must be a bare host name or address (IPv6 in brackets), \
+                 without a port: Tutor's init job waits on every host at MONGODB_PORT",
+            ));
+        }
     }
     Ok(())
 }
@@ -502,7 +548,7 @@ fn plan_mongodb(
     edits: &mut ConfigEdits,
     warnings: &mut Vec<String>,
 ) -> Result<(), TutorError> {
-    check_host("MongoDB", "host", &t.host)?;
+    check_mongodb_host(&t.host)?;
     check_port("MongoDB", t.port)?;
     if t.username.is_empty() != t.password.is_empty() {
         return Err(target_error(
@@ -758,6 +804,18 @@ pub fn plan_cutover(
     cfg: &TutorConfig,
     targets: &[CutoverTarget],
 ) -> Result<CutoverPlan, TutorError> {
+    plan_cutover_with_tls(cfg, targets, &TargetTls::default(), Path::new(""))
+}
+
+/// [`plan_cutover`], plus the settings Tutor has no key for (`tls`): when a target needs them,
+/// a settings-patch plugin in `plugins_root` (Tutor's, [`settings_patch::plugins_root`]),
+/// enabled in `PLUGINS`.
+pub fn plan_cutover_with_tls(
+    cfg: &TutorConfig,
+    targets: &[CutoverTarget],
+    tls: &TargetTls,
+    plugins_root: &Path,
+) -> Result<CutoverPlan, TutorError> {
     if let Some(version) = cfg.tutor_version_hint() {
         check_tutor_version(&version, targets)?;
     }
@@ -778,6 +836,10 @@ pub fn plan_cutover(
             CutoverTarget::S3(t) => plan_s3(cfg, t, &mut edits, &mut warnings)?,
         }
     }
+    let plugin = settings_patch::plan_plugin(cfg.root(), plugins_root, tls, &stores)?;
+    if let Some(plugin) = &plugin {
+        enable_plugin(cfg, &mut edits, &plugin.name);
+    }
     let updated = apply_edits_at(cfg.raw(), &edits, &cfg.path())?;
     tracing::debug!(
         stores = ?stores,
@@ -792,7 +854,23 @@ pub fn plan_cutover(
         stores,
         original: cfg.raw().to_owned(),
         updated,
+        plugin,
     })
+}
+
+/// Adds `name` to `PLUGINS` (as edited so far, else as the file has it), kept sorted as
+/// `tutor plugins enable` writes it.
+fn enable_plugin(cfg: &TutorConfig, edits: &mut ConfigEdits, name: &str) {
+    let mut plugins: BTreeSet<String> = match edits.get("PLUGINS") {
+        Some(Some(Value::Sequence(items))) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => cfg.plugins().into_iter().collect(),
+    };
+    plugins.insert(name.to_owned());
+    let plugins: Vec<Value> = plugins.into_iter().map(Value::String).collect();
+    edits.set("PLUGINS", Value::Sequence(plugins));
 }
 
 /// Lines of one setting's block as it reads in the file, with secret values masked.
@@ -819,6 +897,24 @@ impl CutoverPlan {
         self.updated != self.original
     }
 
+    /// The settings-patch plugin this cutover writes and enables, if a target needs one.
+    pub fn settings_patch(&self) -> Option<&SettingsPatchPlugin> {
+        self.plugin.as_ref()
+    }
+
+    /// The lines the diff and the runbook give about the settings-patch plugin.
+    fn plugin_note(&self) -> Option<String> {
+        let p = self.plugin.as_ref()?;
+        Some(format!(
+            "Tutor has no setting for TLS to {}: the Tutor plugin {} ({}) patches the Open edX \
+             settings (openedx-common-settings) and config.yml enables it (PLUGINS). It holds \
+             no secret; `tutor plugins list` shows it; offload rollback removes it.",
+            p.stores.join(", "),
+            p.name,
+            p.path.display()
+        ))
+    }
+
     /// A diff of `config.yml` by setting (`-` old, `+` new), secret values shown as `********`.
     pub fn masked_diff(&self) -> String {
         let path = self.root.join(CONFIG_FILENAME);
@@ -838,6 +934,9 @@ impl CutoverPlan {
             for line in after.map(|b| masked_block(key, b)).unwrap_or_default() {
                 let _ = writeln!(out, "+{line}");
             }
+        }
+        if let Some(note) = self.plugin_note() {
+            let _ = writeln!(out, "(new file) {note}");
         }
         out
     }
@@ -901,6 +1000,19 @@ impl CutoverPlan {
                  pip install \"git+https://github.com/hastexo/tutor-contrib-s3\"\n     \
                  `tutor plugins list` must then show s3 as enabled",
                 next()
+            );
+        }
+        if let (Some(note), Some(plugin)) = (self.plugin_note(), &self.plugin) {
+            let dir = plugin.path.parent().unwrap_or(Path::new("."));
+            let _ = writeln!(
+                out,
+                "{}. Check the settings patch: `tutor plugins list` must show {} as enabled.\n     \
+                 {note}\n     Tutor reads it from {}: run Tutor with \
+                 TUTOR_PLUGINS_ROOT={} if that is not its plugins root (`tutor plugins printroot`).",
+                next(),
+                plugin.name,
+                dir.display(),
+                shell_quote(&dir.display().to_string()),
             );
         }
         let _ = writeln!(
@@ -1118,9 +1230,15 @@ pub fn apply_cutover(
     };
     // What is about to be written, recorded first: rollback restores only over this file.
     let record_path = root.join(format!("{RECORD_PREFIX}{now}"));
+    // A plugin the file already enables belongs to an earlier cutover: rollback leaves it.
+    let new_plugin = plan
+        .plugin
+        .as_ref()
+        .filter(|p| !plan_enables(&plan.original, &p.name));
     let record = CutoverRecord {
         written_digest: text_digest(&plan.updated),
         original_mode,
+        plugin_file: new_plugin.map(|p| p.path.clone()),
     };
     let record_text = serde_json::to_string(&record).expect("record serializes") + "\n";
     if let Err(source) = create_file(&record_path, record_text.as_bytes(), private) {
@@ -1129,8 +1247,17 @@ pub fn apply_cutover(
         }
         return Err(write_error(&record_path, source));
     }
+    if let Some(plugin) = &plan.plugin {
+        if let Err(e) = settings_patch::write_plugin(plugin) {
+            let _ = std::fs::remove_file(&record_path);
+            return Err(e);
+        }
+    }
     if let Err(e) = write_atomically(&path, plan.updated.as_bytes(), identity) {
         let _ = std::fs::remove_file(&record_path);
+        if let Some(plugin) = new_plugin {
+            let _ = settings_patch::remove_plugin(&plugin.path);
+        }
         return Err(e);
     }
     tracing::info!(
@@ -1143,6 +1270,28 @@ pub fn apply_cutover(
         backup_path,
         config_path: path,
     })
+}
+
+/// Whether the `config.yml` text `text` lists `name` in `PLUGINS`.
+fn plan_enables(text: &str, name: &str) -> bool {
+    read_mapping(text, Path::new(CONFIG_FILENAME)).is_ok_and(|m| {
+        m.get("PLUGINS")
+            .and_then(Value::as_sequence)
+            .is_some_and(|items| items.iter().any(|v| v.as_str() == Some(name)))
+    })
+}
+
+/// Removes the settings-patch plugin a cutover wrote (its record names it), once config.yml no
+/// longer enables it.
+fn remove_cutover_plugin(record: Option<&CutoverRecord>) -> Result<Option<PathBuf>, TutorError> {
+    let Some(path) = record.and_then(|r| r.plugin_file.as_ref()) else {
+        return Ok(None);
+    };
+    let removed = settings_patch::remove_plugin(path)?;
+    if removed {
+        tracing::info!(plugin = %path.display(), "removed the settings-patch plugin cutover wrote");
+    }
+    Ok(removed.then(|| path.clone()))
 }
 
 /// Restores `<root>/config.yml` from the newest offload backup, byte for byte, with the mode
@@ -1232,9 +1381,11 @@ pub fn rollback(root: &Path, force: bool, now: &str) -> Result<RolledBack, Tutor
         backup = %newest.display(),
         "restored Tutor config.yml from backup"
     );
+    let removed_plugin = remove_cutover_plugin(record.as_ref())?;
     Ok(RolledBack {
         restored_from: newest,
         saved_current,
+        removed_plugin,
     })
 }
 
@@ -1393,6 +1544,30 @@ mod tests {
         }
         for good in ["mongo.internal", "10.0.0.5", "::1", "fd00::5"] {
             assert!(check_host("MongoDB", "host", good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn mongodb_host_may_be_a_list_or_an_srv_name_as_tutor_takes_them() {
+        for good in [
+            "mongo.internal",
+            "m1.internal,m2.internal,m3.internal",
+            "10.0.0.5,[fd00::5]",
+            "mongodb+srv://cluster0.example.mongodb.net",
+        ] {
+            assert!(check_mongodb_host(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "m1:27017,m2:27017",
+            "m1,,m2",
+            "m1,fd00::5",
+            "mongodb+srv://a,b",
+            "mongodb+srv://a:27017",
+            "mongodb+srv://",
+            "mongodb://m1",
+            "u:p@m1,m2",
+        ] {
+            assert!(check_mongodb_host(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod cutover;
 pub(crate) mod pyyaml;
 pub mod rewrite;
+pub mod settings_patch;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -17,9 +18,10 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 pub use cutover::{
-    apply_cutover, cut_over_from, plan_cutover, rollback, written_by_cutover, AppliedCutover,
-    CutoverPlan, CutoverTarget, EditedAfterCutover, MeilisearchTarget, MongodbTarget,
-    MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack, S3Target,
+    apply_cutover, cut_over_from, plan_cutover, plan_cutover_with_tls, rollback,
+    written_by_cutover, AppliedCutover, CutoverPlan, CutoverTarget, EditedAfterCutover,
+    MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
+    S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
 

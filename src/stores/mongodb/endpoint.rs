@@ -206,6 +206,21 @@ impl MongoEndpoint {
         self.options.push((key.to_string(), value.to_string()));
     }
 
+    /// The `tlsCAFile` option, percent-decoded.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.option("tlsCAFile").map(|f| decode(f).into())
+    }
+
+    /// Whether the certificate check is skipped (`tlsAllowInvalidCertificates` or `tlsInsecure`).
+    pub fn skips_certificate_check(&self) -> bool {
+        ["tlsAllowInvalidCertificates", "tlsInsecure"]
+            .iter()
+            .any(|k| {
+                self.option(k)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            })
+    }
+
     /// Whether the connection uses TLS.
     pub fn tls(&self) -> bool {
         let on = |v: Option<&str>| v.map(|v| v.eq_ignore_ascii_case("true"));

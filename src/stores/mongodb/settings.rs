@@ -130,20 +130,52 @@ impl StoreEndpoint for MongoEndpoint {
 pub fn from_tutor(cfg: &TutorConfig) -> Result<MongoEndpoint, SettingsError> {
     let text = |k: &str| config_text(cfg, k).filter(|v| !v.is_empty());
     let host = text("MONGODB_HOST").unwrap_or_else(|| "mongodb".into());
-    for one in host.split(',') {
-        check_host(one).map_err(|d| {
-            invalid(
-                "config.yml MONGODB_HOST",
-                format!("{d}; fix it in config.yml or pass --from-mongodb URI"),
-            )
-        })?;
+    // As Tutor's templates take it: one host, a list of hosts on MONGODB_PORT, or an SRV name.
+    let (srv, list) = match host.strip_prefix("mongodb+srv://") {
+        Some(name) => (true, name.to_string()),
+        None => (false, host.clone()),
+    };
+    let bad = |d: String| {
+        invalid(
+            "config.yml MONGODB_HOST",
+            format!("{d}; fix it in config.yml or pass --from-mongodb URI"),
+        )
+    };
+    let unbracket = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| h.to_owned())
+    };
+    for one in list.split(',') {
+        check_host(&unbracket(one.trim())).map_err(bad)?;
+    }
+    if srv && list.contains(',') {
+        return Err(bad(format!(
+            "`{host}` names several hosts, and a mongodb+srv:// name is one DNS name"
+        )));
     }
     let port = config_port(cfg, "MONGODB_PORT", 27017, "--from-mongodb")?;
+    let hosts = if srv {
+        list
+    } else {
+        list.split(',')
+            .map(|h| {
+                let h = unbracket(h.trim());
+                if h.contains(':') {
+                    format!("[{h}]:{port}")
+                } else {
+                    format!("{h}:{port}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut e = MongoEndpoint {
-        srv: false,
+        srv,
         user: text("MONGODB_USERNAME"),
         password: None,
-        hosts: format!("{host}:{port}"),
+        hosts,
         path_db: None,
         options: Vec::new(),
     };
@@ -321,5 +353,18 @@ mod tests {
             from_tutor(&tutor("PLUGINS: []\n")).unwrap().hosts,
             "mongodb:27017"
         );
+        // The forms cutover writes for several hosts and SRV names read back as they were.
+        let e = from_tutor(&tutor(
+            "MONGODB_HOST: m1,m2,[fd00::5]\nMONGODB_PORT: 27018\n",
+        ))
+        .unwrap();
+        assert_eq!(e.hosts, "m1:27018,m2:27018,[fd00::5]:27018");
+        assert!(!e.srv);
+        let e = from_tutor(&tutor(
+            "MONGODB_HOST: mongodb+srv://cluster0.example.net\nMONGODB_USE_SSL: true\n",
+        ))
+        .unwrap();
+        assert_eq!((e.srv, e.hosts.as_str()), (true, "cluster0.example.net"));
+        assert!(e.tls());
     }
 }
