@@ -16,8 +16,8 @@ use crate::settings::Settings;
 use crate::stores::mongodb::MongoEndpoint;
 use crate::stores::objects::{ObjectSource, ObjectsSettings};
 use crate::tutor::{
-    self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target,
-    TutorConfig,
+    self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget,
+    RedisTarget, S3Target, TutorConfig,
 };
 
 /// Tutor's MongoDB keys for a target URI: one host, authentication and TLS as separate settings.
@@ -142,6 +142,23 @@ fn meilisearch_target(m: &MeilisearchSettings) -> Result<MeilisearchTarget, JobE
         master_key,
         api_key,
     })
+}
+
+/// The enabled plugins' MySQL databases and users as config.yml has them: the cutover keeps
+/// them, and its runbook names each plugin's init.
+fn plugin_users(cfg: &TutorConfig) -> Result<Vec<MysqlPluginUser>, JobError> {
+    Ok(cfg
+        .mysql_plugins()?
+        .plugins
+        .into_iter()
+        .map(|p| MysqlPluginUser {
+            plugin: p.plugin,
+            prefix: p.prefix,
+            database: p.database,
+            username: p.username,
+            password: p.password,
+        })
+        .collect())
 }
 
 /// Whether a store may be switched, or why not.
@@ -382,7 +399,7 @@ fn cutover_target(
                         .unwrap_or_default(),
                 ),
                 app: None,
-                plugin_users: Vec::new(),
+                plugin_users: plugin_users(cfg)?,
             })
         }
         StoreKind::Redis => {
