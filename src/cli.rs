@@ -153,8 +153,9 @@ pub struct CopyArgs {
     #[arg(long, value_enum, default_value_t = IfExistsArg::Refuse)]
     pub if_exists: IfExistsArg,
 
-    /// Create the application user from config.yml (OPENEDX_MYSQL_USERNAME and its password) on the
-    /// target MySQL, with privileges on its database.
+    /// Create the application users from config.yml on the target MySQL, each with privileges on
+    /// its database: Open edX's (OPENEDX_MYSQL_USERNAME and its password) and each enabled
+    /// plugin's (DISCOVERY_MYSQL_USERNAME, NOTES_MYSQL_USERNAME, ...).
     #[arg(long)]
     pub create_users: bool,
 

@@ -18,8 +18,8 @@ use crate::stores::objects::{ObjectSource, ObjectsSettings};
 use crate::tutor::settings_patch::{self, MongodbTls, MysqlSslMode, MysqlTls, RedisTls, TargetTls};
 use crate::tutor::workers::HostResources;
 use crate::tutor::{
-    self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlTarget, RedisTarget, S3Target,
-    TutorConfig,
+    self, CutoverTarget, MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget,
+    RedisTarget, S3Target, TutorConfig,
 };
 
 /// `host:port`, `[v6]:port` or a bare host of a URI's host list, as (host, port); IPv6 hosts
@@ -172,6 +172,23 @@ fn meilisearch_target(m: &MeilisearchSettings) -> Result<MeilisearchTarget, JobE
         master_key,
         api_key,
     })
+}
+
+/// The enabled plugins' MySQL databases and users as config.yml has them: the cutover keeps
+/// them, and its runbook names each plugin's init.
+fn plugin_users(cfg: &TutorConfig) -> Result<Vec<MysqlPluginUser>, JobError> {
+    Ok(cfg
+        .mysql_plugins()?
+        .plugins
+        .into_iter()
+        .map(|p| MysqlPluginUser {
+            plugin: p.plugin,
+            prefix: p.prefix,
+            database: p.database,
+            username: p.username,
+            password: p.password,
+        })
+        .collect())
 }
 
 /// Whether a store may be switched, or why not.
@@ -549,7 +566,7 @@ fn cutover_target(
                         .unwrap_or_default(),
                 ),
                 app: None,
-                plugin_users: Vec::new(),
+                plugin_users: plugin_users(cfg)?,
             })
         }
         StoreKind::Redis => {

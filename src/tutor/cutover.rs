@@ -34,17 +34,22 @@ pub struct MysqlTarget {
     /// Open edX's own user (`OPENEDX_MYSQL_USERNAME`, `OPENEDX_MYSQL_PASSWORD`), written only
     /// where it differs from the current setting.
     pub app: Option<(String, String)>,
-    /// Plugin users (`<PREFIX>_MYSQL_USERNAME`, `<PREFIX>_MYSQL_PASSWORD`), written only where
-    /// they differ from the current settings.
+    /// The enabled plugins' databases and users (`<PREFIX>_MYSQL_DATABASE`, `_USERNAME`,
+    /// `_PASSWORD`), kept, and written only where they differ from the current settings; the
+    /// runbook names each plugin's init.
     pub plugin_users: Vec<MysqlPluginUser>,
 }
 
-/// A plugin's MySQL user, e.g. prefix `DISCOVERY` for `DISCOVERY_MYSQL_USERNAME`.
+/// A plugin's MySQL database and user, e.g. prefix `DISCOVERY` for `DISCOVERY_MYSQL_USERNAME`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MysqlPluginUser {
+    /// The plugin's name, for `tutor local do init --limit=<plugin>`.
+    pub plugin: String,
     pub prefix: String,
+    pub database: String,
     pub username: String,
-    pub password: String,
+    /// `None` when config.yml has none yet (`tutor config save` generates it).
+    pub password: Option<String>,
 }
 
 /// The external MongoDB server. Authentication goes in these fields, never inside `host`.
@@ -146,6 +151,8 @@ pub struct CutoverPlan {
     pub warnings: Vec<String>,
     root: PathBuf,
     stores: Vec<&'static str>,
+    /// The plugins whose MySQL database and user moved with MySQL: (plugin, database, user).
+    mysql_plugins: Vec<(String, String, String)>,
     original: String,
     updated: String,
     /// The Tutor plugin holding the settings Tutor has no key for, when a target needs one.
@@ -171,9 +178,11 @@ impl std::fmt::Debug for MysqlTarget {
 impl std::fmt::Debug for MysqlPluginUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MysqlPluginUser")
+            .field("plugin", &self.plugin)
             .field("prefix", &self.prefix)
+            .field("database", &self.database)
             .field("username", &self.username)
-            .field("password", &Redacted(&self.password))
+            .field("password", &self.password.as_deref().map(Redacted))
             .finish()
     }
 }
@@ -528,17 +537,38 @@ fn plan_mysql(
         warn_unescaped(warnings, "OPENEDX_MYSQL_PASSWORD", password, false);
     }
     for user in &t.plugin_users {
-        let username_key = format!("{}_MYSQL_USERNAME", user.prefix);
-        if !pyyaml::is_plain_key(&username_key) || user.prefix.is_empty() {
+        let key = |what: &str| format!("{}_MYSQL_{what}", user.prefix);
+        if !pyyaml::is_plain_key(&key("USERNAME")) || user.prefix.is_empty() {
             return Err(target_error(
                 "MySQL",
                 "a plugin prefix must be a setting-name prefix such as DISCOVERY",
             ));
         }
-        set_if_changed(edits, cfg, &username_key, &user.username);
-        let password_key = format!("{}_MYSQL_PASSWORD", user.prefix);
-        set_if_changed(edits, cfg, &password_key, &user.password);
-        warn_unescaped(warnings, &password_key, &user.password, false);
+        if user.plugin.is_empty() || user.database.is_empty() || user.username.is_empty() {
+            return Err(target_error(
+                "MySQL",
+                format!(
+                    "{}: a plugin's name, database and username must not be empty",
+                    user.prefix
+                ),
+            ));
+        }
+        // Kept as they are (the plugin's defaults stay defaults); written only if they differ.
+        set_if_changed(edits, cfg, &key("DATABASE"), &user.database);
+        set_if_changed(edits, cfg, &key("USERNAME"), &user.username);
+        match &user.password {
+            Some(password) => {
+                set_if_changed(edits, cfg, &key("PASSWORD"), password);
+                warn_unescaped(warnings, &key("PASSWORD"), password, false);
+            }
+            None => warnings.push(format!(
+                "{} is not in config.yml yet: `tutor config save` generates it, and `tutor local \
+                 do init --limit={}` then creates user `{}` with it on the new MySQL",
+                key("PASSWORD"),
+                user.plugin,
+                user.username
+            )),
+        }
     }
     Ok(())
 }
@@ -822,6 +852,7 @@ pub fn plan_cutover_with_tls(
     let mut edits = ConfigEdits::new();
     let mut warnings = Vec::new();
     let mut stores = Vec::new();
+    let mut mysql_plugins = Vec::new();
     for target in targets {
         let store = target.store();
         if stores.contains(&store) {
@@ -829,7 +860,14 @@ pub fn plan_cutover_with_tls(
         }
         stores.push(store);
         match target {
-            CutoverTarget::Mysql(t) => plan_mysql(cfg, t, &mut edits, &mut warnings)?,
+            CutoverTarget::Mysql(t) => {
+                plan_mysql(cfg, t, &mut edits, &mut warnings)?;
+                mysql_plugins.extend(
+                    t.plugin_users
+                        .iter()
+                        .map(|u| (u.plugin.clone(), u.database.clone(), u.username.clone())),
+                );
+            }
             CutoverTarget::Mongodb(t) => plan_mongodb(t, &mut edits, &mut warnings)?,
             CutoverTarget::Redis(t) => plan_redis(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::Meilisearch(t) => plan_meilisearch(cfg, t, &mut edits, &mut warnings)?,
@@ -852,6 +890,7 @@ pub fn plan_cutover_with_tls(
         warnings,
         root: cfg.root().to_owned(),
         stores,
+        mysql_plugins,
         original: cfg.raw().to_owned(),
         updated,
         plugin,
@@ -963,17 +1002,28 @@ impl CutoverPlan {
                 services.push(service);
             }
         }
-        let mut inits = Vec::new();
+        let mut inits: Vec<(String, String)> = Vec::new();
         if has("MySQL") {
             inits.push((
-                "mysql",
-                "creates the databases and the openedx user on the new MySQL",
+                "mysql".into(),
+                "creates the databases and the openedx user on the new MySQL".into(),
             ));
+            for (plugin, database, user) in &self.mysql_plugins {
+                inits.push((
+                    plugin.clone(),
+                    format!(
+                        "creates user `{user}` (password from config.yml) with its grant on \
+                         `{database}`, unless `offload copy --create-users` did; then the \
+                         plugin's own init (migrations, OAuth2 clients, search index) on the \
+                         copied data"
+                    ),
+                ));
+            }
         }
         if has("Meilisearch") {
             inits.push((
-                "meilisearch",
-                "creates the API key (uid MEILISEARCH_API_KEY_UID) on the new Meilisearch",
+                "meilisearch".into(),
+                "creates the API key (uid MEILISEARCH_API_KEY_UID) on the new Meilisearch".into(),
             ));
         }
         let mut out = String::new();
@@ -1424,9 +1474,11 @@ mod tests {
             root_password: Some("hunter2".into()),
             app: Some(("openedx".into(), "swordfish".into())),
             plugin_users: vec![MysqlPluginUser {
+                plugin: "discovery".into(),
                 prefix: "DISCOVERY".into(),
+                database: "discovery".into(),
                 username: "d".into(),
-                password: "letmein".into(),
+                password: Some("letmein".into()),
             }],
         });
         let shown = format!("{target:?}");
@@ -1535,6 +1587,56 @@ mod tests {
                     && w.contains("source database 0")),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn plugin_users_are_kept_and_their_inits_named() {
+        let (_root, cfg) =
+            config_of("DISCOVERY_MYSQL_PASSWORD: d1sc\nPLUGINS:\n- discovery\n- notes\n");
+        let user = |plugin: &str, prefix: &str, password: Option<&str>| MysqlPluginUser {
+            plugin: plugin.into(),
+            prefix: prefix.into(),
+            database: plugin.into(),
+            username: plugin.into(),
+            password: password.map(String::from),
+        };
+        let target = CutoverTarget::Mysql(MysqlTarget {
+            host: "db.internal".into(),
+            port: 3306,
+            root_username: "admin".into(),
+            root_password: None,
+            app: None,
+            plugin_users: vec![
+                user("discovery", "DISCOVERY", Some("d1sc")),
+                user("notes", "NOTES", None),
+            ],
+        });
+        let plan = plan_cutover(&cfg, &[target]).unwrap();
+        assert!(
+            plan.edits.iter().all(|(k, _)| !k.contains("_MYSQL_")),
+            "the plugins' settings (defaults included) stay as they are: {:?}",
+            plan.edits
+        );
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.starts_with("NOTES_MYSQL_PASSWORD is not in config.yml")),
+            "{:?}",
+            plan.warnings
+        );
+        let runbook = plan.runbook();
+        for plugin in ["discovery", "notes"] {
+            assert!(
+                runbook.contains(&format!(
+                    "tutor local do init --limit={plugin}    # creates user `{plugin}`"
+                )),
+                "{runbook}"
+            );
+            assert!(
+                runbook.contains(&format!("tutor k8s do init --limit={plugin}")),
+                "{runbook}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! PyYAML does (`yes` is a boolean), not with `serde_yaml`'s YAML 1.2 rules.
 
 pub mod cutover;
+pub mod plugins;
 pub(crate) mod pyyaml;
 pub mod rewrite;
 pub mod settings_patch;
@@ -23,6 +24,7 @@ pub use cutover::{
     MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
     S3Target,
 };
+pub use plugins::{KnownMysqlPlugin, PluginMysql, PluginMysqlFindings, MYSQL_PLUGINS};
 pub use rewrite::{apply_edits, ConfigEdits};
 
 /// The file Tutor keeps its settings in, inside the project root.
@@ -438,7 +440,8 @@ impl TutorConfig {
             .or_else(|| builtin(CORE_DEFAULTS))
             .or_else(|| {
                 (plugin_defaults && self.minio_enabled()).then(|| builtin(MINIO_DEFAULTS))?
-            })?;
+            })
+            .or_else(|| plugin_defaults.then(|| self.plugin_mysql_default(key))?)?;
         match self.env.get(key) {
             Some(text) => Some(parse_env_value(text)),
             None => Some(known),

@@ -19,6 +19,7 @@ mod mongodb;
 mod mysql;
 mod objects;
 mod plugin;
+mod plugins;
 mod progress;
 mod reach;
 mod redis;

@@ -49,6 +49,16 @@ pub struct AppUser {
     pub database: String,
 }
 
+/// An enabled Tutor plugin's own database and user (from config.yml), for the plan to check
+/// that the copy takes the database along.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginDatabase {
+    /// The plugin's name, as in `tutor local do init --limit=<plugin>`.
+    pub plugin: String,
+    pub database: String,
+    pub user: String,
+}
+
 /// Choices for a MySQL migration.
 #[derive(Debug, Clone)]
 pub struct MysqlOptions {
@@ -57,6 +67,10 @@ pub struct MysqlOptions {
     /// Databases never to copy.
     pub exclude: Vec<String>,
     pub create_users: Vec<AppUser>,
+    /// The enabled plugins' databases (discovery, notes, ...), which the copy must include.
+    pub plugins: Vec<PluginDatabase>,
+    /// What the plan should say about other plugins (no database of their own, or unknown).
+    pub plugin_notes: Vec<String>,
     /// Rough size of one batch read from the source.
     pub batch_bytes: u64,
     /// Tables larger than this with an integer key are split into key ranges copied in parallel.
@@ -76,6 +90,8 @@ impl Default for MysqlOptions {
             databases: Vec::new(),
             exclude: Vec::new(),
             create_users: Vec::new(),
+            plugins: Vec::new(),
+            plugin_notes: Vec::new(),
             batch_bytes: 8 * 1024 * 1024,
             split_bytes: 64 * 1024 * 1024,
             statement_bytes: 4 * 1024 * 1024,

@@ -1,19 +1,20 @@
 //! The MySQL store's settings: its flags, and its source and target resolved from them, Tutor's
 //! config.yml (`MYSQL_*`, with Tutor's defaults), the environment, password files and a job's
-//! record; plus what the job records to find them again (never a password).
+//! record; the enabled Tutor plugins' own databases and users; plus what the job records to find
+//! them again (never a password).
 
 use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{AppUser, MysqlEndpoint, MysqlOptions, TlsMode};
+use super::{AppUser, MysqlEndpoint, MysqlOptions, PluginDatabase, TlsMode};
 use crate::core::Side;
 use crate::resolve::{
     config_host, config_port, config_text, invalid, resolve_side, EndpointRecord, ResolveContext,
     SettingsError, SideSpec, StoreEndpoint,
 };
 use crate::secret::{Secret, SecretSource};
-use crate::tutor::TutorConfig;
+use crate::tutor::{TutorConfig, TutorError};
 
 /// The MySQL flags.
 #[derive(Debug, clap::Args, Clone, Default)]
@@ -162,6 +163,10 @@ pub fn resolve(
         args.exclude.clone()
     };
 
+    let plugins = match ctx.tutor {
+        Some(cfg) => tutor_plugins(cfg, ctx.create_users)?,
+        None => TutorPlugins::default(),
+    };
     let mut create_users = Vec::new();
     if ctx.create_users {
         let cfg = ctx.tutor.ok_or_else(|| invalid("--create-users", "needs Tutor's config.yml for OPENEDX_MYSQL_USERNAME and its password; pass --tutor-root"))?;
@@ -179,6 +184,7 @@ pub fn resolve(
             password: Secret::new(password),
             database,
         });
+        create_users.extend(plugins.users);
     }
     Ok(MysqlSettings {
         source,
@@ -189,10 +195,66 @@ pub fn resolve(
             databases,
             exclude,
             create_users,
+            plugins: plugins.databases,
+            plugin_notes: plugins.notes,
             batch_rows: ctx.batch_rows,
             split_bytes: args.split_bytes.max(1),
             ..MysqlOptions::default()
         },
+    })
+}
+
+/// What config.yml says of the enabled Tutor plugins with a MySQL database of their own.
+#[derive(Default)]
+struct TutorPlugins {
+    databases: Vec<PluginDatabase>,
+    /// On the other plugins (no database of their own, or one offload cannot name).
+    notes: Vec<String>,
+    /// Their users to create on the target (`--create-users`).
+    users: Vec<AppUser>,
+}
+
+/// The enabled Tutor plugins' own databases, notes on the other plugins, and (when `with_users`)
+/// the plugins' users to create on the target, from config.yml.
+fn tutor_plugins(cfg: &TutorConfig, with_users: bool) -> Result<TutorPlugins, SettingsError> {
+    let found = cfg.mysql_plugins().map_err(|e| match e {
+        TutorError::Value { key, reason } => invalid(format!("config.yml {key}"), reason),
+        other => invalid("config.yml", other.to_string()),
+    })?;
+    let databases = found
+        .plugins
+        .iter()
+        .map(|p| PluginDatabase {
+            plugin: p.plugin.clone(),
+            database: p.database.clone(),
+            user: p.username.clone(),
+        })
+        .collect();
+    let mut users = Vec::new();
+    if with_users {
+        for p in &found.plugins {
+            let password = p.password.as_ref().ok_or_else(|| {
+                invalid(
+                    "--create-users",
+                    format!(
+                        "config.yml has no {} for the enabled {} plugin; run `tutor config \
+                         save` first",
+                        p.key("PASSWORD"),
+                        p.plugin
+                    ),
+                )
+            })?;
+            users.push(AppUser {
+                name: p.username.clone(),
+                password: Secret::new(password.clone()),
+                database: p.database.clone(),
+            });
+        }
+    }
+    Ok(TutorPlugins {
+        databases,
+        notes: found.notes,
+        users,
     })
 }
 

@@ -1,12 +1,13 @@
 //! What offload tells before any work: both servers' versions, the privileges of both users,
 //! whether the source can be read from one snapshot, whether the target takes writes and knows
-//! the source's collations, and which databases will be copied.
+//! the source's collations, which databases will be copied, and whether they include every
+//! enabled Tutor plugin's own database.
 
 use std::collections::BTreeSet;
 
 use mysql_async::prelude::*;
 
-use super::MysqlStore;
+use super::{MysqlStore, PluginDatabase};
 use crate::core::store::{Check, Survey};
 use crate::core::{Side, StoreError};
 
@@ -201,7 +202,87 @@ pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
             dbs.join(", ")
         }
     ));
+    plugin_checks(store, &dbs, &mut survey).await?;
     Ok(survey)
+}
+
+/// One check per enabled Tutor plugin with a database of its own: the copy must take that
+/// database along, since the cutover points the plugin at the new server too.
+async fn plugin_checks(
+    store: &MysqlStore,
+    chosen: &[String],
+    survey: &mut Survey,
+) -> Result<(), StoreError> {
+    if store.options.plugins.is_empty() {
+        survey
+            .notes
+            .extend(store.options.plugin_notes.iter().cloned());
+        return Ok(());
+    }
+    let on_source: BTreeSet<String> = store
+        .query_strings(
+            Side::Source,
+            "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA",
+            vec![],
+        )
+        .await?
+        .into_iter()
+        .collect();
+    for p in &store.options.plugins {
+        let (ok, detail) = plugin_database_status(p, chosen, &on_source, &store.options);
+        survey
+            .checks
+            .push(Check::new(format!("plugin {}", p.plugin), ok, detail));
+    }
+    survey
+        .notes
+        .extend(store.options.plugin_notes.iter().cloned());
+    Ok(())
+}
+
+/// Whether the copy takes a plugin's database along, and what the plan says about it.
+fn plugin_database_status(
+    p: &PluginDatabase,
+    chosen: &[String],
+    on_source: &BTreeSet<String>,
+    options: &super::MysqlOptions,
+) -> (bool, String) {
+    let (db, user, plugin) = (&p.database, &p.user, &p.plugin);
+    if chosen.contains(db) {
+        let users = if options.create_users.iter().any(|u| &u.name == user) {
+            format!("user `{user}` is created on the target with its grants (--create-users)")
+        } else {
+            format!(
+                "user `{user}` is created on the target by `offload copy --create-users`, or \
+                 by `tutor local do init --limit={plugin}` after cutover"
+            )
+        };
+        return (true, format!("database `{db}` is copied; {users}"));
+    }
+    if !on_source.contains(db) {
+        return (
+            true,
+            format!(
+                "database `{db}` is not on the source (the plugin's init has not run there): \
+                 nothing to copy; `tutor local do init --limit={plugin}` after cutover creates \
+                 it and user `{user}` on the new server"
+            ),
+        );
+    }
+    let why = if options.exclude.contains(db) {
+        "--exclude leaves it out"
+    } else {
+        "--databases does not name it"
+    };
+    (
+        false,
+        format!(
+            "database `{db}` is on the source but {why}: after cutover {plugin} would use the \
+             new server and find no data. Add `{db}` to --databases (or drop it from \
+             --exclude), or disable the plugin (`tutor plugins disable {plugin}`) if it is no \
+             longer used"
+        ),
+    )
 }
 
 /// Whether the target server reports replicas or cluster peers: information for the plan, since
@@ -286,5 +367,53 @@ impl MysqlStore {
             .await
             .map_err(|e| self.err(side, e))?;
         Ok(value.flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::stores::mysql::{AppUser, MysqlOptions};
+
+    #[test]
+    fn a_plugin_database_left_out_of_the_copy_fails_its_check() {
+        let p = PluginDatabase {
+            plugin: "discovery".into(),
+            database: "discovery".into(),
+            user: "disco".into(),
+        };
+        let on_source: BTreeSet<String> = ["openedx", "discovery"].map(String::from).into();
+        let mut options = MysqlOptions::default();
+        let chosen = ["openedx".to_string(), "discovery".to_string()];
+
+        let (ok, detail) = plugin_database_status(&p, &chosen, &on_source, &options);
+        assert!(ok && detail.contains("is copied"), "{detail}");
+        assert!(detail.contains("--limit=discovery"), "{detail}");
+        options.create_users.push(AppUser {
+            name: "disco".into(),
+            password: Secret::new("pw"),
+            database: "discovery".into(),
+        });
+        let (_, detail) = plugin_database_status(&p, &chosen, &on_source, &options);
+        assert!(
+            detail.contains("with its grants (--create-users)"),
+            "{detail}"
+        );
+
+        let (ok, detail) = plugin_database_status(&p, &chosen[..1], &on_source, &options);
+        assert!(
+            !ok && detail.contains("--databases does not name it"),
+            "{detail}"
+        );
+        options.exclude.push("discovery".into());
+        let (ok, detail) = plugin_database_status(&p, &chosen[..1], &on_source, &options);
+        assert!(
+            !ok && detail.contains("--exclude leaves it out"),
+            "{detail}"
+        );
+
+        let (ok, detail) = plugin_database_status(&p, &chosen[..1], &BTreeSet::new(), &options);
+        assert!(ok && detail.contains("not on the source"), "{detail}");
     }
 }
