@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod cutover;
+mod cutover_es;
 mod faults;
 mod fuzz;
 mod inputs;
