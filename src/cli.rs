@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::search::elasticsearch::ElasticsearchArgs;
 use crate::search::settings::SearchArgs;
 use crate::stores::mongodb::settings::MongoArgs;
 use crate::stores::mysql::settings::MysqlArgs;
@@ -131,6 +132,9 @@ pub struct JobArgs {
 
     #[command(flatten)]
     pub search: SearchArgs,
+
+    #[command(flatten)]
+    pub elasticsearch: ElasticsearchArgs,
 
     #[command(flatten)]
     pub objects: ObjectsArgs,

@@ -20,7 +20,7 @@ pub enum SettingsError {
     Invalid { what: String, detail: String },
     #[error("no target given for {store}. Pass --to-{store} URL or a --targets file")]
     NoTarget { store: String },
-    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI, --to-redis URL, --to-s3 URL or --to-meilisearch URL (or a --targets file)")]
+    #[error("no store has a target: pass --to-mysql URL, --to-mongodb URI, --to-redis URL, --to-s3 URL, --to-meilisearch URL or (Tutor 18 and older) --to-elasticsearch URL (or a --targets file)")]
     NothingToDo,
     #[error(
         "the {store} store is not available in this version of offload; leave it out of --stores"

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::core::catalog::Setup;
 use crate::core::{Store, StoreKind};
 use crate::resolve::{invalid, ResolveContext, SettingsError, TargetsFile};
+use crate::search::elasticsearch::{ElasticsearchArgs, ElasticsearchSettings};
 use crate::search::settings::{MeilisearchSettings, SearchArgs};
 use crate::stores::mongodb::settings::MongoSettings;
 use crate::stores::mysql::settings::MysqlSettings;
@@ -26,6 +27,8 @@ pub struct Settings {
     /// The copy stores taking part, in the order of [`COPY_STORES`].
     pub stores: Vec<StoreSettings>,
     pub meilisearch: Option<MeilisearchSettings>,
+    /// Tutor 18 and older: the Elasticsearch the platform moves to (nothing is copied to it).
+    pub elasticsearch: Option<ElasticsearchSettings>,
     pub parallel: usize,
 }
 
@@ -45,6 +48,7 @@ pub struct Inputs {
     pub deep: bool,
     pub store_args: StoreArgs,
     pub search: SearchArgs,
+    pub elasticsearch: ElasticsearchArgs,
 }
 
 impl Inputs {
@@ -52,6 +56,7 @@ impl Inputs {
     pub fn names_endpoints(&self) -> bool {
         self.targets.is_some()
             || self.search.to_meilisearch.is_some()
+            || self.elasticsearch.to_elasticsearch.is_some()
             || COPY_STORES
                 .iter()
                 .any(|k| self.store_args.names_endpoint(*k))
@@ -211,12 +216,18 @@ impl Settings {
         } else {
             None
         };
+        // Elasticsearch is not a store (nothing is copied): it takes part whenever named.
+        let elasticsearch = crate::search::elasticsearch::resolve(
+            &inputs.elasticsearch,
+            recorded.and_then(|r| r.get("elasticsearch")),
+        )?;
         let settings = Settings {
             tutor_root,
             tutor,
             job_dir,
             stores,
             meilisearch,
+            elasticsearch,
             parallel: inputs.parallel.max(1),
         };
         if settings.is_empty() {
@@ -227,7 +238,7 @@ impl Settings {
 
     /// Whether no store is selected.
     pub fn is_empty(&self) -> bool {
-        self.stores.is_empty() && self.meilisearch.is_none()
+        self.stores.is_empty() && self.meilisearch.is_none() && self.elasticsearch.is_none()
     }
 
     pub fn mysql(&self) -> Option<&MysqlSettings> {
@@ -285,6 +296,9 @@ impl Settings {
         if let Some(m) = &self.meilisearch {
             endpoints.insert("meilisearch".into(), m.record());
             guard.insert("meilisearch".into(), m.identity());
+        }
+        if let Some(e) = &self.elasticsearch {
+            endpoints.insert("elasticsearch".into(), e.record());
         }
         endpoints.insert(
             "tutor_root".into(),

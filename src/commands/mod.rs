@@ -137,6 +137,7 @@ pub fn inputs(args: &JobArgs) -> Inputs {
             objects: args.objects.clone(),
         },
         search: args.search.clone(),
+        elasticsearch: args.elasticsearch.clone(),
     }
 }
 

@@ -325,6 +325,7 @@ pub fn cutover(
         }
         targets.push(cutover_target(settings, kind, &cfg)?);
     }
+    targets.extend(elasticsearch_target(settings));
     if targets.is_empty() {
         return Err(JobError::Refused(format!(
             "the job in {} has no store to cut over",
@@ -371,7 +372,17 @@ pub fn cutover_without_job(
         });
         targets.push(cutover_target(settings, kind, &cfg)?);
     }
+    targets.extend(elasticsearch_target(settings));
     rewrite(settings, &cfg, &targets, forced, dry_run)
+}
+
+/// The Elasticsearch target (Tutor 18 and older), when named. It needs no verify: nothing is
+/// copied to it, its indexes are rebuilt after cutover by the runbook's commands.
+fn elasticsearch_target(settings: &Settings) -> Option<CutoverTarget> {
+    settings
+        .elasticsearch
+        .as_ref()
+        .map(|e| CutoverTarget::Elasticsearch(e.target()))
 }
 
 /// Plan the rewrite of config.yml for these targets and, unless dry, apply it with a backup.

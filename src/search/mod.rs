@@ -9,6 +9,7 @@
 pub mod api_key;
 pub mod client;
 pub mod documents;
+pub mod elasticsearch;
 pub mod plan;
 pub mod rebuild;
 pub mod settings;
@@ -129,9 +130,9 @@ pub fn elasticsearch_note(cfg: &TutorConfig) -> Option<String> {
     let es = cfg.is_set_in_file("RUN_ELASTICSEARCH") || cfg.is_set_in_file("ELASTICSEARCH_HOST");
     es.then(|| {
         "this platform's config.yml has RUN_ELASTICSEARCH / ELASTICSEARCH_HOST: it searches with Elasticsearch (Tutor v18 or older). \
-         offload does not copy Elasticsearch indexes and does not change the Elasticsearch settings. It can build the Meilisearch \
-         indexes that Tutor v19 and newer serve (offload reindex --to-meilisearch URL), ready for after the Tutor upgrade; until then \
-         the platform keeps searching Elasticsearch"
+         offload does not copy Elasticsearch indexes: they are rebuilt. With --to-elasticsearch URL the cutover points the platform at \
+         a new Elasticsearch and its runbook gives the reindex commands (see the Elasticsearch section). offload can also build the \
+         Meilisearch indexes that Tutor v19 and newer serve (offload reindex --to-meilisearch URL), ready for after the Tutor upgrade"
             .to_string()
     })
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
+use super::elasticsearch::{self, ElasticsearchTarget};
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
 use super::settings_patch::{self, SettingsPatchPlugin, TargetTls};
 use super::{
@@ -126,6 +127,8 @@ pub enum CutoverTarget {
     Redis(RedisTarget),
     Meilisearch(MeilisearchTarget),
     S3(S3Target),
+    /// Tutor 15 to 18 only (see `tutor::elasticsearch`).
+    Elasticsearch(ElasticsearchTarget),
 }
 
 impl CutoverTarget {
@@ -136,6 +139,7 @@ impl CutoverTarget {
             CutoverTarget::Redis(_) => "Redis",
             CutoverTarget::Meilisearch(_) => "Meilisearch",
             CutoverTarget::S3(_) => "S3",
+            CutoverTarget::Elasticsearch(_) => "Elasticsearch",
         }
     }
 }
@@ -150,6 +154,10 @@ pub struct CutoverPlan {
     /// Things the user must know or do by hand (e.g. buckets the S3 plugin has no setting for).
     pub warnings: Vec<String>,
     root: PathBuf,
+    /// The enabled plugins (`PLUGINS`) before cutover, for the runbook.
+    plugins: Vec<String>,
+    /// The Elasticsearch target, for the runbook's patch and reindex steps.
+    elasticsearch: Option<ElasticsearchTarget>,
     stores: Vec<&'static str>,
     /// The plugins whose MySQL database and user moved with MySQL: (plugin, database, user).
     mysql_plugins: Vec<(String, String, String)>,
@@ -387,7 +395,7 @@ fn masked_text_diff(path: &Path, old_text: &str, new_text: &str, new_label: &str
 }
 const MASK: &str = "********";
 
-fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
+pub(super) fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
     TutorError::Target {
         store,
         reason: reason.into(),
@@ -395,7 +403,7 @@ fn target_error(store: &'static str, reason: impl Into<String>) -> TutorError {
 }
 
 /// A host name or IP address, without scheme, credentials, port or path.
-fn check_host(store: &'static str, field: &str, host: &str) -> Result<(), TutorError> {
+pub(super) fn check_host(store: &'static str, field: &str, host: &str) -> Result<(), TutorError> {
     let bad = host.is_empty()
         || host.contains(|c: char| c.is_whitespace() || "/@?#".contains(c))
         || (host.contains(':') && host.parse::<Ipv6Addr>().is_err());
@@ -446,7 +454,7 @@ fn check_mongodb_host(host: &str) -> Result<(), TutorError> {
     Ok(())
 }
 
-fn check_port(store: &'static str, port: u16) -> Result<(), TutorError> {
+pub(super) fn check_port(store: &'static str, port: u16) -> Result<(), TutorError> {
     if port == 0 {
         return Err(target_error(store, "port 0 is not a usable port"));
     }
@@ -826,7 +834,32 @@ fn check_tutor_version(version: &str, targets: &[CutoverTarget]) -> Result<(), T
             "Tutor runs Meilisearch only from release 19 (Sumac) on; before it the search index is Elasticsearch".into(),
         ));
     }
+    check_elasticsearch_era(major, targets).map_err(unknown)
+}
+
+/// An Elasticsearch target needs a Tutor that still runs Elasticsearch (18 or older).
+fn check_elasticsearch_era(major: u32, targets: &[CutoverTarget]) -> Result<(), String> {
+    let has_es = targets
+        .iter()
+        .any(|t| matches!(t, CutoverTarget::Elasticsearch(_)));
+    if has_es && major > super::LAST_ELASTICSEARCH_MAJOR {
+        return Err(format!(
+            "Tutor {} and newer search with Meilisearch, not Elasticsearch: drop --to-elasticsearch \
+             (move the search index with --to-meilisearch)",
+            super::LAST_ELASTICSEARCH_MAJOR + 1
+        ));
+    }
     Ok(())
+}
+
+/// The warning for an Elasticsearch cutover on a root whose Tutor release is unknown.
+fn elasticsearch_version_unknown(cfg: &TutorConfig) -> String {
+    format!(
+        "the Tutor release of {} is unknown (no env/version, no `tutor` on PATH): the \
+         Elasticsearch settings written are those of Tutor 15 to 18; check `tutor --version` \
+         says 18 or older",
+        cfg.root().display()
+    )
 }
 
 /// Works out the `config.yml` edits for moving `targets` off Tutor.
@@ -846,13 +879,22 @@ pub fn plan_cutover_with_tls(
     tls: &TargetTls,
     plugins_root: &Path,
 ) -> Result<CutoverPlan, TutorError> {
-    if let Some(version) = cfg.tutor_version_hint() {
-        check_tutor_version(&version, targets)?;
+    let release = cfg.tutor_release();
+    if let Some(release) = &release {
+        check_tutor_version(&release.version, targets)?;
     }
     let mut edits = ConfigEdits::new();
     let mut warnings = Vec::new();
     let mut stores = Vec::new();
     let mut mysql_plugins = Vec::new();
+    let mut elasticsearch_target = None;
+    if release.is_none()
+        && targets
+            .iter()
+            .any(|t| matches!(t, CutoverTarget::Elasticsearch(_)))
+    {
+        warnings.push(elasticsearch_version_unknown(cfg));
+    }
     for target in targets {
         let store = target.store();
         if stores.contains(&store) {
@@ -872,6 +914,10 @@ pub fn plan_cutover_with_tls(
             CutoverTarget::Redis(t) => plan_redis(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::Meilisearch(t) => plan_meilisearch(cfg, t, &mut edits, &mut warnings)?,
             CutoverTarget::S3(t) => plan_s3(cfg, t, &mut edits, &mut warnings)?,
+            CutoverTarget::Elasticsearch(t) => {
+                elasticsearch::plan_elasticsearch(t, &mut edits, &mut warnings)?;
+                elasticsearch_target = Some(t.clone());
+            }
         }
     }
     let plugin = settings_patch::plan_plugin(cfg.root(), plugins_root, tls, &stores)?;
@@ -889,6 +935,8 @@ pub fn plan_cutover_with_tls(
         edits,
         warnings,
         root: cfg.root().to_owned(),
+        plugins: cfg.plugins(),
+        elasticsearch: elasticsearch_target,
         stores,
         mysql_plugins,
         original: cfg.raw().to_owned(),
@@ -997,6 +1045,7 @@ impl CutoverPlan {
             ("Redis", "redis"),
             ("Meilisearch", "meilisearch"),
             ("S3", "minio"),
+            ("Elasticsearch", "elasticsearch"),
         ] {
             if has(store) {
                 services.push(service);
@@ -1065,6 +1114,12 @@ impl CutoverPlan {
                 shell_quote(&dir.display().to_string()),
             );
         }
+        if let Some(t) = &self.elasticsearch {
+            if elasticsearch::settings_patch(t).is_some() {
+                let text = elasticsearch::patch_step(t, next()).unwrap_or_default();
+                out.push_str(&text);
+            }
+        }
         let _ = writeln!(
             out,
             "{}. Render the environment from the new config.yml:\n     tutor config save",
@@ -1091,6 +1146,9 @@ impl CutoverPlan {
             next(),
             services.join("/"),
         );
+        if self.elasticsearch.is_some() {
+            out.push_str(&elasticsearch::reindex_step(&self.plugins, next()));
+        }
         let _ = writeln!(
             out,
             "{}. Check: tutor config printvalue {}",
@@ -1117,6 +1175,7 @@ impl CutoverPlan {
             "REDIS_HOST",
             "MEILISEARCH_URL",
             "S3_HOST",
+            "ELASTICSEARCH_HOST",
         ]
         .into_iter()
         .filter(|k| self.edits.get(k).is_some())

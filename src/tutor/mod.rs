@@ -8,6 +8,7 @@
 
 pub mod cutover;
 pub mod plugins;
+pub mod elasticsearch;
 pub(crate) mod pyyaml;
 pub mod rewrite;
 pub mod settings_patch;
@@ -25,14 +26,70 @@ pub use cutover::{
     S3Target,
 };
 pub use plugins::{KnownMysqlPlugin, PluginMysql, PluginMysqlFindings, MYSQL_PLUGINS};
+pub use elasticsearch::ElasticsearchTarget;
 pub use rewrite::{apply_edits, ConfigEdits};
 
 /// The file Tutor keeps its settings in, inside the project root.
 pub const CONFIG_FILENAME: &str = "config.yml";
 
 /// Tutor major releases whose settings offload reads and writes: Olive (15) to the newest it was
-/// tested with (22). Only 22 is tested; earlier ones have the same keys for what offload changes.
+/// tested with (22). 22 and 18 are tested; the others have the same keys for what offload changes.
 pub const KNOWN_TUTOR_MAJORS: std::ops::RangeInclusive<u32> = 15..=22;
+
+/// The newest Tutor major that searches with Elasticsearch (Redwood, 18); Sumac (19) replaced it
+/// with Meilisearch.
+pub const LAST_ELASTICSEARCH_MAJOR: u32 = 18;
+
+/// The Tutor release a root belongs to, and where offload learnt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TutorRelease {
+    /// As Tutor writes it, e.g. `18.2.2`.
+    pub version: String,
+    /// The major number (`None` when the text does not start with one).
+    pub major: Option<u32>,
+    /// `env/version` (written by `tutor config save`) or `tutor --version`.
+    pub from: &'static str,
+}
+
+impl TutorRelease {
+    fn new(version: &str, from: &'static str) -> TutorRelease {
+        let version = version.trim().to_owned();
+        let major = version
+            .trim_start_matches('v')
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        TutorRelease {
+            version,
+            major,
+            from,
+        }
+    }
+
+    /// Whether this release searches with Elasticsearch (Tutor 18 and older).
+    pub fn is_elasticsearch_era(&self) -> bool {
+        self.major.is_some_and(|m| m <= LAST_ELASTICSEARCH_MAJOR)
+    }
+}
+
+/// The version `tutor --version` prints (`tutor, version 18.2.2`) for `bin`, run for `root`;
+/// `None` when it cannot be run or prints something else.
+pub fn tutor_cli_version(bin: &Path, root: &Path) -> Option<TutorRelease> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .env("TUTOR_ROOT", root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let version = text.trim().rsplit_once("version ")?.1.trim();
+    let release = TutorRelease::new(version, "tutor --version");
+    release.major.map(|_| release)
+}
 
 /// Everything that can go wrong reading or rewriting Tutor's configuration.
 ///
@@ -272,6 +329,16 @@ const MINIO_DEFAULTS: &[(&str, Builtin)] = &[
     ),
 ];
 
+/// The Elasticsearch defaults of Tutor 15 to 18 (`templates/config/defaults.yml`, checked in
+/// 15.0.0, 16.0.0, 17.0.0, 18.0.0 and 18.2.2): they exist only on a platform of that era.
+const ELASTICSEARCH_DEFAULTS: &[(&str, Builtin)] = &[
+    ("ELASTICSEARCH_HEAP_SIZE", Builtin::Str("1g")),
+    ("ELASTICSEARCH_HOST", Builtin::Str("elasticsearch")),
+    ("ELASTICSEARCH_PORT", Builtin::Int(9200)),
+    ("ELASTICSEARCH_SCHEME", Builtin::Str("http")),
+    ("RUN_ELASTICSEARCH", Builtin::Bool(true)),
+];
+
 #[derive(Debug, Clone, Copy)]
 enum Builtin {
     Str(&'static str),
@@ -305,6 +372,8 @@ pub struct TutorConfig {
     raw: String,
     file: Mapping,
     env: BTreeMap<String, String>,
+    /// The Tutor release, looked up once (`env/version`, else `tutor --version`).
+    release: std::sync::OnceLock<Option<TutorRelease>>,
 }
 
 impl std::fmt::Debug for TutorConfig {
@@ -378,6 +447,7 @@ impl TutorConfig {
             raw,
             file,
             env,
+            release: std::sync::OnceLock::new(),
         })
     }
 
@@ -441,7 +511,11 @@ impl TutorConfig {
             .or_else(|| {
                 (plugin_defaults && self.minio_enabled()).then(|| builtin(MINIO_DEFAULTS))?
             })
-            .or_else(|| plugin_defaults.then(|| self.plugin_mysql_default(key))?)?;
+            .or_else(|| plugin_defaults.then(|| self.plugin_mysql_default(key))?)
+            .or_else(|| {
+                let es_key = ELASTICSEARCH_DEFAULTS.iter().any(|(k, _)| *k == key);
+                (es_key && self.is_elasticsearch_era()).then(|| builtin(ELASTICSEARCH_DEFAULTS))?
+            })?;
         match self.env.get(key) {
             Some(text) => Some(parse_env_value(text)),
             None => Some(known),
@@ -562,6 +636,33 @@ impl TutorConfig {
         let text = std::fs::read_to_string(self.root.join("env").join("version")).ok()?;
         let version = text.trim();
         (!version.is_empty()).then(|| version.to_owned())
+    }
+
+    /// The Tutor release of this root: `env/version` (what last rendered it), else what the
+    /// `tutor` on `PATH` says it is (`tutor --version`), else `None`. Looked up once.
+    pub fn tutor_release(&self) -> Option<TutorRelease> {
+        self.release
+            .get_or_init(|| {
+                self.tutor_version_hint()
+                    .map(|v| TutorRelease::new(&v, "env/version"))
+                    .or_else(|| tutor_cli_version(Path::new("tutor"), &self.root))
+            })
+            .clone()
+    }
+
+    /// Whether the platform searches with Elasticsearch (Tutor 18 and older): from its release
+    /// when known, else from Elasticsearch keys written in `config.yml`.
+    pub fn is_elasticsearch_era(&self) -> bool {
+        match self.tutor_release().and_then(|r| r.major) {
+            Some(major) => major <= LAST_ELASTICSEARCH_MAJOR,
+            None => [
+                "RUN_ELASTICSEARCH",
+                "ELASTICSEARCH_HOST",
+                "ELASTICSEARCH_PORT",
+            ]
+            .iter()
+            .any(|k| self.file.contains_key(*k)),
+        }
     }
 }
 

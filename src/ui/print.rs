@@ -549,6 +549,41 @@ pub fn search_plan(section: &serde_json::Value) -> String {
     out
 }
 
+/// The Elasticsearch part of a plan (Tutor 18 and older), for people.
+pub fn elasticsearch_plan(section: &serde_json::Value) -> String {
+    let mut out = String::from("Elasticsearch (rebuilt, not copied)\n");
+    if let Some(v) = section["tutor_version"].as_str() {
+        out.push_str(&format!(
+            "  Tutor {v} (from {}): the platform searches with Elasticsearch\n",
+            section["tutor_version_from"].as_str().unwrap_or("?")
+        ));
+    }
+    out.push_str(&format!(
+        "  indexes: {}\n",
+        section["indexes_from"].as_str().unwrap_or("")
+    ));
+    for i in section["indexes"].as_array().into_iter().flatten() {
+        let count = match i["documents"].as_u64() {
+            Some(n) => format!("{n} documents"),
+            None => String::new(),
+        };
+        let how = match i["rebuilt_by"].as_str() {
+            Some(c) => format!("rebuilt by: {c}"),
+            None => "not an Open edX index: not rebuilt".to_string(),
+        };
+        out.push_str(&format!(
+            "  {:<36} {count:<18} {how}\n",
+            i["index"].as_str().unwrap_or("")
+        ));
+    }
+    for key in ["what_offload_does", "cutover"] {
+        if let Some(text) = section[key].as_str() {
+            out.push_str(&format!("  {text}\n"));
+        }
+    }
+    out
+}
+
 /// The steps of a maintenance window, for the plan and `--dry-run`.
 pub fn maintenance_runbook() -> String {
     "Maintenance window, step by step:\n\

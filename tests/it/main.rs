@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod cutover;
 mod cutover_tls;
+mod cutover_es;
 mod faults;
 mod fuzz;
 mod inputs;
