@@ -354,6 +354,92 @@ fn redis_follow_applies_concurrent_writes_exactly_with_databases_remapped() {
         "{}",
         text(&status)
     );
+    touched_keys_digest_as_verify_does(job.path(), &source, &target);
+}
+
+/// What the follower recorded as touched: the keys it wrote in the remapped database, the
+/// flushed database whole; and `row_digests_at` digests those keys exactly as `row_digests`
+/// does, equal on both sides.
+fn touched_keys_digest_as_verify_does(job: &Path, source: &OwnRedis, target: &OwnRedis) {
+    use offload::core::catalog::Catalog;
+    use offload::core::{RowDigest, Side, Store, StoreKind};
+    use offload::stores::redis::{DbChoice, RedisEndpoint, RedisOptions, RedisStore};
+
+    let catalog = Catalog::open(job).unwrap();
+    let touched = catalog.touched(StoreKind::Redis).unwrap();
+    let of = |unit: &str| {
+        touched
+            .iter()
+            .find(|(u, _)| u == unit)
+            .map(|(_, keys)| keys.clone())
+            .unwrap_or_else(|| panic!("{unit} touched: {touched:?}"))
+    };
+    let keys = of("db0->db3").expect("keys of db0, not the whole unit");
+    assert!(of("db1").is_none(), "the flushed database counts whole");
+    let names: Vec<String> = keys
+        .iter()
+        .map(|k| k.0["key"].as_str().unwrap().to_string())
+        .collect();
+    for k in [
+        "counter",
+        "queue",
+        "session",
+        "ranking",
+        "tx:counter",
+        "sentinel",
+    ] {
+        assert!(names.iter().any(|n| n == k), "{k} touched: {names:?}");
+    }
+
+    let store = RedisStore::new(
+        RedisEndpoint::parse(&source.url()).unwrap(),
+        RedisEndpoint::parse(&target.url()).unwrap(),
+        RedisOptions {
+            dbs: vec![
+                DbChoice {
+                    source: 0,
+                    target: 3,
+                },
+                DbChoice {
+                    source: 1,
+                    target: 1,
+                },
+            ],
+            ..RedisOptions::default()
+        },
+    );
+    let digests = |rows: &[RowDigest]| {
+        let mut v: Vec<(String, [u8; 16])> =
+            rows.iter().map(|r| (r.key.clone(), r.digest)).collect();
+        v.sort();
+        v
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let units = store.inventory().await.unwrap();
+        let unit = units.iter().find(|u| u.name == "db0->db3").unwrap();
+        let at_source = store
+            .row_digests_at(Side::Source, unit, &keys)
+            .await
+            .unwrap();
+        let at_target = store
+            .row_digests_at(Side::Target, unit, &keys)
+            .await
+            .unwrap();
+        assert!(at_source.len() > 6, "{}", at_source.len());
+        assert_eq!(digests(&at_source), digests(&at_target));
+        let whole = store
+            .row_digests(Side::Source, unit, None, None, usize::MAX)
+            .await
+            .unwrap();
+        let wanted: std::collections::BTreeSet<String> =
+            at_source.iter().map(|r| r.key.clone()).collect();
+        let from_whole: Vec<RowDigest> = whole
+            .into_iter()
+            .filter(|r| wanted.contains(&r.key))
+            .collect();
+        assert_eq!(digests(&from_whole), digests(&at_source));
+    });
 }
 
 #[test]

@@ -577,10 +577,10 @@ impl RedisFollower {
                 .and_then(|a| std::str::from_utf8(a).ok())
                 .and_then(|t| t.parse::<i64>().ok())
         };
-        let across = |what: &str, other: i64| {
+        let across = |what: &str, one: i64, other: i64| {
             self.source_err(
                 ErrorKind::Unsupported,
-                format!("the source ran {what} between database {db} and database {other}, and only one of them is followed"),
+                format!("the source ran {what} between database {one} and database {other}, and only one of them is followed"),
                 "follow (and copy) both databases, or let the final pass copy them with the delta pass (offload copy --resume --delta)",
             )
         };
@@ -596,16 +596,42 @@ impl RedisFollower {
             }
             return Ok(());
         }
+        if name == "swapdb" {
+            // Whichever database is selected: the two it names count.
+            let (Some(a), Some(b)) = (num(1), num(2)) else {
+                return Ok(());
+            };
+            let (fa, fb) = (self.dbs.get(&a), self.dbs.get(&b));
+            match (fa, fb) {
+                (None, None) => {}
+                (Some(fa), Some(fb)) => {
+                    if held(a) && held(b) {
+                        return Ok(());
+                    }
+                    ops.push(Op {
+                        db: fa.target,
+                        args: vec![
+                            b"SWAPDB".to_vec(),
+                            fa.target.to_string().into_bytes(),
+                            fb.target.to_string().into_bytes(),
+                        ],
+                    });
+                    self.touch(seen, touched, &fa.unit, None);
+                    self.touch(seen, touched, &fb.unit, None);
+                }
+                _ => return Err(across("SWAPDB", a, b)),
+            }
+            return Ok(());
+        }
         let Some(here) = self.dbs.get(&db) else {
             // A database the job does not copy; only a change reaching into one it copies matters.
             let into = match name.as_str() {
-                "swapdb" => num(1).filter(|d| *d != db).or(num(2)),
                 "move" => num(2),
                 "copy" => db_option(&args).and_then(|i| num(i + 1)),
                 _ => None,
             };
             if let Some(other) = into.filter(|d| self.dbs.contains_key(d) && !held(*d)) {
-                return Err(across(&name.to_ascii_uppercase(), other));
+                return Err(across(&name.to_ascii_uppercase(), db, other));
             }
             return Ok(());
         };
@@ -619,24 +645,6 @@ impl RedisFollower {
                     args: vec![b"FLUSHDB".to_vec()],
                 });
                 self.touch(seen, touched, &here.unit, None);
-            }
-            "swapdb" => {
-                let (Some(a), Some(b)) = (num(1), num(2)) else {
-                    return Ok(());
-                };
-                let (Some(fa), Some(fb)) = (self.dbs.get(&a), self.dbs.get(&b)) else {
-                    return Err(across("SWAPDB", if a == db { b } else { a }));
-                };
-                ops.push(Op {
-                    db: here.target,
-                    args: vec![
-                        b"SWAPDB".to_vec(),
-                        fa.target.to_string().into_bytes(),
-                        fb.target.to_string().into_bytes(),
-                    ],
-                });
-                self.touch(seen, touched, &fa.unit, None);
-                self.touch(seen, touched, &fb.unit, None);
             }
             "move" => {
                 let (Some(key), Some(to)) = (args.get(1).cloned(), num(2)) else {
