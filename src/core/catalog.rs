@@ -369,6 +369,32 @@ impl Catalog {
         self.setup_value(&format!("follow:{store}"))
     }
 
+    /// After units were copied again: a follower's checkpoint moves to `position` (the new
+    /// stream start), or is forgotten with `None`; its counters are kept.
+    pub fn move_follow_checkpoint(
+        &self,
+        store: StoreKind,
+        position: Option<&StreamPosition>,
+    ) -> Result<(), CoreError> {
+        let Some(mut checkpoint) = self.follow_checkpoint(store)? else {
+            return Ok(());
+        };
+        let key = format!("follow:{store}");
+        match position {
+            Some(p) => {
+                checkpoint.position = p.clone();
+                self.put_setup(
+                    &key,
+                    &serde_json::to_string(&checkpoint).expect("checkpoint serializes"),
+                )
+            }
+            None => self.with(|c| {
+                c.execute("DELETE FROM setup WHERE key = ?1", [&key])
+                    .map(|_| ())
+            }),
+        }
+    }
+
     /// After a follower applied changes: its new checkpoint and the keys it touched, in one
     /// transaction, so a crash leaves either both or neither. A unit with more than
     /// [`TOUCHED_KEYS_PER_UNIT`] touched keys is recorded as touched whole.

@@ -136,6 +136,18 @@ pub async fn delta(
     }
     // What the pass wrote counts only if its targets did not restart and lose it meanwhile.
     check_targets_kept(stores, &catalog, retries, cancel).await?;
+    // Units copied again hold what their source held when read: a change stream is followed
+    // from there, not from where it stood before.
+    for store in stores {
+        let kind = store.kind();
+        let changed = catalog
+            .units(Some(kind))?
+            .iter()
+            .any(|r| summary.changed.contains(&r.unit.name));
+        if changed {
+            super::runner::record_stream_start(&catalog, kind, &**store).await?;
+        }
+    }
     summary.changed.sort();
     reporter.on_phase_done(Phase::Copy);
     Ok(summary)

@@ -302,6 +302,39 @@ impl EpochWatch {
     }
 }
 
+/// After a store's copy round (or a delta pass that copied some of it again): where its change
+/// stream must be read from to apply what the job's reads may have missed, combined with what
+/// earlier runs recorded (the follower's checkpoint, when it has followed, since it is the
+/// latest). A follower's checkpoint is moved to the new point too: units copied again hold
+/// what the source held when they were read, and applying the stream to them from an older
+/// point would apply some changes twice. When the store cannot say, the recorded point is
+/// forgotten (a follower then starts from a fresh snapshot, or the final pass uses the delta),
+/// never kept stale.
+pub(crate) async fn record_stream_start(
+    catalog: &Catalog,
+    kind: StoreKind,
+    store: &dyn Store,
+) -> Result<(), CoreError> {
+    let followed = catalog.follow_checkpoint(kind)?;
+    let earlier = match &followed {
+        Some(checkpoint) => Some(checkpoint.position.clone()),
+        None => catalog.stream_start(kind)?,
+    };
+    let position = match store.stream_start(earlier.as_ref()).await {
+        Ok(position) => position,
+        Err(e) => {
+            let message = format!(
+                "{kind}: where to follow the source's changes from could not be read ({e}); following starts from a fresh snapshot or the final pass uses the delta"
+            );
+            tracing::warn!(store = %kind, "{message}");
+            catalog.event("warn", Some(kind), None, &message)?;
+            None
+        }
+    };
+    catalog.record_stream_start(kind, position.as_ref())?;
+    catalog.move_follow_checkpoint(kind, position.as_ref())
+}
+
 /// The watches of a run, one per store whose target tells its epoch.
 type Watches = BTreeMap<StoreKind, Arc<EpochWatch>>;
 
@@ -327,27 +360,12 @@ struct UnitEnds {
 type UnitTasks = JoinSet<(Unit, Result<UnitEnd, CoreError>)>;
 
 impl Runner {
-    /// After a store's copy round: where its change stream must be read from to apply what the
-    /// job's reads may have missed, combined with what earlier runs recorded. When the store
-    /// cannot say, the recorded point is forgotten (a follower then starts from a fresh
-    /// snapshot, or the final pass uses the delta), never kept stale.
     async fn record_stream_start(
         &self,
         kind: StoreKind,
         store: &Arc<dyn Store>,
     ) -> Result<(), CoreError> {
-        let earlier = self.catalog.stream_start(kind)?;
-        match store.stream_start(earlier.as_ref()).await {
-            Ok(position) => self.catalog.record_stream_start(kind, position.as_ref()),
-            Err(e) => {
-                let message = format!(
-                    "{kind}: where to follow the source's changes from could not be read ({e}); following starts from a fresh snapshot or the final pass uses the delta"
-                );
-                tracing::warn!(store = %kind, "{message}");
-                self.catalog.event("warn", Some(kind), None, &message)?;
-                self.catalog.record_stream_start(kind, None)
-            }
-        }
+        record_stream_start(&self.catalog, kind, &**store).await
     }
 
     /// Copy every unit recorded in the catalog for these stores. Units already copied are skipped,

@@ -431,9 +431,11 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// After a run's copy (`end_copy`): where the source's change stream must be read from so
-    /// that every change the job's reads may have missed is applied, combining `earlier` (what
-    /// earlier runs recorded) with this run's reads. `None`: the store has no change stream, or
+    /// After a run's copy (`end_copy`), and after a delta pass that copied some units again:
+    /// where the source's change stream must be read from so that every change the job's reads
+    /// may have missed is applied, combining `earlier` (what earlier runs recorded: the
+    /// follower's checkpoint when it has followed, else the last stream start) with this
+    /// process's reads. `None`: the store has no change stream, or
     /// this copy gives no exact point to follow from (then following starts with a fresh
     /// snapshot where the store can take one, else the final pass uses the delta).
     async fn stream_start(

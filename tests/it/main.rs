@@ -10,6 +10,7 @@ mod cutover;
 mod cutover_tls;
 mod cutover_es;
 mod faults;
+mod follow_redis;
 mod fuzz;
 mod inputs;
 mod job;

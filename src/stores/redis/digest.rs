@@ -151,7 +151,9 @@ return out
 
 impl DigestPass {
     /// Digest a page of keys; keys gone or expiring before the cutoff are left out.
-    pub async fn page(&self, keys: Vec<Vec<u8>>) -> SideResult<Vec<KeyDigest>> {
+    pub async fn page(&self, mut keys: Vec<Vec<u8>>) -> SideResult<Vec<KeyDigest>> {
+        // A follower's marker on the target is offload's, not the platform's.
+        keys.retain(|k| k.as_slice() != super::position::MARKER_KEY.as_bytes());
         let side = self.side;
         let conn = &mut self.conn.clone();
         let reads = if self.scripts.load(Ordering::SeqCst) {

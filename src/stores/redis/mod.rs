@@ -13,16 +13,19 @@ mod batch;
 mod copy;
 mod digest;
 mod endpoint;
+mod follow;
 mod freeze;
 mod pass;
+mod position;
 pub mod rdb;
 mod replica;
 pub mod settings;
 mod snapshot;
+mod stream;
 mod survey;
 mod values;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +42,7 @@ use digest::Cutoff;
 use values::display_key;
 
 use crate::core::epoch::TargetEpoch;
+use crate::core::follow::{Follower, StreamPosition};
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
@@ -170,6 +174,9 @@ pub struct RedisStore {
     run_id: Mutex<Option<String>>,
     /// The pause of the source's writers this process holds (`--freeze-source`).
     pause: Mutex<Option<freeze::HeldPause>>,
+    /// Per source database this process began reading: where in the source's replication
+    /// stream its read stands (`None`: read live, no exact point), for `stream_start`.
+    stream_at: Mutex<BTreeMap<i64, Option<position::DbEntry>>>,
 }
 
 fn side_key(side: Side) -> bool {
@@ -197,7 +204,36 @@ impl RedisStore {
             source_has_expiretime: Mutex::new(None),
             run_id: Mutex::new(None),
             pause: Mutex::new(None),
+            stream_at: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A database of `unit` is read from its start (again): from a snapshot taken at `at`, or
+    /// live (`None`). What a follower recorded on the target for it no longer holds.
+    async fn begin_db_read(&self, unit: &Unit, at: Option<position::DbEntry>) {
+        let dbs = Self::dbs_of(unit);
+        self.stream_at
+            .lock()
+            .expect("stream positions")
+            .insert(dbs.source, at);
+        if let Ok(mut c) = self.conn(Side::Target, dbs.target).await {
+            if let Err(e) = redis::cmd("DEL")
+                .arg(position::MARKER_KEY)
+                .query_async::<()>(&mut c)
+                .await
+            {
+                tracing::debug!(store = "redis", unit = %unit.name, error = %e, "the follower's marker could not be removed");
+            }
+        }
+    }
+
+    /// Keys of `unit` were read live beside its snapshot (big keys rebuilt in pieces): the
+    /// database has no exact point in the stream.
+    fn db_read_live(&self, unit: &Unit) {
+        self.stream_at
+            .lock()
+            .expect("stream positions")
+            .insert(Self::dbs_of(unit).source, None);
     }
 
     fn endpoint(&self, side: Side) -> &RedisEndpoint {
@@ -540,6 +576,9 @@ impl Store for RedisStore {
                 }
             }
         };
+        if start == 0 {
+            self.begin_db_read(unit, None).await;
+        }
         let dbs = Self::dbs_of(unit);
         let src = self.conn(Side::Source, dbs.source).await?;
         let tgt = self.conn(Side::Target, dbs.target).await?;
@@ -620,6 +659,76 @@ impl Store for RedisStore {
             out.len() < cap
         })
         .await?;
+        Ok(out)
+    }
+
+    async fn stream_start(
+        &self,
+        earlier: Option<&StreamPosition>,
+    ) -> Result<Option<StreamPosition>, StoreError> {
+        let mut position = earlier
+            .and_then(position::RedisPosition::parse)
+            .unwrap_or_default();
+        let read = std::mem::take(&mut *self.stream_at.lock().expect("stream positions"));
+        for (db, at) in read {
+            position.set(db, at);
+        }
+        Ok(Some(position.to_stream()))
+    }
+
+    async fn follower(
+        &self,
+        from: &StreamPosition,
+        units: &[Unit],
+    ) -> Result<Box<dyn Follower>, StoreError> {
+        let dbs = units
+            .iter()
+            .map(|u| {
+                let d = Self::dbs_of(u);
+                (
+                    d.source,
+                    follow::Followed {
+                        target: d.target,
+                        unit: u.name.clone(),
+                    },
+                )
+            })
+            .collect();
+        let follower =
+            follow::RedisFollower::open(self.source.clone(), self.target.clone(), dbs, from)
+                .await?;
+        Ok(Box::new(follower))
+    }
+
+    async fn row_digests_at(
+        &self,
+        side: Side,
+        unit: &Unit,
+        keys: &[Cursor],
+    ) -> Result<Vec<RowDigest>, StoreError> {
+        let mut names = Vec::with_capacity(keys.len());
+        for k in keys {
+            names.push(follow::cursor_key(k).ok_or_else(|| {
+                StoreError::new(
+                    StoreKind::Redis,
+                    self.endpoint(side).address(),
+                    ErrorKind::Input,
+                    format!("unreadable key {}", k.0),
+                    "the job folder was written by another version; verify the whole database with `offload verify --full`",
+                )
+                .in_unit(&unit.name)
+            })?);
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for page in names.chunks(SCAN_COUNT) {
+            for d in self.digest_keys(side, unit, page.to_vec()).await? {
+                out.push(RowDigest {
+                    key: display_key(&d.key),
+                    digest: d.digest,
+                    cursor: Some(follow::key_cursor(&d.key)),
+                });
+            }
+        }
         Ok(out)
     }
 

@@ -49,14 +49,22 @@ impl RedisStore {
         Ok(*map.entry(unit.name.clone()).or_insert(cutoff))
     }
 
-    /// Walk one side's database with SCAN and digest every key; `each` sees every key digest and
-    /// returns false to stop early.
-    pub(super) async fn digest_side(
+    /// The digests of these keys of one side's database, as [`Self::digest_side`] computes them
+    /// (keys that do not exist, or expire before the cutoff, are left out).
+    pub(super) async fn digest_keys(
         &self,
         side: Side,
         unit: &Unit,
-        mut each: impl FnMut(KeyDigest) -> bool,
-    ) -> Result<(), StoreError> {
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<KeyDigest>, StoreError> {
+        let pass = self.digest_pass(side, unit).await?;
+        pass.page(keys)
+            .await
+            .map_err(|e| self.side_err(e).in_unit(&unit.name))
+    }
+
+    /// What one side's digest pass over `unit` needs.
+    async fn digest_pass(&self, side: Side, unit: &Unit) -> Result<DigestPass, StoreError> {
         let dbs = Self::dbs_of(unit);
         let db = if side == Side::Source {
             dbs.source
@@ -71,15 +79,27 @@ impl RedisStore {
         } else {
             None
         };
-        let pass = DigestPass {
+        Ok(DigestPass {
             side,
-            conn: conn.clone(),
+            conn,
             source,
             expiretime,
             cutoff,
             tolerance_ms: self.options.ttl_tolerance_ms,
             scripts: self.digest_scripts[usize::from(side == Side::Target)].clone(),
-        };
+        })
+    }
+
+    /// Walk one side's database with SCAN and digest every key; `each` sees every key digest and
+    /// returns false to stop early.
+    pub(super) async fn digest_side(
+        &self,
+        side: Side,
+        unit: &Unit,
+        mut each: impl FnMut(KeyDigest) -> bool,
+    ) -> Result<(), StoreError> {
+        let pass = self.digest_pass(side, unit).await?;
+        let conn = pass.conn.clone();
         let pages = futures_util::stream::try_unfold(
             (conn, 0u64, false),
             |(mut c, cursor, done)| async move {

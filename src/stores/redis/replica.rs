@@ -51,13 +51,27 @@ impl From<RdbError> for FeedError {
 }
 
 enum Event {
-    Ready { source_ms: i64, clock_at: Instant },
+    Ready {
+        source_ms: i64,
+        clock_at: Instant,
+        at: SnapshotAt,
+    },
     Keys(Vec<SnapshotKey>),
     Failed(FeedError),
 }
 
+/// Where in the source's replication stream a snapshot was taken (`+FULLRESYNC <replid>
+/// <offset>`): it holds every write up to `offset`, and the stream goes on at `offset + 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotAt {
+    pub replid: String,
+    pub offset: u64,
+}
+
 /// The keys of one source database, from a snapshot being read by a background thread.
 pub struct SnapshotFeed {
+    /// Where the snapshot was taken.
+    pub at: SnapshotAt,
     rx: mpsc::Receiver<Event>,
     /// The source's clock (Unix milliseconds) at `clock_at`, for the keys' remaining TTLs.
     source_ms: i64,
@@ -88,12 +102,13 @@ impl SnapshotFeed {
             .name(format!("redis-snapshot-db{db}"))
             .spawn(move || {
                 let read = || -> Result<(), FeedError> {
-                    let (reader, source_ms, clock_at) =
+                    let (reader, source_ms, clock_at, at) =
                         handshake(&host, port, user.as_deref(), password.as_deref())?;
                     if tx
                         .blocking_send(Event::Ready {
                             source_ms,
                             clock_at,
+                            at,
                         })
                         .is_err()
                     {
@@ -141,7 +156,9 @@ impl SnapshotFeed {
             Some(Event::Ready {
                 source_ms,
                 clock_at,
+                at,
             }) => Ok(SnapshotFeed {
+                at,
                 rx,
                 source_ms,
                 clock_at,
@@ -242,13 +259,14 @@ fn source_clock(stream: &mut TcpStream, reader: &mut impl BufRead) -> Result<i64
 }
 
 /// Connect, authenticate and ask for a full synchronization; returns the reader positioned at
-/// the start of the RDB stream, and the source's clock.
+/// the start of the RDB stream, the source's clock, and where in its replication stream the
+/// snapshot is taken.
 fn handshake(
     host: &str,
     port: u16,
     user: Option<&str>,
     password: Option<&str>,
-) -> Result<(BufReader<TcpStream>, i64, Instant), FeedError> {
+) -> Result<(BufReader<TcpStream>, i64, Instant, SnapshotAt), FeedError> {
     let addr = (host, port)
         .to_socket_addrs()
         .map_err(FeedError::Io)?
@@ -298,11 +316,12 @@ fn handshake(
             _ => break,
         }
     }
-    match status(&mut reader)? {
-        Ok(s) if s.starts_with("FULLRESYNC") => {}
+    let at = match status(&mut reader)? {
+        Ok(s) if s.starts_with("FULLRESYNC") => parse_fullresync(&s)
+            .ok_or_else(|| FeedError::Corrupt(format!("unexpected PSYNC answer {s:?}")))?,
         Ok(s) => return Err(FeedError::Refused(format!("PSYNC answered {s:?}"))),
         Err(e) => return Err(FeedError::Refused(format!("PSYNC refused: {e}"))),
-    }
+    };
     // More newlines until the snapshot starts: `$<length>` for a snapshot from disk,
     // `$EOF:<mark>` for one streamed straight from the fork.
     loop {
@@ -324,5 +343,19 @@ fn handshake(
             "unexpected snapshot header {header:?}"
         )));
     }
-    Ok((reader, source_ms, clock_at))
+    Ok((reader, source_ms, clock_at, at))
+}
+
+/// `FULLRESYNC <replid> <offset>` read as where the snapshot is taken.
+pub fn parse_fullresync(answer: &str) -> Option<SnapshotAt> {
+    let mut parts = answer.split_ascii_whitespace();
+    if parts.next()? != "FULLRESYNC" {
+        return None;
+    }
+    let replid = parts.next()?;
+    let offset = parts.next()?.parse::<u64>().ok()?;
+    (replid.len() == 40 && replid.bytes().all(|b| b.is_ascii_hexdigit())).then(|| SnapshotAt {
+        replid: replid.to_string(),
+        offset,
+    })
 }

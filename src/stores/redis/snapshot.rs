@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::batch::Written;
 use super::copy::{self, Dumped, SideError};
+use super::position::DbEntry;
 use super::replica::{FeedError, SnapshotFeed};
 use super::RedisStore;
 use crate::core::{BatchOutcome, Cursor, ErrorKind, Side, StoreError, StoreKind, Unit};
@@ -25,8 +26,9 @@ enum Stop {
     Side(SideError),
 }
 
-/// (keys restored, payload bytes, whether the database is finished)
-type Copied = (u64, u64, bool);
+/// (keys restored, payload bytes, whether the database is finished, whether keys were read
+/// live beside the snapshot)
+type Copied = (u64, u64, bool, bool);
 
 impl RedisStore {
     /// Copy the next batch of `unit` from its snapshot, opening one when this process has
@@ -60,7 +62,11 @@ impl RedisStore {
                 )
                 .await;
                 match opened {
-                    Ok(f) => f,
+                    Ok(f) => {
+                        self.begin_db_read(unit, Some(DbEntry::of_snapshot(&f.at)))
+                            .await;
+                        f
+                    }
                     Err(e) => return self.without_snapshot(unit, e).map(|()| None),
                 }
             }
@@ -68,7 +74,10 @@ impl RedisStore {
         let src = self.conn(Side::Source, dbs.source).await?;
         let tgt = self.conn(Side::Target, dbs.target).await?;
         match self.restore_from_feed(&mut feed, src, tgt).await {
-            Ok((rows, bytes, done)) => {
+            Ok((rows, bytes, done, live)) => {
+                if live {
+                    self.db_read_live(unit);
+                }
                 let next = if done {
                     None
                 } else {
@@ -181,10 +190,11 @@ impl RedisStore {
             self.settle_restore(&mut w, group, restored)
                 .map_err(Stop::Side)?;
         }
+        let live = !w.big.is_empty();
         let (rows, bytes) = self
             .rebuild_typed(&mut src, &mut tgt, w)
             .await
             .map_err(Stop::Side)?;
-        Ok((rows, bytes, done))
+        Ok((rows, bytes, done, live))
     }
 }

@@ -171,6 +171,74 @@ fn read_path(store: &RedisStore, source_memory: &str, databases: usize) -> Strin
     )
 }
 
+/// Whether `offload follow` can read the source's replication stream, and for how long the
+/// source's backlog keeps what a stopped follower has not read: information, never a failure
+/// (without it, the final pass uses the delta pass).
+async fn follow_path(store: &RedisStore, src: &mut MultiplexedConnection) -> String {
+    if store.source.tls.is_some() {
+        return "not followable: the replication stream is read over plain TCP only, and the source uses TLS; the final pass copies what changed with the delta pass".into();
+    }
+    let user = store.source.username.as_deref().unwrap_or("default");
+    let allowed = redis::cmd("ACL")
+        .arg("DRYRUN")
+        .arg(user)
+        .arg("PSYNC")
+        .arg("?")
+        .arg("-1")
+        .query_async::<String>(src)
+        .await;
+    // OK, or (Redis 7) the reason the user may not run it; an error when ACL DRYRUN itself is
+    // not allowed or not known (older servers, managed services).
+    let allowed = match allowed {
+        Ok(answer) if answer == "OK" => Some(Ok(())),
+        Ok(why) => Some(Err(why)),
+        Err(_) => None,
+    };
+    let backlog = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("repl-backlog-size")
+        .query_async::<Vec<String>>(src)
+        .await
+        .ok()
+        .and_then(|v| v.get(1).and_then(|n| n.parse::<u64>().ok()));
+    let stats = info(src, "stats").await.unwrap_or_default();
+    let input_kbps = info_field(&stats, "instantaneous_input_kbps").and_then(|v| v.parse().ok());
+    follow_detail(allowed, backlog, input_kbps)
+}
+
+/// The plan's words for [`follow_path`]: `allowed` is the ACL's answer for PSYNC (`None`: not
+/// known), `backlog` the source's `repl-backlog-size`, `input_kbps` what clients send it now
+/// (an upper bound of its write rate).
+fn follow_detail(
+    allowed: Option<Result<(), String>>,
+    backlog: Option<u64>,
+    input_kbps: Option<f64>,
+) -> String {
+    let acl = match &allowed {
+        Some(Ok(())) => "the source's user may read the replication stream (PSYNC)".to_string(),
+        Some(Err(why)) => format!(
+            "not followable as configured: the source's user may not run PSYNC ({why}); grant `+psync +replconf +sync` in its ACL to follow, otherwise the final pass uses the delta pass"
+        ),
+        None => "whether the source's user may run PSYNC could not be checked (ACL DRYRUN not allowed); it needs `+psync +replconf +sync`".to_string(),
+    };
+    if matches!(allowed, Some(Err(_))) {
+        return acl;
+    }
+    let backlog_text = match (backlog, input_kbps) {
+        (Some(b), Some(k)) if k > 0.0 => format!(
+            "; its repl-backlog-size of {} holds at least {:.0} s of writes at the current rate ({k:.1} KB/s in): a follower stopped for longer starts again from new snapshots; raise it (CONFIG SET repl-backlog-size) to stop for longer",
+            mib(b),
+            b as f64 / (k * 1024.0)
+        ),
+        (Some(b), _) => format!(
+            "; its repl-backlog-size of {} keeps that many bytes of writes for a stopped follower (beyond it, following starts again from new snapshots)",
+            mib(b)
+        ),
+        (None, _) => "; its repl-backlog-size could not be read (CONFIG GET not allowed)".into(),
+    };
+    format!("{acl}{backlog_text}")
+}
+
 pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
     let mut survey = Survey::default();
     let err = |side: Side| move |e: redis::RedisError| store.err(side, &e);
@@ -296,6 +364,12 @@ pub async fn survey(store: &RedisStore) -> Result<Survey, StoreError> {
         read_path(store, &source_memory, selected.len()),
     ));
 
+    survey.checks.push(Check::new(
+        "follow (replication stream)",
+        true,
+        follow_path(store, &mut src).await,
+    ));
+
     for (choice, keys) in &selected {
         let db = choice.source;
         let into = if choice.target != db {
@@ -379,6 +453,19 @@ mod tests {
         assert!(!ok && text.contains("cluster mode"), "{text}");
     }
     use super::*;
+
+    #[test]
+    fn the_plan_says_whether_and_for_how_long_the_source_can_be_followed() {
+        let ok = follow_detail(Some(Ok(())), Some(1024 * 1024), Some(10.0));
+        assert!(ok.contains("may read the replication stream"), "{ok}");
+        assert!(ok.contains("102 s of writes"), "{ok}");
+        let refused = follow_detail(Some(Err("NOPERM psync".into())), Some(1), Some(1.0));
+        assert!(refused.contains("+psync +replconf +sync"), "{refused}");
+        assert!(!refused.contains("backlog"), "{refused}");
+        let unknown = follow_detail(None, None, None);
+        assert!(unknown.contains("could not be checked"), "{unknown}");
+        assert!(unknown.contains("could not be read"), "{unknown}");
+    }
 
     #[test]
     fn reads_info_text() {
