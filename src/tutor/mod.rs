@@ -9,6 +9,7 @@
 pub mod cutover;
 pub(crate) mod pyyaml;
 pub mod rewrite;
+pub mod s3_patches;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ pub use cutover::{
     MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack, S3Target,
 };
 pub use rewrite::{apply_edits, ConfigEdits};
+pub use s3_patches::{s3_settings_patches, SettingsPatch, S3_PLUGIN_RELEASE};
 
 /// The file Tutor keeps its settings in, inside the project root.
 pub const CONFIG_FILENAME: &str = "config.yml";

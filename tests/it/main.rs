@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod common;
 mod cutover;
+mod cutover_s3;
 mod faults;
 mod fuzz;
 mod inputs;
