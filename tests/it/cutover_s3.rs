@@ -3,6 +3,9 @@
 //! writes, and the settings patches for the buckets tutor-contrib-s3 has no key for render into
 //! the LMS and CMS settings as valid Python, with no secret in the plugin that holds them.
 //!
+//! The discovery and xqueue patches render inside those plugins' templates: tutor-discovery and
+//! tutor-xqueue 22.0.0 from PyPI, installed in the stack's venv.
+//!
 //! The plugin here is written by the test, as a stand-in for the settings plugin the cutover
 //! writes beside the root: a Tutor YAML plugin in `$(tutor plugins printroot)` holding the
 //! patches of `s3_settings_patches`, enabled through `PLUGINS`.
@@ -11,8 +14,10 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{tutor, tutor_bin};
-use crate::cutover::{assert_printvalues, cutover_matches_tutor, read, s3};
-use offload::tutor::{s3_settings_patches, CutoverTarget, SettingsPatch, TutorConfig};
+use crate::cutover::{assert_printvalues, cutover_matches_tutor, fixture_root, read, s3};
+use offload::tutor::{
+    apply_cutover, plan_cutover, s3_settings_patches, CutoverTarget, SettingsPatch, TutorConfig,
+};
 
 /// The name of the stand-in settings plugin.
 const PATCH_PLUGIN: &str = "offloadpatchesstandin";
@@ -20,6 +25,11 @@ const PATCH_PLUGIN: &str = "offloadpatchesstandin";
 /// Writes `patches` as a Tutor YAML plugin into the plugins root the test's Tutor uses (the
 /// `tutor` helper points `TUTOR_PLUGINS_ROOT` at `<root>/no-plugins`) and enables it beside s3.
 fn enable_patch_plugin(root: &Path, patches: &[SettingsPatch]) {
+    enable_patch_plugin_with(root, patches, &[]);
+}
+
+/// [`enable_patch_plugin`], with `others` enabled too.
+fn enable_patch_plugin_with(root: &Path, patches: &[SettingsPatch], others: &[&str]) {
     let mut by_name = serde_yaml::Mapping::new();
     for p in patches {
         by_name.insert(p.name.into(), p.text.clone().into());
@@ -37,7 +47,13 @@ fn enable_patch_plugin(root: &Path, patches: &[SettingsPatch]) {
         listed.contains(PATCH_PLUGIN),
         "Tutor does not see the plugin: {listed}"
     );
-    let plugins = format!("PLUGINS=[\"{PATCH_PLUGIN}\",\"s3\"]");
+    let mut enabled: Vec<String> = [PATCH_PLUGIN, "s3"]
+        .iter()
+        .chain(others)
+        .map(|p| format!("\"{p}\""))
+        .collect();
+    enabled.sort();
+    let plugins = format!("PLUGINS=[{}]", enabled.join(","));
     tutor(root, &["config", "save", "--set", &plugins]);
 }
 
@@ -151,4 +167,67 @@ fn a_filesystem_platform_gets_no_minio_options_but_its_openedx_learning_bucket()
     let lms = read(root.path(), "env/apps/openedx/settings/lms/production.py");
     assert!(lms.contains("\"bucket_name\": \"learn-learning\""));
     assert!(!lms.contains("AWS_QUERYSTRING_AUTH = False"));
+}
+
+#[test]
+fn discovery_and_xqueue_get_their_buckets_through_their_own_plugins_templates() {
+    let root = fixture_root();
+    let root = root.path();
+    let listed = tutor(root, &["plugins", "list"]);
+    for plugin in ["discovery", "xqueue"] {
+        assert!(
+            listed.contains(plugin),
+            "tutor-{plugin} is not installed beside {}: run scripts/stack venv",
+            crate::common::tutor_bin().display()
+        );
+    }
+    // A MinIO platform with both plugins, as `tutor plugins enable` leaves it.
+    tutor(
+        root,
+        &[
+            "config",
+            "save",
+            "--set",
+            "PLUGINS=[\"discovery\",\"minio\",\"xqueue\"]",
+        ],
+    );
+    let CutoverTarget::S3(mut target) = s3() else {
+        unreachable!("s3() is an S3 target")
+    };
+    target.discovery_bucket = "learn-discovery".into();
+    let cfg = TutorConfig::load_with_env(root, []).unwrap();
+    let plan = plan_cutover(&cfg, &[CutoverTarget::S3(target.clone())]).unwrap();
+    let patches = s3_settings_patches(&cfg, &target).unwrap();
+    apply_cutover(root, &plan, &cfg.digest(), "20261207T000000Z").unwrap();
+    assert!(read(root, "config.yml").contains("PLUGINS:\n- discovery\n- s3\n- xqueue\n"));
+    enable_patch_plugin_with(root, &patches, &["discovery", "xqueue"]);
+    tutor(root, &["config", "save"]);
+
+    let discovery_path = "env/plugins/discovery/apps/settings/tutor/production.py";
+    let discovery = read(root, discovery_path);
+    for line in [
+        "STORAGES[\"default\"][\"BACKEND\"] = \"storages.backends.s3boto3.S3Boto3Storage\"\n",
+        "AWS_ACCESS_KEY_ID = \"AKIAEXAMPLE0123\"\n",
+        "AWS_STORAGE_BUCKET_NAME = \"learn-discovery\"\n",
+        "AWS_S3_ENDPOINT_URL = \"https://s3.eu-central-1.example.net:443\"\n",
+        "AWS_S3_CUSTOM_DOMAIN = \"s3.eu-central-1.example.net:443/learn-discovery\"\n",
+        "AWS_S3_URL_PROTOCOL = \"https:\"\n",
+    ] {
+        assert!(
+            discovery.contains(line),
+            "{line} missing from {discovery_path}"
+        );
+    }
+    assert!(!discovery.contains("MINIO") && !discovery.contains("files.learn"));
+    let xqueue_path = "env/plugins/xqueue/apps/settings/tutor.py";
+    let xqueue = read(root, xqueue_path);
+    for line in [
+        "AWS_STORAGE_BUCKET_NAME = \"learn-storage\"\n",
+        "AWS_LOCATION = \"xqueueuploads\"",
+        "AWS_S3_ADDRESSING_STYLE = \"path\"\n",
+    ] {
+        assert!(xqueue.contains(line), "{line} missing from {xqueue_path}");
+    }
+    assert_python_compiles(&root.join(discovery_path));
+    assert_python_compiles(&root.join(xqueue_path));
 }
