@@ -173,6 +173,13 @@ fn all_targets(host: &str, secret: &str) -> Vec<CutoverTarget> {
             addressing_style: "path".into(),
             access_key: "access".into(),
             secret_key: secret.into(),
+            signature_version: Some("s3v4".into()),
+            custom_domain: Some(String::new()),
+            querystring_auth: Some(true),
+            video_upload_bucket: String::new(),
+            openedx_learning_bucket: String::new(),
+            discovery_bucket: String::new(),
+            not_copied: Vec::new(),
         }),
     ]
 }

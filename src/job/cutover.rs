@@ -119,6 +119,41 @@ fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> Result<S3Target, JobErro
     };
     let on_target = |b: String| o.options.bucket_map.get(&b).cloned().unwrap_or(b);
     let storage = on_target(source_bucket("MINIO_BUCKET_NAME", "openedx"));
+    // The buckets tutor-contrib-s3 has no setting for (settings patches), and which of the
+    // platform's buckets the job left out (`--buckets`).
+    let copied: &[String] = match &o.source {
+        ObjectSource::S3 { buckets, .. } => buckets,
+        ObjectSource::Media { .. } => &[],
+    };
+    let mut not_copied = Vec::new();
+    let mut used = |name: Option<String>| -> String {
+        match name.filter(|b| !b.is_empty()) {
+            Some(b) => {
+                if minio && !copied.contains(&b) {
+                    not_copied.push(b.clone());
+                }
+                on_target(b)
+            }
+            None => String::new(),
+        }
+    };
+    // A filesystem source copies openedx-learning media into the bucket the minio plugin names.
+    let video_upload_bucket =
+        used(minio.then(|| source_bucket("MINIO_VIDEO_UPLOAD_BUCKET_NAME", "openedxvideos")));
+    let openedx_learning_bucket = used(Some(source_bucket(
+        "MINIO_OPENEDX_LEARNING_BUCKET_NAME",
+        "openedxlearning",
+    )));
+    let discovery_bucket = used(minio.then(|| discovery_bucket(cfg)).flatten());
+    for b in [
+        source_bucket("MINIO_BUCKET_NAME", "openedx"),
+        source_bucket("MINIO_FILE_UPLOAD_BUCKET_NAME", "openedxuploads"),
+        source_bucket("MINIO_GRADES_BUCKET_NAME", "openedxgrades"),
+    ] {
+        if minio && !copied.contains(&b) && !not_copied.contains(&b) {
+            not_copied.push(b);
+        }
+    }
     Ok(S3Target {
         host,
         port,
@@ -149,7 +184,32 @@ fn s3_target(o: &ObjectsSettings, cfg: &TutorConfig) -> Result<S3Target, JobErro
             .as_ref()
             .map(|k| k.expose().to_string())
             .unwrap_or_default(),
+        // MinIO signs with s3v4, has no custom domain, and may serve unsigned URLs.
+        signature_version: minio.then(|| "s3v4".to_string()),
+        custom_domain: minio.then(String::new),
+        querystring_auth: if minio {
+            Some(cfg.get_bool("MINIO_QUERYSTRING_AUTH").unwrap_or(true))
+        } else {
+            None
+        },
+        video_upload_bucket,
+        openedx_learning_bucket,
+        discovery_bucket,
+        not_copied,
     })
+}
+
+/// The course discovery bucket the minio plugin names: `MINIO_DISCOVERY_BUCKET_NAME`, whose
+/// default is `discoveryuploads` when the `discovery` plugin is enabled and empty otherwise.
+fn discovery_bucket(cfg: &TutorConfig) -> Option<String> {
+    match config_text(cfg, "MINIO_DISCOVERY_BUCKET_NAME") {
+        Some(b) if !b.contains('{') => Some(b),
+        _ => cfg
+            .plugins()
+            .iter()
+            .any(|p| p == "discovery")
+            .then(|| "discoveryuploads".to_string()),
+    }
 }
 
 /// Tutor's Meilisearch settings for the job's target; the public URL is the operator's to give.
@@ -678,6 +738,16 @@ mod tests {
         assert_eq!(t.file_upload_bucket, "openedxuploads");
         assert_eq!(t.addressing_style, "path");
         assert_eq!((t.access_key.as_str(), t.secret_key.as_str()), ("AK", "SK"));
+        // The buckets tutor-contrib-s3 has no key for, and MinIO's options, carried over.
+        assert_eq!(t.video_upload_bucket, "openedxvideos");
+        assert_eq!(t.openedx_learning_bucket, "openedxlearning");
+        assert_eq!(t.discovery_bucket, "");
+        assert_eq!(t.signature_version.as_deref(), Some("s3v4"));
+        assert_eq!(t.custom_domain.as_deref(), Some(""));
+        assert_eq!(t.querystring_auth, Some(true));
+        // The job's source listed no bucket: every one the platform uses is reported.
+        assert!(t.not_copied.contains(&"openedxvideos".to_string()));
+        assert!(t.not_copied.contains(&"site-media".to_string()));
 
         // Filesystem media land in buckets with the plugin's default names, whatever
         // config.yml's unused MINIO_* settings say.
@@ -689,6 +759,43 @@ mod tests {
             (t.addressing_style.as_str(), t.region.as_str()),
             ("auto", "us-east-1")
         );
+        // Media folders: openedx-learning media land in its bucket; nothing else to carry.
+        assert_eq!(t.openedx_learning_bucket, "openedxlearning");
+        assert!(t.video_upload_bucket.is_empty() && t.discovery_bucket.is_empty());
+        assert_eq!(
+            (t.signature_version, t.custom_domain, t.querystring_auth),
+            (None, None, None)
+        );
+        assert!(t.not_copied.is_empty());
+    }
+
+    #[test]
+    fn s3_settings_follow_the_copied_minio_buckets_and_options() {
+        let (_d, cfg) = config(
+            "MINIO_QUERYSTRING_AUTH: false\nMINIO_VIDEO_UPLOAD_BUCKET_NAME: site-videos\nPLUGINS:\n- discovery\n- minio\n",
+        );
+        let mut o = objects(
+            "http://s3.internal:9000",
+            true,
+            &[("discoveryuploads", "prod-discovery")],
+        );
+        o.source = ObjectSource::S3 {
+            endpoint: S3Endpoint::parse("http://minio:9000").unwrap(),
+            buckets: [
+                "openedx",
+                "openedxuploads",
+                "openedxgrades",
+                "openedxlearning",
+                "discoveryuploads",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let t = s3_target(&o, &cfg).unwrap();
+        assert_eq!(t.discovery_bucket, "prod-discovery");
+        assert_eq!(t.video_upload_bucket, "site-videos");
+        assert_eq!(t.querystring_auth, Some(false));
+        assert_eq!(t.not_copied, ["site-videos"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde_yaml::Value;
 use super::elasticsearch::{self, ElasticsearchTarget};
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
 use super::settings_patch::{self, SettingsPatchPlugin, TargetTls};
+use super::s3_patches::{s3_settings_patches, S3_PLUGIN_RELEASE};
 use super::{
     is_secret_key, pyyaml, text_digest, Redacted, TutorConfig, TutorError, CONFIG_FILENAME,
     KNOWN_TUTOR_MAJORS,
@@ -117,9 +118,29 @@ pub struct S3Target {
     pub addressing_style: String,
     pub access_key: String,
     pub secret_key: String,
+    /// `S3_SIGNATURE_VERSION`, carried over from the source (MinIO signs with `s3v4`); `None`
+    /// leaves the plugin's default (a filesystem source has none).
+    pub signature_version: Option<String>,
+    /// `S3_CUSTOM_DOMAIN`, carried over from the source (MinIO's storage has none: `''`); `None`
+    /// leaves the plugin's default.
+    pub custom_domain: Option<String>,
+    /// Whether Open edX signs its file URLs (`AWS_QUERYSTRING_AUTH`, from MinIO's
+    /// `MINIO_QUERYSTRING_AUTH`); tutor-contrib-s3 always writes `true`, so `Some(false)` needs a
+    /// settings patch. `None` when the source had no such setting.
+    pub querystring_auth: Option<bool>,
+    /// The buckets tutor-contrib-s3 has no setting for, under their target names; empty when the
+    /// platform does not use one. They go in settings patches ([`s3_settings_patches`]).
+    pub video_upload_bucket: String,
+    pub openedx_learning_bucket: String,
+    pub discovery_bucket: String,
+    /// Buckets the platform uses (`MINIO_*_BUCKET_NAME`, as named on the source) that the job did
+    /// not copy: their settings still name the target bucket, and the plan warns.
+    pub not_copied: Vec<String>,
 }
 
 /// One store to move off Tutor.
+// At most one of each per cutover: the S3 variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CutoverTarget {
     Mysql(MysqlTarget),
@@ -247,6 +268,13 @@ impl std::fmt::Debug for S3Target {
             .field("addressing_style", &self.addressing_style)
             .field("access_key", &Redacted(&self.access_key))
             .field("secret_key", &Redacted(&self.secret_key))
+            .field("signature_version", &self.signature_version)
+            .field("custom_domain", &self.custom_domain)
+            .field("querystring_auth", &self.querystring_auth)
+            .field("video_upload_bucket", &self.video_upload_bucket)
+            .field("openedx_learning_bucket", &self.openedx_learning_bucket)
+            .field("discovery_bucket", &self.discovery_bucket)
+            .field("not_copied", &self.not_copied)
             .finish()
     }
 }
@@ -720,8 +748,15 @@ fn plan_s3(
     check_bucket("storage_bucket", &t.storage_bucket)?;
     check_bucket("file_upload_bucket", &t.file_upload_bucket)?;
     check_bucket("grade_bucket", &t.grade_bucket)?;
-    if !t.profile_image_bucket.is_empty() {
-        check_bucket("profile_image_bucket", &t.profile_image_bucket)?;
+    for (field, bucket) in [
+        ("profile_image_bucket", &t.profile_image_bucket),
+        ("video_upload_bucket", &t.video_upload_bucket),
+        ("openedx_learning_bucket", &t.openedx_learning_bucket),
+        ("discovery_bucket", &t.discovery_bucket),
+    ] {
+        if !bucket.is_empty() {
+            check_bucket(field, bucket)?;
+        }
     }
     if !matches!(t.addressing_style.as_str(), "auto" | "path" | "virtual") {
         return Err(target_error(
@@ -765,36 +800,48 @@ fn plan_s3(
         false,
     );
 
-    if plugins.iter().any(|p| p == "minio") {
-        let mut unmapped = vec![
-            ("MINIO_VIDEO_UPLOAD_BUCKET_NAME", "video uploads"),
-            (
-                "MINIO_OPENEDX_LEARNING_BUCKET_NAME",
-                "openedx-learning media",
-            ),
-        ];
-        if plugins.iter().any(|p| p == "discovery") {
-            unmapped.push(("MINIO_DISCOVERY_BUCKET_NAME", "course discovery uploads"));
-        }
-        for (key, what) in unmapped {
-            let bucket = cfg
-                .get_str(key)
-                .filter(|b| !b.contains('{'))
-                .unwrap_or_else(|| "discoveryuploads".to_owned());
-            warnings.push(format!(
-                "MinIO bucket {bucket:?} ({what}, {key}) has no tutor-contrib-s3 setting, so \
-                 config.yml gets none for it: its objects are on the target only if the job \
-                 copied that bucket (offload copies every MinIO bucket unless --buckets narrows \
-                 it); point Open edX at it yourself if the platform uses it"
-            ));
-        }
-        if t.profile_image_bucket.is_empty() {
-            let bucket = cfg.get_str("MINIO_BUCKET_NAME").unwrap_or_default();
-            warnings.push(format!(
-                "S3_PROFILE_IMAGE_BUCKET is empty: tutor-contrib-s3 then keeps profile images on \
-                 the filesystem, while MinIO kept them in bucket {bucket:?}"
-            ));
-        }
+    plan_s3_carried_over(cfg, t, edits, warnings)?;
+    Ok(())
+}
+
+/// The object-storage settings beyond tutor-contrib-s3's buckets: the source's signature
+/// version and custom domain (plugin keys), the buckets and options the plugin has no key for
+/// (settings patches, see [`s3_settings_patches`]), and what the operator must know.
+fn plan_s3_carried_over(
+    cfg: &TutorConfig,
+    t: &S3Target,
+    edits: &mut ConfigEdits,
+    warnings: &mut Vec<String>,
+) -> Result<(), TutorError> {
+    if let Some(version) = &t.signature_version {
+        edits.set("S3_SIGNATURE_VERSION", version.as_str());
+    }
+    if let Some(domain) = &t.custom_domain {
+        edits.set("S3_CUSTOM_DOMAIN", domain.as_str());
+    }
+    for patch in s3_settings_patches(cfg, t)? {
+        warnings.push(format!(
+            "tutor-contrib-s3 {S3_PLUGIN_RELEASE} has no setting for {}: they need the Tutor \
+             settings patch `{}` (docs/cutover.md)",
+            patch.covers.join(", "),
+            patch.name
+        ));
+    }
+    for bucket in &t.not_copied {
+        warnings.push(format!(
+            "the platform uses MinIO bucket {bucket:?}, which this job did not copy (--buckets \
+             left it out): its setting names the target bucket anyway; copy it (offload copy \
+             --buckets ...) before starting the platform, or its files are missing"
+        ));
+    }
+    if t.profile_image_bucket.is_empty() {
+        warnings.push(
+            "S3_PROFILE_IMAGE_BUCKET is empty: tutor-contrib-s3 then keeps profile images on the \
+             filesystem"
+                .to_owned(),
+        );
+    }
+    if cfg.plugins().iter().any(|p| p == "minio") {
         warnings.push(
             "the MINIO_* settings stay in config.yml (as after `tutor plugins disable minio`); \
              they are unused once the minio plugin is disabled"
@@ -1095,8 +1142,10 @@ impl CutoverPlan {
         if has("S3") {
             let _ = writeln!(
                 out,
-                "{}. Install tutor-contrib-s3 (not on PyPI) into Tutor's Python environment:\n     \
-                 pip install \"git+https://github.com/hastexo/tutor-contrib-s3\"\n     \
+                "{}. Install tutor-contrib-s3 {S3_PLUGIN_RELEASE} (not on PyPI; the release offload's \
+                 settings were checked against) into Tutor's Python environment:\n     \
+                 pip install --no-deps \"git+https://github.com/hastexo/tutor-contrib-s3@{S3_PLUGIN_RELEASE}\"\n     \
+                 (it declares Tutor <21: without --no-deps pip would downgrade Tutor 22)\n     \
                  `tutor plugins list` must then show s3 as enabled",
                 next()
             );

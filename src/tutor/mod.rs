@@ -12,6 +12,7 @@ pub mod elasticsearch;
 pub(crate) mod pyyaml;
 pub mod rewrite;
 pub mod settings_patch;
+pub mod s3_patches;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use cutover::{
 pub use plugins::{KnownMysqlPlugin, PluginMysql, PluginMysqlFindings, MYSQL_PLUGINS};
 pub use elasticsearch::ElasticsearchTarget;
 pub use rewrite::{apply_edits, ConfigEdits};
+pub use s3_patches::{s3_settings_patches, SettingsPatch, S3_PLUGIN_RELEASE};
 
 /// The file Tutor keeps its settings in, inside the project root.
 pub const CONFIG_FILENAME: &str = "config.yml";

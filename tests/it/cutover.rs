@@ -20,18 +20,18 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn fixture_text() -> String {
+pub(crate) fn fixture_text() -> String {
     std::fs::read_to_string(repo().join("fixtures/tutor/config.yml")).expect("fixture config.yml")
 }
 
 /// A fresh Tutor root holding a copy of the fixture.
-fn fixture_root() -> tempfile::TempDir {
+pub(crate) fn fixture_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yml"), fixture_text()).unwrap();
     dir
 }
 
-fn read(root: &Path, rel: &str) -> String {
+pub(crate) fn read(root: &Path, rel: &str) -> String {
     std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
@@ -90,7 +90,7 @@ fn meilisearch() -> CutoverTarget {
     })
 }
 
-fn s3() -> CutoverTarget {
+pub(crate) fn s3() -> CutoverTarget {
     CutoverTarget::S3(S3Target {
         host: "s3.eu-central-1.example.net".into(),
         port: Some(443),
@@ -103,6 +103,13 @@ fn s3() -> CutoverTarget {
         addressing_style: "path".into(),
         access_key: "AKIAEXAMPLE0123".into(),
         secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY+0".into(),
+        signature_version: Some("s3v4".into()),
+        custom_domain: Some(String::new()),
+        querystring_auth: Some(true),
+        video_upload_bucket: "learn-videos".into(),
+        openedx_learning_bucket: "learn-learning".into(),
+        discovery_bucket: String::new(),
+        not_copied: Vec::new(),
     })
 }
 
@@ -112,7 +119,7 @@ fn all_targets() -> Vec<CutoverTarget> {
 
 /// Applies the cutover with offload in one copy of the fixture and with real Tutor in another,
 /// and checks the two `config.yml` files are the same bytes. Returns offload's root and plan.
-fn cutover_matches_tutor(targets: &[CutoverTarget]) -> (tempfile::TempDir, CutoverPlan) {
+pub(crate) fn cutover_matches_tutor(targets: &[CutoverTarget]) -> (tempfile::TempDir, CutoverPlan) {
     let ours = fixture_root();
     let cfg = TutorConfig::load_with_env(ours.path(), []).unwrap();
     let plan = plan_cutover(&cfg, targets).unwrap();
@@ -143,7 +150,7 @@ fn cutover_matches_tutor(targets: &[CutoverTarget]) -> (tempfile::TempDir, Cutov
 }
 
 /// `tutor config printvalue KEY` for each pair.
-fn assert_printvalues(root: &Path, pairs: &[(&str, &str)]) {
+pub(crate) fn assert_printvalues(root: &Path, pairs: &[(&str, &str)]) {
     for (key, want) in pairs {
         let got = tutor(root, &["config", "printvalue", key]);
         assert_eq!(got.trim_end_matches('\n'), *want, "printvalue {key}");
@@ -152,7 +159,7 @@ fn assert_printvalues(root: &Path, pairs: &[(&str, &str)]) {
 
 /// Renders the environment from offload's `config.yml` with `tutor config save`, checks Tutor
 /// left the file as offload wrote it, and returns (docker-compose.yml, LMS settings, LMS env).
-fn render(root: &Path) -> (String, String, String) {
+pub(crate) fn render(root: &Path) -> (String, String, String) {
     let before = read(root, "config.yml");
     tutor(root, &["config", "save"]);
     assert_eq!(
@@ -167,7 +174,7 @@ fn render(root: &Path) -> (String, String, String) {
     )
 }
 
-fn has_service(compose: &str, name: &str) -> bool {
+pub(crate) fn has_service(compose: &str, name: &str) -> bool {
     compose.contains(&format!("\n  {name}:\n"))
 }
 
@@ -335,8 +342,11 @@ fn s3_cutover_matches_tutor_with_minio_disabled() {
     assert!(!has_service(&compose, "minio"));
     assert!(lms_env.contains("AWS_ACCESS_KEY_ID: \"AKIAEXAMPLE0123\""));
     let warnings = plan.warnings.join("\n");
-    assert!(warnings.contains("openedxvideos") && warnings.contains("openedxlearning"));
-    assert!(plan.runbook().contains("tutor-contrib-s3"));
+    assert!(
+        warnings.contains("learn-videos") && warnings.contains("learn-learning"),
+        "{warnings}"
+    );
+    assert!(plan.runbook().contains("tutor-contrib-s3@v2.3.1"));
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod common;
 mod cutover;
 mod cutover_tls;
 mod cutover_es;
+mod cutover_s3;
 mod faults;
 mod follow_redis;
 mod fuzz;
