@@ -17,6 +17,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::{Client, IndexModel};
 
+use offload::core::follow::StreamPosition;
 use offload::core::{Cursor, KeyRange, Side, Store, StoreKind, Unit};
 use offload::stores::mongodb::{MongoEndpoint, MongoOptions, MongoStore};
 
@@ -597,4 +598,54 @@ async fn a_standalone_source_is_not_followed_and_the_plan_says_the_delta_pass_is
     assert!(said.contains("nothing to follow"), "{said}");
     assert!(said.contains("mongodb  not followed"), "{said}");
     assert!(checkpoint(job.path()).is_none());
+}
+
+/// The final pass's wait: with the source's writers done, a follower opened where the copy
+/// started reads the source's head and applies until it is caught up with it, and then the
+/// target holds every change made before the head was read.
+#[tokio::test]
+async fn a_follower_catches_up_with_the_head_read_after_the_writes() {
+    let pair = Pair::start(false);
+    let src = pair.source.client().await;
+    let docs = src.database(&pair.db).collection::<Document>("docs");
+    docs.insert_many((0..30).map(|i| doc! {"_id": i, "v": i}))
+        .await
+        .unwrap();
+    let job = tempfile::tempdir().unwrap();
+    assert_exit(&offload(job.path(), &args("copy", &pair.flags(), &[])), 0);
+    let start: String = rusqlite::Connection::open(job.path().join("catalog.sqlite"))
+        .unwrap()
+        .query_row(
+            "SELECT value FROM setup WHERE key = 'stream_start:mongodb'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let start: StreamPosition = serde_json::from_str(&start).unwrap();
+
+    docs.insert_many((100..400).map(|i| doc! {"_id": i, "v": i}))
+        .await
+        .unwrap();
+    docs.delete_many(doc! {"_id": {"$lt": 10}}).await.unwrap();
+    let store = pair.store();
+    let units = store.inventory().await.unwrap();
+    let mut follower = store.follower(&start, &units).await.unwrap();
+    let head = follower.source_head().await.unwrap();
+    assert!(
+        !follower.caught_up(&head),
+        "300 changes are not applied yet"
+    );
+    let mut applies = 0;
+    while !follower.caught_up(&head) {
+        applies += 1;
+        assert!(applies < 500, "not caught up after 500 applies");
+        follower.apply(Duration::from_millis(100)).await.unwrap();
+    }
+    follower.close().await;
+    let target = pair.target.client().await;
+    assert_eq!(
+        raw_docs(&src, &pair.db, "docs").await,
+        raw_docs(&target, &pair.db, "docs").await,
+        "caught up means every change before the head is on the target"
+    );
 }

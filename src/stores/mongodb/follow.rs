@@ -837,13 +837,17 @@ impl Follower for MongoFollower {
             lag.seconds = at_ms.map(|ms| ((now_ms() - ms).max(0) as f64) / 1000.0);
         }
         if idle {
-            // Everything the source wrote up to the stream's high-water mark is applied.
+            // Everything the source wrote up to the stream's high-water mark is applied, and
+            // everything up to the operation time read before this call's empty reply (a server
+            // may move its operation time on without writing, as SecantusDB does for every
+            // command, so the high-water mark alone may never reach a head read later).
             if let Some(token) = self.stream.resume_token() {
-                if let Some(t) = token_time(&token).or(before) {
+                if let Some(t) = token_time(&token) {
                     self.position.time = self.position.time.max(t);
                 }
                 self.position.token = token_json(&token).or(self.position.token.take());
-            } else if let Some(t) = before {
+            }
+            if let Some(t) = before {
                 self.position.time = self.position.time.max(t);
             }
             lag.behind = Some(0);
