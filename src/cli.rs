@@ -75,8 +75,9 @@ pub enum Command {
     /// from the same flags. Exit code 1 when anything differs.
     Verify(VerifyArgs),
     /// Keep the targets in step with the sources after the copy (MySQL's binary log, Redis'
-    /// replication stream), from where the copy read, until stopped (Ctrl-C, SIGTERM) or until
-    /// the final pass (`migrate --resume --freeze-source`) takes the job over.
+    /// replication stream, MongoDB's change streams), from where the copy read, until stopped
+    /// (Ctrl-C, SIGTERM) or until the final pass (`migrate --resume --freeze-source`) takes the
+    /// job over.
     Follow(FollowArgs),
     /// Show the job's phases and per-unit progress from its catalog (works while a job runs).
     Status(StatusArgs),

@@ -12,6 +12,7 @@ mod cutover_es;
 mod cutover_s3;
 mod faults;
 mod follow_redis;
+mod follow_mongodb;
 mod fuzz;
 mod inputs;
 mod job;

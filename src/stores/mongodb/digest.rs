@@ -2,7 +2,7 @@
 //! ordered hash of the raw bytes of an `_id` range, one hash per document to name differences),
 //! and the `_id` split points of big collections.
 
-use mongodb::bson::{doc, Bson, RawBson};
+use mongodb::bson::{doc, Bson, RawBson, RawDocument};
 use serde_json::json;
 
 use super::read::{self, decode, Fault, Query};
@@ -140,16 +140,7 @@ pub async fn row_digests(
         .await?;
         let mut out = Vec::new();
         while docs.advance(store, side, unit).await? {
-            let doc = docs.current();
-            let id = keys::id_of(doc).map_err(|w| read::malformed(store, side, unit, w))?;
-            let key = Bson::try_from(id)
-                .map(|b| format!("_id={}", keys::show(&b)))
-                .unwrap_or_else(|_| "_id=(unreadable)".into());
-            out.push(RowDigest {
-                key,
-                digest: keys::doc_digest(doc),
-                cursor: Some(keys::encode(id)),
-            });
+            out.push(row_digest(store, side, unit, docs.current())?);
         }
         if docs.cut_untrusted(out.len() >= cap) {
             return Err(Fault::Disorder);
@@ -157,4 +148,23 @@ pub async fn row_digests(
         Ok(out)
     })
     .await
+}
+
+/// The digest of one document, named by its `_id`: what `row_digests` and the verify of
+/// followed keys compare.
+pub fn row_digest(
+    store: &MongoStore,
+    side: Side,
+    unit: &Unit,
+    doc: &RawDocument,
+) -> Result<RowDigest, StoreError> {
+    let id = keys::id_of(doc).map_err(|w| read::malformed(store, side, unit, w))?;
+    let key = Bson::try_from(id)
+        .map(|b| format!("_id={}", keys::show(&b)))
+        .unwrap_or_else(|_| "_id=(unreadable)".into());
+    Ok(RowDigest {
+        key,
+        digest: keys::doc_digest(doc),
+        cursor: Some(keys::encode(id)),
+    })
 }

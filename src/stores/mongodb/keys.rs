@@ -138,6 +138,20 @@ pub fn out_of_order(prev: RawBsonRef<'_>, cur: RawBsonRef<'_>) -> bool {
     }
 }
 
+/// The server's order of two `_id` values: type bracket first, then value; `None` where a value
+/// is of a kind this does not rank.
+pub fn compare(a: &Bson, b: &Bson) -> Option<Ordering> {
+    let (ra, rb) = (
+        mongodb::bson::RawBson::try_from(a.clone()).ok()?,
+        mongodb::bson::RawBson::try_from(b.clone()).ok()?,
+    );
+    let (ra, rb) = (ra.as_raw_bson_ref(), rb.as_raw_bson_ref());
+    match bracket(ra.element_type()).cmp(&bracket(rb.element_type())) {
+        Ordering::Equal => compare_values(ra, rb),
+        other => Some(other),
+    }
+}
+
 /// The server's order of two documents: element by element, type bracket, then field name,
 /// then value; a prefix sorts first. `None` where a value is of a kind this does not rank.
 fn compare_documents(a: &RawDocument, b: &RawDocument) -> Option<Ordering> {

@@ -10,6 +10,7 @@ mod ahead;
 mod copy;
 mod digest;
 mod endpoint;
+mod follow;
 mod keys;
 mod read;
 pub mod settings;
@@ -30,6 +31,7 @@ pub use endpoint::{map_error, MongoEndpoint};
 use shape::CollectionSpec;
 
 use crate::core::epoch::TargetEpoch;
+use crate::core::follow::{Follower, StreamPosition};
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, KeyRange,
@@ -102,6 +104,9 @@ pub struct MongoStore {
     clean: Mutex<HashMap<String, Option<Vec<u8>>>>,
     /// The cluster time every source read uses, with `--mongodb-snapshot`.
     snapshot_time: Mutex<Option<Timestamp>>,
+    /// The source's operation time read before this run's first read, where it has a change
+    /// stream: where following must start so no change the copy may have missed is left out.
+    copy_start: Mutex<Option<follow::ClusterTime>>,
     /// Collections (by side) whose `_id` index walk is out of order: read sorted.
     sorted_only: Mutex<HashSet<String>>,
     /// Collections left alone by `--if-exists skip`: no indexes are built on them.
@@ -128,6 +133,7 @@ impl MongoStore {
             reads: tokio::sync::Mutex::new(HashMap::new()),
             clean: Mutex::new(HashMap::new()),
             snapshot_time: Mutex::new(None),
+            copy_start: Mutex::new(None),
             sorted_only: Mutex::new(HashSet::new()),
             skipped: Mutex::new(BTreeSet::new()),
             turns: Default::default(),
@@ -526,6 +532,13 @@ impl Store for MongoStore {
 
     async fn begin_copy(&self, _workers: usize) -> Result<String, StoreError> {
         self.reads.lock().await.clear();
+        let followable = follow::has_change_stream(&self.hello(Side::Source).await?);
+        let start = if followable {
+            follow::operation_time(self).await?
+        } else {
+            None
+        };
+        *self.copy_start.lock().expect("copy start") = start;
         if !self.options.snapshot {
             return Ok(
                 "mongodb: each batch reads the source as it is at that moment (no snapshot across collections); stop the platform's writers for an exact copy".into(),
@@ -628,6 +641,33 @@ impl Store for MongoStore {
 
     async fn end_copy(&self) {
         self.reads.lock().await.clear();
+    }
+
+    async fn stream_start(
+        &self,
+        earlier: Option<&StreamPosition>,
+    ) -> Result<Option<StreamPosition>, StoreError> {
+        let this_run = *self.copy_start.lock().expect("copy start");
+        Ok(follow::stream_start(this_run, earlier))
+    }
+
+    async fn follower(
+        &self,
+        from: &StreamPosition,
+        units: &[Unit],
+    ) -> Result<Box<dyn Follower>, StoreError> {
+        Ok(Box::new(
+            follow::MongoFollower::open(self, from, units).await?,
+        ))
+    }
+
+    async fn row_digests_at(
+        &self,
+        side: Side,
+        unit: &Unit,
+        keys: &[Cursor],
+    ) -> Result<Vec<RowDigest>, StoreError> {
+        follow::row_digests_at(self, side, unit, keys).await
     }
 
     async fn digest_range(

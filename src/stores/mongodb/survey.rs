@@ -81,6 +81,7 @@ pub async fn survey(store: &MongoStore) -> Result<Survey, StoreError> {
     survey
         .checks
         .push(Check::new("consistent read", ok, detail));
+    survey.checks.push(change_stream_check(source_hello));
 
     let status = store
         .command(Side::Target, "admin", doc! {"connectionStatus": 1})
@@ -231,6 +232,17 @@ pub async fn compare_shape(
     Ok(out)
 }
 
+/// Whether the source can be followed after the copy (information, never a failed check: the
+/// delta pass is the fallback).
+fn change_stream_check(source_hello: &Document) -> Check {
+    let detail = if super::follow::has_change_stream(source_hello) {
+        "the source has change streams (replica set): after the copy, `offload follow` keeps the target in step from the cluster time read before the copy's first read, and the final pass only catches up the last seconds".to_string()
+    } else {
+        "standalone: no change stream; the final pass uses the delta pass (every _id range compared, those that differ copied again). To follow the source instead, run it as a one-node replica set: start mongod with --replSet rs0, run rs.initiate() once, and add ?replicaSet=rs0 to the source URI".to_string()
+    };
+    Check::new("change stream", true, detail)
+}
+
 /// What the target's `hello` says about its redundancy: information for the plan, since Tutor's
 /// scaling guide warns that a single MongoDB server is a single point of failure.
 fn redundancy(hello: &Document) -> String {
@@ -262,5 +274,17 @@ mod tests {
         let three = doc! {"setName": "rs0", "hosts": ["a:27017", "b:27017", "c:27017"]};
         assert!(redundancy(&three).contains("3 data-bearing members"));
         assert!(redundancy(&doc! {"msg": "isdbgrid"}).contains("sharded"));
+    }
+
+    #[test]
+    fn the_plan_says_whether_the_source_can_be_followed() {
+        let standalone = change_stream_check(&doc! {"isWritablePrimary": true});
+        assert!(standalone.ok, "information, not a failure");
+        assert!(standalone
+            .detail
+            .starts_with("standalone: no change stream; the final pass uses the delta pass"));
+        assert!(standalone.detail.contains("one-node replica set"));
+        let set = change_stream_check(&doc! {"setName": "rs0"});
+        assert!(set.detail.contains("offload follow"));
     }
 }

@@ -8,12 +8,13 @@ use mongodb::action::Action;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::error::{Error, ErrorKind};
 use mongodb::options::Collation;
+use mongodb::Database;
 
 use super::{shape, MongoStore};
 use crate::core::{Side, StoreError, Unit};
 
 /// MongoDB's duplicate-key error.
-const DUPLICATE_KEY: i32 = 11000;
+pub const DUPLICATE_KEY: i32 = 11000;
 
 /// The position in an insert of the document that clashed on a unique key, if that is the error.
 pub fn duplicate_at(e: &Error) -> Option<usize> {
@@ -35,16 +36,26 @@ pub async fn remove_holders(
     unit: &Unit,
     doc: &RawDocumentBuf,
 ) -> Result<u64, StoreError> {
-    let fail = |e| store.err(Side::Target, e).in_unit(&unit.name);
+    let db = store.db(Side::Target, &unit.container).await?;
+    remove_holders_in(&db, &unit.object, doc)
+        .await
+        .map_err(|e| store.err(Side::Target, e).in_unit(&unit.name))
+}
+
+/// [`remove_holders`] in collection `coll` of the target database `db`, unworded.
+pub async fn remove_holders_in(
+    db: &Database,
+    coll_name: &str,
+    doc: &RawDocumentBuf,
+) -> Result<u64, Error> {
     let Ok(doc) = doc.to_document() else {
         return Ok(0);
     };
     let Some(id) = doc.get("_id").cloned() else {
         return Ok(0);
     };
-    let db = store.db(Side::Target, &unit.container).await?;
-    let indexes = shape::list_indexes(&db, &unit.object).await.map_err(fail)?;
-    let coll = db.collection::<Document>(&unit.object);
+    let indexes = shape::list_indexes(db, coll_name).await?;
+    let coll = db.collection::<Document>(coll_name);
     let mut removed = 0;
     for spec in indexes
         .iter()
@@ -60,8 +71,7 @@ pub async fn remove_holders(
         let gone = coll
             .delete_many(filter)
             .optional(collation, |d, c| d.collation(c))
-            .await
-            .map_err(fail)?;
+            .await?;
         removed += gone.deleted_count;
     }
     Ok(removed)
