@@ -18,8 +18,8 @@ use serde_yaml::Value;
 
 use super::elasticsearch::{self, ElasticsearchTarget};
 use super::rewrite::{apply_edits_at, config_path, read_mapping, setting_blocks, ConfigEdits};
-use super::settings_patch::{self, SettingsPatchPlugin, TargetTls};
 use super::s3_patches::{s3_settings_patches, S3_PLUGIN_RELEASE};
+use super::settings_patch::{self, SettingsPatchPlugin, TargetTls};
 use super::{
     is_secret_key, pyyaml, text_digest, Redacted, TutorConfig, TutorError, CONFIG_FILENAME,
     KNOWN_TUTOR_MAJORS,

@@ -7,12 +7,12 @@
 //! PyYAML does (`yes` is a boolean), not with `serde_yaml`'s YAML 1.2 rules.
 
 pub mod cutover;
-pub mod plugins;
 pub mod elasticsearch;
+pub mod plugins;
 pub(crate) mod pyyaml;
 pub mod rewrite;
-pub mod settings_patch;
 pub mod s3_patches;
+pub mod settings_patch;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -26,8 +26,8 @@ pub use cutover::{
     MeilisearchTarget, MongodbTarget, MysqlPluginUser, MysqlTarget, RedisTarget, RolledBack,
     S3Target,
 };
-pub use plugins::{KnownMysqlPlugin, PluginMysql, PluginMysqlFindings, MYSQL_PLUGINS};
 pub use elasticsearch::ElasticsearchTarget;
+pub use plugins::{KnownMysqlPlugin, PluginMysql, PluginMysqlFindings, MYSQL_PLUGINS};
 pub use rewrite::{apply_edits, ConfigEdits};
 pub use s3_patches::{s3_settings_patches, SettingsPatch, S3_PLUGIN_RELEASE};
 
