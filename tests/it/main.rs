@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod cutover;
 mod faults;
+mod follow_mysql;
 mod fuzz;
 mod inputs;
 mod job;

@@ -1,6 +1,7 @@
-//! Test support beyond the shared helpers: the Meilisearch stand-in, the TCP fault proxy, and
-//! servers that speak TLS.
+//! Test support beyond the shared helpers: the Meilisearch stand-in, the TCP fault proxy,
+//! servers that speak TLS, and MariaDB servers of a test's own (with a binary log).
 
 pub mod fault_proxy;
 pub mod meili_standin;
+pub mod own_mariadb;
 pub mod tls;
