@@ -728,6 +728,68 @@ async fn standin_payload_limit_splits_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standin_payload_limit_below_the_batch_is_met_by_halving() {
+    // A server whose payload limit (30 kB) is far below the batch size asked for (200 kB): every
+    // refused body (413) is sent again in halves, and every document arrives.
+    let meili = standin(StandinConfig {
+        payload_limit: 30_000,
+        ..StandinConfig::default()
+    });
+    let client = meili.client();
+    let uid = format!("{}live", prefix("halve"));
+    let big = RebuildOptions {
+        batch_bytes: 200_000,
+        ..RebuildOptions::default()
+    };
+    let outcome = rebuild_index(
+        &client,
+        &uid,
+        &simple_settings(),
+        &big,
+        &|_, _| {},
+        |sink| numbered(sink, 1500, "halved"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.documents, 1500, "{}", meili.label);
+    assert!(
+        outcome.batches >= outcome.bytes.div_ceil(30_000),
+        "{}: {} batches for {} bytes under a 30 kB limit",
+        meili.label,
+        outcome.batches,
+        outcome.bytes
+    );
+    assert_eq!(count(&client, &uid).await, 1500, "{}", meili.label);
+
+    // One document larger than the limit cannot be split: the error names the server setting.
+    let err = rebuild_index(
+        &client,
+        &uid,
+        &simple_settings(),
+        &big,
+        &|_, _| {},
+        |sink| async move {
+            sink.send(json!({"id": "huge", "pad": "x".repeat(40_000)}))
+                .await;
+            Ok(())
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("--http-payload-size-limit"),
+        "{}: {err}",
+        meili.label
+    );
+    assert_eq!(
+        count(&client, &uid).await,
+        1500,
+        "{}: the live index is untouched",
+        meili.label
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_mode_reads_settings_and_documents_from_the_old_server() {
     // The old server is always a stand-in (a test has at most one real server); the target is
     // the configured server.
