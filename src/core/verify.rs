@@ -115,6 +115,24 @@ fn kind_counts(source: &BTreeMap<String, u64>, target: &BTreeMap<String, u64>) -
 }
 
 impl UnitVerify {
+    /// A unit's verification before anything is compared.
+    fn of(unit: &Unit) -> UnitVerify {
+        UnitVerify {
+            store: unit.store,
+            unit: unit.name.clone(),
+            container: unit.container.clone(),
+            object: unit.object.clone(),
+            source_rows: 0,
+            target_rows: 0,
+            chunks: 0,
+            chunks_differ: 0,
+            unnamed: 0,
+            differences: Vec::new(),
+            error: None,
+            kinds: Vec::new(),
+        }
+    }
+
     pub fn matched(&self) -> bool {
         self.error.is_none() && self.chunks_differ == 0 && self.source_rows == self.target_rows
     }
@@ -227,18 +245,8 @@ pub async fn verify(
             let uv = match result {
                 Ok(uv) => uv,
                 Err(e) => UnitVerify {
-                    store: unit.store,
-                    unit: unit.name.clone(),
-                    container: unit.container.clone(),
-                    object: unit.object.clone(),
-                    source_rows: 0,
-                    target_rows: 0,
-                    chunks: 0,
-                    chunks_differ: 0,
-                    unnamed: 0,
-                    differences: Vec::new(),
                     error: Some(e.to_string()),
-                    kinds: Vec::new(),
+                    ..UnitVerify::of(&unit)
                 },
             };
             let outcome = if uv.matched() {
@@ -283,20 +291,7 @@ async fn verify_unit(
     reporter: &dyn Reporter,
     cancel: &CancellationToken,
 ) -> Result<UnitVerify, StoreError> {
-    let mut uv = UnitVerify {
-        store: unit.store,
-        unit: unit.name.clone(),
-        container: unit.container.clone(),
-        object: unit.object.clone(),
-        source_rows: 0,
-        target_rows: 0,
-        chunks: 0,
-        chunks_differ: 0,
-        unnamed: 0,
-        differences: Vec::new(),
-        error: None,
-        kinds: Vec::new(),
-    };
+    let mut uv = UnitVerify::of(unit);
     let (mut source_kinds, mut target_kinds) = (BTreeMap::new(), BTreeMap::new());
     let retries = options.retries;
     let limit = options.chunk_rows.max(1);
@@ -470,20 +465,7 @@ async fn verify_keys(
     options: &VerifyOptions,
     reporter: &dyn Reporter,
 ) -> Result<UnitVerify, StoreError> {
-    let mut uv = UnitVerify {
-        store: unit.store,
-        unit: unit.name.clone(),
-        container: unit.container.clone(),
-        object: unit.object.clone(),
-        source_rows: 0,
-        target_rows: 0,
-        chunks: 0,
-        chunks_differ: 0,
-        unnamed: 0,
-        differences: Vec::new(),
-        error: None,
-        kinds: Vec::new(),
-    };
+    let mut uv = UnitVerify::of(unit);
     for part in keys.chunks(KEYS_PER_REQUEST) {
         let (src, tgt) = tokio::join!(
             store.row_digests_at(Side::Source, unit, part),
