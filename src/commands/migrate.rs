@@ -117,12 +117,13 @@ async fn run_phases(
         return copy_verify_follow(job, out, cancel, summary, &verify_options).await;
     }
 
-    // The final pass: with the sources' writers held off, followed stores catch up with their
-    // change streams and the others get the delta pass; each such store is then covered, so
-    // the verify compares only what changed since the last full verify.
+    // The final pass (a resumed run that holds the sources' writers off): followed stores catch
+    // up with their change streams and the others get the delta pass; each such store is then
+    // covered, so the verify compares only what changed since the last full verify. A first
+    // run that holds writers off from the start needs neither.
     let frozen = copy.freeze_source;
     let mut covered: Vec<StoreKind> = Vec::new();
-    let followed = if frozen && !args.no_follow && job.has_follow_positions()? {
+    let followed = if frozen && copy.resume && !args.no_follow && job.has_follow_positions()? {
         let options = FollowOptions {
             until: FollowUntil::CaughtUp,
             poll: CATCH_UP_POLL,
