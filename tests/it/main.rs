@@ -12,7 +12,6 @@ mod cutover_s3;
 mod cutover_tls;
 mod faults;
 mod follow_mongodb;
-mod follow_mysql;
 mod follow_redis;
 mod fuzz;
 mod inputs;

@@ -1,18 +1,15 @@
 //! Copying a unit batch by batch: the consistent snapshot of the source that a run's batches
-//! share (the note on how many of them really read inside it, and where it stands in the binary
-//! log so a follower starts there), keyless tables in one pass, batch sizes, and the clearing of
-//! a key range for the delta pass.
+//! share (and the note on how many of them really read inside it), keyless tables in one pass, batch sizes, and the clearing of a key range for the delta
+//! pass.
 
 use std::collections::BTreeSet;
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 
-use super::binlog::{self, BinlogPosition};
 use super::values::encode_cursor;
 use super::MysqlStore;
-use crate::core::follow::StreamPosition;
-use crate::core::{BatchOutcome, Cursor, ErrorKind, Side, StoreError, StoreKind, Unit};
+use crate::core::{BatchOutcome, Cursor, Side, StoreError, Unit};
 
 /// What this run's copy read from the source, for the note that says how consistent the copy is:
 /// a shared snapshot is only as good as the batches that actually read inside it.
@@ -78,23 +75,12 @@ pub(super) async fn begin_copy(store: &MysqlStore, workers: usize) -> Result<Str
     for _ in 0..workers.max(1) {
         conns.push(store.conn(Side::Source).await?);
     }
-    // Where the binary log stands, for following: read before the lock, so that it is held
-    // only as long as before.
-    let mariadb = binlog::is_mariadb(&mut conns[0]).await.unwrap_or(false);
-    let log_on = binlog::log_bin(&mut conns[0]).await.unwrap_or(false);
     let locked = {
         let c = &mut conns[0];
         let _ = c.query_drop("SET SESSION lock_wait_timeout = 60").await;
         c.query_drop("FLUSH TABLES WITH READ LOCK").await.is_ok()
     };
     let started = std::time::Instant::now();
-    // MySQL without the lock: the end of the log before any snapshot opens is a safe start
-    // (earlier than every snapshot; changes applied again converge).
-    let head_before = if log_on && !mariadb && !locked {
-        Some(binlog::head(&mut conns[0]).await)
-    } else {
-        None
-    };
     let mut result = Ok(());
     for c in conns.iter_mut() {
         let r = async {
@@ -109,17 +95,11 @@ pub(super) async fn begin_copy(store: &MysqlStore, workers: usize) -> Result<Str
             break;
         }
     }
-    let position = if result.is_ok() && log_on {
-        snapshot_binlog_position(&mut conns, mariadb, locked, head_before).await
-    } else {
-        Ok(None)
-    };
     if locked {
         let _ = conns[0].query_drop("UNLOCK TABLES").await;
     }
     result?;
     *store.snapshot.lock().await = conns;
-    *store.snapshot_binlog.lock().expect("snapshot binlog") = Some(position);
     let mut record = store.snapshot_record.lock().expect("snapshot record");
     let earlier_units = record.earlier_units;
     *record = SnapshotRecord {
@@ -134,74 +114,6 @@ pub(super) async fn begin_copy(store: &MysqlStore, workers: usize) -> Result<Str
     } else {
         "mysql: no RELOAD privilege on the source, so each worker reads its own snapshot; stop writers (LMS, CMS, workers) for an exact copy".to_string()
     })
-}
-
-/// Where in the binary log the snapshots of `conns` read: MariaDB reports it for each snapshot
-/// (the earliest counts, when each worker opened its own); MySQL's is the end of the log read
-/// while writes were held, else the end read before any snapshot opened.
-async fn snapshot_binlog_position(
-    conns: &mut [Conn],
-    mariadb: bool,
-    locked: bool,
-    head_before: Option<mysql_async::Result<Option<BinlogPosition>>>,
-) -> Result<Option<BinlogPosition>, String> {
-    let unreadable = |e: mysql_async::Error| {
-        format!("the source's binary log position could not be read ({e}); grant the source user REPLICATION CLIENT (MySQL) or BINLOG MONITOR (MariaDB)")
-    };
-    if mariadb {
-        let mut earliest: Option<BinlogPosition> = None;
-        for c in conns.iter_mut() {
-            if let Some(p) = binlog::snapshot_position(c).await.map_err(unreadable)? {
-                earliest = Some(match earliest {
-                    Some(e) => e.earliest(p),
-                    None => p,
-                });
-            }
-        }
-        return Ok(earliest);
-    }
-    if locked {
-        return binlog::head(&mut conns[0]).await.map_err(unreadable);
-    }
-    head_before.unwrap_or(Ok(None)).map_err(unreadable)
-}
-
-/// After a run's copy: where following must start so that every change this run's snapshot and
-/// earlier runs' did not see is applied: the earlier of this run's snapshot position and
-/// `earlier` (row images applied again converge, so starting early is safe).
-pub(super) async fn stream_start(
-    store: &MysqlStore,
-    earlier: Option<&StreamPosition>,
-) -> Result<Option<StreamPosition>, StoreError> {
-    let this_run = store
-        .snapshot_binlog
-        .lock()
-        .expect("snapshot binlog")
-        .take();
-    let this_run = match this_run {
-        // No copy opened in this run: what earlier runs recorded stands.
-        None => return Ok(earlier.cloned()),
-        Some(Ok(p)) => p,
-        Some(Err(reason)) => {
-            return Err(StoreError::new(
-                StoreKind::Mysql,
-                store.source.address(),
-                ErrorKind::Auth,
-                reason,
-                "following needs the position; without it the final pass copies what changed with the delta pass (offload copy --resume --delta)",
-            ))
-        }
-    };
-    // No binary log (log_bin off): nothing to follow.
-    let Some(this_run) = this_run else {
-        return Ok(None);
-    };
-    let earlier = earlier.and_then(BinlogPosition::from_stream);
-    let start = match earlier {
-        Some(e) => this_run.earliest(e),
-        None => this_run,
-    };
-    Ok(Some(start.to_stream()))
 }
 
 pub(super) async fn end_copy(store: &MysqlStore) {

@@ -1,6 +1,5 @@
 //! Digests for verification: the rows of a key range read in key order on either side, each
-//! row hashed, and the hashes summed so that equal sums mean equal content; and the rows of
-//! given keys (those a follower touched) digested the same way.
+//! row hashed, and the hashes summed so that equal sums mean equal content.
 
 use mysql_async::Value;
 
@@ -110,84 +109,4 @@ fn row_digest(row: &[Value]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     out
-}
-
-/// Keys asked for at once by [`row_digests_at`].
-const KEYS_PER_QUERY: usize = 500;
-
-/// Per-row digests of the rows with these keys (cursors as the copy and the follower name
-/// rows), read and digested exactly as [`row_digests`] does; keys without a row are left out.
-pub(super) async fn row_digests_at(
-    store: &MysqlStore,
-    side: Side,
-    unit: &Unit,
-    keys: &[Cursor],
-) -> Result<Vec<RowDigest>, StoreError> {
-    let (db, table) = store.unit_table(unit);
-    let info = store.table(db, table).await?;
-    if info.keyless() {
-        return Err(StoreError::new(
-            crate::core::StoreKind::Mysql,
-            store.endpoint(side).address(),
-            crate::core::ErrorKind::Unsupported,
-            format!("{db}.{table} has no key to find single rows by"),
-            "the unit is verified whole instead",
-        )
-        .in_unit(&unit.name));
-    }
-    let mut conn = store.conn(side).await?;
-    let mut out = Vec::new();
-    for chunk in keys.chunks(KEYS_PER_QUERY) {
-        let mut params = Vec::new();
-        let mut alternatives = Vec::new();
-        for key in chunk {
-            let values = store.decode(key, side)?;
-            if values.len() != info.key.len() {
-                return Err(StoreError::new(
-                    crate::core::StoreKind::Mysql,
-                    store.endpoint(side).address(),
-                    crate::core::ErrorKind::Input,
-                    format!("key {} does not fit the key of {db}.{table}", key.0),
-                    "the job folder was written for another table definition; verify the whole unit with `offload verify --full`",
-                )
-                .in_unit(&unit.name));
-            }
-            let terms: Vec<String> = info
-                .key
-                .iter()
-                .map(|&k| format!("{} = ?", super::schema::ident(&info.columns[k].name)))
-                .collect();
-            alternatives.push(format!("({})", terms.join(" AND ")));
-            params.extend(values);
-        }
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {}{}",
-            info.select_list,
-            info.qualified,
-            alternatives.join(" OR "),
-            info.order_by()
-        );
-        let rows: Result<Vec<mysql_async::Row>, _> = {
-            use mysql_async::prelude::*;
-            conn.exec(sql, params).await
-        };
-        let rows = match rows {
-            Ok(rows) => rows,
-            // A table missing on the target holds none of the rows.
-            Err(mysql_async::Error::Server(e)) if side == Side::Target && e.code == 1146 => {
-                return Ok(out)
-            }
-            Err(e) => return Err(store.err(side, e).in_unit(&unit.name)),
-        };
-        for row in rows {
-            let row = row.unwrap();
-            let k: Vec<Value> = info.key.iter().map(|&k| row[k].clone()).collect();
-            out.push(RowDigest {
-                key: info.display_key(&k),
-                digest: row_digest(&row),
-                cursor: Some(encode_cursor(&k)),
-            });
-        }
-    }
-    Ok(out)
 }

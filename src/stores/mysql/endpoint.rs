@@ -401,14 +401,6 @@ impl SettledPool {
         pool.get_conn().await
     }
 
-    /// A connection of its own, outside the pool and with the pool's session setup and TLS, for
-    /// work that changes what the connection is (a binary log stream).
-    pub async fn dedicated_conn(&self) -> Result<Conn, mysql_async::Error> {
-        drop(self.get_conn().await?);
-        let settled = self.settled().cloned().unwrap_or_default();
-        Conn::new(self.endpoint.opts(self.setup.clone(), 1, &settled)).await
-    }
-
     /// How TLS was settled, once a connection has opened.
     pub fn settled(&self) -> Option<&TlsSettled> {
         self.pool.get().map(|(_, s)| s)

@@ -1,19 +1,15 @@
 //! The MySQL store: copies every user database table by table, keyset-chunked by primary key from
 //! a consistent snapshot of the source, streamed into `LOAD DATA LOCAL INFILE ... REPLACE` on the
 //! target (multi-row `REPLACE` statements where the target refuses LOCAL INFILE), recreates schema
-//! objects, digests key ranges row by row for verification, and after the copy follows the
-//! source's binary log from where the copy's snapshot read (`follow.rs`).
+//! objects, and digests key ranges row by row for verification.
 //!
 //! Tested against MariaDB 10.11 on both sides. MySQL 8 specifics (JSON as a real type,
-//! `caching_sha2_password`, `information_schema_stats_expiry`, `SHOW BINARY LOG STATUS`, JSON
-//! binlog values) are handled in code but untested here.
+//! `caching_sha2_password`, `information_schema_stats_expiry`) are handled in code but untested here.
 
-mod binlog;
 mod copy;
 mod digest;
 mod endpoint;
 mod finish;
-mod follow;
 mod freeze;
 mod inventory;
 mod prepare;
@@ -38,7 +34,6 @@ pub use endpoint::{map_error, MysqlEndpoint, SettledPool, TlsMode, TlsSettled};
 use schema::{TableInfo, SYSTEM_DATABASES};
 
 use crate::core::epoch::TargetEpoch;
-use crate::core::follow::{Follower, StreamPosition};
 use crate::core::store::{ShapeDifference, Survey};
 use crate::core::{
     BatchOutcome, ChunkDigest, Cursor, EndIdentity, ErrorKind, Identity, IfExists, RowDigest, Side,
@@ -118,9 +113,6 @@ pub struct MysqlStore {
     snapshot: tokio::sync::Mutex<Vec<Conn>>,
     /// How many of this run's batches read inside that snapshot, for the copy's note.
     snapshot_record: Mutex<copy::SnapshotRecord>,
-    /// Where in the source's binary log this run's snapshot read (`None` until `begin_copy`;
-    /// inside, `None` when the binary log is off, an error text when it could not be read).
-    snapshot_binlog: Mutex<Option<Result<Option<binlog::BinlogPosition>, String>>>,
     tables: Mutex<HashMap<(String, String), Arc<TableInfo>>>,
     /// Whether this process set the source read_only (and so must undo it).
     frozen: Mutex<bool>,
@@ -164,7 +156,6 @@ impl MysqlStore {
             options,
             snapshot: tokio::sync::Mutex::new(Vec::new()),
             snapshot_record: Mutex::new(copy::SnapshotRecord::default()),
-            snapshot_binlog: Mutex::new(None),
             tables: Mutex::new(HashMap::new()),
             frozen: Mutex::new(false),
         }
@@ -432,31 +423,5 @@ impl Store for MysqlStore {
 
     fn render_range(&self, unit: &Unit, after: Option<&Cursor>, upto: Option<&Cursor>) -> String {
         read::render_range(self, unit, after, upto)
-    }
-
-    async fn stream_start(
-        &self,
-        earlier: Option<&StreamPosition>,
-    ) -> Result<Option<StreamPosition>, StoreError> {
-        copy::stream_start(self, earlier).await
-    }
-
-    async fn follower(
-        &self,
-        from: &StreamPosition,
-        units: &[Unit],
-    ) -> Result<Box<dyn Follower>, StoreError> {
-        follow::open(self, from, units)
-            .await
-            .map(|f| Box::new(f) as Box<dyn Follower>)
-    }
-
-    async fn row_digests_at(
-        &self,
-        side: Side,
-        unit: &Unit,
-        keys: &[Cursor],
-    ) -> Result<Vec<RowDigest>, StoreError> {
-        digest::row_digests_at(self, side, unit, keys).await
     }
 }

@@ -1,7 +1,7 @@
 //! What offload tells before any work: both servers' versions, the privileges of both users,
-//! whether the source can be read from one snapshot and followed through its binary log, whether
-//! the target takes writes and knows the source's collations, which databases will be copied, and
-//! whether they include every enabled Tutor plugin's own database.
+//! whether the source can be read from one snapshot, whether the target takes writes and knows
+//! the source's collations, which databases will be copied, and whether they include every
+//! enabled Tutor plugin's own database.
 
 use std::collections::BTreeSet;
 
@@ -184,9 +184,6 @@ pub(super) async fn survey(store: &MysqlStore) -> Result<Survey, StoreError> {
             None => "unknown on the target: offload tries LOAD DATA LOCAL INFILE and falls back to multi-row REPLACE statements if it is refused".to_string(),
         },
     ));
-    survey
-        .checks
-        .push(follow_readiness(store, &source_grants).await?);
     survey.checks.push(Check::new(
         "free space",
         true,
@@ -286,92 +283,6 @@ fn plugin_database_status(
              longer used"
         ),
     )
-}
-
-/// Retention of the source's binary log that is enough for following: the log written since
-/// the copy's snapshot must still be there when following starts (after the copy) and resumes.
-const RETENTION_NEEDED_SECONDS: u64 = 24 * 3600;
-
-/// Whether offload can follow the source's binary log after the copy (`offload follow`), and
-/// exactly what to change where it cannot: information, not a failure, since a copy without
-/// following (final pass with the delta) works without any of it.
-async fn follow_readiness(store: &MysqlStore, source_grants: &str) -> Result<Check, StoreError> {
-    let var = |name: &'static str| store.variable(Side::Source, name);
-    let log_bin = var("log_bin").await?.unwrap_or_default();
-    if !(log_bin == "1" || log_bin.eq_ignore_ascii_case("ON")) {
-        return Ok(Check::new(
-            "binary log (follow)",
-            true,
-            "the source writes no binary log, so `offload follow` cannot keep the target in step and the final pass copies what changed with the delta pass; to follow, start the source with --log-bin --binlog-format=ROW --server-id=1 (Tutor's MySQL 8.4 has the binary log on)",
-        ));
-    }
-    let mut missing = Vec::new();
-    let format = var("binlog_format").await?.unwrap_or_default();
-    if !format.eq_ignore_ascii_case("ROW") {
-        missing.push(format!(
-            "binlog_format is {format}: SET GLOBAL binlog_format = 'ROW' (and binlog-format=ROW in the server's configuration)"
-        ));
-    }
-    let image = store
-        .variable(Side::Source, "binlog_row_image")
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| "FULL".into());
-    if !image.eq_ignore_ascii_case("FULL") {
-        missing.push(format!(
-            "binlog_row_image is {image}: SET GLOBAL binlog_row_image = 'FULL' (and in the server's configuration)"
-        ));
-    }
-    // MySQL 8 and MariaDB 10.6+ keep binlog_expire_logs_seconds; older ones expire_logs_days.
-    let seconds = store
-        .variable(Side::Source, "binlog_expire_logs_seconds")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<f64>().ok());
-    let days = store
-        .variable(Side::Source, "expire_logs_days")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<f64>().ok());
-    let retention = match (seconds, days) {
-        (Some(s), _) if s > 0.0 => Some(s as u64),
-        (_, Some(d)) if d > 0.0 => Some((d * 86_400.0) as u64),
-        _ => None,
-    };
-    let retention_text = match retention {
-        None => "binary logs are kept until purged".to_string(),
-        Some(s) => format!("binary logs are kept {:.1} h", s as f64 / 3600.0),
-    };
-    if retention.is_some_and(|s| s < RETENTION_NEEDED_SECONDS) {
-        missing.push(format!(
-            "{retention_text}, less than a day: the log written since the copy started may be gone before following catches up; SET GLOBAL binlog_expire_logs_seconds = 604800 (MariaDB before 10.6: expire_logs_days = 7)"
-        ));
-    }
-    let all = source_grants.contains("ALL PRIVILEGES ON *.*");
-    let slave = all || source_grants.contains("REPLICATION SLAVE");
-    let monitor = all
-        || source_grants.contains("REPLICATION CLIENT")
-        || source_grants.contains("BINLOG MONITOR");
-    if !slave || !monitor {
-        missing.push(
-            "the source user needs REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: REPLICATION SLAVE and BINLOG MONITOR) to read the binary log: GRANT them ON *.*".to_string(),
-        );
-    }
-    Ok(Check::new(
-        "binary log (follow)",
-        true,
-        if missing.is_empty() {
-            format!("ready to follow: binlog_format=ROW, binlog_row_image=FULL, {retention_text}, replication privileges granted; `offload follow` keeps the target in step after the copy")
-        } else {
-            format!(
-                "`offload follow` cannot follow until this changes (the final pass uses the delta pass meanwhile): {}",
-                missing.join("; ")
-            )
-        },
-    ))
 }
 
 /// Whether the target server reports replicas or cluster peers: information for the plan, since
