@@ -347,6 +347,9 @@ fn redis_follow_applies_concurrent_writes_exactly_with_databases_remapped() {
     );
     assert_eq!(target.dbsize(2), 0, "database 2 is not part of the job");
 
+    // The keys the follower touched, read before the full verify (which, clean, becomes the
+    // baseline and leaves nothing touched).
+    touched_keys_digest_as_verify_does(job.path(), &source, &target);
     assert_safe_to_switch(&offload(job.path(), &["verify"]));
     let status = offload(job.path(), &["status"]);
     assert!(
@@ -354,7 +357,6 @@ fn redis_follow_applies_concurrent_writes_exactly_with_databases_remapped() {
         "{}",
         text(&status)
     );
-    touched_keys_digest_as_verify_does(job.path(), &source, &target);
 }
 
 /// What the follower recorded as touched: the keys it wrote in the remapped database, the
