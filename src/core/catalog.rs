@@ -268,6 +268,13 @@ impl Catalog {
         f(&mut conn).map_err(|e| self.err(e))
     }
 
+    fn delete_setup(&self, key: &str) -> Result<(), CoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM setup WHERE key = ?1", [key])
+                .map(|_| ())
+        })
+    }
+
     fn put_setup(&self, key: &str, value: &str) -> Result<(), CoreError> {
         self.with(|c| {
             c.execute(
@@ -354,10 +361,7 @@ impl Catalog {
                 &key,
                 &serde_json::to_string(p).expect("position serializes"),
             ),
-            None => self.with(|c| {
-                c.execute("DELETE FROM setup WHERE key = ?1", [&key])
-                    .map(|_| ())
-            }),
+            None => self.delete_setup(&key),
         }
     }
 
@@ -388,10 +392,7 @@ impl Catalog {
                     &serde_json::to_string(&checkpoint).expect("checkpoint serializes"),
                 )
             }
-            None => self.with(|c| {
-                c.execute("DELETE FROM setup WHERE key = ?1", [&key])
-                    .map(|_| ())
-            }),
+            None => self.delete_setup(&key),
         }
     }
 
